@@ -1,0 +1,176 @@
+"""Batched behaviour policies for data collection: random, explore, or a trained agent.
+
+A policy acts on a whole vector env at once: ``act(obs, infos) -> actions`` with one
+row per sub-env, and ``reset(i)`` when sub-env i starts a new episode.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+
+class RandomPolicy:
+    """Uniform random actions from the single-env action space."""
+
+    def __init__(self, action_space: gym.Space, num_envs: int, seed: int = 0):
+        self.space, self.num_envs = action_space, num_envs
+        self.space.seed(seed)
+
+    def reset(self, i: int):
+        pass
+
+    def act(self, obs, infos):
+        return np.array([self.space.sample() for _ in range(self.num_envs)])
+
+
+class ExplorePolicy:
+    """Scripted exploration that shows a world model the 3D structure of the world.
+
+    Each sub-env runs a sequence of routines, drawn at random:
+      circle       turn in place through a full circle (views that must line up again)
+      corridor     walk forward until blocked (judged from the ground-truth pose), then turn
+      out_and_back walk out, turn half a circle, walk back, turn again (leave and return)
+      wander       sticky random actions, including strafes and back-steps
+    Envs without forward and turn actions (TakeCover, Atari) get sticky random actions.
+    """
+
+    def __init__(self, action_meanings, num_envs: int, turn_steps: int = 24, seed: int = 0):
+        self.names = {n: i for i, n in enumerate(action_meanings)}
+        self.n_actions = len(action_meanings)
+        self.forward = self._first("FORWARD", "MOVE_FORWARD")
+        self.left, self.right = self._first("TURN_LEFT"), self._first("TURN_RIGHT")
+        self.can_walk = None not in (self.forward, self.left, self.right)
+        self.turn_steps, self.num_envs = turn_steps, num_envs
+        self.rng = np.random.default_rng(seed)
+        self.plans = [[] for _ in range(num_envs)]
+        self.last_pose = [None] * num_envs
+        self.last_action = [None] * num_envs
+
+    def _first(self, *names):
+        return next((self.names[n] for n in names if n in self.names), None)
+
+    def reset(self, i: int):
+        self.plans[i], self.last_pose[i], self.last_action[i] = [], None, None
+
+    def _routine(self) -> list:
+        rng, half = self.rng, self.turn_steps // 2
+        sticky = lambda n: [int(a) for a in rng.integers(self.n_actions, size=n // 3 + 1) for _ in range(3)][:n]  # noqa: E731
+        if not self.can_walk:
+            return [int(rng.integers(self.n_actions))] * int(rng.integers(2, 9))
+        kind = rng.choice(["circle", "corridor", "out_and_back", "wander"], p=[0.2, 0.35, 0.25, 0.2])
+        turn = self.left if rng.random() < 0.5 else self.right
+        if kind == "circle":
+            return [turn] * self.turn_steps
+        if kind == "corridor":
+            return ["until_blocked"] * 40 + [turn] * int(rng.integers(2, half + 1))
+        if kind == "out_and_back":
+            k = int(rng.integers(4, 13))
+            return [self.forward] * k + [turn] * half + [self.forward] * k + [turn] * half
+        return sticky(int(rng.integers(5, 16)))
+
+    def _next(self, i: int, pose) -> int:
+        blocked = (pose is not None and self.last_pose[i] is not None and self.last_action[i] == self.forward
+                   and np.abs(pose[:2] - self.last_pose[i][:2]).max() < 1e-4)
+        plan = self.plans[i]
+        if plan and plan[0] == "until_blocked" and blocked:
+            while plan and plan[0] == "until_blocked":
+                plan.pop(0)
+        if not plan:
+            plan.extend(self._routine())
+        step = plan.pop(0)
+        return self.forward if step == "until_blocked" else step
+
+    def act(self, obs, infos):
+        poses = infos.get("gt", {}).get("pose")
+        actions = np.zeros(self.num_envs, dtype=np.int64)
+        for i in range(self.num_envs):
+            pose = None if poses is None else np.asarray(poses[i])
+            actions[i] = self._next(i, pose)
+            self.last_pose[i], self.last_action[i] = pose, actions[i]
+        return actions
+
+
+class AgentPolicy:
+    """A stable-baselines3 policy loaded from weights (see save_agent)."""
+
+    def __init__(self, policy, num_envs: int, deterministic: bool = False):
+        self.policy, self.num_envs, self.deterministic = policy, num_envs, deterministic
+
+    def reset(self, i: int):
+        pass
+
+    def act(self, obs, infos):
+        actions, _ = self.policy.predict(obs, deterministic=self.deterministic)
+        return actions
+
+
+_SB3_POLICIES = ("CnnPolicy", "MlpPolicy")
+
+
+def save_agent(model, path: str | Path):
+    """Save an SB3 model's policy as safetensors weights plus a JSON description.
+
+    SB3's own zip unpickles objects on load; this pair never runs code from a file.
+    """
+    from safetensors.torch import save_model
+
+    from worldsim.spaces import space_to_dict
+
+    path = Path(path).with_suffix("")
+    policy_name = {"ActorCriticCnnPolicy": "CnnPolicy", "ActorCriticPolicy": "MlpPolicy"}.get(
+        type(model.policy).__name__)
+    if policy_name is None:
+        raise ValueError(f"save_agent supports {_SB3_POLICIES}, got {type(model.policy).__name__}")
+    obs = model.observation_space
+    desc = {"algo": type(model).__name__, "policy": policy_name, "action_space": space_to_dict(model.action_space),
+            "observation_space": {"shape": list(obs.shape), "dtype": str(obs.dtype),
+                                  "low": float(np.min(obs.low)), "high": float(np.max(obs.high))}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_model(model.policy, str(tmp))  # handles the feature extractor shared by actor and critic
+    tmp.replace(path.with_suffix(".safetensors"))
+    path.with_suffix(".json").write_text(json.dumps(desc, indent=2))
+
+
+def load_agent(path: str | Path):
+    """Rebuild an SB3 actor-critic policy from save_agent's files (weights only)."""
+    from safetensors.torch import load_model
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
+
+    from worldsim.spaces import space_from_dict
+
+    path = Path(path).with_suffix("")
+    weights, desc_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not weights.exists() or not desc_path.exists():
+        raise FileNotFoundError(f"expected an agent saved by worldsim: {weights} and {desc_path}")
+    desc = json.loads(desc_path.read_text())
+    o = desc["observation_space"]
+    obs_space = gym.spaces.Box(o["low"], o["high"], tuple(o["shape"]), np.dtype(o["dtype"]))
+    cls = {"CnnPolicy": ActorCriticCnnPolicy, "MlpPolicy": ActorCriticPolicy}[desc["policy"]]
+    policy = cls(obs_space, space_from_dict(desc["action_space"]), lr_schedule=lambda _: 0.0)
+    load_model(policy, str(weights))
+    policy.set_training_mode(False)
+    return policy
+
+
+def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
+    """'random', 'explore', or the path of an agent saved with save_agent."""
+    if spec == "random":
+        return RandomPolicy(env.single_action_space, env.num_envs, seed)
+    if spec == "explore":
+        from envs import action_meanings
+
+        try:
+            turn_steps = env.get_attr("turn_steps")[0]
+        except AttributeError:
+            turn_steps = 24
+        if not isinstance(env.single_action_space, gym.spaces.Discrete):
+            raise ValueError(f"the explore policy needs a Discrete action space, got {env.single_action_space}")
+        return ExplorePolicy(action_meanings(env), env.num_envs, turn_steps=turn_steps, seed=seed)
+    if Path(spec).with_suffix(".safetensors").exists():
+        return AgentPolicy(load_agent(spec), env.num_envs)
+    raise ValueError(f"unknown policy {spec!r}; expected 'random', 'explore' or the path of an agent saved by worldsim "
+                     f"(PATH.safetensors with PATH.json)")

@@ -1,0 +1,91 @@
+"""Real environments: gameplay sources for data and ground truth for the probes.
+
+Importing this package registers the gymnasium ids:
+
+- ``worldsim/Rooms-v0``: the built-in first-person world (numpy only).
+- ``worldsim/Vizdoom-<Scenario>-v0``: ViZDoom scenarios (``pip install 'worldsim[games]'``).
+- ``worldsim/Atari-<Game>-v0``: Atari games through ale-py.
+
+All gameplay ids give 64x64 uint8 RGB frames and Discrete actions with names
+(``action_meanings(env)``), and exact ground truth in ``info["gt"]``.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.atari import GAMES as ATARI_GAMES
+from envs.vizdoom_env import SCENARIOS as VIZDOOM_SCENARIOS
+
+VIZDOOM_IDS = {
+    "take_cover": "TakeCover", "defend_the_center": "DefendCenter", "my_way_home": "MyWayHome",
+    "health_gathering": "HealthGathering", "freedoom": "Freedoom",
+}
+
+
+def make_rooms(size=64, render_mode=None, **kwargs):
+    from envs.rooms import RoomsEnv
+    return RoomsEnv(size=size, render_mode=render_mode, **kwargs)
+
+
+def make_vizdoom(scenario="take_cover", size=64, frame_skip=4, render_mode=None, **kwargs):
+    """ViZDoom scenario with a discrete action table: no-op, each button alone, and
+    forward while turning where the scenario has both."""
+    import numpy as np
+
+    from envs.vizdoom_env import VizdoomEnv
+    from envs.wrappers import DiscreteActions, FrameSkip, ResizeFrame
+
+    env = VizdoomEnv(scenario, render_mode=render_mode, **kwargs)
+    names = env.button_names
+    table, meanings = [np.zeros(len(names), np.int8)], ["NOOP"]
+    for i, name in enumerate(names):
+        press = np.zeros(len(names), np.int8)
+        press[i] = 1
+        table.append(press)
+        meanings.append(name)
+    if "MOVE_FORWARD" in names:
+        for turn in ("TURN_LEFT", "TURN_RIGHT"):
+            if turn in names:
+                press = np.zeros(len(names), np.int8)
+                press[[names.index("MOVE_FORWARD"), names.index(turn)]] = 1
+                table.append(press)
+                meanings.append(f"MOVE_FORWARD+{turn}")
+    return ResizeFrame(FrameSkip(DiscreteActions(env, table, meanings), frame_skip), size)
+
+
+def make_atari(game="Pong", size=64, frame_skip=4, render_mode=None, **kwargs):
+    from envs.atari import make_atari as make_raw_atari
+    from envs.wrappers import FrameSkip, ResizeFrame
+
+    return ResizeFrame(FrameSkip(make_raw_atari(game, render_mode=render_mode, **kwargs), frame_skip), size)
+
+
+def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
+    """Names of a Discrete env's actions ('FORWARD', 'TURN_LEFT', ...), through wrappers."""
+    try:
+        if isinstance(env, gym.vector.VectorEnv):
+            return tuple(env.get_attr("action_meanings")[0])
+        return tuple(env.get_wrapper_attr("action_meanings"))
+    except AttributeError:
+        space = env.single_action_space if isinstance(env, gym.vector.VectorEnv) else env.action_space
+        return tuple(f"ACTION_{i}" for i in range(space.n))
+
+
+def register_envs():
+    if "worldsim/Rooms-v0" in gym.registry:
+        return
+    gym.register("worldsim/Rooms-v0", entry_point="envs:make_rooms", disable_env_checker=True)
+    for scenario in VIZDOOM_SCENARIOS:
+        gym.register(f"worldsim/Vizdoom-{VIZDOOM_IDS[scenario]}-v0", entry_point="envs:make_vizdoom",
+                     kwargs={"scenario": scenario}, disable_env_checker=True)
+    for game in ATARI_GAMES:
+        gym.register(f"worldsim/Atari-{game}-v0", entry_point="envs:make_atari", kwargs={"game": game},
+                     disable_env_checker=True)
+
+
+def gameplay_ids() -> list[str]:
+    return sorted(k for k in gym.registry if k.startswith("worldsim/") and k != "worldsim/Dream-v0")
+
+
+register_envs()

@@ -1,0 +1,120 @@
+"""Collect episodes from a real env into a dataset, through a gymnasium vector env.
+
+Sub-envs autoreset in the same step (gymnasium's SAME_STEP mode): when one ends, its
+last frame and ground truth arrive in ``info["final_obs"]`` / ``info["final_info"]``,
+and the observation is already the first frame of its next episode. Each finished
+episode is written at once, atomically; episodes still running when the step budget is
+spent are written too, marked truncated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from worldsim.dataset import DatasetWriter, Episode
+from worldsim.spaces import space_to_dict
+
+
+@dataclass
+class _Recording:
+    frames: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    terminated: list = field(default_factory=list)
+    truncated: list = field(default_factory=list)
+    gt: list = field(default_factory=list)
+
+    def start(self, frame, gt):
+        self.frames.append(frame)
+        self.gt.append(gt)
+
+    def add(self, action, reward, terminated, truncated, frame, gt):
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.terminated.append(terminated)
+        self.truncated.append(truncated)
+        self.start(frame, gt)
+
+    def episode(self, attrs) -> Episode:
+        gt = {k: np.stack([g[k] for g in self.gt]) for k in self.gt[0]} if self.gt and self.gt[0] else {}
+        return Episode(np.stack(self.frames), np.asarray(self.actions), np.asarray(self.rewards, np.float32),
+                       np.asarray(self.terminated, bool), np.asarray(self.truncated, bool), gt, attrs)
+
+
+def _row(infos: dict, i: int) -> dict:
+    """Sub-env i's ground truth out of a vector env's batched info."""
+    gt = infos.get("gt", {})
+    return {k: np.asarray(v[i]) for k, v in gt.items() if not k.startswith("_")}
+
+
+def check_env_id(env_id: str):
+    import envs  # noqa: F401  (registers the worldsim ids)
+
+    if env_id not in gym.registry:
+        known = ", ".join(envs.gameplay_ids())
+        raise ValueError(f"unknown env id {env_id!r}; expected one of: {known}")
+
+
+def collect(env_id: str, policy: str, steps: int, out: str, num_envs: int = 2, seed: int = 0,
+            env_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Step `num_envs` copies of `env_id` for `steps` transitions in all; returns a summary."""
+    from tqdm import tqdm
+
+    from agents.policies import make_policy
+    from envs import action_meanings
+
+    check_env_id(env_id)
+    if steps < 1 or num_envs < 1:
+        raise ValueError(f"expected steps >= 1 and num_envs >= 1, got steps={steps}, num_envs={num_envs}")
+    env_kwargs = dict(env_kwargs or {})
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="async" if num_envs > 1 else "sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **env_kwargs)
+    try:
+        meta = {"env_id": env_id, "env_kwargs": env_kwargs, "source": "collect",
+                "action_space": space_to_dict(env.single_action_space),
+                "frame_shape": list(env.single_observation_space.shape)}
+        if isinstance(env.single_action_space, gym.spaces.Discrete):
+            meta["action_meanings"] = list(action_meanings(env))
+        writer = DatasetWriter(out, meta)
+        agent = make_policy(policy, env, seed=seed)
+        obs, infos = env.reset(seed=seed)
+        recordings = [_Recording() for _ in range(num_envs)]
+        for i, rec in enumerate(recordings):
+            rec.start(obs[i], _row(infos, i))
+        attrs = {"env_id": env_id, "policy": policy}
+        written, returns, t0 = 0, [], time.perf_counter()
+        bar = tqdm(total=steps, desc=f"collect {env_id}", unit="step", disable=not progress, mininterval=0.5)
+        done_steps = 0
+        while done_steps < steps:
+            actions = agent.act(obs, infos)
+            obs, rewards, terminated, truncated, infos = env.step(actions)
+            for i in range(num_envs):
+                ended = terminated[i] or truncated[i]
+                frame, gt = (infos["final_obs"][i], _row(infos["final_info"], i)) if ended else (obs[i], _row(infos, i))
+                recordings[i].add(actions[i], rewards[i], terminated[i], truncated[i], frame, gt)
+                if ended:
+                    writer.write(recordings[i].episode(attrs))
+                    written += 1
+                    returns.append(float(np.sum(recordings[i].rewards)))
+                    recordings[i] = _Recording()
+                    recordings[i].start(obs[i], _row(infos, i))
+                    agent.reset(i)
+            done_steps += num_envs
+            bar.update(num_envs)
+            bar.set_postfix(episodes=written, refresh=False)
+        for rec in recordings:  # cut short by the step budget: keep them, marked truncated
+            if rec.actions:
+                rec.truncated[-1] = True
+                writer.write(rec.episode(attrs))
+                written += 1
+        bar.close()
+    finally:
+        env.close()
+    seconds = time.perf_counter() - t0
+    return {"env_id": env_id, "policy": policy, "steps": done_steps, "episodes_written": written,
+            "finished_episode_return_mean": float(np.mean(returns)) if returns else None,
+            "seconds": seconds, "steps_per_second": done_steps / seconds, "out": str(out)}

@@ -1,0 +1,104 @@
+"""The `worldsim` command line. Each subcommand imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"size\": 96}}': {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_collect(args):
+    from training.collect import collect
+
+    return collect(args.env, args.policy, args.steps, args.out, num_envs=args.num_envs, seed=args.seed,
+                   env_kwargs=args.env_kwargs, progress=not args.quiet)
+
+
+def cmd_import_video(args):
+    from worldsim.video_import import import_videos
+
+    return import_videos(args.src, args.out, size=args.size, fps=args.fps, clip_frames=args.clip_frames,
+                         progress=not args.quiet)
+
+
+def cmd_dataset(args):
+    from worldsim.dataset import SPLITS, episode_paths, load_meta, open_episode
+
+    meta = load_meta(args.dir)
+    summary = {"meta": meta, "splits": {}}
+    for split in SPLITS:
+        paths = episode_paths(args.dir, split)
+        frames = steps = 0
+        for p in paths:
+            with open_episode(p) as f:
+                frames += len(f["frames"])
+                steps += len(f["rewards"])
+        summary["splits"][split] = {"episodes": len(paths), "frames": frames, "steps": steps,
+                                    "bytes": sum(p.stat().st_size for p in paths)}
+    return summary
+
+
+def cmd_envs(args):
+    import envs
+
+    return {"envs": envs.gameplay_ids()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worldsim", description="A generative world model behind the Gymnasium API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="collect episodes from a real env into a dataset")
+    p.add_argument("--env", default="worldsim/Rooms-v0", help="gymnasium id (see `worldsim envs`)")
+    p.add_argument("--policy", default="explore", help="random | explore | PATH of an agent saved by worldsim")
+    p.add_argument("--steps", type=int, default=10_000, help="transitions to collect, over all sub-envs")
+    p.add_argument("--out", required=True, help="dataset directory (created; appended to if it exists)")
+    p.add_argument("--num-envs", type=int, default=2, help="sub-envs stepped together (processes when > 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env-kwargs", type=_json_arg, default={}, help="JSON keyword arguments for the env")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("import-video", help="turn a directory of videos into an action-free dataset")
+    p.add_argument("src", help="a video file or a directory searched recursively")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=64, help="square frame size after centre crop")
+    p.add_argument("--fps", type=float, default=None, help="subsample to about this frame rate")
+    p.add_argument("--clip-frames", type=int, default=256, help="longest episode, in steps")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_import_video)
+
+    p = sub.add_parser("dataset", help="summarise a dataset directory")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("envs", help="list the gameplay env ids")
+    p.set_defaults(func=cmd_envs)
+    return parser
+
+
+def main(argv=None) -> int:
+    from worldsim.dataset import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (DatasetError, ValueError, FileNotFoundError) as e:
+        print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
