@@ -48,6 +48,19 @@ def cmd_dataset(args):
     return summary
 
 
+def cmd_train_tokenizer(args):
+    from training.train_tokenizer import TrainConfig, train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    return train(TrainConfig(**fields), progress=not args.quiet)
+
+
+def cmd_encode(args):
+    from training.train_tokenizer import encode_dataset
+
+    return encode_dataset(args.checkpoint, args.data, args.out, progress=not args.quiet)
+
+
 def cmd_envs(args):
     import envs
 
@@ -82,18 +95,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_dataset)
 
+    p = sub.add_parser("train", help="train a model")
+    models = p.add_subparsers(dest="model", required=True)
+    t = models.add_parser("tokenizer", help="the video compression network (frames <-> latents)")
+    t.add_argument("--data", required=True, help="dataset directory (from collect or import-video)")
+    t.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
+    t.add_argument("--config", choices=["tiny", "small", "base"], default=None, help="model size (default small)")
+    t.add_argument("--latent-channels", type=int, default=None, help="4 to 16 (default 8)")
+    t.add_argument("--downsample", type=int, default=None, help="spatial factor: 4 or 8 (default 8)")
+    t.add_argument("--temporal", type=int, default=None, help="frames per latent frame, = the env's frame-skip (default 1)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--ckpt-every", type=int, default=None)
+    t.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("encode", help="pre-encode a dataset's frames to latents with a tokenizer")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_encode)
+
     p = sub.add_parser("envs", help="list the gameplay env ids")
     p.set_defaults(func=cmd_envs)
     return parser
 
 
 def main(argv=None) -> int:
+    from worldsim.checkpoint import CheckpointError
     from worldsim.dataset import DatasetError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (DatasetError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
