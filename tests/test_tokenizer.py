@@ -77,9 +77,9 @@ def test_tiny_tokenizer_loss_falls_on_rooms(rooms_dataset, tmp_path):
 
 def test_resume_equals_an_uninterrupted_run_and_load_reproduces(rooms_dataset, tmp_path):
     train(tiny(rooms_dataset, tmp_path / "straight", 12), progress=False)
-    cfg = tiny(rooms_dataset, tmp_path / "resumed", 6)
-    train(cfg, progress=False)  # "killed" after 6 steps: its checkpoint is all that is left
-    cfg.steps = 12
+    cfg = tiny(rooms_dataset, tmp_path / "resumed", 12, stop_at=6)
+    train(cfg, progress=False)  # stopped after 6 steps: its checkpoint is all that is left
+    cfg.stop_at = None
     train(cfg, progress=False)
     a, meta_a = load_checkpoint(tmp_path / "straight" / "latest.safetensors")
     b, meta_b = load_checkpoint(tmp_path / "resumed" / "latest.safetensors")

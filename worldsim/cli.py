@@ -61,6 +61,37 @@ def cmd_encode(args):
     return encode_dataset(args.checkpoint, args.data, args.out, progress=not args.quiet)
 
 
+def cmd_train_dynamics(args):
+    from training.train_dynamics import TrainConfig, train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    return train(TrainConfig(**fields), progress=not args.quiet)
+
+
+def cmd_export(args):
+    """A training run's checkpoint -> the file to ship: weights and config, no optimizer.
+    A dynamics run becomes a world model (with its tokenizer and real start frames)."""
+    from worldsim.checkpoint import load_checkpoint
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.world_model import export_world_model
+
+    _, config = load_checkpoint(args.checkpoint)
+    if config.get("kind") == "dynamics":
+        return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer)
+    if config.get("kind") != "tokenizer":
+        raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
+    model = Tokenizer.load(args.checkpoint)
+    model.save(args.out, extra={k: config[k] for k in ("step", "train", "dataset") if k in config})
+    return {"out": args.out, "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def cmd_dream(args):
+    from worldsim.dream_video import dream_episode
+
+    return dream_episode(args.checkpoint, args.episode, args.steps, args.out, context=args.context,
+                         sample_steps=args.sample_steps, seed=args.seed)
+
+
 def cmd_envs(args):
     import envs
 
@@ -112,12 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_tokenizer)
 
+    t = models.add_parser("dynamics", help="the action-conditioned diffusion transformer, on encoded latents")
+    t.add_argument("--data", required=True, help="latent dataset from `worldsim encode`")
+    t.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
+    t.add_argument("--config", choices=["tiny", "XS", "S", "B", "L"], default=None, help="model size (default XS)")
+    t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--stop-at", type=int, default=None, help="stop early at this step; rerun to resume")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--ckpt-every", type=int, default=None)
+    t.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train_dynamics)
+
+    p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
+    p.add_argument("--checkpoint", required=True, help="world model from `worldsim export`")
+    p.add_argument("--episode", required=True, help="an episode file (DIR/test/ep_000002.h5)")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--context", type=int, default=4, help="real frames given before dreaming")
+    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="video file (.mp4)")
+    p.set_defaults(func=cmd_dream)
+
     p = sub.add_parser("encode", help="pre-encode a dataset's frames to latents with a tokenizer")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("export", help="a run's checkpoint -> a file to ship (tokenizer, or world model from dynamics)")
+    p.add_argument("--checkpoint", required=True, help="a run's latest.safetensors (tokenizer or dynamics)")
+    p.add_argument("--tokenizer", default=None, help="for a dynamics run: its tokenizer (default: the one its data names)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("envs", help="list the gameplay env ids")
     p.set_defaults(func=cmd_envs)

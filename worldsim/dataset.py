@@ -176,7 +176,9 @@ def open_episode(path: str | os.PathLike):
     except OSError as e:
         raise DatasetError(f"{path}: not a readable episode file ({e}); expected an HDF5 episode written by worldsim. "
                            "Delete it or collect it again; other episodes are unaffected.") from e
-    missing = [k for k in ("frames", "rewards", "terminated", "truncated") if k not in f]
+    missing = [k for k in ("rewards", "terminated", "truncated") if k not in f]
+    if "frames" not in f and "latents" not in f:
+        missing.append("frames")
     if missing:
         f.close()
         raise DatasetError(f"{path}: missing {missing}; expected an HDF5 episode written by worldsim")
@@ -208,13 +210,15 @@ class WindowDataset:
         gt/<key>  (context + horizon, ...)      for each key in `gt_keys`
 
     so the action that produced target frame k is actions[context - 1 + k].
+    With field="latents" it reads a dataset made by `worldsim encode` the same way.
     """
 
     def __init__(self, root, split: str = "train", context: int = 4, horizon: int = 1, stride: int = 1,
-                 gt_keys: tuple[str, ...] = ()):
+                 gt_keys: tuple[str, ...] = (), field: str = "frames"):
         if context < 1 or horizon < 0 or stride < 1:
             raise ValueError(f"expected context >= 1, horizon >= 0, stride >= 1; got {context}, {horizon}, {stride}")
         self.root, self.context, self.horizon, self.gt_keys = Path(root), context, horizon, tuple(gt_keys)
+        self.field = field
         self.meta = load_meta(root)
         self.paths = episode_paths(root, split)
         if not self.paths:
@@ -225,7 +229,10 @@ class WindowDataset:
         self.has_actions = True
         for e, path in enumerate(self.paths):
             with open_episode(path) as f:
-                n_frames = len(f["frames"])
+                if field not in f:
+                    raise DatasetError(f"{path}: no {field!r}; expected a dataset of {field} "
+                                       "(latents come from `worldsim encode`)")
+                n_frames = len(f[field])
                 self.has_actions &= "actions" in f
                 for key in self.gt_keys:
                     if f"gt/{key}" not in f:
@@ -248,7 +255,7 @@ class WindowDataset:
         e, t = self.index[i]
         f = self._file(e)
         end = t + self.context + self.horizon
-        frames = f["frames"][t:end]
+        frames = f[self.field][t:end]
         item = {"context": frames[:self.context], "target": frames[self.context:],
                 "rewards": f["rewards"][t:end - 1], "terminated": f["terminated"][t:end - 1]}
         if self.has_actions:

@@ -1,0 +1,227 @@
+"""The diffusion transformer: causality, KV cache, conditioning, training, DDP, dreaming."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.dynamics import Dynamics, DynamicsConfig
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_model(space=None, **kw):
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(latent_shape=(4, 4, 4), d_model=32, n_layers=2, n_heads=2, max_frames=6,
+                         **({"action_space": space} if space else {}), **kw)
+    model = Dynamics(cfg)
+    for p in model.parameters():  # adaLN-Zero starts as the identity: perturb it so every path matters
+        p.data += 0.05 * torch.randn_like(p)
+    return model.eval()
+
+
+def window(model, b=2, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, *model.cfg.latent_shape, generator=g)
+    tau = torch.rand(b, t, generator=g)
+    actions = torch.randint(0, 7, (b, t), generator=g)
+    has = torch.ones(b, t, dtype=torch.bool)
+    has[:, 0] = False
+    return x, tau, actions, has, torch.arange(t).expand(b, t)
+
+
+def test_block_causal_mask_is_real():
+    model = tiny_model()
+    x, tau, a, has, pos = window(model)
+    out = model(x, tau, a, has, pos)
+    x2, a2, tau2 = x.clone(), a.clone(), tau.clone()
+    x2[:, 3:] += 1.0
+    a2[:, 3:] = (a2[:, 3:] + 1) % 7
+    tau2[:, 3:] = 0.5
+    out2 = model(x2, tau2, a2, has, pos)
+    torch.testing.assert_close(out[:, :3], out2[:, :3])  # the past does not see the future
+    assert (out[:, 3:] - out2[:, 3:]).abs().max() > 1e-3  # the changed frames do change
+
+
+def test_kv_cached_step_equals_uncached():
+    model = tiny_model()
+    x, tau, a, has, pos = window(model, t=5)
+    full = model(x, tau, a, has, pos)
+    cache = model.new_cache()
+    model(x[:, :3], tau[:, :3], a[:, :3], has[:, :3], pos[:, :3], cache=cache, write_cache=True)  # a block at once
+    model(x[:, 3:4], tau[:, 3:4], a[:, 3:4], has[:, 3:4], pos[:, 3:4], cache=cache, write_cache=True)  # one frame
+    step = model(x[:, 4:5], tau[:, 4:5], a[:, 4:5], has[:, 4:5], pos[:, 4:5], cache=cache)
+    torch.testing.assert_close(step, full[:, 4:5], rtol=1e-4, atol=1e-5)
+
+
+def test_cache_slides_within_the_context_window():
+    model = tiny_model()
+    cache = model.new_cache()
+    z = torch.randn(1, 2, *model.cfg.latent_shape)
+    into, has = model.actions_into_frames(torch.zeros(1, 1, dtype=torch.long), 1, 2, "cpu")
+    model.prime(cache, z, into, has, torch.arange(2)[None])
+    for k in range(20):
+        out = model.sample_next(cache, torch.tensor([k % 7]), torch.tensor([2 + k]), steps=2)
+        assert out.shape == (1, *model.cfg.latent_shape) and torch.isfinite(out).all()
+        assert cache.frames <= model.cfg.max_frames - 1
+    assert cache.get(0)[0].shape[2] == (model.cfg.max_frames - 1) * model.cfg.tokens_per_frame
+
+
+def test_actions_condition_the_prediction():
+    model = tiny_model()
+    x, tau, a, has, pos = window(model)
+    out = model(x, tau, a, has, pos)
+    a2 = a.clone()
+    a2[:, 4] = (a2[:, 4] + 3) % 7
+    assert (model(x, tau, a2, has, pos)[:, 4] - out[:, 4]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("space,make", [
+    ({"type": "MultiDiscrete", "nvec": [3, 4]}, lambda b, t: torch.stack([torch.randint(0, 3, (b, t)), torch.randint(0, 4, (b, t))], -1)),
+    ({"type": "Box", "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"}, lambda b, t: torch.rand(b, t, 2)),
+    ({"type": "MultiBinary", "n": 5}, lambda b, t: torch.randint(0, 2, (b, t, 5))),
+    ({"type": "Dict", "spaces": {"move": {"type": "Discrete", "n": 4, "start": 0},
+                                 "look": {"type": "Box", "low": [-1.0], "high": [1.0], "dtype": "float32"}}},
+     lambda b, t: {"move": torch.randint(0, 4, (b, t)), "look": torch.rand(b, t, 1)}),
+])
+def test_action_spaces(space, make):
+    model = tiny_model(space)
+    z = torch.randn(2, 4, *model.cfg.latent_shape)
+    loss, stats = model.loss(z, make(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    loss.backward()
+    assert np.isfinite(stats["loss"])
+
+
+def test_text_slot_conditions_every_frame():
+    model = tiny_model(text_dim=8)
+    x, tau, a, has, pos = window(model)
+    t1, t2 = torch.randn(2, 8), torch.randn(2, 8)
+    assert (model(x, tau, a, has, pos, text=t1) - model(x, tau, a, has, pos, text=t2)).abs().max() > 1e-4
+
+
+def test_loss_falls_and_heads_learn_rewards():
+    """On a toy world (the latent shifts by the action; reward when action 1), the loss falls."""
+    torch.manual_seed(0)
+    model = Dynamics(DynamicsConfig(latent_shape=(4, 4, 4), d_model=48, n_layers=2, n_heads=2, max_frames=6))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+
+    def batch(b=16, t=6):
+        a = torch.randint(0, 3, (b, t - 1))
+        z = [torch.randn(b, 4, 4, 4)]
+        for j in range(t - 1):
+            z.append(torch.roll(z[-1], shifts=int(1), dims=3) * (a[:, j] != 2).float()[:, None, None, None]
+                     + z[-1] * (a[:, j] == 2).float()[:, None, None, None])
+        return torch.stack(z, 1), a, (a == 1).float(), torch.zeros(b, t - 1, dtype=torch.bool)
+
+    history = []
+    for step in range(150):
+        loss, stats = model.loss(*batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(stats)
+    first = np.mean([h["denoise_mse"] for h in history[:10]])
+    last = np.mean([h["denoise_mse"] for h in history[-10:]])
+    assert last < 0.6 * first
+    assert np.mean([h["reward_mse"] for h in history[-10:]]) < 0.5 * np.mean([h["reward_mse"] for h in history[:10]])
+
+
+def test_nan_loss_stops_training_with_last_checkpoint_intact(tmp_path):
+    from training.loop import LoopConfig, run
+
+    model = torch.nn.Linear(2, 1)
+    calls = {"n": 0}
+
+    def loss_of(m, batch):
+        calls["n"] += 1
+        out = m(batch).mean()
+        return (out * float("nan") if calls["n"] > 3 else out), {"loss": out.item()}
+
+    cfg = LoopConfig(out=str(tmp_path), steps=10, lr=1e-3, warmup=1, ckpt_every=2, log_every=1)
+    with pytest.raises(FloatingPointError, match="step 3.*latest.safetensors"):
+        run(model, cfg, "toy", {"kind": "toy", "toy": {}}, lambda s, r: torch.ones(4, 2), loss_of, lambda b: 4,
+            progress=False)
+    from worldsim.checkpoint import load_checkpoint
+    tensors, meta = load_checkpoint(tmp_path / "latest.safetensors")
+    assert meta["step"] == 2 and all(torch.isfinite(v).all() for v in tensors.values())
+
+
+@pytest.fixture(scope="module")
+def pipeline(rooms_dataset, tmp_path_factory):
+    """collect -> tiny tokenizer -> encode -> tiny dynamics -> export: the real pipeline, small."""
+    from training.train_dynamics import TrainConfig as DynCfg, train as train_dyn
+    from training.train_tokenizer import TrainConfig as TokCfg, encode_dataset, train as train_tok
+    from worldsim.world_model import export_world_model
+
+    root = tmp_path_factory.mktemp("pipeline")
+    train_tok(TokCfg(data=str(rooms_dataset), out=str(root / "tok"), config="tiny", steps=40, batch_size=8, warmup=5,
+                     ckpt_every=40), progress=False)
+    encode_dataset(str(root / "tok" / "latest.safetensors"), str(rooms_dataset), str(root / "latents"), progress=False)
+    dyn = DynCfg(data=str(root / "latents"), out=str(root / "dyn"), config="tiny", steps=40, batch_size=4, warmup=5,
+                 ckpt_every=20, log_every=5)
+    summary = train_dyn(dyn, progress=False)
+    export_world_model(str(root / "dyn" / "latest.safetensors"), str(root / "world.safetensors"))
+    return root, dyn, summary
+
+
+def test_dynamics_training_logs_checkpoints_and_resumes(pipeline):
+    from training.train_dynamics import train as train_dyn
+
+    root, dyn, summary = pipeline
+    rows = np.genfromtxt(root / "dyn" / "metrics.csv", delimiter=",", names=True)
+    assert rows["step"][-1] == 40 and rows["loss"][-1] < rows["loss"][0]
+    dyn.steps = 50
+    assert train_dyn(dyn, progress=False)["step"] == 50  # resumed from step 40
+
+
+def test_world_model_dreams_and_refuses_mismatches(pipeline, rooms_dataset, tmp_path):
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.dataset import episode_paths
+    from worldsim.dream_video import dream_episode
+    from worldsim.world_model import WorldModel
+
+    root, _, _ = pipeline
+    model = WorldModel.load(root / "world.safetensors")
+    assert model.info["env_id"] == "worldsim/Rooms-v0" and model.info["action_space"]["n"] == 7
+    assert model.start_frames.shape[1:] == (64, 64, 3) and model.start_frames.any()
+    ep = episode_paths(rooms_dataset, "test")[0]
+    result = dream_episode(str(root / "world.safetensors"), str(ep), 6, str(tmp_path / "d.mp4"), context=3)
+    assert result["steps"] == 6 and (tmp_path / "d.mp4").stat().st_size > 1000
+    import cv2
+    cap = cv2.VideoCapture(str(tmp_path / "d.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 9 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 4 * (2 * 64 + 2)
+    with pytest.raises(CheckpointError, match="expected a world model"):
+        WorldModel.load(root / "tok" / "latest.safetensors")
+
+
+def test_ddp_two_processes_end_with_identical_weights(pipeline, tmp_path):
+    root, _, _ = pipeline
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "worldsim.cli", "train", "dynamics", "--data", str(root / "latents"), "--out", str(out),
+           "--config", "tiny", "--steps", "6", "--batch-size", "2", "--ckpt-every", "3", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(s) for s in _json_objects(proc.stdout)]
+    assert len(summaries) == 2 and all(s["world_size"] == 2 and s["ddp_weights_identical"] for s in summaries)
+    assert (out / "latest.safetensors").exists()
+
+
+def _json_objects(text):
+    """The JSON summaries the two ranks printed (each a top-level {...} block)."""
+    blocks, depth, start = [], 0, None
+    for i, ch in enumerate(text):
+        if ch == "{":
+            start = i if depth == 0 else start
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                blocks.append(text[start:i + 1])
+    return blocks

@@ -1,0 +1,198 @@
+"""The training loop shared by every model: progress, logs, checkpoints, resume, DDP.
+
+A run directory holds `latest.safetensors` (model, optimizer, step, config, RNG;
+rewritten atomically every `ckpt_every` steps and at the end), `metrics.csv` and
+TensorBoard event files. Starting a run whose directory has a checkpoint resumes it.
+Batches depend only on (seed, step, rank), so a resumed run sees what an uninterrupted
+one would have. Under `torchrun`, each rank trains on its own batches through
+DistributedDataParallel (gloo on CPU, NCCL on GPU) and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from worldsim.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+
+
+@dataclass
+class LoopConfig:
+    out: str
+    steps: int
+    lr: float
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ckpt_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    stop_at: int | None = None  # end this run early (time-boxed jobs); resume later to finish the schedule
+
+
+def lr_at(step: int, cfg: LoopConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), 1.0)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for v in model.state_dict().values():
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
+        batch_at: Callable[[int, int], object], loss_of: Callable[[torch.nn.Module, object], tuple],
+        items_per_batch: Callable[[object], int], before_save: Callable[[], None] | None = None,
+        device: torch.device | None = None, progress: bool = True) -> dict:
+    """Train `model` for cfg.steps steps.
+
+    batch_at(step, rank) -> batch; loss_of(module, batch) -> (loss tensor, {metric: float});
+    items_per_batch(batch) counts what the throughput figure counts (frames, tokens);
+    config is stored in every checkpoint; config["kind"] names the entry (config[kind], the
+    architecture) that must match on resume.
+    """
+    from tqdm import tqdm
+
+    rank, world = distributed()
+    device = device or pick_device()
+    out = Path(cfg.out)
+    ckpt = out / "latest.safetensors"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    torch.manual_seed(cfg.seed + rank)
+    if ckpt.exists():
+        tensors, meta = load_checkpoint(ckpt)
+        kind = config["kind"]
+        if meta.get(kind) != json.loads(json.dumps(config[kind])):
+            raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
+                             "use another --out or the same settings")
+        model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+        restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
+        step = meta["step"]
+        if f"rng/torch{rank}" in tensors:
+            torch.set_rng_state(tensors[f"rng/torch{rank}"])
+    step_fn = _LossForward(model, loss_of)
+    if world > 1:  # DDP syncs gradients of what goes through its forward: the whole loss
+        step_fn = torch.nn.parallel.DistributedDataParallel(step_fn)
+
+    def save():
+        if before_save:
+            before_save()
+        if rank != 0:
+            return
+        opt_tensors, opt_info = optimizer_tensors(opt)
+        tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **opt_tensors,
+                   "rng/torch0": torch.get_rng_state()}
+        save_checkpoint(ckpt, tensors, {**config, "step": step, "optimizer": opt_info})
+
+    writer = _tensorboard(out) if rank == 0 else None
+    log_file = log = None
+    if rank == 0:
+        new = not (out / "metrics.csv").exists()
+        log_file = open(out / "metrics.csv", "a", newline="")
+        log = csv.writer(log_file)
+    columns = None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {name}", unit="step",
+               disable=not progress or rank != 0, mininterval=1)
+    t0, items, stats = time.perf_counter(), 0, {}
+    model.train()
+    end = cfg.steps if cfg.stop_at is None else min(cfg.stop_at, cfg.steps)
+    while step < end:
+        batch = batch_at(step, rank)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        with autocast:
+            loss, stats = step_fn(batch)
+        if not np.isfinite(loss.item()):
+            raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; training stopped, "
+                                     f"the last good checkpoint is {ckpt}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        items += items_per_batch(batch) * world
+        bar.update(1)
+        if rank == 0 and (step % cfg.log_every == 0 or step == end):
+            row = {"step": step, **stats, "lr": lr_at(step - 1, cfg), "items_per_s": items / (time.perf_counter() - t0)}
+            if columns is None:
+                columns = list(row)
+                if new:
+                    log.writerow(columns)
+            log.writerow([row.get(c, "") for c in columns])
+            log_file.flush()
+            if writer:
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"{name}/{k}", v, step)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in list(stats.items())[:2]}, refresh=False)
+        if step % cfg.ckpt_every == 0 or step == end:
+            save()
+    bar.close()
+    summary = {"checkpoint": str(ckpt), "step": step, "last_batch": stats,
+               "items_per_s": items / max(time.perf_counter() - t0, 1e-9), "world_size": world}
+    if world > 1:  # every rank must hold the same weights after DDP training
+        digests = [None] * world
+        dist.all_gather_object(digests, weights_digest(model))
+        summary["ddp_weights_identical"] = len(set(digests)) == 1
+        if not summary["ddp_weights_identical"]:
+            raise RuntimeError(f"DDP ranks diverged: weight digests {digests}")
+    if rank == 0:
+        log_file.close()
+        if writer:
+            writer.close()
+    return summary
+
+
+class _LossForward(torch.nn.Module):
+    """Makes `loss_of(model, batch)` the forward of a module, so DDP can wrap it."""
+
+    def __init__(self, model, loss_of):
+        super().__init__()
+        self.model, self.loss_of = model, loss_of
+
+    def forward(self, batch):
+        return self.loss_of(self.model, batch)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: metrics.csv always has the figures
+        return None
+    return SummaryWriter(str(out / "tb"))

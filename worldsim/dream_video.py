@@ -1,0 +1,58 @@
+"""Replay a real episode's actions in the dream and write real | dream side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from worldsim.dataset import read_episode
+from worldsim.tokenizer import psnr
+
+
+def write_video(path, frames: np.ndarray, fps: int = 15, scale: int = 4):
+    """uint8 RGB frames (T, H, W, 3) -> an mp4 (written to a temporary name, then renamed)."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames.shape[1] * scale, frames.shape[2] * scale
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise OSError(f"cannot write video {path}; expected a writable .mp4 path")
+    for f in frames:
+        writer.write(cv2.resize(f[..., ::-1], (w, h), interpolation=cv2.INTER_NEAREST))
+    writer.release()
+    tmp.replace(path)
+
+
+def side_by_side(real: np.ndarray, dream: np.ndarray) -> np.ndarray:
+    gap = np.full((*real.shape[:2], 2, 3), 255, np.uint8)
+    return np.concatenate([real, gap, dream], axis=2)
+
+
+def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: int = 4,
+                  sample_steps: int | None = None, seed: int = 0) -> dict:
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(checkpoint)
+    ep = read_episode(episode)
+    if ep.actions is None:
+        raise ValueError(f"{episode} has no actions; dreaming replays an episode's real actions")
+    if tuple(ep.frames.shape[1:]) != model.frame_shape:
+        raise ValueError(f"{episode} has {ep.frames.shape[1:]} frames; the world model expects {model.frame_shape}")
+    steps = min(steps, len(ep) - context + 1)
+    if steps < 1:
+        raise ValueError(f"{episode} has {len(ep)} steps: too short for a context of {context} frames")
+    ctx = ep.frames[None, :context]
+    dream, rewards, ends = model.rollout(ctx, ep.actions[None, :context - 1], ep.actions[None, context - 1:context - 1 + steps],
+                                         steps=sample_steps, seed=seed)
+    real = ep.frames[context:context + steps]
+    write_video(out, side_by_side(np.concatenate([ep.frames[:context], real]),
+                                  np.concatenate([ep.frames[:context], dream[0]])))
+    scores = psnr(real, dream[0])
+    return {"out": out, "steps": steps, "context": context, "psnr_db_mean": float(scores.mean()),
+            "psnr_db_first": float(scores[0]), "psnr_db_last": float(scores[-1]),
+            "copy_last_context_frame_psnr_db_mean": float(psnr(real, np.repeat(ep.frames[context - 1:context], steps, 0)).mean()),
+            "predicted_reward_sum": float(rewards.sum()), "real_reward_sum": float(ep.rewards[context - 1:context - 1 + steps].sum())}

@@ -1,0 +1,342 @@
+"""The action-conditioned diffusion transformer over spacetime latent patches.
+
+Read top to bottom: action and noise-level embeddings, adaLN-Zero transformer blocks
+with block-causal attention over frames (a frame's tokens see their own frame and the
+past), rotary time positions so a sliding KV cache stays valid, a final layer, and the
+reward/termination head.
+
+Training is diffusion forcing on a rectified-flow path: every frame of a window gets its
+own noise level tau ~ U(0, 1), x_tau = (1 - tau) x0 + tau * eps, and the model predicts the
+clean x0 of every frame from the noisy window. Sampling the next frame starts from pure
+noise and takes 1 to 4 deterministic (DDIM-like) steps, attending to past frames kept in
+the KV cache at a small noise level `ctx_noise`, which keeps long rollouts from drifting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldsim.patches import patchify, unpatchify
+
+
+@dataclass
+class DynamicsConfig:
+    latent_shape: tuple[int, int, int] = (8, 8, 8)  # (C, h, w) of one latent frame
+    action_space: dict = field(default_factory=lambda: {"type": "Discrete", "n": 7, "start": 0})
+    patch: int = 2
+    d_model: int = 192
+    n_layers: int = 6
+    n_heads: int = 6
+    max_frames: int = 16  # the context window: frames attention can see
+    text_dim: int = 0  # > 0: a text embedding of this size joins each frame's conditioning
+    ctx_noise: float = 0.1  # noise level of context frames when sampling
+    sample_steps: int = 3
+
+    def __post_init__(self):
+        self.latent_shape = tuple(self.latent_shape)
+        c, h, w = self.latent_shape
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"latent {h}x{w} is not divisible by patch {self.patch}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_shape[1] // self.patch) * (self.latent_shape[2] // self.patch)
+
+
+CONFIGS = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=2, max_frames=8),
+    "XS": dict(d_model=128, n_layers=4, n_heads=4, max_frames=12),  # CPU-trainable
+    "S": dict(d_model=192, n_layers=6, n_heads=6),
+    "B": dict(d_model=384, n_layers=12, n_heads=6, max_frames=32),
+    "L": dict(d_model=768, n_layers=16, n_heads=12, max_frames=32),
+}
+
+
+# ------------------------------------------------------------------ conditioning
+class ActionEncoder(nn.Module):
+    """Embeds one action per frame for Discrete, MultiDiscrete, MultiBinary, Box and Dict
+    spaces; frames with no action (a window's first frame, action-free footage) get a
+    learned null embedding."""
+
+    def __init__(self, space: dict, d: int, with_null: bool = True):
+        super().__init__()
+        self.kind = space["type"]
+        if self.kind == "Discrete":
+            self.embed = nn.Embedding(space["n"], d)
+            self.start = space.get("start", 0)
+        elif self.kind == "MultiDiscrete":
+            self.embed = nn.ModuleList(nn.Embedding(n, d) for n in space["nvec"])
+        elif self.kind == "MultiBinary":
+            self.embed = nn.Linear(int(np.prod(space["n"])), d)
+        elif self.kind == "Box":
+            self.embed = nn.Linear(int(np.prod(np.shape(space["low"]))), d)
+        elif self.kind == "Dict":
+            self.embed = nn.ModuleDict({k: ActionEncoder(v, d, with_null=False) for k, v in space["spaces"].items()})
+        else:
+            raise ValueError(f"unsupported action space {space}")
+        self.null = nn.Parameter(torch.zeros(d)) if with_null else None
+
+    def encode(self, actions, batch_shape):
+        if self.kind == "Discrete":
+            return self.embed(actions.long() - self.start)
+        if self.kind == "MultiDiscrete":
+            return sum(e(actions[..., i].long()) for i, e in enumerate(self.embed))
+        if self.kind in ("MultiBinary", "Box"):
+            return self.embed(actions.float().reshape(*batch_shape, -1))
+        return sum(enc.encode(actions[k], batch_shape) for k, enc in self.embed.items())
+
+    def forward(self, actions, has_action: torch.Tensor) -> torch.Tensor:
+        """actions (B, T, ...) (or a dict of them), has_action (B, T) bool -> (B, T, d)."""
+        emb = self.encode(actions, has_action.shape)
+        return torch.where(has_action[..., None], emb, self.null.to(emb.dtype))
+
+
+def noise_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of the noise level tau in [0, 1]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=tau.device) / half)
+    angles = (tau.float()[..., None] * 1000.0) * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of frame indices: x (B, H, L, D), pos (B, L) -> rotated x."""
+    d = x.shape[-1] // 2
+    freqs = 1.0 / (10000 ** (torch.arange(d, device=x.device, dtype=torch.float32) / d))
+    angles = pos.float()[:, None, :, None] * freqs  # B, 1, L, d
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+# ------------------------------------------------------------------ transformer
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x, frame_pos, mask=None, cache=None):
+        """x (B, L, d); frame_pos (B, L) frame index of each token. With a cache (k, v,
+        pos of earlier tokens), the new tokens also attend to all of them."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotate(q, frame_pos), rotate(k, frame_pos)
+        new_kv = (k, v)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), new_kv
+
+
+class Block(nn.Module):
+    """DiT block with adaLN-Zero: the frame's conditioning sets shift, scale and a gate
+    (zero at init, so each block starts as the identity)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(d, heads)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x, cond, frame_pos, mask=None, cache=None):
+        s1, c1, g1, s2, c2, g2 = self.ada(cond).chunk(6, dim=-1)
+        h, new_kv = self.attn(modulate(self.norm1(x), s1, c1), frame_pos, mask, cache)
+        x = x + g1 * h
+        x = x + g2 * self.mlp(modulate(self.norm2(x), s2, c2))
+        return x, new_kv
+
+
+class KVCache:
+    """Keys and values of past frames, per layer, trimmed to the last `max_frames - 1`
+    frames so the newest frame always fits in the context window."""
+
+    def __init__(self, n_layers: int, tokens_per_frame: int, max_frames: int):
+        self.layers = [None] * n_layers
+        self.tokens_per_frame, self.max_frames = tokens_per_frame, max_frames
+        self.frames = 0  # frames held
+
+    def get(self, i):
+        return self.layers[i]
+
+    def append(self, i, kv):
+        old = self.layers[i]
+        self.layers[i] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
+
+    def commit(self, frames: int):
+        self.frames += frames
+        keep = (self.max_frames - 1) * self.tokens_per_frame
+        if self.frames > self.max_frames - 1:
+            self.layers = [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in self.layers]
+            self.frames = self.max_frames - 1
+
+    def select(self, index: torch.Tensor):
+        """Keep only the batch rows in `index` (for vector envs that drop a sub-env)."""
+        self.layers = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.layers]
+
+
+class RewardEndHead(nn.Module):
+    """Reward and termination of the step (z_prev, action) -> z_next, from clean latents."""
+
+    def __init__(self, cfg: DynamicsConfig, width: int = 64):
+        super().__init__()
+        c = cfg.latent_shape[0]
+        self.conv = nn.Sequential(nn.Conv2d(2 * c, width, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU())
+        self.action = ActionEncoder(cfg.action_space, width, with_null=False)  # every step has its action
+        self.out = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+
+    def forward(self, z_prev, z_next, actions):
+        """(N, C, h, w) x2, actions (N, ...) -> reward (N,), termination logit (N,)."""
+        h = self.conv(torch.cat([z_prev, z_next], dim=1)).mean(dim=(2, 3))
+        h = h + self.action.encode(actions, (len(h),))
+        reward, end = self.out(h).unbind(-1)
+        return reward, end
+
+
+class Dynamics(nn.Module):
+    def __init__(self, cfg: DynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, h, w = cfg.latent_shape
+        p, d = cfg.patch, cfg.d_model
+        self.embed = nn.Linear(c * p * p, d)
+        self.space_pos = nn.Parameter(torch.randn(cfg.tokens_per_frame, d) * 0.02)
+        self.action = ActionEncoder(cfg.action_space, d)
+        self.noise = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.text = nn.Linear(cfg.text_dim, d) if cfg.text_dim else None
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.final = nn.Linear(d, c * p * p)
+        for layer in (self.final_ada[1], self.final):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.heads = RewardEndHead(cfg)
+
+    def conditioning(self, tau, actions, has_action, text=None):
+        cond = self.noise(noise_embedding(tau, self.cfg.d_model)) + self.action(actions, has_action)
+        if self.text is not None and text is not None:
+            cond = cond + self.text(text)[:, None]
+        return cond
+
+    def forward(self, x, tau, actions, has_action, frame_index, text=None, cache: KVCache | None = None,
+                write_cache: bool = False):
+        """Predict clean latents.
+
+        x (B, T, C, h, w) noisy latents; tau (B, T) their noise levels; actions (B, T, ...)
+        the action that led into each frame, valid where has_action (B, T); frame_index
+        (B, T) the frames' positions in time. Without a cache, attention is block-causal
+        over the T frames. With a cache, the T new frames also see every cached frame; if
+        write_cache, their keys and values are added to it.
+        """
+        b, t = x.shape[:2]
+        n, p = self.cfg.tokens_per_frame, self.cfg.patch
+        tokens, _ = patchify(x, (1, p, p))
+        hid = self.embed(tokens) + self.space_pos.repeat(t, 1)
+        cond = self.conditioning(tau, actions, has_action, text).repeat_interleave(n, dim=1)  # per token
+        pos = frame_index.repeat_interleave(n, dim=1)
+        mask = None
+        if t > 1:  # block-causal: a token sees tokens of its own and earlier frames
+            frame = torch.arange(t, device=x.device).repeat_interleave(n)
+            mask = frame[None, :] <= frame[:, None]
+            if cache is not None and cache.get(0) is not None:
+                mask = torch.cat([torch.ones(t * n, cache.get(0)[0].shape[2], dtype=torch.bool, device=x.device), mask], 1)
+        for i, block in enumerate(self.blocks):
+            hid, kv = block(hid, cond, pos, mask, None if cache is None else cache.get(i))
+            if write_cache:
+                cache.append(i, kv)
+        if write_cache:
+            cache.commit(t)
+        shift, scale = self.final_ada(cond).chunk(2, dim=-1)
+        out = self.final(modulate(self.final_norm(hid), shift, scale))
+        return unpatchify(out, (t, *self.cfg.latent_shape), (1, p, p))
+
+    # -------------------------------------------------------------- training
+    def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0):
+        """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
+
+        actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
+        likewise. Returns (loss, metrics)."""
+        b, t = z.shape[:2]
+        tau = torch.rand(b, t, device=z.device)
+        eps = torch.randn_like(z)
+        x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
+        into, has = self.actions_into_frames(actions, b, t, z.device, has_action)
+        pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text)
+        denoise = F.mse_loss(pred.float(), z.float())
+        # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
+        flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
+        reward, end = self.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
+        reward_loss = F.mse_loss(reward, rewards.flatten().float())
+        end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(),
+                                                      pos_weight=torch.tensor(end_weight, device=z.device))
+        total = denoise + reward_loss + 0.1 * end_loss
+        return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
+                       "end_bce": end_loss.item()}
+
+    @staticmethod
+    def actions_into_frames(actions, b, t, device, has_action=None):
+        """Shift step actions (B, T-1, ...) to per-frame 'action that led here' (B, T, ...)."""
+        def shift(a):
+            return torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)
+        into = {k: shift(v) for k, v in actions.items()} if isinstance(actions, dict) else shift(actions)
+        has = torch.ones(b, t, dtype=torch.bool, device=device)
+        has[:, 0] = False
+        if has_action is not None:
+            has &= has_action[:, None]
+        return into, has
+
+    # -------------------------------------------------------------- sampling
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.n_layers, self.cfg.tokens_per_frame, self.cfg.max_frames)
+
+    def noisy_context(self, z, generator=None):
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return (1 - self.cfg.ctx_noise) * z + self.cfg.ctx_noise * noise
+
+    @torch.no_grad()
+    def prime(self, cache: KVCache, z, actions_into, has_action, frame_index, generator=None, text=None):
+        """Put context frames z (B, T, C, h, w) into the cache at the context noise level."""
+        b, t = z.shape[:2]
+        tau = torch.full((b, t), self.cfg.ctx_noise, device=z.device)
+        self(self.noisy_context(z, generator), tau, actions_into, has_action, frame_index, text, cache, write_cache=True)
+
+    @torch.no_grad()
+    def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None):
+        """Sample the next latent frame (B, C, h, w) given the cache and the action (B, ...)
+        that leads into it; then add the frame to the cache."""
+        steps = steps or self.cfg.sample_steps
+        b = frame_index.shape[0]
+        shape = (b, 1, *self.cfg.latent_shape)
+        device = frame_index.device
+        act = action[:, None] if not isinstance(action, dict) else {k: v[:, None] for k, v in action.items()}
+        has = torch.ones(b, 1, dtype=torch.bool, device=device)
+        pos = frame_index[:, None]
+        x = torch.randn(shape, generator=generator, device=device)
+        taus = torch.linspace(1, 0, steps + 1, device=device)
+        for i in range(steps):
+            x0 = self(x, taus[i].expand(b, 1), act, has, pos, text, cache)
+            if i + 1 < steps:  # DDIM-like step along the straight path
+                eps = (x - (1 - taus[i]) * x0) / taus[i]
+                x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps
+        tau_ctx = torch.full((b, 1), self.cfg.ctx_noise, device=device)
+        self(self.noisy_context(x0, generator), tau_ctx, act, has, pos, text, cache, write_cache=True)
+        return x0[:, 0]
