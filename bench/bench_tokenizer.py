@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from worldsim.dataset import episode_paths, read_episode
-from worldsim.tokenizer import Tokenizer, psnr, ssim
+from worldsim.tokenizer import Tokenizer, psnr, psnr_pooled, ssim
 
 
 def held_out_frames(data: str, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +85,12 @@ def main():
     r = {
         "checkpoint": args.checkpoint, "data": args.data, "held_out_frames": len(frames),
         "latent_shape": list(model.cfg.latent_shape),
-        "psnr_db": float(psnr(frames, recon).mean()), "ssim": float(ssim(frames, recon).mean()),
+        "psnr_db": float(psnr(frames, recon).mean()), "psnr_db_pooled_mse": psnr_pooled(frames, recon),
+        "ssim": float(ssim(frames, recon).mean()),
         "baseline_resize_same_elements_psnr_db": float(psnr(frames, resized).mean()),
+        "baseline_resize_same_elements_psnr_db_pooled_mse": psnr_pooled(frames, resized),
         "baseline_resize_same_elements_ssim": float(ssim(frames, resized).mean()),
-        "copy_last_frame_psnr_db": float(psnr(frames, previous).mean()),
+        "copy_last_frame_psnr_db_pooled_mse": psnr_pooled(frames, previous),
         "copy_last_frame_ssim": float(ssim(frames, previous).mean()),
         "compression_elements": frame_elements / latent_elements,
         "compression_bytes_fp16_latent": frame_elements / (2 * latent_elements),

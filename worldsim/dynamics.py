@@ -296,7 +296,7 @@ class Dynamics(nn.Module):
     def actions_into_frames(actions, b, t, device, has_action=None):
         """Shift step actions (B, T-1, ...) to per-frame 'action that led here' (B, T, ...)."""
         def shift(a):
-            return torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)
+            return torch.cat([a.new_zeros((a.shape[0], 1, *a.shape[2:])), a], dim=1)
         into = {k: shift(v) for k, v in actions.items()} if isinstance(actions, dict) else shift(actions)
         has = torch.ones(b, t, dtype=torch.bool, device=device)
         has[:, 0] = False

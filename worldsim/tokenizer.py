@@ -206,6 +206,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
 
 
+def psnr_pooled(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of the mean squared error over all frames: unlike a mean of per-frame PSNR, a
+    few identical frames (infinite PSNR) cannot dominate it."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-frame SSIM (Wang et al. 2004, 7x7 Gaussian window, sigma 1.5) over RGB, for uint8 (..., H, W, 3)."""
     import cv2
