@@ -17,3 +17,21 @@ def rooms_dataset(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def pipeline(rooms_dataset, tmp_path_factory):
+    """collect -> tiny tokenizer -> encode -> tiny dynamics -> export: the real pipeline, small."""
+    from training.train_dynamics import TrainConfig as DynCfg, train as train_dyn
+    from training.train_tokenizer import TrainConfig as TokCfg, encode_dataset, train as train_tok
+    from worldsim.world_model import export_world_model
+
+    root = tmp_path_factory.mktemp("pipeline")
+    train_tok(TokCfg(data=str(rooms_dataset), out=str(root / "tok"), config="tiny", steps=40, batch_size=8, warmup=5,
+                     ckpt_every=40), progress=False)
+    encode_dataset(str(root / "tok" / "latest.safetensors"), str(rooms_dataset), str(root / "latents"), progress=False)
+    dyn = DynCfg(data=str(root / "latents"), out=str(root / "dyn"), config="tiny", steps=40, batch_size=4, warmup=5,
+                 ckpt_every=20, log_every=5)
+    summary = train_dyn(dyn, progress=False)
+    export_world_model(str(root / "dyn" / "latest.safetensors"), str(root / "world.safetensors"))
+    return root, dyn, summary

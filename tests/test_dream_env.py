@@ -1,0 +1,140 @@
+"""worldsim/Dream-v0: the world model behind the Gymnasium API, checked by real clients."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import worldsim  # noqa: F401  (registers worldsim/Dream-v0)
+from worldsim.checkpoint import CheckpointError
+from worldsim.dataset import episode_paths, read_episode
+from worldsim.dream_env import DreamEnv, DreamVectorEnv
+
+
+@pytest.fixture(scope="module")
+def world(pipeline):
+    return str(pipeline[0] / "world.safetensors")
+
+
+def test_checkers_pass(world):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    check_env(DreamEnv(checkpoint=world, max_steps=20), skip_render_check=True)
+    sb3_check_env(DreamEnv(checkpoint=world, max_steps=20))
+    env = gym.make("worldsim/Dream-v0", checkpoint=world)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert info["denoising_steps"] == 3 and info["context_frames"] == 1
+
+
+def test_same_seed_same_rollout_and_latent_observations(world):
+    def run(seed, obs_type="rgb"):
+        env = DreamEnv(checkpoint=world, obs_type=obs_type)
+        frames = [env.reset(seed=seed)[0]]
+        frames += [env.step(a)[0] for a in [1, 1, 3, 3, 0, 2]]
+        return np.stack(frames)
+
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3)[1:], run(4)[1:])
+    latents = run(3, "latent")
+    assert latents.shape == (7, 8, 8, 8) and latents.dtype == np.float32
+
+
+def test_context_reset_continues_after_the_last_given_frame(world, rooms_dataset):
+    episode = read_episode(episode_paths(rooms_dataset, "test")[0])
+    env = DreamEnv(checkpoint=world)
+    ctx = {"frames": episode.frames[:5], "actions": episode.actions[:4]}
+    obs, info = env.reset(seed=0, options={"context": ctx})
+    np.testing.assert_array_equal(obs, episode.frames[4])  # the observation is the last given frame
+    assert info["context_frames"] == 5
+    obs, reward, terminated, truncated, info = env.step(int(episode.actions[4]))
+    assert obs.shape == (64, 64, 3) and isinstance(reward, float)
+    assert info["context_frames"] == 6
+    obs, info = env.reset(seed=0, options={"episode": (str(episode_paths(rooms_dataset, "test")[0]), 2)})
+    np.testing.assert_array_equal(obs, episode.frames[2 + 6])  # up to max_frames - 1 = 7 frames from frame 2
+
+
+def test_bad_input_errors(world, pipeline, tmp_path):
+    env = DreamEnv(checkpoint=world, max_steps=1)
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(0)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="outside the action space Discrete\\(7\\)"):
+        env.step(9)
+    env.step(0)  # truncated at max_steps=1
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(0)
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="2 actions between its 3 frames"):
+        env.reset(options={"context": {"frames": frames, "actions": [0]}})
+    with pytest.raises(ValueError, match=r"uint8 \(T, 64, 64, 3\)"):
+        env.reset(options={"context": {"frames": frames[..., :1], "actions": [0, 0]}})
+    with pytest.raises(ValueError, match="no text conditioning"):
+        env.reset(options={"prompt": "a red ball"})
+    with pytest.raises(CheckpointError, match="no world model"):
+        DreamEnv(checkpoint=tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="trained on 'worldsim/Rooms-v0', not 'worldsim/Vizdoom-TakeCover-v0'"):
+        DreamEnv(checkpoint=world, env_id="worldsim/Vizdoom-TakeCover-v0")
+    data = open(world, "rb").read()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        DreamEnv(checkpoint=tmp_path / "cut.safetensors")
+    with pytest.raises(CheckpointError, match="expected a world model"):
+        DreamEnv(checkpoint=pipeline[0] / "tok" / "latest.safetensors")
+
+
+def test_gymnasium_wrappers(world, tmp_path):
+    from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, RecordVideo, ResizeObservation
+
+    env = DreamEnv(checkpoint=world, max_steps=6, render_mode="rgb_array")
+    env = RecordVideo(env, str(tmp_path / "videos"), episode_trigger=lambda e: True, disable_logger=True)
+    env = ResizeObservation(GrayscaleObservation(env), (32, 32))
+    env = FrameStackObservation(env, 4)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (4, 32, 32)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(1)
+        done = terminated or truncated
+    env.close()
+    assert obs.shape == (4, 32, 32) and list((tmp_path / "videos").glob("*.mp4"))
+
+
+def test_vector_env_batches_and_autoresets(world):
+    envs = gym.make_vec("worldsim/Dream-v0", num_envs=4, vectorization_mode="vector_entry_point", checkpoint=world,
+                        max_steps=3)
+    obs, info = envs.reset(seed=0)
+    assert obs.shape == (4, 64, 64, 3)
+    since_reset, was_done = np.zeros(4, int), np.zeros(4, bool)
+    for t in range(12):
+        obs, rewards, terminated, truncated, info = envs.step(np.array([1, 2, 3, 4]))
+        assert obs.shape == (4, 64, 64, 3)
+        # NEXT_STEP: the step after an end is the reset (reward 0, not done)...
+        assert (rewards[was_done] == 0).all() and not (terminated | truncated)[was_done].any()
+        since_reset = np.where(was_done, 0, since_reset + 1)
+        # ...and an episode that does not terminate is truncated exactly at max_steps.
+        np.testing.assert_array_equal(truncated, ~terminated & (since_reset == 3))
+        was_done = terminated | truncated
+    same = DreamVectorEnv(4, checkpoint=world, max_steps=2, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    same.reset(seed=0)
+    same.step(np.zeros(4, int))
+    obs, _, _, truncated, info = same.step(np.zeros(4, int))
+    assert truncated.all() and info["final_obs"][0].shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="batched action space"):
+        same.step(np.array([0, 0, 0, 9]))
+    # A single env and row 0 of a batch agree on what they see after a reset from the same start.
+    assert obs.dtype == np.uint8
+
+
+def test_ppo_learns_on_the_batched_dream(world):
+    from stable_baselines3 import PPO
+
+    from agents.sb3_vec_env import SB3DreamVecEnv
+
+    venv = SB3DreamVecEnv(num_envs=16, checkpoint=world, max_steps=50)
+    model = PPO("CnnPolicy", venv, n_steps=64, batch_size=256, n_epochs=1, seed=0, verbose=0)
+    model.learn(total_timesteps=3072)
+    assert model.num_timesteps >= 3072
+    obs = venv.reset()
+    actions, _ = model.predict(obs)
+    assert actions.shape == (16,)
