@@ -138,3 +138,17 @@ def test_ppo_learns_on_the_batched_dream(world):
     obs = venv.reset()
     actions, _ = model.predict(obs)
     assert actions.shape == (16,)
+
+
+def test_play_without_display_records_a_session(world, tmp_path, monkeypatch):
+    import cv2
+
+    from worldsim.play import key_actions, play
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    result = play(world, steps=12, out=str(tmp_path / "play.mp4"))
+    assert result["steps"] == 12 and result["frames_per_s"] > 0
+    cap = cv2.VideoCapture(str(tmp_path / "play.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 13
+    table = key_actions(["NOOP", "FORWARD", "BACK", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT"])
+    assert table[ord("w")] == 1 and table[ord("d")] == 4 and table[ord(" ")] == 0

@@ -40,6 +40,26 @@ class LoopConfig:
     stop_at: int | None = None  # end this run early (time-boxed jobs); resume later to finish the schedule
 
 
+@dataclass
+class RunConfig:
+    """What every `worldsim train MODEL` run has; each model's TrainConfig adds its
+    architecture fields and its own defaults for steps, batch_size, lr and weight_decay."""
+
+    data: str
+    out: str
+    warmup: int = 100
+    ckpt_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    stop_at: int | None = None  # stop early at this step; rerun to resume and finish the schedule
+    device: str = "auto"
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(out=self.out, steps=self.steps, lr=self.lr, warmup=self.warmup,
+                          weight_decay=self.weight_decay, ckpt_every=self.ckpt_every, log_every=self.log_every,
+                          seed=self.seed, stop_at=self.stop_at)
+
+
 def lr_at(step: int, cfg: LoopConfig) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
     if step < cfg.warmup:

@@ -15,27 +15,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from training.loop import LoopConfig, pick_device, run
+from training.loop import RunConfig, pick_device, run
 from worldsim.dataset import WindowDataset
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 
 
 @dataclass
-class TrainConfig:
-    data: str  # a latent dataset from `worldsim encode`
-    out: str
+class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     config: str = "XS"  # tiny | XS | S | B | L
     window: int = 0  # frames per training window; 0 = the model's max_frames
     steps: int = 3000
     batch_size: int = 16
     lr: float = 5e-4
-    warmup: int = 100
     weight_decay: float = 0.01
-    ckpt_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    stop_at: int | None = None
-    device: str = "auto"
     overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
 
 
@@ -74,11 +66,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     data = LatentWindows(cfg.data, window, cfg.seed)
     device = pick_device(cfg.device)
-    loop = LoopConfig(out=cfg.out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                      ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, seed=cfg.seed, stop_at=cfg.stop_at)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": probe.meta}
     tokens = window * model.cfg.tokens_per_frame
-    return run(model, loop, "dynamics", config,
+    return run(model, cfg.loop(), "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, device),
                loss_of=lambda m, b: m.loss(**b),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)

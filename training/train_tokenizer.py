@@ -17,15 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.loop import LoopConfig, pick_device, run
+from training.loop import RunConfig, pick_device, run
 from worldsim.dataset import DatasetError, WindowDataset
 from worldsim.tokenizer import CONFIGS, Tokenizer, TokenizerConfig
 
 
 @dataclass
-class TrainConfig:
-    data: str
-    out: str
+class TrainConfig(RunConfig):
     config: str = "small"  # tokenizer size: tiny | small | base
     latent_channels: int = 8
     downsample: int = 8
@@ -33,13 +31,7 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 32
     lr: float = 1e-3
-    warmup: int = 100
     weight_decay: float = 0.0
-    ckpt_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    stop_at: int | None = None  # stop early at this step (resume later to finish)
-    device: str = "auto"
     overrides: dict = field(default_factory=dict)  # extra TokenizerConfig fields
 
 
@@ -67,8 +59,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Tokenizer(tok_cfg)
     device = pick_device(cfg.device)
-    loop = LoopConfig(out=cfg.out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, weight_decay=cfg.weight_decay,
-                      ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, seed=cfg.seed, stop_at=cfg.stop_at)
 
     def fit_stats():
         # Latent shift/scale from a fixed draw no training step uses; the RNG is put back
@@ -80,7 +70,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         torch.set_rng_state(state)
 
     config = {"kind": "tokenizer", "tokenizer": asdict(tok_cfg), "train": asdict(cfg), "dataset": sampler.windows.meta}
-    return run(model, loop, "tokenizer", config,
+    return run(model, cfg.loop(), "tokenizer", config,
                batch_at=lambda step, rank: sampler.batch(cfg.batch_size, step + rank * 10**9).to(device),
                loss_of=lambda m, frames: m.loss(frames),
                items_per_batch=lambda frames: frames.shape[0] * frames.shape[1],

@@ -48,24 +48,18 @@ def cmd_dataset(args):
     return summary
 
 
-def cmd_train_tokenizer(args):
-    from training.train_tokenizer import TrainConfig, train
+def cmd_train(args):
+    import importlib
 
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    return train(TrainConfig(**fields), progress=not args.quiet)
+    module = importlib.import_module(f"training.train_{args.model}")
+    fields = {k: v for k, v in vars(args).items() if k in module.TrainConfig.__dataclass_fields__ and v is not None}
+    return module.train(module.TrainConfig(**fields), progress=not args.quiet)
 
 
 def cmd_encode(args):
     from training.train_tokenizer import encode_dataset
 
     return encode_dataset(args.checkpoint, args.data, args.out, progress=not args.quiet)
-
-
-def cmd_train_dynamics(args):
-    from training.train_dynamics import TrainConfig, train
-
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    return train(TrainConfig(**fields), progress=not args.quiet)
 
 
 def cmd_export(args):
@@ -92,10 +86,32 @@ def cmd_dream(args):
                          sample_steps=args.sample_steps, seed=args.seed)
 
 
+def cmd_play(args):
+    from worldsim.play import play
+
+    return play(args.checkpoint, out=args.out, steps=args.steps, seed=args.seed)
+
+
 def cmd_envs(args):
     import envs
 
     return {"envs": envs.gameplay_ids()}
+
+
+def _run_args(p, data_help: str, configs: list[str], default: str):
+    """The arguments every `worldsim train MODEL` takes (None = the model's default)."""
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
+    p.add_argument("--config", choices=configs, default=None, help=f"model size (default {default})")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--stop-at", type=int, default=None, help="stop early at this step; rerun to resume")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--ckpt-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,36 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     models = p.add_subparsers(dest="model", required=True)
     t = models.add_parser("tokenizer", help="the video compression network (frames <-> latents)")
-    t.add_argument("--data", required=True, help="dataset directory (from collect or import-video)")
-    t.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
-    t.add_argument("--config", choices=["tiny", "small", "base"], default=None, help="model size (default small)")
+    _run_args(t, "dataset directory (from collect or import-video)", ["tiny", "small", "base"], "small")
     t.add_argument("--latent-channels", type=int, default=None, help="4 to 16 (default 8)")
     t.add_argument("--downsample", type=int, default=None, help="spatial factor: 4 or 8 (default 8)")
     t.add_argument("--temporal", type=int, default=None, help="frames per latent frame, = the env's frame-skip (default 1)")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--ckpt-every", type=int, default=None)
-    t.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train_tokenizer)
-
     t = models.add_parser("dynamics", help="the action-conditioned diffusion transformer, on encoded latents")
-    t.add_argument("--data", required=True, help="latent dataset from `worldsim encode`")
-    t.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
-    t.add_argument("--config", choices=["tiny", "XS", "S", "B", "L"], default=None, help="model size (default XS)")
+    _run_args(t, "latent dataset from `worldsim encode`", ["tiny", "XS", "S", "B", "L"], "XS")
     t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--stop-at", type=int, default=None, help="stop early at this step; rerun to resume")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--ckpt-every", type=int, default=None)
-    t.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train_dynamics)
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
-    p.add_argument("--checkpoint", required=True, help="world model from `worldsim export`")
+    p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
     p.add_argument("--episode", required=True, help="an episode file (DIR/test/ep_000002.h5)")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--context", type=int, default=4, help="real frames given before dreaming")
@@ -166,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="video file (.mp4)")
     p.set_defaults(func=cmd_dream)
+
+    p = sub.add_parser("play", help="play the dream with the keyboard (records an mp4 when there is no display)")
+    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
+    p.add_argument("--out", default=None, help="record to this mp4 instead of opening a window")
+    p.add_argument("--steps", type=int, default=300, help="length of a recorded session")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("encode", help="pre-encode a dataset's frames to latents with a tokenizer")
     p.add_argument("--checkpoint", required=True)

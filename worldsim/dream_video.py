@@ -34,9 +34,9 @@ def side_by_side(real: np.ndarray, dream: np.ndarray) -> np.ndarray:
 
 def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: int = 4,
                   sample_steps: int | None = None, seed: int = 0) -> dict:
-    from worldsim.world_model import WorldModel
+    from worldsim.dream_env import load_world_model
 
-    model = WorldModel.load(checkpoint)
+    model = load_world_model(checkpoint)
     ep = read_episode(episode)
     if ep.actions is None:
         raise ValueError(f"{episode} has no actions; dreaming replays an episode's real actions")

@@ -1,0 +1,95 @@
+"""DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), one-step latency,
+beside the real env's frames/s, and memory over a long rollout.
+
+    python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import envs  # noqa: F401
+from worldsim.dream_env import DreamEnv, DreamVectorEnv
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def vector_fps(checkpoint, n, obs_type, steps) -> float:
+    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
+    envs_.reset(seed=0)
+    actions = np.random.default_rng(0).integers(envs_.single_action_space.n, size=(steps + 2, n))
+    envs_.step(actions[0])  # warm-up
+    t0 = time.perf_counter()
+    for a in actions[1:steps + 1]:
+        envs_.step(a)
+    return n * steps / (time.perf_counter() - t0)
+
+
+def latency_ms(checkpoint, obs_type, steps=30) -> float:
+    env = DreamEnv(checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
+    env.reset(seed=0)
+    env.step(0)
+    times = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        env.step(k % env.action_space.n)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
+    parser.add_argument("--steps", type=int, default=20, help="vector steps per measurement")
+    parser.add_argument("--memory-steps", type=int, default=10_000)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    r = {}
+    print(f"{'figure':<40} {'value':>10}  goal / baseline")
+
+    def report(name, value, goal=""):
+        r[name] = value
+        print(f"{name:<40} {value:>10.1f}  {goal}", flush=True)
+
+    for obs_type in ("rgb", "latent"):
+        report(f"latency_ms_one_step_{obs_type}", latency_ms(args.checkpoint, obs_type))
+        for n in (1, 16, 64):
+            goal = {1: "goal >= 20 (interactive)", 16: "goal >= 200 together"}.get(n, "") if obs_type == "rgb" else ""
+            report(f"dream_fps_{n}_envs_{obs_type}", vector_fps(args.checkpoint, n, obs_type, args.steps), goal)
+    real = gym.make("worldsim/Rooms-v0")
+    real.reset(seed=0)
+    t0 = time.perf_counter()
+    for k in range(2000):
+        real.step(k % 7)
+    report("real_rooms_env_fps_baseline", 2000 / (time.perf_counter() - t0))
+
+    env = DreamEnv(checkpoint=args.checkpoint, obs_type="latent", max_steps=10**9)
+    env.reset(seed=0)
+    marks = {}
+    t0 = time.perf_counter()
+    for k in range(1, args.memory_steps + 1):
+        env.step(k % env.action_space.n)
+        if k in (100, args.memory_steps // 2, args.memory_steps):
+            marks[k] = rss_mb()
+    report("rss_mb_after_100_steps", marks[100])
+    report(f"rss_mb_after_{args.memory_steps}_steps", marks[args.memory_steps], "flat = no growth over the rollout")
+    report("long_rollout_fps_latent_1_env", args.memory_steps / (time.perf_counter() - t0))
+    out = Path(__file__).parent / "results" / "dream_env.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
