@@ -69,8 +69,12 @@ def lr_at(step: int, cfg: LoopConfig) -> float:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """cuda when there is one (each torchrun rank on its own GPU), else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(name)
     return torch.device(name)
 
 
