@@ -28,36 +28,27 @@ from worldsim.checkpoint import load_checkpoint, optimizer_tensors, restore_opti
 
 @dataclass
 class LoopConfig:
+    """The loop's hyper-parameters; each model's TrainConfig extends it (through RunConfig)
+    with its data, its architecture fields and its own defaults."""
+
     out: str
-    steps: int
-    lr: float
+    steps: int = 1000
+    lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ckpt_every: int = 250
     log_every: int = 25
     seed: int = 0
-    stop_at: int | None = None  # end this run early (time-boxed jobs); resume later to finish the schedule
+    stop_at: int | None = None  # end this run early (time-boxed jobs); rerun to resume and finish the schedule
 
 
-@dataclass
-class RunConfig:
-    """What every `worldsim train MODEL` run has; each model's TrainConfig adds its
-    architecture fields and its own defaults for steps, batch_size, lr and weight_decay."""
+@dataclass(kw_only=True)
+class RunConfig(LoopConfig):
+    """What every `worldsim train MODEL` run has besides the loop's settings."""
 
     data: str
-    out: str
-    warmup: int = 100
-    ckpt_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    stop_at: int | None = None  # stop early at this step; rerun to resume and finish the schedule
     device: str = "auto"
-
-    def loop(self) -> LoopConfig:
-        return LoopConfig(out=self.out, steps=self.steps, lr=self.lr, warmup=self.warmup,
-                          weight_decay=self.weight_decay, ckpt_every=self.ckpt_every, log_every=self.log_every,
-                          seed=self.seed, stop_at=self.stop_at)
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:

@@ -20,7 +20,7 @@ from worldsim.dataset import WindowDataset
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     config: str = "XS"  # tiny | XS | S | B | L
     window: int = 0  # frames per training window; 0 = the model's max_frames
@@ -68,7 +68,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": probe.meta}
     tokens = window * model.cfg.tokens_per_frame
-    return run(model, cfg.loop(), "dynamics", config,
+    return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, device),
                loss_of=lambda m, b: m.loss(**b),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)

@@ -22,7 +22,7 @@ from worldsim.dataset import DatasetError, WindowDataset
 from worldsim.tokenizer import CONFIGS, Tokenizer, TokenizerConfig
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig(RunConfig):
     config: str = "small"  # tokenizer size: tiny | small | base
     latent_channels: int = 8
@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         torch.set_rng_state(state)
 
     config = {"kind": "tokenizer", "tokenizer": asdict(tok_cfg), "train": asdict(cfg), "dataset": sampler.windows.meta}
-    return run(model, cfg.loop(), "tokenizer", config,
+    return run(model, cfg, "tokenizer", config,
                batch_at=lambda step, rank: sampler.batch(cfg.batch_size, step + rank * 10**9).to(device),
                loss_of=lambda m, frames: m.loss(frames),
                items_per_batch=lambda frames: frames.shape[0] * frames.shape[1],
