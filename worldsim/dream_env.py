@@ -135,6 +135,8 @@ class _DreamBase:
             ref = options["episode"]
             path, start = (ref, 0) if isinstance(ref, (str, Path)) else ref
             episode = read_episode(path)
+            if episode.actions is None:
+                raise ValueError(f"{path} has no actions; the dream starts from action-labelled episodes")
             n = min(self.model.dynamics.cfg.max_frames - 1, len(episode.frames) - start)
             frames, actions = episode.frames[start:start + n], episode.actions[start:start + n - 1]
         elif "context" in options:
@@ -148,15 +150,20 @@ class _DreamBase:
                 raise ValueError(f"context needs the {len(frames) - 1} actions between its {len(frames)} frames "
                                  f"(actions[i] led from frame i to i+1), got {len(actions)}")
             for a in actions:
-                if not self.single_action_space.contains(self._as_action(a)):
+                if not self._valid(a):
                     raise ValueError(f"context action {a!r} is outside the action space {self.single_action_space}")
         else:
             frames = self.model.start_frames[rng.integers(len(self.model.start_frames))][None]
             actions = np.zeros((0,), np.int64)
         return frames, actions
 
-    def _as_action(self, a):
-        return int(a) if isinstance(self.single_action_space, gym.spaces.Discrete) else np.asarray(a)
+    def _valid(self, a) -> bool:
+        """Whether `a` is one action of the single-env space (ints of any numpy kind welcome)."""
+        space = self.single_action_space
+        try:
+            return space.contains(int(a) if isinstance(space, gym.spaces.Discrete) else np.asarray(a, space.dtype))
+        except (TypeError, ValueError):
+            return False
 
     def _observe(self, z):
         """latents (N, C, h, w) -> observations (N, ...)."""
@@ -199,7 +206,7 @@ class DreamEnv(_DreamBase, gym.Env):
             raise RuntimeError("DreamEnv.step() called before reset(); call env.reset() first")
         if self._done:
             raise RuntimeError("DreamEnv.step() called after the episode ended; call env.reset() first")
-        if not self.action_space.contains(self._as_action(action) if np.ndim(action) == 0 else np.asarray(action)):
+        if not self._valid(action):
             raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
         z, reward, prob = self.core.step(np.asarray(action)[None], self._generator)
         self._steps += 1
