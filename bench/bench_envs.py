@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 import envs  # noqa: F401
 from training.collect import collect

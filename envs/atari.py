@@ -7,7 +7,6 @@ frame-skip and resize, exactly as for the other sources.
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 
 GAMES = ("Pong", "Breakout", "Boxing", "MsPacman", "Freeway", "SpaceInvaders")
 

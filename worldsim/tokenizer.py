@@ -13,7 +13,7 @@ and stored with the checkpoint, so the dynamics model sees roughly unit-variance
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
