@@ -15,6 +15,7 @@ from envs.rooms import ACTIONS
 from training.collect import collect
 from worldsim.dataset import (DatasetError, DatasetWriter, Episode, WindowDataset, episode_paths, load_meta,
                               read_episode)
+from worldsim.dream_video import write_video
 from worldsim.video_import import import_videos
 
 
@@ -199,19 +200,12 @@ def test_collect_with_a_saved_agent(tmp_path):
     assert summary["steps"] == 64 and len(episode_paths(tmp_path / "data")) == 1
 
 
-def write_video(path, frames, fps=15):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames.shape[2:0:-1])
-    for f in frames:
-        writer.write(f[..., ::-1])
-    writer.release()
-
-
 def test_import_video_makes_an_action_free_dataset(tmp_path, rooms_dataset):
     frames = read_episode(episode_paths(rooms_dataset, "train")[0]).frames[:40]
     big = np.stack([cv2.resize(f, (96, 72)) for f in frames])  # not square: centre-cropped
     src = tmp_path / "videos"
     src.mkdir()
-    write_video(src / "walk.mp4", big)
+    write_video(src / "walk.mp4", big, scale=1)
     (src / "walk.txt").write_text("a first-person walk through coloured rooms")
     (src / "broken.mp4").write_bytes(os.urandom(2000))
     summary = import_videos(str(src), str(tmp_path / "footage"), size=32, clip_frames=16, progress=False)

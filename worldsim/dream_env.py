@@ -280,7 +280,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         terminated = probs > 0.5
         truncated = self._steps >= self.max_steps
         rewards = rewards.astype(np.float64)
-        info = {"denoising_steps": self.sample_steps, "termination_prob": probs, "context_frames": self.core.cache.frames}
+        info = self._info(probs, self._steps.copy())
         if self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP:
             rows = np.nonzero(self._needs_reset)[0]
             if len(rows):  # these finished last step: this step is their reset
