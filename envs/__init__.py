@@ -72,6 +72,18 @@ def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
         return tuple(f"ACTION_{i}" for i in range(space.n))
 
 
+def env_pose_model(env_id: str | None, env_kwargs: dict | None = None) -> dict | None:
+    """The env's pose model (motion per action, field of view, reach) when it has one:
+    what keys latent memory by camera pose in a dream. None for envs without one."""
+    if env_id not in gym.registry:
+        return None
+    env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        return env.unwrapped.pose_model() if hasattr(env.unwrapped, "pose_model") else None
+    finally:
+        env.close()
+
+
 def register_envs():
     if "worldsim/Rooms-v0" in gym.registry:
         return

@@ -232,6 +232,16 @@ class RoomsEnv(gym.Env):
         frame, info = self._observe()
         return frame, reward, terminated, truncated, info
 
+    def pose_model(self) -> dict:
+        """What each action does to the camera pose when nothing blocks it, (forward,
+        left, turn radians) per action, and the camera's view: keys for latent memory."""
+        turn = 2 * np.pi / self.turn_steps
+        moves = {"NOOP": (0, 0, 0), "FORWARD": (self.move_step, 0, 0), "BACK": (-self.move_step, 0, 0),
+                 "TURN_LEFT": (0, 0, turn), "TURN_RIGHT": (0, 0, -turn), "STRAFE_LEFT": (0, self.move_step, 0),
+                 "STRAFE_RIGHT": (0, -self.move_step, 0)}
+        return {"motion": [list(map(float, moves[name])) for name in ACTIONS],
+                "fov_deg": float(np.degrees(2 * np.arctan(self.half_fov))), "reach": float(self.room_size)}
+
     # ------------------------------------------------------------- rendering
     def _observe(self):
         frame, depth, in_view, column, ids = self._render()

@@ -35,3 +35,18 @@ def pipeline(rooms_dataset, tmp_path_factory):
     summary = train_dyn(dyn, progress=False)
     export_world_model(str(root / "dyn" / "latest.safetensors"), str(root / "world.safetensors"))
     return root, dyn, summary
+
+
+@pytest.fixture(scope="session")
+def memory_world(pipeline, tmp_path_factory):
+    """The pipeline's tiny dynamics fine-tuned with 2 memory frames, exported."""
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.world_model import export_world_model
+
+    root, _, _ = pipeline
+    out = tmp_path_factory.mktemp("memory")
+    cfg = TrainConfig(data=str(root / "latents"), out=str(out / "dyn"), config="tiny", memory=2, steps=30, batch_size=4,
+                      warmup=5, ckpt_every=30, log_every=5, init=str(root / "dyn" / "latest.safetensors"))
+    summary = train(cfg, progress=False)
+    export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"))
+    return out / "world.safetensors", summary

@@ -6,6 +6,12 @@
 
 Windows of `window` consecutive latent frames with the actions between them; every
 hyper-parameter is a field of TrainConfig. Checkpoints, logs and resume: training/loop.py.
+
+With `--memory K` the model learns to use retrieved memory (worldsim/memory.py): for the
+last frame of each window, the K earlier frames of its episode (before the window) whose
+ground-truth camera poses see most of its view come with the batch; half of each batch
+is drawn from windows that have such a frame (an overlap of at least a half).
+`--init CHECKPOINT` starts from a trained world model's or dynamics run's weights.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
-from worldsim.dataset import WindowDataset
+from worldsim.checkpoint import CheckpointError, load_checkpoint
+from worldsim.dataset import WindowDataset, episode_paths, open_episode
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
+from worldsim.memory import gather, view_overlap
 
 
 @dataclass(kw_only=True)
@@ -29,6 +38,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     lr: float = 5e-4
     weight_decay: float = 0.01
     overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
+    memory: int = 0  # memory frames per window (0: no memory)
+    init: str = ""  # start from this world model / dynamics checkpoint's weights
 
 
 class LatentWindows:
@@ -49,13 +60,80 @@ class LatentWindows:
                 "terminated": stack("terminated")}
 
 
+class MemoryWindows:
+    """Windows as LatentWindows, each with the memory retrieved for its last frame from
+    the frames before it, by ground-truth pose. Episodes are held in memory."""
+
+    def __init__(self, root, window, seed, k, pose_model, match_share=0.5):
+        self.paths = episode_paths(root, "train")
+        self.episodes = []
+        for path in self.paths:
+            with open_episode(path) as f:
+                if "gt/pose" not in f:
+                    raise ValueError(f"{path} has no gt/pose; memory training needs the camera pose of every frame")
+                if "actions" not in f:
+                    raise ValueError(f"{path} has no actions; the dynamics model needs action-labelled episodes")
+                if len(f["latents"]) >= window + 1:
+                    self.episodes.append({key: f[key][()] for key in
+                                          ("latents", "actions", "rewards", "terminated", "gt/pose")})
+        if not self.episodes:
+            raise ValueError(f"{root} has no training episode longer than {window} frames")
+        self.window, self.seed, self.k, self.match_share = window, seed, k, match_share
+        self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
+        lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
+        self.weights = lengths / lengths.sum()
+
+    def item(self, rng, want_match: bool):
+        for _ in range(50):  # draws until a window with a well-overlapping memory, if one is wanted
+            ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
+            s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
+            poses, last = ep["gt/pose"].astype(np.float64), s + self.window - 1
+            overlap = view_overlap(poses[last], poses[:s], self.fov, self.reach)
+            if not want_match or overlap.max() >= 0.5:
+                break
+        order = np.argsort(-overlap, kind="stable")[:self.k]
+        order = order[overlap[order] >= 0.1]
+        z_mem, feats, valid = gather(ep["latents"], poses, order, poses[last], self.k, self.reach,
+                                     ep["latents"].shape[1:])
+        end = s + self.window
+        return {"z": ep["latents"][s:end], "actions": ep["actions"][s:end - 1], "rewards": ep["rewards"][s:end - 1],
+                "terminated": ep["terminated"][s:end - 1], "mem_z": z_mem.numpy(), "mem_pose": feats,
+                "mem_valid": valid}
+
+    def batch(self, n, step, rank, device):
+        rng = np.random.default_rng([self.seed, step, rank])
+        items = [self.item(rng, i < n * self.match_share) for i in range(n)]
+        stack = lambda k: torch.from_numpy(np.stack([it[k] for it in items])).to(device)  # noqa: E731
+        return {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
+                "terminated": stack("terminated"),
+                "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
+
+
 def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if "latent_shape" not in meta:
         raise ValueError(f"{cfg.data} is not a latent dataset; make one with `worldsim encode`")
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
-                             **{**CONFIGS[cfg.config], **cfg.overrides})
+                             **{**CONFIGS[cfg.config], "memory": cfg.memory, **cfg.overrides})
     torch.manual_seed(cfg.seed)  # the initial weights
-    return Dynamics(dyn_cfg)
+    model = Dynamics(dyn_cfg)
+    if cfg.init:
+        init_from(model, cfg.init)
+    return model
+
+
+def init_from(model: Dynamics, path: str):
+    """Load the weights `path` shares with `model` (a world model or a dynamics run);
+    parts only `model` has (the memory's pose embedding) keep their initial values."""
+    tensors, config = load_checkpoint(path)
+    prefix = {"world_model": "dynamics/", "dynamics": "model/"}.get(config.get("kind"))
+    if prefix is None:
+        raise CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint; --init takes a world model or a dynamics run")
+    own = model.state_dict()
+    weights = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+    shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if len(shared) < len(weights):
+        raise CheckpointError(f"{path}: {sorted(set(weights) - set(shared))[:4]}... do not fit this model's config")
+    model.load_state_dict(shared, strict=False)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -64,10 +142,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     window = cfg.window or model.cfg.max_frames
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
-    data = LatentWindows(cfg.data, window, cfg.seed)
+    meta = dict(probe.meta)
+    if cfg.memory:
+        meta["pose_model"] = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {}))
+        if meta["pose_model"] is None:
+            raise ValueError(f"{meta.get('env_id')} has no pose model (motion per action, field of view); "
+                             "memory needs one to key frames by pose")
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, meta["pose_model"])
+    else:
+        data = LatentWindows(cfg.data, window, cfg.seed)
     device = pick_device(cfg.device)
-    config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": probe.meta}
-    tokens = window * model.cfg.tokens_per_frame
+    config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
+    tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, device),
                loss_of=lambda m, b: m.loss(**b),

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from worldsim.probe_report import PROBES
+
 
 def _json_arg(text: str) -> dict:
     try:
@@ -54,6 +56,14 @@ def cmd_train(args):
     module = importlib.import_module(f"training.train_{args.model}")
     fields = {k: v for k, v in vars(args).items() if k in module.TrainConfig.__dataclass_fields__ and v is not None}
     return module.train(module.TrainConfig(**fields), progress=not args.quiet)
+
+
+def cmd_probe(args):
+    from worldsim.probe_report import run_probes
+
+    return run_probes(args.checkpoint, args.out, args.env, [p for p in args.probes.split(",") if p], args.count,
+                      drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,
+                      sample_steps=args.sample_steps, progress=not args.quiet)
 
 
 def cmd_encode(args):
@@ -152,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = models.add_parser("dynamics", help="the action-conditioned diffusion transformer, on encoded latents")
     _run_args(t, "latent dataset from `worldsim encode`", ["tiny", "XS", "S", "B", "L"], "XS")
     t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
+    t.add_argument("--memory", type=int, default=None, help="memory frames the generated frame attends to (default 0)")
+    t.add_argument("--init", default=None, help="start from this world model's or dynamics run's weights")
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
     p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
@@ -169,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="length of a recorded session")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("probe", help="3D consistency, object persistence, action control and drift against the real env")
+    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
+    p.add_argument("--env", default=None, help="the real env to score against (default: the model's)")
+    p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
+    p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated, of {','.join(PROBES)}")
+    p.add_argument("--count", type=int, default=8, help="scenarios per probe (objects: per gap)")
+    p.add_argument("--drift-episodes", type=int, default=4)
+    p.add_argument("--drift-steps", type=int, default=1000)
+    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("encode", help="pre-encode a dataset's frames to latents with a tokenizer")
     p.add_argument("--checkpoint", required=True)

@@ -10,6 +10,7 @@ context ({"context": {"frames": (T, H, W, 3) uint8, "actions": the T-1 actions b
 them}}); `step(a)` then predicts the frame that follows the last given one, as if `a`
 were taken there. Reward and termination come from the model's heads, truncation from
 `max_steps`. The vector env advances all sub-envs in one batched forward pass.
+`memory=False` turns off the latent memory of a model trained with one (on by default).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from worldsim.spaces import space_from_dict
+from worldsim.world_model import DreamCore
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "rooms.safetensors"
 
@@ -42,77 +44,15 @@ def load_world_model(checkpoint, env_id: str | None = None, device: str = "cpu")
     return model
 
 
-class DreamCore:
-    """Batched dream state: one KV cache for all rows, each row with its own clock.
-
-    A row that resets gets its new context written into its slice of the cache, padded
-    at the front (by repeating its first frame, with no action) to the cache's length,
-    so every row always holds the same number of frames. Attention uses rotary time
-    positions, so rows at different absolute times share one forward pass.
-    """
-
-    def __init__(self, model, num_rows: int, sample_steps: int | None = None):
-        self.model, self.dyn, self.n = model, model.dynamics, num_rows
-        self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
-        self.cache = None
-        self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
-        self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
-
-    def _context_cache(self, z, actions, frames_held: int, generator):
-        """A one-row cache holding `frames_held` frames: the context, front-padded."""
-        dyn = self.dyn
-        t = z.shape[1]
-        into, has = dyn.actions_into_frames(actions, 1, t, z.device)
-        if t < frames_held:
-            pad = frames_held - t
-            z = torch.cat([z[:, :1].expand(1, pad, *z.shape[2:]), z], 1)
-            into = torch.cat([into[:, :1].expand(1, pad, *into.shape[2:]), into], 1)
-            has = torch.cat([torch.zeros(1, pad, dtype=torch.bool), has], 1)
-        z, into, has = z[:, -frames_held:], into[:, -frames_held:], has[:, -frames_held:]
-        cache = dyn.new_cache()
-        dyn.prime(cache, z, into, has, torch.arange(frames_held)[None], generator)
-        return cache
-
-    def reset_rows(self, rows, contexts, generator):
-        """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,))."""
-        max_hold = self.dyn.cfg.max_frames - 1
-        if self.cache is None:  # first reset: all rows at once, the longest context decides the length
-            hold = min(max(len(f) for f, _ in contexts), max_hold)
-            self.cache = self.dyn.new_cache()
-            self.cache.layers = [(torch.zeros(self.n, self.dyn.cfg.n_heads, hold * self.dyn.cfg.tokens_per_frame,
-                                              self.dyn.cfg.d_model // self.dyn.cfg.n_heads),) * 2
-                                 for _ in range(self.dyn.cfg.n_layers)]
-            self.cache.frames = hold
-        hold = self.cache.frames
-        with torch.no_grad():
-            for row, (frames, actions) in zip(rows, contexts):
-                z = self.model.encode(frames[None])
-                acts = torch.as_tensor(np.asarray(actions)).reshape(1, len(frames) - 1, *np.shape(actions)[1:])
-                one = self._context_cache(z, acts, hold, generator)
-                self.cache.layers = [(k.index_copy(0, torch.tensor([row]), k1), v.index_copy(0, torch.tensor([row]), v1))
-                                     for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
-                self.clock[row] = hold - 1
-                self.last[row] = z[0, -1]
-
-    def step(self, actions, generator):
-        """actions (N, ...) -> next latents (N, C, h, w), rewards (N,), termination probabilities (N,)."""
-        with torch.no_grad():
-            a = torch.as_tensor(np.asarray(actions))
-            self.clock += 1
-            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator)
-            reward, end = self.dyn.heads(self.last, nxt, a)
-            self.last = nxt
-        return nxt, reward.numpy(), torch.sigmoid(end).numpy()
-
-
 class _DreamBase:
     """What the single and the vector env share: loading, spaces, contexts, observations."""
 
-    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device):
+    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory):
         if obs_type not in ("rgb", "latent"):
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
-        self.obs_type, self.max_steps = obs_type, max_steps
+        self.obs_type, self.max_steps, self.memory = obs_type, max_steps, memory
+        DreamCore(self.model, 1, memory=memory)  # fails now, not at reset, if memory is asked of a model without it
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
         self.action_meanings = tuple(self.model.info.get("action_meanings") or ())
@@ -173,8 +113,9 @@ class _DreamBase:
             return self.model.decode(z[:, None])[:, 0].numpy()
 
     def _info(self, probs, steps):
+        retrieved = self.core.retrieved if isinstance(steps, np.ndarray) else int(self.core.retrieved[0])
         return {"denoising_steps": self.sample_steps, "termination_prob": probs,
-                "context_frames": self.core.cache.frames, "steps": steps}
+                "context_frames": self.core.cache.frames, "steps": steps, "memory_frames": retrieved}
 
 
 class DreamEnv(_DreamBase, gym.Env):
@@ -183,10 +124,11 @@ class DreamEnv(_DreamBase, gym.Env):
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
 
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
-                 env_id: str | None = None, device: str = "cpu", render_mode: str | None = None):
+                 env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
+                 memory: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device)
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory)
         self.action_space, self.observation_space = self.single_action_space, self.single_observation_space
         self.render_mode = render_mode
         self.core, self._steps, self._done, self._frame = None, None, False, None
@@ -195,7 +137,7 @@ class DreamEnv(_DreamBase, gym.Env):
         super().reset(seed=seed)
         frames, actions = self._context(options, self.np_random)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, 1, self.sample_steps)
+        self.core = DreamCore(self.model, 1, self.sample_steps, self.memory)
         self.core.reset_rows([0], [(frames, actions)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
         obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].numpy().astype(np.float32)
@@ -241,8 +183,9 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
 
     def __init__(self, num_envs: int = 1, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500,
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
-                 autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None):
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device)
+                 autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
+                 memory: bool | None = None):
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory)
         self.num_envs, self.render_mode = num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -255,7 +198,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, self.num_envs, self.sample_steps)
+        self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory)
         contexts = [self._context(options, self.np_random) for _ in range(self.num_envs)]
         self.core.reset_rows(range(self.num_envs), contexts, self._generator)
         self._steps[:] = 0

@@ -10,6 +10,11 @@ own noise level tau ~ U(0, 1), x_tau = (1 - tau) x0 + tau * eps, and the model p
 clean x0 of every frame from the noisy window. Sampling the next frame starts from pure
 noise and takes 1 to 4 deterministic (DDIM-like) steps, attending to past frames kept in
 the KV cache at a small noise level `ctx_noise`, which keeps long rollouts from drifting.
+
+With `memory` > 0, the frame being generated also attends to retrieved memory frames
+from beyond the context window, each conditioned on its pose relative to that frame
+(worldsim/memory.py). Memory frames see only themselves and are seen only by the newest
+frame, so the KV cache of past frames never depends on what was retrieved.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class DynamicsConfig:
     text_dim: int = 0  # > 0: a text embedding of this size joins each frame's conditioning
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
+    memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
@@ -105,6 +111,12 @@ def noise_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=tau.device) / half)
     angles = (tau.float()[..., None] * 1000.0) * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def pose_embedding(feats: torch.Tensor) -> torch.Tensor:
+    """Relative pose features (..., 4) with Fourier features of 4 octaves: (..., 36)."""
+    angles = feats.float()[..., None] * (math.pi * 2.0 ** torch.arange(4, device=feats.device))
+    return torch.cat([feats.float(), angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
 
 
 def rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -230,6 +242,7 @@ class Dynamics(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.heads = RewardEndHead(cfg)
+        self.memory_pose = nn.Sequential(nn.Linear(36, d), nn.SiLU(), nn.Linear(d, d)) if cfg.memory else None
 
     def conditioning(self, tau, actions, has_action, text=None):
         cond = self.noise(noise_embedding(tau, self.cfg.d_model)) + self.action(actions, has_action)
@@ -238,14 +251,16 @@ class Dynamics(nn.Module):
         return cond
 
     def forward(self, x, tau, actions, has_action, frame_index, text=None, cache: KVCache | None = None,
-                write_cache: bool = False):
+                write_cache: bool = False, memory=None):
         """Predict clean latents.
 
         x (B, T, C, h, w) noisy latents; tau (B, T) their noise levels; actions (B, T, ...)
         the action that led into each frame, valid where has_action (B, T); frame_index
         (B, T) the frames' positions in time. Without a cache, attention is block-causal
         over the T frames. With a cache, the T new frames also see every cached frame; if
-        write_cache, their keys and values are added to it.
+        write_cache, their keys and values are added to it. memory = (z (B, K, C, h, w) at
+        noise level ctx_noise, pose features (B, K, 4), valid (B, K) bool): frames the
+        last of the T frames also attends to.
         """
         b, t = x.shape[:2]
         n, p = self.cfg.tokens_per_frame, self.cfg.patch
@@ -253,35 +268,71 @@ class Dynamics(nn.Module):
         hid = self.embed(tokens) + self.space_pos.repeat(t, 1)
         cond = self.conditioning(tau, actions, has_action, text).repeat_interleave(n, dim=1)  # per token
         pos = frame_index.repeat_interleave(n, dim=1)
-        mask = None
-        if t > 1:  # block-causal: a token sees tokens of its own and earlier frames
-            frame = torch.arange(t, device=x.device).repeat_interleave(n)
-            mask = frame[None, :] <= frame[:, None]
-            if cache is not None and cache.get(0) is not None:
-                mask = torch.cat([torch.ones(t * n, cache.get(0)[0].shape[2], dtype=torch.bool, device=x.device), mask], 1)
+        k = 0
+        if memory is not None:
+            if write_cache:
+                raise ValueError("memory conditions only the frame being generated; write the cache without it")
+            z_mem, feats, valid = memory
+            k = z_mem.shape[1]
+            mem_tokens, _ = patchify(z_mem, (1, p, p))
+            tau_mem = torch.full((b, k), self.cfg.ctx_noise, device=x.device)
+            mem_cond = self.noise(noise_embedding(tau_mem, self.cfg.d_model)) + self.memory_pose(pose_embedding(feats))
+            hid = torch.cat([self.embed(mem_tokens) + self.space_pos.repeat(k, 1), hid], 1)
+            cond = torch.cat([mem_cond.repeat_interleave(n, dim=1), cond], 1)
+            pos = torch.cat([frame_index[:, -1:].expand(b, k * n), pos], 1)  # no time distance: pose says where
+        cached = 0 if cache is None or cache.get(0) is None else cache.get(0)[0].shape[2]
+        mask = self._mask(t, cached, None if memory is None else memory[2], x.device)
         for i, block in enumerate(self.blocks):
             hid, kv = block(hid, cond, pos, mask, None if cache is None else cache.get(i))
             if write_cache:
                 cache.append(i, kv)
         if write_cache:
             cache.commit(t)
+        hid, cond = hid[:, k * n:], cond[:, k * n:]
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)
         out = self.final(modulate(self.final_norm(hid), shift, scale))
         return unpatchify(out, (t, *self.cfg.latent_shape), (1, p, p))
 
+    def _mask(self, t: int, cached: int, memory_valid, device):
+        """Which keys each query token sees. Keys are [cache, memory, new frames]; queries
+        [memory, new frames]. None means everything (one new frame, no memory)."""
+        n = self.cfg.tokens_per_frame
+        frame = torch.arange(t, device=device).repeat_interleave(n)
+        causal = frame[None, :] <= frame[:, None]  # block-causal over the new frames
+        if memory_valid is None:
+            if t == 1:
+                return None
+            return torch.cat([torch.ones(t * n, cached, dtype=torch.bool, device=device), causal], 1)
+        b, k = memory_valid.shape
+        slot = torch.arange(k, device=device).repeat_interleave(n)
+        mem_self = (slot[None, :] == slot[:, None]).expand(b, -1, -1)
+        sees_memory = (frame == t - 1)[None, :, None] & memory_valid.repeat_interleave(n, dim=1)[:, None, :]
+        memory_rows = torch.cat([torch.zeros(b, k * n, cached, dtype=torch.bool, device=device), mem_self,
+                                 torch.zeros(b, k * n, t * n, dtype=torch.bool, device=device)], 2)
+        frame_rows = torch.cat([torch.ones(b, t * n, cached, dtype=torch.bool, device=device), sees_memory,
+                                causal.expand(b, -1, -1)], 2)
+        return torch.cat([memory_rows, frame_rows], 1)[:, None]  # B, 1 (heads), queries, keys
+
     # -------------------------------------------------------------- training
-    def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0):
+    def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0,
+             memory=None):
         """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
         actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
-        likewise. Returns (loss, metrics)."""
+        likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
+        retrieved for the last frame, whose error then counts twice. Returns (loss, metrics)."""
         b, t = z.shape[:2]
         tau = torch.rand(b, t, device=z.device)
         eps = torch.randn_like(z)
         x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
         into, has = self.actions_into_frames(actions, b, t, z.device, has_action)
-        pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text)
+        if memory is not None:
+            memory = (self.noisy_context(memory[0]), *memory[1:])
+        pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
         denoise = F.mse_loss(pred.float(), z.float())
+        last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
+        if memory is not None:
+            denoise = denoise + last
         # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
         flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
         reward, end = self.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
@@ -290,7 +341,7 @@ class Dynamics(nn.Module):
                                                       pos_weight=torch.tensor(end_weight, device=z.device))
         total = denoise + reward_loss + 0.1 * end_loss
         return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
-                       "end_bce": end_loss.item()}
+                       "end_bce": end_loss.item(), "last_mse": last.item()}
 
     @staticmethod
     def actions_into_frames(actions, b, t, device, has_action=None):
@@ -320,9 +371,11 @@ class Dynamics(nn.Module):
         self(self.noisy_context(z, generator), tau, actions_into, has_action, frame_index, text, cache, write_cache=True)
 
     @torch.no_grad()
-    def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None):
-        """Sample the next latent frame (B, C, h, w) given the cache and the action (B, ...)
-        that leads into it; then add the frame to the cache."""
+    def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None,
+                    memory=None):
+        """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
+        that leads into it and optional memory (clean latents, pose features, valid; as in
+        forward); then add the frame to the cache."""
         steps = steps or self.cfg.sample_steps
         b = frame_index.shape[0]
         shape = (b, 1, *self.cfg.latent_shape)
@@ -331,9 +384,11 @@ class Dynamics(nn.Module):
         has = torch.ones(b, 1, dtype=torch.bool, device=device)
         pos = frame_index[:, None]
         x = torch.randn(shape, generator=generator, device=device)
+        if memory is not None:
+            memory = (self.noisy_context(memory[0], generator), *memory[1:])
         taus = torch.linspace(1, 0, steps + 1, device=device)
         for i in range(steps):
-            x0 = self(x, taus[i].expand(b, 1), act, has, pos, text, cache)
+            x0 = self(x, taus[i].expand(b, 1), act, has, pos, text, cache, memory=memory)
             if i + 1 < steps:  # DDIM-like step along the straight path
                 eps = (x - (1 - taus[i]) * x0) / taus[i]
                 x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from worldsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from worldsim.dynamics import Dynamics, DynamicsConfig
+from worldsim.memory import LatentMemory, PoseTracker
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -69,37 +70,137 @@ class WorldModel(nn.Module):
         return self.tokenizer.decode(z)
 
     @torch.no_grad()
-    def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0):
-        """Dream forward from real context.
+    def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0,
+                memory: bool | None = None):
+        """Dream forward from real context, as the DreamEnv does.
 
         context_frames (B, T, H, W, 3) uint8; context_actions (B, T-1) the actions between
-        them; actions (B, N) the actions to take from the last context frame on. Returns
-        frames (B, N, H, W, 3) uint8: frame k is the result of actions[:, k] - and the
-        predicted rewards (B, N) and termination probabilities (B, N).
+        them; actions (B, N) the actions to take from the last context frame on; memory as
+        DreamCore's (None: on when the model has it). Returns frames (B, N, H, W, 3) uint8:
+        frame k is the result of actions[:, k] - and the predicted rewards (B, N) and
+        termination probabilities (B, N).
         """
-        dyn = self.dynamics
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        z = self.encode(context_frames)
-        b, t = z.shape[:2]
-        context_actions = torch.as_tensor(np.asarray(context_actions)).to(self.device).reshape(b, t - 1)
-        actions = torch.as_tensor(np.asarray(actions)).to(self.device)
-        cache = dyn.new_cache()
-        into, has = dyn.actions_into_frames(context_actions, b, t, self.device)
-        keep = min(t, dyn.cfg.max_frames - 1)  # the context that fits the window
-        dyn.prime(cache, z[:, -keep:], into[:, -keep:], has[:, -keep:],
-                  torch.arange(t - keep, t, device=self.device).expand(b, keep), generator)
-        prev = z[:, -1]
+        context_frames, context_actions = np.asarray(context_frames), np.asarray(context_actions)
+        actions = np.asarray(actions)
+        core = DreamCore(self, len(context_frames), steps, memory)
+        core.reset_rows(range(len(context_frames)), list(zip(context_frames, context_actions)), generator)
         frames, rewards, ends = [], [], []
         for k in range(actions.shape[1]):
-            a = actions[:, k]
-            nxt = dyn.sample_next(cache, a, torch.full((b,), t + k, device=self.device), steps, generator)
-            reward, end = dyn.heads(prev, nxt, a)
+            nxt, reward, end = core.step(actions[:, k], generator)
+            frames.append(self.decode(nxt[:, None])[:, 0].cpu().numpy())
             rewards.append(reward)
-            ends.append(torch.sigmoid(end))
-            frames.append(self.decode(nxt[:, None])[:, 0])
-            prev = nxt
-        return (torch.stack(frames, 1).cpu().numpy(), torch.stack(rewards, 1).cpu().numpy(),
-                torch.stack(ends, 1).cpu().numpy())
+            ends.append(end)
+        return np.stack(frames, 1), np.stack(rewards, 1), np.stack(ends, 1)
+
+
+class DreamCore:
+    """Batched dream state: one KV cache for all rows, each row with its own clock, and,
+    when the model has memory, its own pose and latent memory.
+
+    A row that resets gets its new context written into its slice of the cache, padded
+    at the front (by repeating its first frame, with no action) to the cache's length,
+    so every row always holds the same number of frames. Attention uses rotary time
+    positions, so rows at different absolute times share one forward pass.
+
+    Memory (worldsim/memory.py): every frame goes into the row's memory keyed by its
+    dead-reckoned pose; each new frame attends to the `cfg.memory` frames from before the
+    context window whose views overlap its own most. memory=False turns it off (ablation).
+    """
+
+    def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
+                 memory_capacity: int = 256):
+        self.model, self.dyn, self.n = model, model.dynamics, num_rows
+        self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
+        self.cache = None
+        self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
+        self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
+        pose_model = model.info.get("pose_model")
+        available = bool(self.dyn.cfg.memory) and pose_model is not None
+        if memory and not available:
+            raise ValueError("this world model has no memory (trained without --memory, or its env has no pose model)")
+        self.memory = available if memory is None else bool(memory)
+        if self.memory:
+            self.tracker = PoseTracker(pose_model["motion"])
+            self.memory_args = dict(latent_shape=self.dyn.cfg.latent_shape, capacity=memory_capacity,
+                                    fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
+            self.memories = [LatentMemory(**self.memory_args) for _ in range(num_rows)]
+            self.poses = np.zeros((num_rows, 3))
+        self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
+
+    def _context_cache(self, z, actions, frames_held: int, generator):
+        """A one-row cache holding `frames_held` frames: the context, front-padded."""
+        dyn = self.dyn
+        t = z.shape[1]
+        into, has = dyn.actions_into_frames(actions, 1, t, z.device)
+        if t < frames_held:
+            pad = frames_held - t
+            z = torch.cat([z[:, :1].expand(1, pad, *z.shape[2:]), z], 1)
+            into = torch.cat([into[:, :1].expand(1, pad, *into.shape[2:]), into], 1)
+            has = torch.cat([torch.zeros(1, pad, dtype=torch.bool), has], 1)
+        z, into, has = z[:, -frames_held:], into[:, -frames_held:], has[:, -frames_held:]
+        cache = dyn.new_cache()
+        dyn.prime(cache, z, into, has, torch.arange(frames_held)[None], generator)
+        return cache
+
+    def reset_rows(self, rows, contexts, generator):
+        """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,))."""
+        max_hold = self.dyn.cfg.max_frames - 1
+        if self.cache is None:  # first reset: all rows at once, the longest context decides the length
+            hold = min(max(len(f) for f, _ in contexts), max_hold)
+            self.cache = self.dyn.new_cache()
+            self.cache.layers = [(torch.zeros(self.n, self.dyn.cfg.n_heads, hold * self.dyn.cfg.tokens_per_frame,
+                                              self.dyn.cfg.d_model // self.dyn.cfg.n_heads),) * 2
+                                 for _ in range(self.dyn.cfg.n_layers)]
+            self.cache.frames = hold
+        hold = self.cache.frames
+        with torch.no_grad():
+            for row, (frames, actions) in zip(rows, contexts):
+                z = self.model.encode(frames[None])
+                acts = torch.as_tensor(np.asarray(actions)).reshape(1, len(frames) - 1, *np.shape(actions)[1:])
+                one = self._context_cache(z, acts, hold, generator)
+                self.cache.layers = [(k.index_copy(0, torch.tensor([row]), k1), v.index_copy(0, torch.tensor([row]), v1))
+                                     for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
+                self.clock[row] = hold - 1
+                self.last[row] = z[0, -1]
+                if self.memory:  # the whole context goes to memory; what the cache holds is not retrieved
+                    poses = self.tracker.path(actions)
+                    self.memories[row] = LatentMemory(**self.memory_args)
+                    for i in range(len(frames)):
+                        self.memories[row].add(z[0, i], poses[i], hold - len(frames) + i)
+                    self.poses[row] = poses[-1]
+                self.retrieved[row] = 0
+
+    def _recall(self, actions):
+        """Move each row's pose by its action and fetch its memory for the next frame."""
+        slots = self.dyn.cfg.memory
+        zs, feats, valid = [], [], []
+        for row in range(self.n):
+            self.poses[row] = self.tracker.step(self.poses[row], actions[row])
+            z, f, v = self.memories[row].retrieve(self.poses[row], slots,
+                                                  before_step=int(self.clock[row]) + 1 - self.cache.frames)
+            zs.append(z)
+            feats.append(f)
+            valid.append(v)
+        valid = np.stack(valid)
+        self.retrieved = valid.sum(1)
+        if not valid.any():
+            return None
+        return torch.stack(zs), torch.from_numpy(np.stack(feats)), torch.from_numpy(valid)
+
+    def step(self, actions, generator):
+        """actions (N, ...) -> next latents (N, C, h, w), rewards (N,), termination probabilities (N,)."""
+        with torch.no_grad():
+            a = torch.as_tensor(np.asarray(actions))
+            memory = self._recall(np.asarray(actions)) if self.memory else None
+            self.clock += 1
+            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, memory=memory)
+            reward, end = self.dyn.heads(self.last, nxt, a)
+            self.last = nxt
+            if self.memory:
+                for row in range(self.n):
+                    self.memories[row].add(nxt[row], self.poses[row], int(self.clock[row]))
+        return nxt, reward.numpy(), torch.sigmoid(end).numpy()
 
 
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
@@ -124,7 +225,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
             firsts.append(read_episode(path).frames[0])
     info = {"env_id": meta.get("env_id"), "env_kwargs": meta.get("env_kwargs", {}),
             "action_space": meta["action_space"], "action_meanings": meta.get("action_meanings"),
-            "frame_shape": meta["frame_shape"], "trained_steps": config.get("step"),
+            "frame_shape": meta["frame_shape"], "trained_steps": config.get("step"), "pose_model": meta.get("pose_model"),
             "train": config.get("train")}
     model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
     model.save(out, half=half)

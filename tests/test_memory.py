@@ -1,0 +1,121 @@
+"""Latent memory: pose keys, view-overlap retrieval, the bounded bank, attention that
+reaches only the newest frame, training with memory, and the switch in the dream env."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs.rooms import ACTIONS, RoomsEnv
+from worldsim.memory import LatentMemory, PoseTracker, pose_features, relative_poses, view_overlap
+
+
+def test_view_overlap_is_one_for_the_same_view_and_zero_for_disjoint_ones():
+    q = np.array([1.0, 2.0, 0.3])
+    poses = np.array([[1, 2, 0.3], [1, 2, 0.3 + np.pi], [1.3, 2.1, 0.3 + np.radians(15)], [30, 30, 0.3]])
+    o = view_overlap(q, poses, 60, 5)
+    assert o[0] == 1.0 and o[1] == 0.0 and o[3] == 0.0
+    assert 0.3 < o[2] < 1.0
+
+
+def test_dead_reckoning_follows_the_real_pose_on_a_free_path():
+    env = RoomsEnv(collectible=False)
+    tracker = PoseTracker(env.pose_model()["motion"])
+    names = ["TURN_LEFT"] * 5 + ["FORWARD"] * 2 + ["STRAFE_LEFT", "TURN_RIGHT", "BACK"]
+    acts = [ACTIONS.index(n) for n in names]
+    moves = [i for i, n in enumerate(names) if n in ("FORWARD", "STRAFE_LEFT", "BACK")]
+    for seed in range(50):  # a start where no wall blocks any move
+        _, info = env.reset(seed=seed)
+        real = [info["gt"]["pose"]] + [env.step(a)[4]["gt"]["pose"] for a in acts]
+        real = np.array(real, float)
+        if np.allclose(np.linalg.norm(np.diff(real[:, :2], axis=0), axis=1)[moves], env.move_step):
+            break
+    else:
+        pytest.fail("no free start found")
+    dead = tracker.path(acts, real[0])
+    np.testing.assert_allclose(dead[:, :2], real[:, :2], atol=1e-5)
+    np.testing.assert_allclose(np.angle(np.exp(1j * (dead[:, 2] - real[:, 2]))), 0, atol=1e-5)
+    turns = tracker.path([ACTIONS.index("TURN_LEFT")] * env.turn_steps)
+    assert np.isclose(np.cos(turns[-1, 2]), 1) and np.allclose(turns[-1, :2], 0)
+
+
+def test_memory_is_bounded_refreshes_a_view_and_retrieves_the_best_old_view():
+    mem = LatentMemory((2, 2, 2), capacity=3, fov_deg=60, reach=5)
+    for i, yaw in enumerate([0.0, 1.5, 3.0]):
+        mem.add(torch.full((2, 2, 2), float(i)), (0, 0, yaw), i)
+    mem.add(torch.full((2, 2, 2), 9.0), (0, 0, 0), 3)  # the same view as step 0: replaces it
+    assert len(mem) == 3 and sorted(mem.steps) == [1, 2, 3]
+    mem.add(torch.full((2, 2, 2), 10.0), (0, 0, 4.5), 4)  # a new view, memory full: the oldest goes
+    assert len(mem) == 3 and sorted(mem.steps) == [2, 3, 4]
+    z, feats, valid = mem.retrieve((0, 0, 0.1), k=2, before_step=4)  # step 4 is still in context
+    assert valid.tolist() == [True, False]  # the yaw-3.0 view does not overlap
+    assert (z[0] == 9).all() and (z[1] == 0).all()
+    np.testing.assert_allclose(feats[0], pose_features(relative_poses(np.array([0, 0, 0.1]), np.zeros((1, 3))), 5)[0])
+
+
+def tiny(memory=2):
+    from worldsim.dynamics import Dynamics, DynamicsConfig
+
+    torch.manual_seed(0)
+    model = Dynamics(DynamicsConfig(latent_shape=(4, 4, 4), d_model=32, n_layers=2, n_heads=2, max_frames=6,
+                                    memory=memory))
+    for p in model.parameters():  # adaLN-Zero starts as the identity: perturb it so every path matters
+        p.data += 0.05 * torch.randn_like(p)
+    return model.eval()
+
+
+def test_memory_reaches_only_the_newest_frame_and_the_cache_agrees():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+    b, t = 2, 4
+    x, tau = torch.randn(b, t, 4, 4, 4, generator=g), torch.rand(b, t, generator=g)
+    a, has, pos = torch.randint(0, 7, (b, t), generator=g), torch.ones(b, t, dtype=torch.bool), torch.arange(t).expand(b, t)
+    memory = (torch.randn(b, 2, 4, 4, 4, generator=g), torch.randn(b, 2, 4, generator=g), torch.tensor([[True, True], [True, False]]))
+    with torch.no_grad():
+        plain = model(x, tau, a, has, pos)
+        with_memory = model(x, tau, a, has, pos, memory=memory)
+        off = model(x, tau, a, has, pos, memory=(memory[0], memory[1], torch.zeros(b, 2, dtype=torch.bool)))
+        cache = model.new_cache()
+        model(x[:, :3], tau[:, :3], a[:, :3], has[:, :3], pos[:, :3], cache=cache, write_cache=True)
+        cached = model(x[:, 3:], tau[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache=cache, memory=memory)
+    torch.testing.assert_close(with_memory[:, :-1], plain[:, :-1])  # earlier frames never see memory
+    assert (with_memory[:, -1] - plain[:, -1]).abs().max() > 1e-3  # the newest frame does
+    torch.testing.assert_close(off, plain)  # invalid slots are ignored
+    torch.testing.assert_close(cached, with_memory[:, 3:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="write the cache without it"):
+        model(x[:, 3:], tau[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache=cache, write_cache=True, memory=memory)
+
+
+def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
+    from envs import env_pose_model
+    from training.train_dynamics import MemoryWindows
+
+    root, _, _ = pipeline
+    windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"))
+    rng = np.random.default_rng(0)
+    items = [windows.item(rng, want_match=True) for _ in range(20)]
+    best = []
+    for it in items:  # slots, seen from the window's last frame: best overlap first, invalid ones last
+        f = it["mem_pose"]
+        poses = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:])], 1)
+        overlap = np.where(it["mem_valid"], view_overlap(np.zeros(3), poses, windows.fov, windows.reach), -1)
+        assert (np.diff(overlap) <= 1e-9).all() and (overlap[it["mem_valid"]] >= 0.1).all()
+        best.append(overlap[0])
+    assert np.mean(np.array(best) >= 0.5) > 0.5  # matches were asked for
+    _, summary = memory_world
+    assert summary["step"] == 30 and np.isfinite(summary["last_batch"]["loss"])
+
+
+def test_dream_env_memory_switch(memory_world, pipeline):
+    from worldsim.dream_env import DreamEnv
+
+    world, _ = memory_world
+    turn = ACTIONS.index("TURN_LEFT")
+    env = DreamEnv(world)
+    env.reset(seed=0)
+    retrieved = [env.step(turn)[4]["memory_frames"] for _ in range(24)]
+    assert retrieved[0] == 0 and max(retrieved) > 0  # memory fills once frames leave the context
+    off = DreamEnv(world, memory=False)
+    off.reset(seed=0)
+    assert all(off.step(turn)[4]["memory_frames"] == 0 for _ in range(24))
+    with pytest.raises(ValueError, match="has no memory"):
+        DreamEnv(str(pipeline[0] / "world.safetensors"), memory=True)

@@ -1,0 +1,141 @@
+"""Object-persistent latent memory: past latent frames kept beyond the context window.
+
+Each entry is a latent frame with its key, the camera pose (x, y, yaw) it was seen from.
+For the frame about to be generated, the entries whose views overlap its view most are
+retrieved (WorldMem's rule: the share of points in the new view's field of view that the
+old view also saw) and the transformer attends to them, with each entry's pose relative
+to the new frame as its conditioning (`Dynamics.forward(memory=...)`).
+
+In a dream there is no ground-truth pose, so `PoseTracker` integrates the env's motion
+model (what each action does to the pose, exported with the world model) from an
+arbitrary origin: only relative poses are ever used. Collisions are unknown to it, so
+its key drifts where the agent walks into walls.
+
+The memory is bounded: an entry that sees nearly the same view as a newer one is
+replaced by it (the newer frame shows the world as it is now), otherwise the oldest entry
+goes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _frustum_points(fov_deg: float, reach: float, n: int = 8) -> np.ndarray:
+    """(n*n, 2) points (forward, left) spread over a 2D field of view up to `reach`."""
+    half = np.radians(fov_deg) / 2
+    angles = np.linspace(-half, half, n)
+    dists = np.linspace(reach / n, reach, n)
+    a, d = np.meshgrid(angles, dists)
+    return np.stack([d * np.cos(a), d * np.sin(a)], -1).reshape(-1, 2)
+
+
+def relative_poses(query: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Poses (N, 3) seen from `query` (3,): (N, 3) of (forward, left, dyaw in (-pi, pi])."""
+    d = poses[:, :2] - query[:2]
+    c, s = np.cos(query[2]), np.sin(query[2])
+    forward, left = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
+    dyaw = np.angle(np.exp(1j * (poses[:, 2] - query[2])))
+    return np.stack([forward, left, dyaw], -1)
+
+
+def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
+    """Share of the query view's field of view (sampled points up to `reach`) that each
+    of `poses` (N, 3) also sees: 1 for the same pose, 0 for disjoint views."""
+    if len(poses) == 0:
+        return np.zeros(0)
+    c, s = np.cos(query[2]), np.sin(query[2])
+    pts = _frustum_points(fov_deg, reach)
+    world = query[:2] + pts[:, :1] * np.array([c, s]) + pts[:, 1:] * np.array([-s, c])  # P, 2
+    d = world[None] - poses[:, None, :2]  # N, P, 2
+    dist = np.linalg.norm(d, axis=-1)
+    bearing = np.angle(np.exp(1j * (np.arctan2(d[..., 1], d[..., 0]) - poses[:, None, 2])))
+    seen = (np.abs(bearing) <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
+    return seen.mean(axis=1)
+
+
+def pose_features(rel: np.ndarray, reach: float) -> np.ndarray:
+    """Relative poses (..., 3) -> model inputs (..., 4): position in units of reach, and
+    the yaw difference as cos and sin."""
+    return np.concatenate([rel[..., :2] / reach, np.cos(rel[..., 2:]), np.sin(rel[..., 2:])], -1).astype(np.float32)
+
+
+class PoseTracker:
+    """Dead reckoning from actions: motion[a] = (forward, left, turn radians) of action a."""
+
+    def __init__(self, motion):
+        self.motion = np.asarray(motion, dtype=np.float64)
+        if self.motion.ndim != 2 or self.motion.shape[1] != 3:
+            raise ValueError(f"motion must be one (forward, left, turn) row per action, got shape {self.motion.shape}")
+
+    def step(self, pose: np.ndarray, action) -> np.ndarray:
+        forward, left, turn = self.motion[int(action)]
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        return np.array([pose[0] + forward * c - left * s, pose[1] + forward * s + left * c, pose[2] + turn])
+
+    def path(self, actions, start=(0.0, 0.0, 0.0)) -> np.ndarray:
+        """Poses (T+1, 3) along `actions` (T,) from `start`."""
+        poses = [np.asarray(start, dtype=np.float64)]
+        for a in np.asarray(actions).reshape(-1):
+            poses.append(self.step(poses[-1], a))
+        return np.stack(poses)
+
+
+class LatentMemory:
+    """A bounded bank of (latent, pose, step) entries with view-overlap retrieval."""
+
+    def __init__(self, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
+                 same_view: float = 0.9, min_overlap: float = 0.1):
+        if capacity < 1:
+            raise ValueError(f"memory capacity must be at least 1, got {capacity}")
+        self.latent_shape = tuple(latent_shape)
+        self.capacity, self.fov_deg, self.reach = capacity, fov_deg, reach
+        self.same_view, self.min_overlap = same_view, min_overlap
+        self.latents: list[torch.Tensor] = []
+        self.poses = np.zeros((0, 3))
+        self.steps = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def add(self, latent: torch.Tensor, pose, step: int):
+        pose = np.asarray(pose, dtype=np.float64)
+        overlap = view_overlap(pose, self.poses, self.fov_deg, self.reach)
+        if len(overlap) and overlap.max() >= self.same_view:
+            drop = int(overlap.argmax())  # the same view seen again: keep the newer frame
+        elif len(self) >= self.capacity:
+            drop = int(self.steps.argmin())  # full: the oldest goes
+        else:
+            drop = None
+        if drop is not None:
+            del self.latents[drop]
+            self.poses, self.steps = np.delete(self.poses, drop, 0), np.delete(self.steps, drop)
+        self.latents.append(latent.detach())
+        self.poses = np.concatenate([self.poses, pose[None]])
+        self.steps = np.append(self.steps, step)
+
+    def retrieve(self, pose, k: int, before_step: int):
+        """The k entries seen before `before_step` whose views overlap `pose`'s view most.
+
+        Returns latents (k, C, h, w), features (k, 4) of their poses relative to `pose`,
+        and valid (k,) bool (False pads slots with no entry of enough overlap)."""
+        pose = np.asarray(pose, dtype=np.float64)
+        old = np.nonzero(self.steps < before_step)[0]
+        overlap = view_overlap(pose, self.poses[old], self.fov_deg, self.reach)
+        order = old[np.argsort(-overlap, kind="stable")][:k]
+        order = order[view_overlap(pose, self.poses[order], self.fov_deg, self.reach) >= self.min_overlap]
+        return gather(self.latents, self.poses, order, pose, k, self.reach, self.latent_shape)
+
+
+def gather(latents, poses: np.ndarray, order, query: np.ndarray, k: int, reach: float, latent_shape):
+    """Entries `order` of `latents` and `poses` in k slots, with poses relative to `query`."""
+    z = torch.zeros(k, *latent_shape)
+    feats = np.zeros((k, 4), np.float32)
+    valid = np.zeros(k, bool)
+    n = len(order)
+    if n:
+        z[:n] = torch.stack([torch.as_tensor(latents[i]).float() for i in order])
+        feats[:n] = pose_features(relative_poses(query, poses[order]), reach)
+        valid[:n] = True
+    return z, feats, valid

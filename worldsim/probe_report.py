@@ -1,0 +1,195 @@
+"""`worldsim probe`: run the probes on a world model, memory on beside memory off, with
+the baselines, and write report.json, a summary plot and side-by-side videos.
+
+    worldsim probe --checkpoint worldsim/checkpoints/rooms_memory.safetensors --out probes/
+
+DIR/report.json    every score, per probe and predictor (and per scenario)
+DIR/summary.png    loop closure, object recall by gap, action agreement, drift curves
+DIR/control_confusion.png   given action against the action the dream's frame shows
+DIR/<probe>.mp4    real | dream with memory | dream without memory, one scenario each
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from worldsim import probes as P
+from worldsim.dataset import _atomic_write_bytes
+
+PROBES = ("loop", "objects", "control", "drift")
+ROOMS_ONLY = ("loop", "objects", "control")
+
+
+def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 8,
+               object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
+               sample_steps: int | None = None, progress: bool = True) -> dict:
+    from worldsim.dream_env import load_world_model
+
+    model = load_world_model(checkpoint, env_id)
+    env_id = env_id or model.info.get("env_id")
+    unknown = set(probes) - set(PROBES)
+    if unknown:
+        raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {PROBES}")
+    if env_id != P.ROOMS_ID and set(probes) & set(ROOMS_ONLY):
+        raise ValueError(f"the {'/'.join(ROOMS_ONLY)} probes need {P.ROOMS_ID}'s exact ground truth (object masks, "
+                         f"a state that can be copied); for {env_id} run --probes drift")
+    context = model.dynamics.cfg.max_frames - 1
+    object_gaps = object_gaps or [context // 2, context, 2 * context, 4 * context]
+    has_memory = bool(model.dynamics.cfg.memory) and model.info.get("pose_model") is not None
+    predictors = {}
+    if has_memory:
+        predictors["dream_memory_on"] = P.dream(model, True, seed, sample_steps=sample_steps)
+    predictors["dream_memory_off"] = P.dream(model, False, seed, sample_steps=sample_steps)
+    predictors["copy_last"] = P.copy_last
+    predictors["tokenizer_ceiling"] = P.tokenizer_ceiling(model)
+
+    rooms = P.make_rooms(model.info.get("env_kwargs"), collectible=False) if env_id == P.ROOMS_ID else None
+    scenarios = {
+        "loop": lambda: P.loop_scenarios(rooms, count, context, seed),
+        "objects": lambda: P.object_scenarios(rooms, object_gaps, count, context, seed),
+        "control": lambda: P.control_scenarios(rooms, count, context, seed=seed),
+        "drift": lambda: P.drift_scenarios(env_id, model.info.get("env_kwargs") or {}, drift_episodes, context,
+                                           drift_steps, seed),
+    }
+    names = list(model.info.get("action_meanings") or [])
+    if not names and model.info["action_space"]["type"] == "Discrete":
+        names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
+    scorers = {"loop": P.score_loop,
+               "control": lambda s, p: P.score_control(s, p, names), "drift": P.score_drift}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "context_frames": context,
+              "memory": has_memory, "predictors": list(predictors), "probes": {}}
+    for probe in probes:
+        t0 = time.perf_counter()
+        cases = scenarios[probe]()
+        report["probes"][probe] = {"scenarios": len(cases)}
+        shown = {}
+        reference = predictors["tokenizer_ceiling"](cases) if probe == "objects" else None
+        for name, predict in predictors.items():
+            predictions = reference if name == "tokenizer_ceiling" and reference is not None else predict(cases)
+            report["probes"][probe][name] = (P.score_objects(cases, predictions, reference) if probe == "objects"
+                                             else scorers[probe](cases, predictions))
+            shown[name] = predictions[0]
+            if progress:
+                print(f"probe {probe:8s} {name:18s} {_headline(probe, report['probes'][probe][name])}", flush=True)
+        report["probes"][probe]["seconds"] = round(time.perf_counter() - t0, 1)
+        _video(out / f"{probe}.mp4", cases[0], shown)
+    _summary_plot(report, out / "summary.png")
+    if "control" in report["probes"]:
+        _confusion_plot(report["probes"]["control"], out / "control_confusion.png")
+    _atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    return {"out": str(out), **{p: {k: _headline(p, v) for k, v in r.items() if isinstance(v, dict)}
+                                for p, r in report["probes"].items()}}
+
+
+def _headline(probe: str, score: dict) -> str:
+    if probe == "loop":
+        return f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
+    if probe == "objects":
+        gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_by_gap"].items())
+        return (f"recall {score['recall']:.2f} of {score['objects']} objects the tokenizer shows (by gap {gaps}); "
+                f"{score['recall_all']:.2f} of all {score['objects_all']}")
+    if probe == "control":
+        return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
+    at = ", ".join(f"{h}:{v:.2f}" for h, v in score["psnr_db_at"].items())
+    return f"PSNR dB at step {at}; mean {score['psnr_db_mean']:.2f}"
+
+
+def _video(path, scenario, shown: dict):
+    """Real | dream with memory | dream without memory (the dreams that exist), context
+    frames included so the video starts from what the model saw."""
+    from worldsim.dream_video import side_by_side, write_video
+
+    context = scenario.frames[:scenario.context]
+    clip = scenario.frames
+    for name in ("dream_memory_on", "dream_memory_off"):
+        if name in shown:
+            clip = side_by_side(clip, np.concatenate([context, shown[name]]))
+    write_video(path, clip, fps=8)
+
+
+def _summary_plot(report: dict, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results, context = report["probes"], report["context_frames"]
+    colours = {"dream_memory_on": "tab:green", "dream_memory_off": "tab:red", "copy_last": "tab:gray",
+               "tokenizer_ceiling": "tab:blue"}
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ax = axes[0, 0]
+    if "loop" in results:
+        kinds = sorted(next(iter(v for v in results["loop"].values() if isinstance(v, dict)))["by_kind"])
+        names = [n for n in report["predictors"] if n in results["loop"]]
+        for i, name in enumerate(names):
+            vals = [results["loop"][name]["by_kind"][k] for k in kinds]
+            ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names), vals, 0.8 / len(names),
+                   label=name, color=colours[name])
+        ax.axhline(25, ls="--", c="k", lw=1, label="goal 25 dB")
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_ylabel("returned view PSNR vs real (dB)")
+        ax.legend(fontsize=8)
+    ax.set_title("loop closure (gap > context window)")
+    ax = axes[0, 1]
+    if "objects" in results:
+        for name in report["predictors"]:
+            r = results["objects"][name]
+            ax.plot(list(r["gap_steps_by_gap"].values()), list(r["recall_by_gap"].values()), "o-", label=name,
+                    color=colours[name])
+        ax.axvline(context, ls=":", c="k", lw=1, label=f"context window ({context})")
+        ax.axhline(0.9, ls="--", c="k", lw=1, label="goal 0.9")
+        ax.set_xlabel("steps out of view")
+        ax.set_ylabel("objects recalled at the right place")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=8)
+    ax.set_title("object persistence")
+    ax = axes[1, 0]
+    if "control" in results:
+        names = report["predictors"]
+        ax.bar(range(len(names)), [results["control"][n]["agreement"] for n in names], color=[colours[n] for n in names])
+        ax.axhline(results["control"][names[0]]["chance"], ls="--", c="k", lw=1, label="chance")
+        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+        ax.set_ylabel("frames nearest the given action's real render")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+    ax.set_title("action control")
+    ax = axes[1, 1]
+    if "drift" in results:
+        for name in report["predictors"]:
+            curve = results["drift"][name]["psnr_curve"]
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=name, color=colours[name], lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("steps after the context")
+        ax.set_ylabel("PSNR vs real replay (dB)")
+        ax.legend(fontsize=8)
+    ax.set_title("drift")
+    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _confusion_plot(control: dict, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dreams = [n for n in ("dream_memory_on", "dream_memory_off") if n in control]
+    fig, axes = plt.subplots(1, len(dreams), figsize=(5.5 * len(dreams), 5), squeeze=False)
+    for ax, name in zip(axes[0], dreams):
+        m = np.array(control[name]["confusion"], float)
+        labels = control[name]["action_names"]
+        ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Greens", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("action whose real render is nearest the dream")
+        ax.set_ylabel("action given")
+        ax.set_title(f"{name}: agreement {control[name]['agreement']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
