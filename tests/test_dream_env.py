@@ -119,7 +119,8 @@ def test_vector_env_batches_and_autoresets(world):
     same.reset(seed=0)
     same.step(np.zeros(4, int))
     obs, _, _, truncated, info = same.step(np.zeros(4, int))
-    assert truncated.all() and info["final_obs"][0].shape == (64, 64, 3)
+    assert truncated.all() and info["final_obs"].shape == (4,) and info["final_obs"][0].shape == (64, 64, 3)
+    assert info["final_obs"][0].dtype == np.uint8  # an array per env, even when all end together
     with pytest.raises(ValueError, match="batched action space"):
         same.step(np.array([0, 0, 0, 9]))
     # A single env and row 0 of a batch agree on what they see after a reset from the same start.

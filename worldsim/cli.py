@@ -66,6 +66,20 @@ def cmd_probe(args):
                       sample_steps=args.sample_steps, progress=not args.quiet)
 
 
+def cmd_imagine(args):
+    from agents.imagine import ImagineConfig, imagine
+
+    fields = {k: v for k, v in vars(args).items() if k in ImagineConfig.__dataclass_fields__}
+    return imagine(ImagineConfig(**fields), progress=not args.quiet)
+
+
+def cmd_loop(args):
+    from agents.dream_loop import LoopConfig, run_loop
+
+    fields = {k: v for k, v in vars(args).items() if k in LoopConfig.__dataclass_fields__ and v is not None}
+    return run_loop(LoopConfig(**fields), progress=not args.quiet)
+
+
 def cmd_encode(args):
     from training.train_tokenizer import encode_dataset
 
@@ -194,6 +208,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("imagine", help="train an SB3 agent inside the dream, then score it in the real env")
+    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
+    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c"])
+    p.add_argument("--steps", type=int, default=50_000, help="agent steps in the dream")
+    p.add_argument("--obs", default="rgb", choices=["rgb", "latent"], help="decoded frames (CnnPolicy) or latents (MlpPolicy)")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--horizon", type=int, default=200, help="episode length limit, in the dream and the real env")
+    p.add_argument("--eval-episodes", type=int, default=10, help="real episodes the agent is scored on")
+    p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/imagine")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_imagine)
+
+    p = sub.add_parser("loop", help="collect -> update the world model -> train the agent in the dream, on a real-step budget")
+    p.add_argument("--env", default="worldsim/Rooms-v0")
+    p.add_argument("--out", default="runs/loop")
+    p.add_argument("--real-steps", type=int, default=None, help="real env steps over all iterations (default 40000)")
+    p.add_argument("--iterations", type=int, default=None, help="default 4")
+    p.add_argument("--env-kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"max_steps\": 200}'")
+    p.add_argument("--first-policy", default=None, choices=["random", "explore"])
+    p.add_argument("--tokenizer", default=None, help="a trained tokenizer (default: train one on the first data)")
+    p.add_argument("--tokenizer-config", default=None, choices=["tiny", "small", "base"])
+    p.add_argument("--tokenizer-steps", type=int, default=None)
+    p.add_argument("--init", default=None, help="start the dynamics from this world model or dynamics run")
+    p.add_argument("--config", default=None, choices=["tiny", "XS", "S", "B", "L"], help="dynamics size (default XS)")
+    p.add_argument("--dynamics-steps", type=int, default=None, help="world-model updates per iteration")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--agent-steps", type=int, default=None, help="agent steps in the dream per iteration")
+    p.add_argument("--algo", default=None, choices=["ppo", "a2c"])
+    p.add_argument("--num-envs", type=int, default=None)
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--eval-episodes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_loop)
 
     p = sub.add_parser("encode", help="pre-encode a dataset's frames to latents with a tokenizer")
     p.add_argument("--checkpoint", required=True)

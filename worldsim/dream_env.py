@@ -233,7 +233,9 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         else:
             rows = np.nonzero(terminated | truncated)[0]
             if len(rows):
-                info["final_obs"] = np.array([obs[i] if i in rows else None for i in range(self.num_envs)], dtype=object)
+                info["final_obs"] = np.empty(self.num_envs, dtype=object)  # filled one by one: a 1-D array of arrays
+                for i in rows:
+                    info["final_obs"][i] = obs[i].copy()
                 info["_final_obs"] = terminated | truncated
                 info["final_info"] = {"termination_prob": probs.copy()}
                 info["_final_info"] = terminated | truncated

@@ -216,7 +216,6 @@ def object_scenarios(env, gaps, per_gap: int, context: int, seed: int = 0, min_p
             if m >= context - 1:
                 continue
             extra = 2
-            base = [turn] * extra + [back] * (m + extra)
             hidden = m + 2 * extra - 1  # frames without the objects when nothing waits
             wait = max(0, gap - hidden)
             actions = [noop] * (context - 1 - m) + [turn] * m + [turn] * extra + [noop] * wait + [back] * (m + extra)

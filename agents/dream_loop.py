@@ -1,0 +1,115 @@
+"""The full loop on a budget of real env steps (DIAMOND's recipe):
+
+    collect with the current agent -> update the world model -> train the agent in the
+    dream -> score it in the real env -> repeat
+
+    worldsim loop --env worldsim/Rooms-v0 --real-steps 40000 --iterations 4 --out runs/loop
+
+The first collection uses a scripted policy (explore); later ones the agent. The
+tokenizer is trained once, on the first iteration's data (or given with --tokenizer);
+the dynamics run resumes across iterations, on all data collected so far. DIR/loop.json
+records every iteration (real steps spent, dream return, real return), DIR/curves.png
+plots them, and rerunning the same command resumes after the last finished iteration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agents.imagine import ImagineConfig, agent_actor, evaluate, plot_curves, random_actor, real_env, train_in_dream
+from worldsim.dataset import _atomic_write_bytes
+
+
+@dataclass
+class LoopConfig:
+    env: str = "worldsim/Rooms-v0"
+    out: str = "runs/loop"
+    real_steps: int = 40_000  # real env steps over all iterations
+    iterations: int = 4
+    env_kwargs: dict = field(default_factory=dict)
+    first_policy: str = "explore"  # random | explore: the first collection, before any agent exists
+    tokenizer: str | None = None  # a trained tokenizer; None trains one on the first iteration's data
+    tokenizer_config: str = "small"
+    tokenizer_steps: int = 2000
+    init: str | None = None  # a world model or dynamics run to start the dynamics from
+    config: str = "XS"
+    dynamics_steps: int = 2000  # per iteration
+    batch_size: int = 32
+    agent_steps: int = 50_000  # per iteration, in the dream
+    algo: str = "ppo"
+    num_envs: int = 16
+    horizon: int = 200
+    eval_episodes: int = 10
+    seed: int = 0
+
+
+def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
+    from agents.policies import save_agent
+    from training.collect import check_env_id, collect
+    from training.train_dynamics import TrainConfig as DynamicsConfig, train as train_dynamics
+    from training.train_tokenizer import TrainConfig as TokenizerConfig, encode_dataset, train as train_tokenizer
+    from worldsim.tokenizer import Tokenizer
+    from worldsim.world_model import WorldModel, export_world_model
+
+    check_env_id(cfg.env)
+    if cfg.iterations < 1 or cfg.real_steps < cfg.iterations:
+        raise ValueError(f"expected iterations >= 1 and real_steps >= iterations, got {cfg.iterations}, {cfg.real_steps}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "loop.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"config": asdict(cfg), "history": []}
+    if state["config"] != json.loads(json.dumps(asdict(cfg))):
+        raise ValueError(f"{state_path} was started with other settings; use another --out or the same settings")
+    per_iteration = cfg.real_steps // cfg.iterations
+    tokenizer = cfg.tokenizer or str(out / "tokenizer.safetensors")
+    agent = None
+    for i in range(len(state["history"]), cfg.iterations):
+        say = (lambda msg: print(f"[loop {i + 1}/{cfg.iterations}] {msg}", flush=True)) if progress else (lambda msg: None)
+        policy = cfg.first_policy if i == 0 else str(out / "agent")
+        say(f"collect {per_iteration} real steps with {'the agent' if i else cfg.first_policy}")
+        collect(cfg.env, policy, per_iteration, str(out / "data"), seed=cfg.seed + i, env_kwargs=cfg.env_kwargs,
+                progress=progress)
+        if not Path(tokenizer).exists():
+            say("train the tokenizer")
+            train_tokenizer(TokenizerConfig(data=str(out / "data"), out=str(out / "tok"), config=cfg.tokenizer_config,
+                                            steps=cfg.tokenizer_steps, seed=cfg.seed), progress=progress)
+            Tokenizer.load(out / "tok" / "latest.safetensors").save(tokenizer)
+        encode_dataset(tokenizer, str(out / "data"), str(out / "latents"), progress=progress)
+        say("update the world model")
+        train_dynamics(DynamicsConfig(data=str(out / "latents"), out=str(out / "dyn"), config=cfg.config,
+                                      steps=(i + 1) * cfg.dynamics_steps, batch_size=cfg.batch_size,
+                                      init=cfg.init or "", seed=cfg.seed), progress=progress)
+        export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"), tokenizer)
+        model = WorldModel.load(out / "world.safetensors")
+        say("train the agent in the dream")
+        dream_cfg = ImagineConfig(out=str(out), algo=cfg.algo, steps=cfg.agent_steps, num_envs=cfg.num_envs,
+                                  horizon=cfg.horizon, seed=cfg.seed + i)
+        resumed = out / "agent" if agent is None and i > 0 else None  # its optimizer starts afresh
+        agent, curve = train_in_dream(model, dream_cfg, agent, progress=progress, init_policy=resumed)
+        save_agent(agent, out / "agent")
+        env = real_env(cfg.env, cfg.env_kwargs, cfg.horizon)
+        real, _ = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=10_000 + i)
+        rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=10_000 + i)
+        env.close()
+        state["history"].append({
+            "iteration": i + 1, "real_steps": (i + 1) * per_iteration, "agent_steps": int(agent.num_timesteps),
+            "dream_return": float(np.mean([r for _, r in curve[-20:]])) if curve else None,
+            "real_return": real["mean"], "real_return_std": real["std"], "random_real_return": rand["mean"]})
+        say(f"dream return {state['history'][-1]['dream_return']}, real return {real['mean']:.2f} ± {real['std']:.2f} "
+            f"(random {rand['mean']:.2f})")
+        _atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
+        _plot(state, out / "curves.png", cfg.env)
+    return {"out": str(out), "history": state["history"]}
+
+
+def _plot(state, path, env_id):
+    h = state["history"]
+    x = [r["real_steps"] for r in h]
+    plot_curves(path, {"real return (agent)": list(zip(x, [r["real_return"] for r in h])),
+                       "dream return (agent)": list(zip(x, [r["dream_return"] or 0.0 for r in h])),
+                       "real return (random policy)": list(zip(x, [r["random_real_return"] for r in h]))},
+                title=f"collect -> world model -> agent in the dream: {env_id}", xlabel="real env steps spent")

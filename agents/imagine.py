@@ -1,0 +1,207 @@
+"""Train an agent inside the dream and score it in the real env (World Models, DIAMOND).
+
+    worldsim imagine --checkpoint worldsim/checkpoints/rooms.safetensors --algo ppo --steps 50000 --out runs/imagine
+
+The agent (stable-baselines3) sees only the batched dream: pixels decoded from the world
+model (CnnPolicy) or its latents (MlpPolicy), rewards and ends from the model's heads.
+It is then scored over K episodes of the real env, which the dream never touches: the
+real env's own rewards are summed. With latent observations, real frames are encoded by
+the world model's tokenizer, so the agent sees the same kind of input in both.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+ALGOS = ("ppo", "a2c")
+
+
+@dataclass
+class ImagineConfig:
+    checkpoint: str | None = None  # world model (default: the shipped Rooms model)
+    out: str = "runs/imagine"
+    algo: str = "ppo"
+    steps: int = 50_000  # agent steps in the dream
+    obs: str = "rgb"  # rgb (CnnPolicy on decoded frames) | latent (MlpPolicy on latents)
+    num_envs: int = 16
+    horizon: int = 200  # episode length limit, in the dream and in the real env
+    eval_episodes: int = 10
+    seed: int = 0
+    memory: bool | None = None  # the dream's latent memory (None: on when the model has it)
+
+
+class LatentObservation(gym.ObservationWrapper):
+    """Real frames -> the world model's latents, so a latent agent runs in the real env."""
+
+    def __init__(self, env, model):
+        super().__init__(env)
+        self.model = model
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, model.dynamics.cfg.latent_shape, np.float32)
+
+    def observation(self, frame):
+        self.last_frame = frame  # what a person watching the episode sees
+        with torch.no_grad():
+            return self.model.encode(frame[None, None])[0, 0].cpu().numpy().astype(np.float32)
+
+
+def real_env(env_id: str, env_kwargs: dict, horizon: int, obs: str = "rgb", model=None):
+    """The real env the dream imitates, with the same episode limit and observations."""
+    import envs  # noqa: F401  (registers the gameplay ids)
+
+    env = gym.make(env_id, **env_kwargs)
+    env = gym.wrappers.TimeLimit(env, horizon)
+    return LatentObservation(env, model) if obs == "latent" else env
+
+
+def new_agent(algo: str, env, obs: str, seed: int, steps: int = 50_000, verbose: int = 0):
+    """PPO (rollouts of up to 128 steps per env, fewer for short runs) or A2C."""
+    from stable_baselines3 import A2C, PPO
+
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algo {algo!r}; expected one of {ALGOS}")
+    policy = "CnnPolicy" if obs == "rgb" else "MlpPolicy"
+    if algo == "ppo":
+        n_steps = int(np.clip(steps // (4 * env.num_envs), 8, 128))
+        return PPO(policy, env, n_steps=n_steps, batch_size=min(256, n_steps * env.num_envs), n_epochs=4,
+                   learning_rate=2.5e-4, ent_coef=0.01, clip_range=0.1, seed=seed, verbose=verbose, device="cpu")
+    return A2C(policy, env, n_steps=8, ent_coef=0.01, seed=seed, verbose=verbose, device="cpu")
+
+
+class ReturnCurve:
+    """An SB3 callback keeping (timestep, episode return) of finished episodes (VecMonitor)."""
+
+    def __new__(cls, bar=None):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class _Curve(BaseCallback):
+            def __init__(self):
+                super().__init__()
+                self.points, self.bar = [], bar
+
+            def _on_step(self):
+                for info in self.locals.get("infos", []):
+                    if "episode" in info:
+                        self.points.append((int(self.num_timesteps), float(info["episode"]["r"])))
+                if self.bar is not None:
+                    self.bar.n = int(self.num_timesteps)
+                    recent = [r for _, r in self.points[-20:]]
+                    self.bar.set_postfix(episode_return=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
+                    self.bar.update(0)
+                return True
+        return _Curve()
+
+
+def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True, init_policy=None):
+    """PPO/A2C on the batched dream for cfg.steps steps; returns (agent, curve points).
+    Continues `agent` when given; a new agent may start from saved policy weights."""
+    from stable_baselines3.common.vec_env import VecMonitor
+    from tqdm import tqdm
+
+    from agents.sb3_vec_env import SB3DreamVecEnv
+
+    venv = VecMonitor(SB3DreamVecEnv(cfg.num_envs, checkpoint=model, obs_type=cfg.obs, max_steps=cfg.horizon,
+                                     memory=cfg.memory))
+    venv.seed(cfg.seed)
+    if agent is None:
+        agent = new_agent(cfg.algo, venv, cfg.obs, cfg.seed, cfg.steps)
+        if init_policy is not None:
+            from agents.policies import load_agent
+            agent.policy.load_state_dict(load_agent(init_policy).state_dict())
+    else:
+        agent.set_env(venv)
+    start = agent.num_timesteps
+    with tqdm(total=start + cfg.steps, initial=start, desc="agent in the dream", unit="step",
+              disable=not progress, mininterval=1) as bar:
+        curve = ReturnCurve(bar)
+        agent.learn(cfg.steps, callback=curve, reset_num_timesteps=False, progress_bar=False)
+    return agent, curve.points
+
+
+def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0):
+    """Returns of `act(obs) -> action` over real episodes; frames of the first `record`."""
+    returns, lengths, frames = [], [], []
+    for k in range(episodes):
+        obs, _ = env.reset(seed=seed + k)
+        done, total, n = False, 0.0, 0
+        while not done:
+            if k < record:
+                frames.append(getattr(env, "last_frame", obs))
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total, n, done = total + float(reward), n + 1, terminated or truncated
+        returns.append(total)
+        lengths.append(n)
+    return {"returns": returns, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+            "length_mean": float(np.mean(lengths)), "episodes": episodes}, frames
+
+
+def agent_actor(agent, deterministic: bool = False):
+    return lambda obs: int(agent.predict(obs, deterministic=deterministic)[0])
+
+
+def random_actor(space, seed: int = 0):
+    space.seed(seed)
+    return lambda obs: space.sample()
+
+
+def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
+    """Train in the dream, score in the real env; writes the agent, report and videos to cfg.out."""
+    from agents.policies import save_agent
+    from worldsim.dream_env import load_world_model
+    from worldsim.dream_video import write_video
+
+    if cfg.obs not in ("rgb", "latent"):
+        raise ValueError(f"obs must be 'rgb' or 'latent', got {cfg.obs!r}")
+    model = load_world_model(cfg.checkpoint)
+    env_id, env_kwargs = model.info.get("env_id"), model.info.get("env_kwargs") or {}
+    if not env_id:
+        raise ValueError("the world model names no real env (info['env_id']); it was trained on footage without one")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    agent, curve = train_in_dream(model, cfg, progress=progress)
+    dream_seconds = time.perf_counter() - t0
+    save_agent(agent, out / "agent")
+    env = real_env(env_id, env_kwargs, cfg.horizon, cfg.obs, model)
+    real, frames = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=10_000 + cfg.seed, record=2)
+    rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=10_000 + cfg.seed)
+    env.close()
+    if frames:
+        write_video(out / "real_episodes.mp4", np.stack(frames))
+    plot_curves(out / "dream_curve.png", {"dream return (per episode)": curve}, title=f"agent in the dream: {env_id}",
+                hlines={"real return of the agent": real["mean"], "real return of a random policy": rand["mean"]})
+    report = {"config": asdict(cfg), "env_id": env_id, "dream_steps": agent.num_timesteps,
+              "dream_seconds": round(dream_seconds, 1),
+              "dream_return_last_20": float(np.mean([r for _, r in curve[-20:]])) if curve else None,
+              "real": real, "random_policy_real": rand, "dream_curve": curve}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return {k: v for k, v in report.items() if k != "dream_curve"}
+
+
+def plot_curves(path, curves: dict, title: str, hlines: dict | None = None, xlabel: str = "agent steps"):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        if points:
+            x, y = np.array(points, float).T
+            ax.plot(x, y, ".", alpha=0.25, ms=3)
+            k = max(1, len(y) // 20)
+            ax.plot(x[k - 1:], np.convolve(y, np.ones(k) / k, "valid"), "-", label=label + (f" (mean of {k})" if k > 1 else ""))
+    for (label, value), style in zip((hlines or {}).items(), ("--", ":", "-.")):
+        ax.axhline(value, ls=style, c="k", lw=1, label=f"{label}: {value:.2f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
