@@ -37,6 +37,7 @@ class LoopConfig:
     tokenizer_steps: int = 2000
     init: str | None = None  # a world model or dynamics run to start the dynamics from
     config: str = "XS"
+    memory: int = 0  # memory frames (train dynamics --memory); the env needs a pose model
     dynamics_steps: int = 2000  # per iteration
     batch_size: int = 32
     agent_steps: int = 50_000  # per iteration, in the dream
@@ -82,7 +83,7 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
         say("update the world model")
         train_dynamics(DynamicsConfig(data=str(out / "latents"), out=str(out / "dyn"), config=cfg.config,
                                       steps=(i + 1) * cfg.dynamics_steps, batch_size=cfg.batch_size,
-                                      init=cfg.init or "", seed=cfg.seed), progress=progress)
+                                      memory=cfg.memory, init=cfg.init or "", seed=cfg.seed), progress=progress)
         export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"), tokenizer)
         model = WorldModel.load(out / "world.safetensors")
         say("train the agent in the dream")

@@ -35,6 +35,7 @@ class ImagineConfig:
     eval_episodes: int = 10
     seed: int = 0
     memory: bool | None = None  # the dream's latent memory (None: on when the model has it)
+    sample_ends: bool = False  # draw dream terminations from the head's probability (see dream_env)
 
 
 class LatentObservation(gym.ObservationWrapper):
@@ -107,7 +108,7 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
     from agents.sb3_vec_env import SB3DreamVecEnv
 
     venv = VecMonitor(SB3DreamVecEnv(cfg.num_envs, checkpoint=model, obs_type=cfg.obs, max_steps=cfg.horizon,
-                                     memory=cfg.memory))
+                                     memory=cfg.memory, sample_ends=cfg.sample_ends))
     venv.seed(cfg.seed)
     if agent is None:
         agent = new_agent(cfg.algo, venv, cfg.obs, cfg.seed, cfg.steps)

@@ -40,20 +40,35 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
     memory: int = 0  # memory frames per window (0: no memory)
     init: str = ""  # start from this world model / dynamics checkpoint's weights
+    end_share: float = 0.0  # share of each batch drawn from windows that end the episode
 
 
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
-    only on (seed, step, rank)."""
+    only on (seed, step, rank). `end_share` of each batch comes from windows whose last
+    step ends the episode, so the termination head sees deaths, rare as they are."""
 
-    def __init__(self, root, window, seed):
+    def __init__(self, root, window, seed, end_share: float = 0.0):
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
         if not self.windows.has_actions:
             raise ValueError(f"{root} has no actions; the dynamics model needs action-labelled episodes")
-        self.seed = seed
+        self.seed, self.end_share = seed, end_share
+        self.ending = []
+        if end_share:
+            ends = {}
+            for e, path in enumerate(self.windows.paths):
+                with open_episode(path) as f:
+                    ends[e] = f["terminated"][()]
+            self.ending = [i for i, (e, t) in enumerate(self.windows.index) if ends[e][t + window - 2]]
+            if not self.ending:
+                raise ValueError(f"--end-share {end_share}: {root} has no terminated episode to draw from")
 
     def batch(self, n, step, rank, device):
-        idx = np.random.default_rng([self.seed, step, rank]).integers(len(self.windows), size=n)
+        rng = np.random.default_rng([self.seed, step, rank])
+        idx = rng.integers(len(self.windows), size=n)
+        ends = int(round(n * self.end_share))
+        if ends:
+            idx[:ends] = rng.choice(self.ending, size=ends)
         items = [self.windows[int(i)] for i in idx]
         stack = lambda k: torch.from_numpy(np.stack([it[k] for it in items])).to(device)  # noqa: E731
         return {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
@@ -150,7 +165,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                              "memory needs one to key frames by pose")
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, meta["pose_model"])
     else:
-        data = LatentWindows(cfg.data, window, cfg.seed)
+        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame

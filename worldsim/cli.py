@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
     t.add_argument("--memory", type=int, default=None, help="memory frames the generated frame attends to (default 0)")
     t.add_argument("--init", default=None, help="start from this world model's or dynamics run's weights")
+    t.add_argument("--end-share", type=float, default=None,
+                   help="share of each batch from windows that end the episode (rare deaths; default 0)")
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
     p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=200, help="episode length limit, in the dream and the real env")
     p.add_argument("--eval-episodes", type=int, default=10, help="real episodes the agent is scored on")
     p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
+    p.add_argument("--sample-ends", action="store_true", help="draw dream terminations from the head's probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/imagine")
     p.add_argument("--quiet", action="store_true")
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-steps", type=int, default=None)
     p.add_argument("--init", default=None, help="start the dynamics from this world model or dynamics run")
     p.add_argument("--config", default=None, choices=["tiny", "XS", "S", "B", "L"], help="dynamics size (default XS)")
+    p.add_argument("--memory", type=int, default=None, help="memory frames of the dynamics model (default 0)")
     p.add_argument("--dynamics-steps", type=int, default=None, help="world-model updates per iteration")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--agent-steps", type=int, default=None, help="agent steps in the dream per iteration")

@@ -11,6 +11,9 @@ them}}); `step(a)` then predicts the frame that follows the last given one, as i
 were taken there. Reward and termination come from the model's heads, truncation from
 `max_steps`. The vector env advances all sub-envs in one batched forward pass.
 `memory=False` turns off the latent memory of a model trained with one (on by default).
+`sample_ends=True` draws each step's termination from the head's probability instead of
+thresholding it at 0.5: an uncertain model then ends episodes as often as it believes
+they end, which leaves an agent less room to exploit it.
 """
 
 from __future__ import annotations
@@ -47,11 +50,11 @@ def load_world_model(checkpoint, env_id: str | None = None, device: str = "cpu")
 class _DreamBase:
     """What the single and the vector env share: loading, spaces, contexts, observations."""
 
-    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory):
+    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends):
         if obs_type not in ("rgb", "latent"):
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
-        self.obs_type, self.max_steps, self.memory = obs_type, max_steps, memory
+        self.obs_type, self.max_steps, self.memory, self.sample_ends = obs_type, max_steps, memory, sample_ends
         DreamCore(self.model, 1, memory=memory)  # fails now, not at reset, if memory is asked of a model without it
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
@@ -97,6 +100,12 @@ class _DreamBase:
             actions = np.zeros((0,), np.int64)
         return frames, actions
 
+    def _ends(self, probs: np.ndarray) -> np.ndarray:
+        """Episode ends from the head's probabilities: drawn (sample_ends) or above 0.5."""
+        if self.sample_ends:
+            return self.np_random.random(len(probs)) < probs
+        return probs > 0.5
+
     def _valid(self, a) -> bool:
         """Whether `a` is one action of the single-env space (ints of any numpy kind welcome)."""
         space = self.single_action_space
@@ -125,10 +134,10 @@ class DreamEnv(_DreamBase, gym.Env):
 
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
-                 memory: bool | None = None):
+                 memory: bool | None = None, sample_ends: bool = False):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory)
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends)
         self.action_space, self.observation_space = self.single_action_space, self.single_observation_space
         self.render_mode = render_mode
         self.core, self._steps, self._done, self._frame = None, None, False, None
@@ -152,7 +161,7 @@ class DreamEnv(_DreamBase, gym.Env):
             raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
         z, reward, prob = self.core.step(np.asarray(action)[None], self._generator)
         self._steps += 1
-        terminated = bool(prob[0] > 0.5)
+        terminated = bool(self._ends(prob)[0])
         truncated = self._steps >= self.max_steps
         self._done = terminated or truncated
         obs = self._observe(z)[0]
@@ -184,8 +193,8 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
     def __init__(self, num_envs: int = 1, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500,
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
-                 memory: bool | None = None):
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory)
+                 memory: bool | None = None, sample_ends: bool = False):
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends)
         self.num_envs, self.render_mode = num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -220,7 +229,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         z, rewards, probs = self.core.step(actions, self._generator)
         self._steps += 1
         obs = self._observe(z)
-        terminated = probs > 0.5
+        terminated = self._ends(probs)
         truncated = self._steps >= self.max_steps
         rewards = rewards.astype(np.float64)
         info = self._info(probs, self._steps.copy())

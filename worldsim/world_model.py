@@ -104,8 +104,9 @@ class DreamCore:
     positions, so rows at different absolute times share one forward pass.
 
     Memory (worldsim/memory.py): every frame goes into the row's memory keyed by its
-    dead-reckoned pose; each new frame attends to the `cfg.memory` frames from before the
-    context window whose views overlap its own most. memory=False turns it off (ablation).
+    dead-reckoned pose; each new frame attends to the `cfg.memory` earlier frames whose
+    views overlap its own most, kept for as long as the bounded memory holds them, far
+    beyond the context window. memory=False turns it off (ablation).
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
@@ -163,7 +164,7 @@ class DreamCore:
                                      for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
                 self.clock[row] = hold - 1
                 self.last[row] = z[0, -1]
-                if self.memory:  # the whole context goes to memory; what the cache holds is not retrieved
+                if self.memory:  # the whole context goes to memory
                     poses = self.tracker.path(actions)
                     self.memories[row] = LatentMemory(**self.memory_args)
                     for i in range(len(frames)):
@@ -177,8 +178,9 @@ class DreamCore:
         zs, feats, valid = [], [], []
         for row in range(self.n):
             self.poses[row] = self.tracker.step(self.poses[row], actions[row])
-            z, f, v = self.memories[row].retrieve(self.poses[row], slots,
-                                                  before_step=int(self.clock[row]) + 1 - self.cache.frames)
+            # Every earlier frame is a candidate, those still in the context window too: the
+            # pose-matched copy is what restores a view, whether or not attention still holds it.
+            z, f, v = self.memories[row].retrieve(self.poses[row], slots, before_step=int(self.clock[row]) + 1)
             zs.append(z)
             feats.append(f)
             valid.append(v)
