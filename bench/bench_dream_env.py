@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import envs  # noqa: F401
-from worldsim.dream_env import DreamEnv, DreamVectorEnv
+from worldsim.dream_env import DreamEnv, DreamVectorEnv, load_world_model
 
 
 def rss_mb() -> float:
@@ -25,8 +25,8 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def vector_fps(checkpoint, n, obs_type, steps) -> float:
-    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
+def vector_fps(checkpoint, n, obs_type, steps, memory=None) -> float:
+    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9, memory=memory)
     envs_.reset(seed=0)
     actions = np.random.default_rng(0).integers(envs_.single_action_space.n, size=(steps + 2, n))
     envs_.step(actions[0])  # warm-up
@@ -55,6 +55,7 @@ def main():
     parser.add_argument("--memory-steps", type=int, default=10_000)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    has_memory = bool(load_world_model(args.checkpoint).dynamics.cfg.memory)
     r = {}
     print(f"{'figure':<40} {'value':>10}  goal / baseline")
 
@@ -67,6 +68,8 @@ def main():
         for n in (1, 16, 64):
             goal = {1: "goal >= 20 (interactive)", 16: "goal >= 200 together"}.get(n, "") if obs_type == "rgb" else ""
             report(f"dream_fps_{n}_envs_{obs_type}", vector_fps(args.checkpoint, n, obs_type, args.steps), goal)
+        if has_memory:  # the same, memory switched off
+            report(f"dream_fps_16_envs_{obs_type}_memory_off", vector_fps(args.checkpoint, 16, obs_type, args.steps, False))
     real = gym.make("worldsim/Rooms-v0")
     real.reset(seed=0)
     t0 = time.perf_counter()

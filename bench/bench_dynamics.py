@@ -110,7 +110,10 @@ def plot(result: dict, path: Path):
     hs = result["horizons"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("psnr_db", "ssim")):
-        for name, style in (("dream", "o-"), ("copy_last_frame", "s--"), ("tokenizer_ceiling", "^:")):
+        for name, style in (("dream", "o-"), ("dream_memory_off", "o-."), ("copy_last_frame", "s--"),
+                            ("tokenizer_ceiling", "^:")):
+            if f"{name}_{metric}" not in result:
+                continue
             ax.plot(hs, [result[f"{name}_{metric}"][str(h)] for h in hs], style, label=name.replace("_", " "))
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs, [str(h) for h in hs])
@@ -142,8 +145,14 @@ def main():
     frames = np.stack([w[0] for w in ws])
     actions = np.stack([w[1] for w in ws])
     c = args.context
-    dream = np.concatenate([model.rollout(frames[i:i + 8, :c], actions[i:i + 8, :c - 1], actions[i:i + 8, c - 1:],
-                                          steps=args.sample_steps, seed=i)[0] for i in range(0, len(ws), 8)])
+    def rollout(memory):
+        return np.concatenate([model.rollout(frames[i:i + 8, :c], actions[i:i + 8, :c - 1], actions[i:i + 8, c - 1:],
+                                             steps=args.sample_steps, seed=i, memory=memory)[0]
+                               for i in range(0, len(ws), 8)])
+
+    dreams = {"dream": rollout(None)}  # with the model's memory when it has one
+    if model.dynamics.cfg.memory:
+        dreams["dream_memory_off"] = rollout(False)
     real = frames[:, c:]
     with torch.no_grad():
         ceiling = np.stack([model.decode(model.encode(real[i:i + 1]))[0].numpy() for i in range(len(real))])
@@ -151,7 +160,7 @@ def main():
     result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"), "data": args.data,
               "windows": len(ws), "context": c, "sample_steps": args.sample_steps or model.dynamics.cfg.sample_steps,
               "horizons": args.horizons}
-    for name, pred in (("dream", dream), ("copy_last_frame", copy), ("tokenizer_ceiling", ceiling)):
+    for name, pred in (*dreams.items(), ("copy_last_frame", copy), ("tokenizer_ceiling", ceiling)):
         result[f"{name}_psnr_db"] = {str(h): psnr_pooled(real[:, h - 1], pred[:, h - 1]) for h in args.horizons}
         result[f"{name}_ssim"] = {str(h): float(ssim(real[:, h - 1], pred[:, h - 1]).mean()) for h in args.horizons}
     result["dream_beats_copy_last_frame_at_every_horizon"] = all(
@@ -168,6 +177,9 @@ def main():
         print(f"{h:>8} | {result['dream_psnr_db'][k]:>10.2f} {result['copy_last_frame_psnr_db'][k]:>10.2f} "
               f"{result['tokenizer_ceiling_psnr_db'][k]:>10.2f} | {result['dream_ssim'][k]:>10.3f} "
               f"{result['copy_last_frame_ssim'][k]:>10.3f} {result['tokenizer_ceiling_ssim'][k]:>10.3f}")
+    if "dream_memory_off_psnr_db" in result:
+        print("dream with memory off, PSNR by horizon:",
+              ", ".join(f"{h}: {result['dream_memory_off_psnr_db'][str(h)]:.2f}" for h in args.horizons))
     for k, v in result.items():
         if not isinstance(v, (dict, list)):
             print(f"{k:<44} {v:.4g}" if isinstance(v, float) else f"{k:<44} {v}")

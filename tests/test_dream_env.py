@@ -153,3 +153,28 @@ def test_play_without_display_records_a_session(world, tmp_path, monkeypatch):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 13
     table = key_actions(["NOOP", "FORWARD", "BACK", "TURN_LEFT", "TURN_RIGHT", "STRAFE_LEFT", "STRAFE_RIGHT"])
     assert table[ord("w")] == 1 and table[ord("d")] == 4 and table[ord(" ")] == 0
+
+
+def test_sample_ends_draws_terminations_from_the_head(pipeline, tmp_path):
+    import torch
+
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    head = model.dynamics.heads.out[-1]
+    with torch.no_grad():  # the head says: this step ends the episode with probability 0.3
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, float(np.log(0.3 / 0.7))]))
+    model.save(tmp_path / "risky.safetensors")
+    lengths = {}
+    for sample in (False, True):
+        env = DreamEnv(str(tmp_path / "risky.safetensors"), max_steps=40, sample_ends=sample)
+        env.reset(seed=0)
+        steps, terminated, truncated = 0, False, False
+        while not (terminated or truncated):
+            _, _, terminated, truncated, info = env.step(0)
+            steps += 1
+        assert info["termination_prob"] == pytest.approx(0.3, abs=1e-3)
+        lengths[sample] = (steps, terminated)
+    assert lengths[False] == (40, False)  # below the 0.5 threshold: never ends
+    assert lengths[True][1] and lengths[True][0] < 40  # drawn: ends early (0.7 ** 40 < 1e-6)

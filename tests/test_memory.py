@@ -69,11 +69,13 @@ def test_memory_reaches_only_the_newest_frame_and_the_cache_agrees():
     b, t = 2, 4
     x, tau = torch.randn(b, t, 4, 4, 4, generator=g), torch.rand(b, t, generator=g)
     a, has, pos = torch.randint(0, 7, (b, t), generator=g), torch.ones(b, t, dtype=torch.bool), torch.arange(t).expand(b, t)
-    memory = (torch.randn(b, 2, 4, 4, 4, generator=g), torch.randn(b, 2, 4, generator=g), torch.tensor([[True, True], [True, False]]))
+    z_mem, feats = torch.randn(b, 2, 4, 4, 4, generator=g), torch.randn(b, 2, 4, generator=g)
     with torch.no_grad():
+        memory = model.encode_memory(z_mem, feats, torch.tensor([[True, True], [True, False]]), pos[:, -1])
         plain = model(x, tau, a, has, pos)
         with_memory = model(x, tau, a, has, pos, memory=memory)
-        off = model(x, tau, a, has, pos, memory=(memory[0], memory[1], torch.zeros(b, 2, dtype=torch.bool)))
+        off = model(x, tau, a, has, pos, memory=model.encode_memory(z_mem, feats, torch.zeros(b, 2, dtype=torch.bool),
+                                                                      pos[:, -1]))
         cache = model.new_cache()
         model(x[:, :3], tau[:, :3], a[:, :3], has[:, :3], pos[:, :3], cache=cache, write_cache=True)
         cached = model(x[:, 3:], tau[:, 3:], a[:, 3:], has[:, 3:], pos[:, 3:], cache=cache, memory=memory)

@@ -11,10 +11,10 @@ clean x0 of every frame from the noisy window. Sampling the next frame starts fr
 noise and takes 1 to 4 deterministic (DDIM-like) steps, attending to past frames kept in
 the KV cache at a small noise level `ctx_noise`, which keeps long rollouts from drifting.
 
-With `memory` > 0, the frame being generated also attends to retrieved memory frames
-from beyond the context window, each conditioned on its pose relative to that frame
-(worldsim/memory.py). Memory frames see only themselves and are seen only by the newest
-frame, so the KV cache of past frames never depends on what was retrieved.
+With `memory` > 0, the frame being generated also attends to retrieved memory frames,
+each conditioned on its pose relative to that frame (worldsim/memory.py). Memory frames
+see only themselves (one pass gives their keys and values for every denoising step) and
+are seen only by the newest frame, so the KV cache never depends on what was retrieved.
 """
 
 from __future__ import annotations
@@ -258,44 +258,57 @@ class Dynamics(nn.Module):
         the action that led into each frame, valid where has_action (B, T); frame_index
         (B, T) the frames' positions in time. Without a cache, attention is block-causal
         over the T frames. With a cache, the T new frames also see every cached frame; if
-        write_cache, their keys and values are added to it. memory = (z (B, K, C, h, w) at
-        noise level ctx_noise, pose features (B, K, 4), valid (B, K) bool): frames the
-        last of the T frames also attends to.
+        write_cache, their keys and values are added to it. memory: from `encode_memory`,
+        frames the last of the T frames also attends to.
         """
         b, t = x.shape[:2]
         n, p = self.cfg.tokens_per_frame, self.cfg.patch
+        if memory is not None and write_cache:
+            raise ValueError("memory conditions only the frame being generated; write the cache without it")
         tokens, _ = patchify(x, (1, p, p))
         hid = self.embed(tokens) + self.space_pos.repeat(t, 1)
         cond = self.conditioning(tau, actions, has_action, text).repeat_interleave(n, dim=1)  # per token
         pos = frame_index.repeat_interleave(n, dim=1)
-        k = 0
-        if memory is not None:
-            if write_cache:
-                raise ValueError("memory conditions only the frame being generated; write the cache without it")
-            z_mem, feats, valid = memory
-            k = z_mem.shape[1]
-            mem_tokens, _ = patchify(z_mem, (1, p, p))
-            tau_mem = torch.full((b, k), self.cfg.ctx_noise, device=x.device)
-            mem_cond = self.noise(noise_embedding(tau_mem, self.cfg.d_model)) + self.memory_pose(pose_embedding(feats))
-            hid = torch.cat([self.embed(mem_tokens) + self.space_pos.repeat(k, 1), hid], 1)
-            cond = torch.cat([mem_cond.repeat_interleave(n, dim=1), cond], 1)
-            pos = torch.cat([frame_index[:, -1:].expand(b, k * n), pos], 1)  # no time distance: pose says where
         cached = 0 if cache is None or cache.get(0) is None else cache.get(0)[0].shape[2]
-        mask = self._mask(t, cached, None if memory is None else memory[2], x.device)
+        mask = self._mask(t, cached, None if memory is None else memory[1], x.device)
         for i, block in enumerate(self.blocks):
-            hid, kv = block(hid, cond, pos, mask, None if cache is None else cache.get(i))
+            extra = None if cache is None else cache.get(i)
+            if memory is not None:  # keys: [cache, memory, new frames]
+                extra = memory[0][i] if extra is None else tuple(torch.cat(kv, 2) for kv in zip(extra, memory[0][i]))
+            hid, kv = block(hid, cond, pos, mask, extra)
             if write_cache:
                 cache.append(i, kv)
         if write_cache:
             cache.commit(t)
-        hid, cond = hid[:, k * n:], cond[:, k * n:]
         shift, scale = self.final_ada(cond).chunk(2, dim=-1)
         out = self.final(modulate(self.final_norm(hid), shift, scale))
         return unpatchify(out, (t, *self.cfg.latent_shape), (1, p, p))
 
+    def encode_memory(self, z, feats, valid, frame_index):
+        """Keys and values, per layer, of memory frames z (B, K, C, h, w) at noise level
+        ctx_noise, conditioned on their pose features (B, K, 4); valid (B, K) bool. A memory
+        frame attends only to itself, so one pass serves every denoising step; it sits at
+        the time position frame_index (B,) of the frame that will see it (no time distance:
+        its pose says where it is). Returns (keys and values per layer, valid)."""
+        b, k = z.shape[:2]
+        n, p = self.cfg.tokens_per_frame, self.cfg.patch
+        tokens, _ = patchify(z, (1, p, p))
+        hid = self.embed(tokens) + self.space_pos.repeat(k, 1)
+        tau = torch.full((b, k), self.cfg.ctx_noise, device=z.device)
+        cond = (self.noise(noise_embedding(tau, self.cfg.d_model)) + self.memory_pose(pose_embedding(feats)))
+        cond = cond.repeat_interleave(n, dim=1)
+        pos = frame_index[:, None].expand(b, k * n)
+        slot = torch.arange(k, device=z.device).repeat_interleave(n)
+        mask = slot[None, :] == slot[:, None]
+        kvs = []
+        for block in self.blocks:
+            hid, kv = block(hid, cond, pos, mask)
+            kvs.append(kv)
+        return kvs, valid
+
     def _mask(self, t: int, cached: int, memory_valid, device):
-        """Which keys each query token sees. Keys are [cache, memory, new frames]; queries
-        [memory, new frames]. None means everything (one new frame, no memory)."""
+        """Which keys each new frame's tokens see: [cache, memory, new frames]. None means
+        everything (one new frame, no memory)."""
         n = self.cfg.tokens_per_frame
         frame = torch.arange(t, device=device).repeat_interleave(n)
         causal = frame[None, :] <= frame[:, None]  # block-causal over the new frames
@@ -303,15 +316,10 @@ class Dynamics(nn.Module):
             if t == 1:
                 return None
             return torch.cat([torch.ones(t * n, cached, dtype=torch.bool, device=device), causal], 1)
-        b, k = memory_valid.shape
-        slot = torch.arange(k, device=device).repeat_interleave(n)
-        mem_self = (slot[None, :] == slot[:, None]).expand(b, -1, -1)
+        b = memory_valid.shape[0]
         sees_memory = (frame == t - 1)[None, :, None] & memory_valid.repeat_interleave(n, dim=1)[:, None, :]
-        memory_rows = torch.cat([torch.zeros(b, k * n, cached, dtype=torch.bool, device=device), mem_self,
-                                 torch.zeros(b, k * n, t * n, dtype=torch.bool, device=device)], 2)
-        frame_rows = torch.cat([torch.ones(b, t * n, cached, dtype=torch.bool, device=device), sees_memory,
-                                causal.expand(b, -1, -1)], 2)
-        return torch.cat([memory_rows, frame_rows], 1)[:, None]  # B, 1 (heads), queries, keys
+        return torch.cat([torch.ones(b, t * n, cached, dtype=torch.bool, device=device), sees_memory,
+                          causal.expand(b, -1, -1)], 2)[:, None]  # B, 1 (heads), queries, keys
 
     # -------------------------------------------------------------- training
     def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0,
@@ -327,7 +335,8 @@ class Dynamics(nn.Module):
         x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
         into, has = self.actions_into_frames(actions, b, t, z.device, has_action)
         if memory is not None:
-            memory = (self.noisy_context(memory[0]), *memory[1:])
+            memory = self.encode_memory(self.noisy_context(memory[0]), memory[1], memory[2],
+                                        torch.full((b,), t - 1, device=z.device))
         pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
         denoise = F.mse_loss(pred.float(), z.float())
         last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
@@ -385,7 +394,7 @@ class Dynamics(nn.Module):
         pos = frame_index[:, None]
         x = torch.randn(shape, generator=generator, device=device)
         if memory is not None:
-            memory = (self.noisy_context(memory[0], generator), *memory[1:])
+            memory = self.encode_memory(self.noisy_context(memory[0], generator), memory[1], memory[2], frame_index)
         taus = torch.linspace(1, 0, steps + 1, device=device)
         for i in range(steps):
             x0 = self(x, taus[i].expand(b, 1), act, has, pos, text, cache, memory=memory)

@@ -100,9 +100,9 @@ def _headline(probe: str, score: dict) -> str:
     return f"PSNR dB at step {at}; mean {score['psnr_db_mean']:.2f}"
 
 
-def _video(path, scenario, shown: dict):
+def _video(path, scenario, shown: dict, max_frames: int = 300):
     """Real | dream with memory | dream without memory (the dreams that exist), context
-    frames included so the video starts from what the model saw."""
+    frames included so the video starts from what the model saw; at most `max_frames`."""
     from worldsim.dream_video import side_by_side, write_video
 
     context = scenario.frames[:scenario.context]
@@ -110,7 +110,7 @@ def _video(path, scenario, shown: dict):
     for name in ("dream_memory_on", "dream_memory_off"):
         if name in shown:
             clip = side_by_side(clip, np.concatenate([context, shown[name]]))
-    write_video(path, clip, fps=8)
+    write_video(path, clip[:max_frames], fps=8)
 
 
 def _summary_plot(report: dict, path):
@@ -161,8 +161,12 @@ def _summary_plot(report: dict, path):
     ax = axes[1, 1]
     if "drift" in results:
         for name in report["predictors"]:
-            curve = results["drift"][name]["psnr_curve"]
-            ax.plot(np.arange(1, len(curve) + 1), curve, label=name, color=colours[name], lw=1)
+            curve = np.array(results["drift"][name]["psnr_curve"])
+            steps = np.arange(1, len(curve) + 1)
+            ax.plot(steps, curve, color=colours[name], lw=0.5, alpha=0.3)
+            k = min(15, len(curve))  # a running mean: single frames jump by several dB
+            ax.plot(steps[k - 1:], np.convolve(curve, np.ones(k) / k, "valid"), label=f"{name} (mean of {k})",
+                    color=colours[name], lw=1.5)
         ax.set_xscale("log")
         ax.set_xlabel("steps after the context")
         ax.set_ylabel("PSNR vs real replay (dB)")
