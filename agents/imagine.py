@@ -196,7 +196,8 @@ def plot_curves(path, curves: dict, title: str, hlines: dict | None = None, xlab
             x, y = np.array(points, float).T
             ax.plot(x, y, ".", alpha=0.25, ms=3)
             k = max(1, len(y) // 20)
-            ax.plot(x[k - 1:], np.convolve(y, np.ones(k) / k, "valid"), "-", label=label + (f" (mean of {k})" if k > 1 else ""))
+            ax.plot(x[k - 1:], np.convolve(y, np.ones(k) / k, "valid"), "o-" if len(y) < 20 else "-",
+                    label=label + (f" (mean of {k})" if k > 1 else ""))
     for (label, value), style in zip((hlines or {}).items(), ("--", ":", "-.")):
         ax.axhline(value, ls=style, c="k", lw=1, label=f"{label}: {value:.2f}")
     ax.set_xlabel(xlabel)

@@ -1,6 +1,7 @@
 """Agents trained only in the dream, scored in the real env, beside a random policy and
 PPO trained in the real env on the same number of real steps and on many more.
 
+    python bench/bench_imagination.py                    # both, about 40 min on two CPU cores
     python bench/bench_imagination.py --env rooms        # Rooms: collect objects in 200 steps
     python bench/bench_imagination.py --env takecover    # ViZDoom TakeCover: survive (2100 tics at most)
 
@@ -45,7 +46,7 @@ def ppo_in_real_env(env_id, env_kwargs, horizon, steps, seed, num_envs=16):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", choices=sorted(PRESETS), default="rooms")
+    p.add_argument("--env", choices=[*sorted(PRESETS), "all"], default="all")
     p.add_argument("--checkpoint", default=None, help="world model (default: the shipped one for --env)")
     p.add_argument("--dream-steps", type=int, default=50_000, help="agent steps in the dream")
     p.add_argument("--real-steps", type=int, default=None, help="real steps behind the world model (default: preset)")
@@ -54,12 +55,19 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    preset = PRESETS[args.env]
+    if args.env == "all" and (args.checkpoint or args.out or args.real_steps):
+        p.error("--checkpoint, --out and --real-steps go with one --env")
+    for env in sorted(PRESETS) if args.env == "all" else [args.env]:
+        run(env, args)
+
+
+def run(env_name, args):
+    preset = PRESETS[env_name]
     checkpoint = args.checkpoint or str(ROOT / preset["checkpoint"])
     real_steps = args.real_steps or preset["real_steps"]
     horizon = preset["horizon"]
-    work = ROOT / "runs" / "bench_imagination" / args.env
-    out = Path(args.out or ROOT / "bench" / "results" / f"imagination_{args.env}.json")
+    work = ROOT / "runs" / "bench_imagination" / env_name
+    out = Path(args.out or ROOT / "bench" / "results" / f"imagination_{env_name}.json")
 
     t0 = time.perf_counter()
     dream = imagine(ImagineConfig(checkpoint=checkpoint, out=str(work / "dream"), steps=args.dream_steps,
