@@ -158,6 +158,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     meta = dict(probe.meta)
+    if cfg.memory and cfg.end_share:
+        raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     if cfg.memory:
         meta["pose_model"] = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {}))
         if meta["pose_model"] is None:
