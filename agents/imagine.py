@@ -75,28 +75,27 @@ def new_agent(algo: str, env, obs: str, seed: int, steps: int = 50_000, verbose:
     return A2C(policy, env, n_steps=8, ent_coef=0.01, seed=seed, verbose=verbose, device="cpu")
 
 
-class ReturnCurve:
-    """An SB3 callback keeping (timestep, episode return) of finished episodes (VecMonitor)."""
+def return_curve(bar=None):
+    """An SB3 callback keeping (timestep, episode return) of finished episodes (from
+    VecMonitor) in `.points`, and showing the recent mean on a tqdm bar."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    def __new__(cls, bar=None):
-        from stable_baselines3.common.callbacks import BaseCallback
+    class ReturnCurve(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.points = []
 
-        class _Curve(BaseCallback):
-            def __init__(self):
-                super().__init__()
-                self.points, self.bar = [], bar
-
-            def _on_step(self):
-                for info in self.locals.get("infos", []):
-                    if "episode" in info:
-                        self.points.append((int(self.num_timesteps), float(info["episode"]["r"])))
-                if self.bar is not None:
-                    self.bar.n = int(self.num_timesteps)
-                    recent = [r for _, r in self.points[-20:]]
-                    self.bar.set_postfix(episode_return=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
-                    self.bar.update(0)
-                return True
-        return _Curve()
+        def _on_step(self):
+            for info in self.locals.get("infos", []):
+                if "episode" in info:
+                    self.points.append((int(self.num_timesteps), float(info["episode"]["r"])))
+            if bar is not None:
+                bar.n = int(self.num_timesteps)
+                recent = [r for _, r in self.points[-20:]]
+                bar.set_postfix(episode_return=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
+                bar.update(0)
+            return True
+    return ReturnCurve()
 
 
 def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True, init_policy=None):
@@ -120,7 +119,7 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
     start = agent.num_timesteps
     with tqdm(total=start + cfg.steps, initial=start, desc="agent in the dream", unit="step",
               disable=not progress, mininterval=1) as bar:
-        curve = ReturnCurve(bar)
+        curve = return_curve(bar)
         agent.learn(cfg.steps, callback=curve, reset_num_timesteps=False, progress_bar=False)
     return agent, curve.points
 

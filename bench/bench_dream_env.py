@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--memory-steps", type=int, default=10_000)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    has_memory = bool(load_world_model(args.checkpoint).dynamics.cfg.memory)
+    has_memory = load_world_model(args.checkpoint).has_memory
     r = {}
     print(f"{'figure':<40} {'value':>10}  goal / baseline")
 

@@ -39,7 +39,7 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
                          f"a state that can be copied); for {env_id} run --probes drift")
     context = model.dynamics.cfg.max_frames - 1
     object_gaps = object_gaps or [context // 2, context, 2 * context, 4 * context]
-    has_memory = bool(model.dynamics.cfg.memory) and model.info.get("pose_model") is not None
+    has_memory = model.has_memory
     predictors = {}
     if has_memory:
         predictors["dream_memory_on"] = P.dream(model, True, seed, sample_steps=sample_steps)

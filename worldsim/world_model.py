@@ -27,6 +27,11 @@ class WorldModel(nn.Module):
                              else np.asarray(start_frames, dtype=np.uint8))
 
     @property
+    def has_memory(self) -> bool:
+        """Trained with latent memory, and its env gave the pose model that keys it."""
+        return bool(self.dynamics.cfg.memory) and self.info.get("pose_model") is not None
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         return (*self.tokenizer.cfg.frame_size, 3)
 
@@ -116,12 +121,11 @@ class DreamCore:
         self.cache = None
         self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
         self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
-        pose_model = model.info.get("pose_model")
-        available = bool(self.dyn.cfg.memory) and pose_model is not None
-        if memory and not available:
+        if memory and not model.has_memory:
             raise ValueError("this world model has no memory (trained without --memory, or its env has no pose model)")
-        self.memory = available if memory is None else bool(memory)
+        self.memory = model.has_memory if memory is None else bool(memory)
         if self.memory:
+            pose_model = model.info["pose_model"]
             self.tracker = PoseTracker(pose_model["motion"])
             self.memory_args = dict(latent_shape=self.dyn.cfg.latent_shape, capacity=memory_capacity,
                                     fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
