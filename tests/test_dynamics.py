@@ -207,3 +207,17 @@ def _json_objects(text):
             if depth == 0:
                 blocks.append(text[start:i + 1])
     return blocks
+
+
+def test_training_options_that_cannot_work_say_why(pipeline, tmp_path):
+    from training.train_dynamics import TrainConfig, train
+
+    root, _, _ = pipeline
+    base = dict(data=str(root / "latents"), config="tiny", steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="no terminated episode"):  # these short explore episodes never end
+        train(TrainConfig(out=str(tmp_path / "a"), end_share=0.25, **base), progress=False)
+    with pytest.raises(ValueError, match="do not combine"):
+        train(TrainConfig(out=str(tmp_path / "b"), end_share=0.25, memory=2, **base), progress=False)
+    from worldsim.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="takes a world model or a dynamics run"):
+        train(TrainConfig(out=str(tmp_path / "c"), init=str(root / "tok" / "latest.safetensors"), **base), progress=False)
