@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from agents.imagine import ImagineConfig, agent_actor, evaluate, imagine, new_agent, random_actor, real_env  # noqa: E402
+from agents.imagine import ImagineConfig, agent_actor, evaluate, imagine, new_agent, real_env  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 PRESETS = {
@@ -80,8 +79,7 @@ def run(env_name, args):
     env_id, env_kwargs = info["env_id"], info.get("env_kwargs") or {}
     env = real_env(env_id, env_kwargs, horizon)
     seed = 10_000 + args.seed  # the episodes `imagine` scored its agent on
-    rows["random"], _ = evaluate(random_actor(env.action_space, args.seed), env, args.eval_episodes, seed)
-    rows["random"]["real_steps"] = 0
+    rows["random"] = {**dream["random_policy_real"], "real_steps": 0}  # scored by `imagine` on the same episodes
     for name, steps in (("ppo_real_same_steps", real_steps), ("ppo_real_long", real_steps * args.long_factor)):
         agent, seconds = ppo_in_real_env(env_id, env_kwargs, horizon, steps, args.seed)
         rows[name], _ = evaluate(agent_actor(agent), env, args.eval_episodes, seed)

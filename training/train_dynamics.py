@@ -26,7 +26,7 @@ from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dataset import WindowDataset, episode_paths, open_episode
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
-from worldsim.memory import gather, view_overlap
+from worldsim.memory import best_views, gather, view_overlap
 
 
 @dataclass(kw_only=True)
@@ -106,8 +106,7 @@ class MemoryWindows:
             overlap = view_overlap(poses[last], poses[:s], self.fov, self.reach)
             if not want_match or overlap.max() >= 0.5:
                 break
-        order = np.argsort(-overlap, kind="stable")[:self.k]
-        order = order[overlap[order] >= 0.1]
+        order = best_views(overlap, self.k, min_overlap=0.1)
         z_mem, feats, valid = gather(ep["latents"], poses, order, poses[last], self.k, self.reach,
                                      ep["latents"].shape[1:])
         end = s + self.window

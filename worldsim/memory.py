@@ -55,6 +55,12 @@ def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: fl
     return seen.mean(axis=1)
 
 
+def best_views(overlap: np.ndarray, k: int, min_overlap: float) -> np.ndarray:
+    """Indices of the (at most) k largest overlaps, best first, none below min_overlap."""
+    order = np.argsort(-overlap, kind="stable")[:k]
+    return order[overlap[order] >= min_overlap]
+
+
 def pose_features(rel: np.ndarray, reach: float) -> np.ndarray:
     """Relative poses (..., 3) -> model inputs (..., 4): position in units of reach, and
     the yaw difference as cos and sin."""
@@ -123,8 +129,7 @@ class LatentMemory:
         pose = np.asarray(pose, dtype=np.float64)
         old = np.nonzero(self.steps < before_step)[0]
         overlap = view_overlap(pose, self.poses[old], self.fov_deg, self.reach)
-        order = old[np.argsort(-overlap, kind="stable")][:k]
-        order = order[view_overlap(pose, self.poses[order], self.fov_deg, self.reach) >= self.min_overlap]
+        order = old[best_views(overlap, k, self.min_overlap)]
         return gather(self.latents, self.poses, order, pose, k, self.reach, self.latent_shape)
 
 

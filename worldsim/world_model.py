@@ -31,6 +31,13 @@ class WorldModel(nn.Module):
         """Trained with latent memory, and its env gave the pose model that keys it."""
         return bool(self.dynamics.cfg.memory) and self.info.get("pose_model") is not None
 
+    def use_memory(self, memory: bool | None) -> bool:
+        """The memory switch resolved: None means on when the model has memory; asking
+        for memory the model lacks is an error."""
+        if memory and not self.has_memory:
+            raise ValueError("this world model has no memory (trained without --memory, or its env has no pose model)")
+        return self.has_memory if memory is None else bool(memory)
+
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         return (*self.tokenizer.cfg.frame_size, 3)
@@ -121,9 +128,7 @@ class DreamCore:
         self.cache = None
         self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
         self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
-        if memory and not model.has_memory:
-            raise ValueError("this world model has no memory (trained without --memory, or its env has no pose model)")
-        self.memory = model.has_memory if memory is None else bool(memory)
+        self.memory = model.use_memory(memory)
         if self.memory:
             pose_model = model.info["pose_model"]
             self.tracker = PoseTracker(pose_model["motion"])
