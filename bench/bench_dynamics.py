@@ -1,6 +1,6 @@
 """World-model quality and speed on held-out episodes, replayed with their real actions.
 
-    python bench/bench_dynamics.py --checkpoint checkpoints/rooms.safetensors --data data/rooms
+    python bench/bench_dynamics.py --checkpoint worldsim/checkpoints/rooms.safetensors --data data/rooms
 
 For windows of the test split: give `context` real frames, dream `max(horizons)` steps
 with the episode's real actions, and score the dream against the real frames at each
@@ -128,7 +128,7 @@ def plot(result: dict, path: Path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default="checkpoints/rooms.safetensors")
+    parser.add_argument("--checkpoint", default="worldsim/checkpoints/rooms.safetensors")
     parser.add_argument("--data", default="data/rooms", help="frames dataset; its test split is scored")
     parser.add_argument("--context", type=int, default=4)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])

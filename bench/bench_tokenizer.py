@@ -1,6 +1,6 @@
 """Tokenizer quality, compression and speed on held-out (test split) episodes.
 
-    python bench/bench_tokenizer.py --checkpoint checkpoints/rooms_tokenizer.safetensors --data data/rooms
+    python bench/bench_tokenizer.py --checkpoint worldsim/checkpoints/rooms_tokenizer.safetensors --data data/rooms
 
 Prints reconstruction PSNR/SSIM beside two baselines: a bicubic down/up-resize that
 keeps the same number of elements as the latent (what plain resizing achieves at that
@@ -66,7 +66,7 @@ def speed(model: Tokenizer, frames: np.ndarray, device: str, batch: int = 64, re
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default="checkpoints/rooms_tokenizer.safetensors")
+    parser.add_argument("--checkpoint", default="worldsim/checkpoints/rooms_tokenizer.safetensors")
     parser.add_argument("--data", default="data/rooms", help="dataset whose test split is scored")
     parser.add_argument("--frames", type=int, default=1000, help="held-out frames to score")
     parser.add_argument("--name", default=None, help="label for the results file")

@@ -221,3 +221,23 @@ def test_training_options_that_cannot_work_say_why(pipeline, tmp_path):
     from worldsim.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="takes a world model or a dynamics run"):
         train(TrainConfig(out=str(tmp_path / "c"), init=str(root / "tok" / "latest.safetensors"), **base), progress=False)
+
+
+def test_init_carries_the_transformer_body_to_another_latent_shape(pipeline):
+    from training.train_dynamics import init_from
+    from worldsim.checkpoint import CheckpointError, load_checkpoint
+
+    root, _, _ = pipeline
+    path = str(root / "dyn" / "latest.safetensors")
+    tensors, config = load_checkpoint(path)
+    old = DynamicsConfig(**config["dynamics"])
+    # A 4x tokenizer's latent (4, 16, 16) in patches of 4 keeps the same 4x4 token grid.
+    model = Dynamics(DynamicsConfig(**{**config["dynamics"], "latent_shape": (4, 2 * old.latent_shape[1],
+                                                                              2 * old.latent_shape[2]), "patch": 4}))
+    fresh = init_from(model, path)
+    assert fresh == ["embed.weight", "final.bias", "final.weight", "heads.conv.0.weight"]
+    body = "blocks.0.attn.qkv.weight"
+    assert torch.equal(model.state_dict()[body], tensors[f"model/{body}"].float())
+    wider = Dynamics(DynamicsConfig(**{**config["dynamics"], "d_model": 2 * old.d_model}))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        init_from(wider, path)

@@ -8,7 +8,7 @@ from training.train_tokenizer import TrainConfig, encode_dataset, train
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dataset import episode_paths, read_episode
 from worldsim.patches import patch_positions, patchify, unpatchify
-from worldsim.tokenizer import Tokenizer, TokenizerConfig, psnr, ssim
+from worldsim.tokenizer import CONFIGS, Tokenizer, TokenizerConfig, psnr, ssim
 
 
 @pytest.mark.parametrize("shape,patch", [((2, 4, 8, 8, 8), (1, 2, 2)), ((1, 6, 4, 16, 12), (2, 4, 2)),
@@ -123,3 +123,10 @@ def test_encode_dataset_keeps_actions_and_shapes(rooms_dataset, tmp_path):
         assert f["latents"].shape == (len(episode) + 1, 8, 8, 8)
         np.testing.assert_array_equal(f["actions"][()], episode.actions)
     assert summary["episodes"] == len(episode_paths(rooms_dataset))
+
+
+def test_a_4x_tokenizer_trains_from_the_size_presets(rooms_dataset, tmp_path):
+    # The presets list widths for 8x; a 4x tokenizer takes the first two.
+    train(tiny(rooms_dataset, tmp_path / "run", 2, downsample=4, latent_channels=4), progress=False)
+    model = Tokenizer.load(tmp_path / "run" / "latest.safetensors")
+    assert model.cfg.latent_shape == (4, 16, 16) and model.cfg.channels == CONFIGS["tiny"]["channels"][:2]

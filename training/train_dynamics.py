@@ -11,11 +11,15 @@ With `--memory K` the model learns to use retrieved memory (worldsim/memory.py):
 last frame of each window, the K earlier frames of its episode (before the window) whose
 ground-truth camera poses see most of its view come with the batch; half of each batch
 is drawn from windows that have such a frame (an overlap of at least a half).
-`--init CHECKPOINT` starts from a trained world model's or dynamics run's weights.
+`--init CHECKPOINT` starts from a trained world model's or dynamics run's weights; for a
+new tokenizer with the same token grid (16x16x4 latents in `--patch 4` against 8x8x8 in
+patches of 2) the transformer body carries over and the latent input/output layers start
+fresh.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -41,6 +45,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames per window (0: no memory)
     init: str = ""  # start from this world model / dynamics checkpoint's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
+    patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
 
 
 class LatentWindows:
@@ -127,17 +132,26 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if "latent_shape" not in meta:
         raise ValueError(f"{cfg.data} is not a latent dataset; make one with `worldsim encode`")
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
-                             **{**CONFIGS[cfg.config], "memory": cfg.memory, **cfg.overrides})
+                             **{**CONFIGS[cfg.config], "memory": cfg.memory,
+                                **({"patch": cfg.patch} if cfg.patch else {}), **cfg.overrides})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Dynamics(dyn_cfg)
     if cfg.init:
-        init_from(model, cfg.init)
+        fresh = init_from(model, cfg.init)
+        if fresh:
+            print(f"--init {cfg.init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
     return model
+
+
+# The layers that read or write latents: a model for another tokenizer (other channels or
+# patch size, the same token grid) can still take the transformer body between them.
+LATENT_IO = ("embed.", "final.", "heads.conv.0.")
 
 
 def init_from(model: Dynamics, path: str):
     """Load the weights `path` shares with `model` (a world model or a dynamics run);
-    parts only `model` has (the memory's pose embedding) keep their initial values."""
+    parts only `model` has (the memory's pose embedding) keep their initial values, and so
+    do the latent input/output layers when the latent shape or patch size changed."""
     tensors, config = load_checkpoint(path)
     prefix = {"world_model": "dynamics/", "dynamics": "model/"}.get(config.get("kind"))
     if prefix is None:
@@ -145,9 +159,11 @@ def init_from(model: Dynamics, path: str):
     own = model.state_dict()
     weights = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if len(shared) < len(weights):
-        raise CheckpointError(f"{path}: {sorted(set(weights) - set(shared))[:4]}... do not fit this model's config")
+    misfit = sorted(k for k in set(weights) - set(shared) if not k.startswith(LATENT_IO))
+    if misfit:
+        raise CheckpointError(f"{path}: {misfit[:4]}... do not fit this model's config")
     model.load_state_dict(shared, strict=False)
+    return sorted(set(weights) - set(shared))  # left at their initial values
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
