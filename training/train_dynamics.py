@@ -159,11 +159,12 @@ def init_from(model: Dynamics, path: str):
     own = model.state_dict()
     weights = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    misfit = sorted(k for k in set(weights) - set(shared) if not k.startswith(LATENT_IO))
+    left = sorted(set(weights) - set(shared))
+    misfit = [k for k in left if not k.startswith(LATENT_IO)]
     if misfit:
         raise CheckpointError(f"{path}: {misfit[:4]}... do not fit this model's config")
     model.load_state_dict(shared, strict=False)
-    return sorted(set(weights) - set(shared))  # left at their initial values
+    return left  # left at their initial values
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:

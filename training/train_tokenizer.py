@@ -19,7 +19,7 @@ import torch
 
 from training.loop import RunConfig, pick_device, run
 from worldsim.dataset import DatasetError, WindowDataset
-from worldsim.tokenizer import CONFIGS, Tokenizer, TokenizerConfig
+from worldsim.tokenizer import Tokenizer, TokenizerConfig, size_preset
 
 
 @dataclass(kw_only=True)
@@ -53,12 +53,9 @@ class FrameSampler:
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sampler = FrameSampler(cfg.data, "train", cfg.temporal, cfg.seed)
     frame_shape = sampler.windows.meta["frame_shape"]
-    preset = {**CONFIGS[cfg.config], **cfg.overrides}
-    # A size preset lists widths for 8x; a 4x tokenizer uses the first two (one per halving).
-    stages = max(1, cfg.downsample.bit_length() - 1)
-    preset["channels"] = tuple(preset.get("channels", TokenizerConfig.channels))[:stages]
     tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
-                              downsample=cfg.downsample, temporal=cfg.temporal, **preset)
+                              downsample=cfg.downsample, temporal=cfg.temporal,
+                              **{**size_preset(cfg.config, cfg.downsample), **cfg.overrides})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Tokenizer(tok_cfg)
     device = pick_device(cfg.device)

@@ -36,7 +36,7 @@ class TokenizerConfig:
     def __post_init__(self):
         self.frame_size = tuple(self.frame_size)
         self.channels = tuple(self.channels)
-        stages = int(math.log2(self.downsample))
+        stages = halvings(self.downsample)
         if 2 ** stages != self.downsample or len(self.channels) != stages:
             raise ValueError(f"downsample must be a power of two with one entry of `channels` per halving; got "
                              f"downsample={self.downsample}, channels={self.channels}")
@@ -51,11 +51,22 @@ class TokenizerConfig:
         return self.latent_channels, h // self.downsample, w // self.downsample
 
 
-CONFIGS = {
+CONFIGS = {  # widths for 8x (three halvings); see size_preset
     "tiny": dict(channels=(16, 32, 32), stem_channels=8),
     "small": dict(),
     "base": dict(channels=(64, 128, 256), stem_channels=32),
 }
+
+
+def halvings(downsample: int) -> int:
+    """Stages that each halve the resolution (downsample 8 -> 3)."""
+    return int(math.log2(downsample))
+
+
+def size_preset(name: str, downsample: int) -> dict:
+    """A CONFIGS entry for this downsample factor: fewer halvings than 8x take the first widths."""
+    preset = {"channels": TokenizerConfig.channels, **CONFIGS[name]}
+    return {**preset, "channels": tuple(preset["channels"])[:halvings(downsample)]}
 
 
 def _norm(c: int) -> nn.GroupNorm:
