@@ -31,7 +31,10 @@ class ExplorePolicy:
     """Scripted exploration that shows a world model the 3D structure of the world.
 
     Each sub-env runs a sequence of routines, drawn at random:
-      circle       turn in place through a full circle (views that must line up again)
+      circle       turn in place through one to one and a half circles (views that must
+                   line up again)
+      look_back    turn away, wait, turn back: a view returns after it left the context
+                   window, which is what teaches the memory to bring it back
       corridor     walk forward until blocked (judged from the ground-truth pose), then turn
       out_and_back walk out, turn half a circle, walk back, turn again (leave and return)
       wander       sticky random actions, including strafes and back-steps
@@ -61,10 +64,14 @@ class ExplorePolicy:
         sticky = lambda n: [int(a) for a in rng.integers(self.n_actions, size=n // 3 + 1) for _ in range(3)][:n]  # noqa: E731
         if not self.can_walk:
             return [int(rng.integers(self.n_actions))] * int(rng.integers(2, 9))
-        kind = rng.choice(["circle", "corridor", "out_and_back", "wander"], p=[0.2, 0.35, 0.25, 0.2])
-        turn = self.left if rng.random() < 0.5 else self.right
+        kind = rng.choice(["circle", "look_back", "corridor", "out_and_back", "wander"], p=[0.2, 0.15, 0.3, 0.2, 0.15])
+        turn, back = (self.left, self.right) if rng.random() < 0.5 else (self.right, self.left)
         if kind == "circle":
-            return [turn] * self.turn_steps
+            return [turn] * int(rng.integers(self.turn_steps, self.turn_steps * 3 // 2 + 1))
+        if kind == "look_back":
+            k = int(rng.integers(3, half + 1))
+            wait = [self.names["NOOP"]] * int(rng.integers(0, 13)) if "NOOP" in self.names else []
+            return [turn] * k + wait + [back] * k
         if kind == "corridor":
             return ["until_blocked"] * 40 + [turn] * int(rng.integers(2, half + 1))
         if kind == "out_and_back":

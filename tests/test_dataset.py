@@ -129,10 +129,16 @@ def test_loader_windows_line_up_frames_with_their_actions(rooms_dataset):
 
 
 def test_explore_policy_turns_full_circles_and_comes_back(rooms_dataset):
-    """The explore data holds full turns (24 same-direction turns) and returns to earlier places."""
-    longest_turn, returns = 0, 0
+    """The explore data holds full turns (24 same-direction turns), looks away and back (k
+    turns one way, a wait, k turns back) and returns to earlier places."""
+    import re
+
+    longest_turn, returns, look_backs = 0, 0, 0
     for p in episode_paths(rooms_dataset):
         e = read_episode(p)
+        letters = "".join({"TURN_LEFT": "L", "TURN_RIGHT": "R", "NOOP": "."}.get(ACTIONS[a], "x") for a in e.actions)
+        look_backs += sum(len(m[0]) >= 3 and m[1] == m[0].translate(str.maketrans("LR", "RL"))
+                          for m in re.findall(r"(?=(L+|R+)\.*(R+|L+))", letters))
         run = 0
         for a in e.actions:
             run = run + 1 if ACTIONS[a] in ("TURN_LEFT", "TURN_RIGHT") else 0
@@ -148,6 +154,7 @@ def test_explore_policy_turns_full_circles_and_comes_back(rooms_dataset):
                 returns += 1
     assert longest_turn >= 24
     assert returns > 0
+    assert look_backs > 0
 
 
 def test_killed_collector_leaves_finished_episodes_readable(tmp_path):

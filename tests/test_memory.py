@@ -94,17 +94,40 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
     root, _, _ = pipeline
     windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"))
     rng = np.random.default_rng(0)
-    items = [windows.item(rng, want_match=True) for _ in range(20)]
+    items = [windows.item(rng, want_match=True, drop=False) for _ in range(20)]
     best = []
     for it in items:  # slots, seen from the window's last frame: best overlap first, invalid ones last
         f = it["mem_pose"]
-        poses = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:])], 1)
+        poses = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:3])], 1)
         overlap = np.where(it["mem_valid"], view_overlap(np.zeros(3), poses, windows.fov, windows.reach), -1)
         assert (np.diff(overlap) <= 1e-9).all() and (overlap[it["mem_valid"]] >= 0.1).all()
         best.append(overlap[0])
-    assert np.mean(np.array(best) >= 0.5) > 0.5  # matches were asked for
+    assert np.mean(np.array(best) >= 0.9) > 0.5  # windows that need their memory were asked for
+    assert not windows.item(rng, want_match=True, drop=True)["mem_valid"].any()  # dropped: no memory
     _, summary = memory_world
     assert summary["step"] == 30 and np.isfinite(summary["last_batch"]["loss"])
+
+
+def test_memory_guidance_extrapolates_from_the_prediction_without_memory():
+    """One denoising step from the same noise: x0 = x0_mem + w (x0_mem - x0_none); nothing
+    retrieved, nothing changes."""
+    model = tiny()
+    g = torch.Generator().manual_seed(1)
+    ctx, actions = torch.randn(1, 3, 4, 4, 4, generator=g), torch.randint(0, 7, (1, 3), generator=g)
+    z_mem, feats = torch.randn(1, 2, 4, 4, 4, generator=g), torch.randn(1, 2, 4, generator=g)
+
+    def sample(valid=(True, True), memory=True, guidance=0.0):
+        cache = model.new_cache()
+        model.prime(cache, ctx, actions, torch.ones(1, 3, dtype=torch.bool), torch.arange(3)[None],
+                    torch.Generator().manual_seed(2))
+        mem = (z_mem, feats, torch.tensor([valid])) if memory else None
+        return model.sample_next(cache, torch.tensor([2]), torch.tensor([3]), steps=1, memory=mem, guidance=guidance,
+                                 generator=torch.Generator().manual_seed(0))
+
+    plain, with_memory = sample(memory=False), sample()
+    assert (with_memory - plain).abs().max() > 1e-3
+    torch.testing.assert_close(sample(guidance=1.5), with_memory + 1.5 * (with_memory - plain), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sample(valid=(False, False), guidance=1.5), sample(valid=(False, False)))
 
 
 def test_dream_env_memory_switch(memory_world, pipeline):

@@ -9,8 +9,12 @@ hyper-parameter is a field of TrainConfig. Checkpoints, logs and resume: trainin
 
 With `--memory K` the model learns to use retrieved memory (worldsim/memory.py): for the
 last frame of each window, the K earlier frames of its episode (before the window) whose
-ground-truth camera poses see most of its view come with the batch; half of each batch
-is drawn from windows that have such a frame (an overlap of at least a half).
+ground-truth camera poses see most of its view come with the batch. Half of each batch
+is drawn from windows where the memory is needed: the last view left the window (no
+window frame sees 90% of it) and an earlier frame sees at least 90% of it, as when the
+agent turns away and back. A tenth of the windows get no memory, so the same model also
+predicts without it: that is what memory guidance (`DynamicsConfig.memory_guidance`)
+contrasts.
 `--init CHECKPOINT` starts from a trained world model's or dynamics run's weights; for a
 new tokenizer with the same token grid (16x16x4 latents in `--patch 4` against 8x8x8 in
 patches of 2) the transformer body carries over and the latent input/output layers start
@@ -84,7 +88,7 @@ class MemoryWindows:
     """Windows as LatentWindows, each with the memory retrieved for its last frame from
     the frames before it, by ground-truth pose. Episodes are held in memory."""
 
-    def __init__(self, root, window, seed, k, pose_model, match_share=0.5):
+    def __init__(self, root, window, seed, k, pose_model, match_share=0.5, drop_share=0.1):
         self.paths = episode_paths(root, "train")
         self.episodes = []
         for path in self.paths:
@@ -98,20 +102,21 @@ class MemoryWindows:
                                           ("latents", "actions", "rewards", "terminated", "gt/pose")})
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
-        self.window, self.seed, self.k, self.match_share = window, seed, k, match_share
+        self.window, self.seed, self.k, self.match_share, self.drop_share = window, seed, k, match_share, drop_share
         self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
         lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
         self.weights = lengths / lengths.sum()
 
-    def item(self, rng, want_match: bool):
-        for _ in range(50):  # draws until a window with a well-overlapping memory, if one is wanted
+    def item(self, rng, want_match: bool, drop: bool):
+        for _ in range(100):  # draws until a window that needs its memory, if one is wanted
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
             poses, last = ep["gt/pose"].astype(np.float64), s + self.window - 1
             overlap = view_overlap(poses[last], poses[:s], self.fov, self.reach)
-            if not want_match or overlap.max() >= 0.5:
+            if not want_match or (overlap.max() >= 0.9 and
+                                  view_overlap(poses[last], poses[s:last], self.fov, self.reach).max() < 0.9):
                 break
-        order = best_views(overlap, self.k, min_overlap=0.1)
+        order = best_views(overlap, 0 if drop else self.k, min_overlap=0.1)
         z_mem, feats, valid = gather(ep["latents"], poses, order, poses[last], self.k, self.reach,
                                      ep["latents"].shape[1:])
         end = s + self.window
@@ -121,7 +126,8 @@ class MemoryWindows:
 
     def batch(self, n, step, rank, device):
         rng = np.random.default_rng([self.seed, step, rank])
-        items = [self.item(rng, i < n * self.match_share) for i in range(n)]
+        drop = rng.random(n) < self.drop_share
+        items = [self.item(rng, i < n * self.match_share, drop[i]) for i in range(n)]
         stack = lambda k: torch.from_numpy(np.stack([it[k] for it in items])).to(device)  # noqa: E731
         return {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                 "terminated": stack("terminated"),

@@ -63,7 +63,7 @@ def cmd_probe(args):
 
     return run_probes(args.checkpoint, args.out, args.env, [p for p in args.probes.split(",") if p], args.count,
                       drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,
-                      sample_steps=args.sample_steps, progress=not args.quiet)
+                      sample_steps=args.sample_steps, memory_guidance=args.memory_guidance, progress=not args.quiet)
 
 
 def cmd_imagine(args):
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-episodes", type=int, default=4)
     p.add_argument("--drift-steps", type=int, default=1000)
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
+    p.add_argument("--memory-guidance", type=float, default=None,
+                   help="memory guidance weight w, 0 for none (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)

@@ -10,7 +10,8 @@ context ({"context": {"frames": (T, H, W, 3) uint8, "actions": the T-1 actions b
 them}}); `step(a)` then predicts the frame that follows the last given one, as if `a`
 were taken there. Reward and termination come from the model's heads, truncation from
 `max_steps`. The vector env advances all sub-envs in one batched forward pass.
-`memory=False` turns off the latent memory of a model trained with one (on by default).
+`memory=False` turns off the latent memory of a model trained with one (on by default);
+`memory_guidance` overrides how strongly recalled views are followed (worldsim/dynamics.py).
 `sample_ends=True` draws each step's termination from the head's probability instead of
 thresholding it at 0.5: an uncertain model then ends episodes as often as it believes
 they end, which leaves an agent less room to exploit it.
@@ -50,12 +51,14 @@ def load_world_model(checkpoint, env_id: str | None = None, device: str = "cpu")
 class _DreamBase:
     """What the single and the vector env share: loading, spaces, contexts, observations."""
 
-    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends):
+    def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends,
+               memory_guidance):
         if obs_type not in ("rgb", "latent"):
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
         self.obs_type, self.max_steps, self.memory, self.sample_ends = obs_type, max_steps, memory, sample_ends
         self.model.use_memory(memory)  # fails now, not at reset, if memory is asked of a model without it
+        self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
         self.action_meanings = tuple(self.model.info.get("action_meanings") or ())
@@ -134,10 +137,10 @@ class DreamEnv(_DreamBase, gym.Env):
 
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
-                 memory: bool | None = None, sample_ends: bool = False):
+                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends)
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance)
         self.action_space, self.observation_space = self.single_action_space, self.single_observation_space
         self.render_mode = render_mode
         self.core, self._steps, self._done, self._frame = None, None, False, None
@@ -146,7 +149,7 @@ class DreamEnv(_DreamBase, gym.Env):
         super().reset(seed=seed)
         frames, actions = self._context(options, self.np_random)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, 1, self.sample_steps, self.memory)
+        self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
         self.core.reset_rows([0], [(frames, actions)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
         obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].numpy().astype(np.float32)
@@ -193,8 +196,8 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
     def __init__(self, num_envs: int = 1, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500,
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
-                 memory: bool | None = None, sample_ends: bool = False):
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends)
+                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None):
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance)
         self.num_envs, self.render_mode = num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
@@ -207,7 +210,8 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory)
+        self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory,
+                              memory_guidance=self.memory_guidance)
         contexts = [self._context(options, self.np_random) for _ in range(self.num_envs)]
         self.core.reset_rows(range(self.num_envs), contexts, self._generator)
         self._steps[:] = 0

@@ -26,7 +26,7 @@ ROOMS_ONLY = ("loop", "objects", "control")
 
 def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 8,
                object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
-               sample_steps: int | None = None, progress: bool = True) -> dict:
+               sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True) -> dict:
     from worldsim.dream_env import load_world_model
 
     model = load_world_model(checkpoint, env_id)
@@ -42,7 +42,8 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
     has_memory = model.has_memory
     predictors = {}
     if has_memory:
-        predictors["dream_memory_on"] = P.dream(model, True, seed, sample_steps=sample_steps)
+        predictors["dream_memory_on"] = P.dream(model, True, seed, sample_steps=sample_steps,
+                                                memory_guidance=memory_guidance)
     predictors["dream_memory_off"] = P.dream(model, False, seed, sample_steps=sample_steps)
     predictors["copy_last"] = P.copy_last
     predictors["tokenizer_ceiling"] = P.tokenizer_ceiling(model)
@@ -63,7 +64,9 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "context_frames": context,
-              "memory": has_memory, "predictors": list(predictors), "probes": {}}
+              "memory": has_memory, "predictors": list(predictors), "probes": {},
+              "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
+              "memory_guidance": model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
     for probe in probes:
         t0 = time.perf_counter()
         cases = scenarios[probe]()
@@ -91,9 +94,9 @@ def _headline(probe: str, score: dict) -> str:
     if probe == "loop":
         return f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
     if probe == "objects":
-        gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_by_gap"].items())
-        return (f"recall {score['recall']:.2f} of {score['objects']} objects the tokenizer shows (by gap {gaps}); "
-                f"{score['recall_all']:.2f} of all {score['objects_all']}")
+        gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_all_by_gap"].items())
+        return (f"recall {score['recall_all']:.2f} of all {score['objects_all']} objects (by gap {gaps}); "
+                f"{score['recall']:.2f} of the {score['objects']} the tokenizer shows")
     if probe == "control":
         return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
     at = ", ".join(f"{h}:{v:.2f}" for h, v in score["psnr_db_at"].items())
@@ -139,12 +142,12 @@ def _summary_plot(report: dict, path):
     if "objects" in results:
         for name in report["predictors"]:
             r = results["objects"][name]
-            ax.plot(list(r["gap_steps_by_gap"].values()), list(r["recall_by_gap"].values()), "o-", label=name,
+            ax.plot(list(r["gap_steps_by_gap"].values()), list(r["recall_all_by_gap"].values()), "o-", label=name,
                     color=colours[name])
         ax.axvline(context, ls=":", c="k", lw=1, label=f"context window ({context})")
         ax.axhline(0.9, ls="--", c="k", lw=1, label="goal 0.9")
         ax.set_xlabel("steps out of view")
-        ax.set_ylabel("objects recalled at the right place")
+        ax.set_ylabel("objects recalled at the right place (all)")
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=8)
     ax.set_title("object persistence")
@@ -172,7 +175,8 @@ def _summary_plot(report: dict, path):
         ax.set_ylabel("PSNR vs real replay (dB)")
         ax.legend(fontsize=8)
     ax.set_title("drift")
-    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']}", fontsize=10)
+    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps, "
+                 f"memory guidance {report['memory_guidance']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

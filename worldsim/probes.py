@@ -90,7 +90,8 @@ def tokenizer_ceiling(model):
     return predict
 
 
-def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_steps: int | None = None):
+def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_steps: int | None = None,
+          memory_guidance: float | None = None):
     """The world model's rollout from each scenario's context, its actions replayed."""
     def predict(scenarios):
         out = [None] * len(scenarios)
@@ -103,7 +104,8 @@ def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_ste
                 frames, _, _ = model.rollout(np.stack([s.frames[:ctx] for s in part]),
                                              np.stack([s.actions[:ctx - 1] for s in part]),
                                              np.stack([s.actions[ctx - 1:] for s in part]),
-                                             steps=sample_steps, seed=seed, memory=memory)
+                                             steps=sample_steps, seed=seed, memory=memory,
+                                             memory_guidance=memory_guidance)
                 for i, f in zip(idx[j:j + batch], frames):
                     out[i] = f
         return out
@@ -267,15 +269,17 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
             rows.append({"gap": s.meta["gap"], "gap_asked": s.meta["gap_asked"], "object": o, "recalled": hit,
                          "representable": shown, "pixels": int((ids == o).sum())})
     kept = [r for r in rows if r["representable"]]
-    by_gap = {}
-    for r in kept:
-        by_gap.setdefault(r["gap_asked"], []).append(r)
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+
+    def by_gap(of, key):
+        groups = {}
+        for r in of:
+            groups.setdefault(r["gap_asked"], []).append(r[key])
+        return {int(g): mean(v) for g, v in sorted(groups.items())}
     return {"recall": mean([r["recalled"] for r in kept]), "objects": len(kept),
             "recall_all": mean([r["recalled"] for r in rows]), "objects_all": len(rows),
-            "recall_by_gap": {int(g): mean([r["recalled"] for r in v]) for g, v in sorted(by_gap.items())},
-            "gap_steps_by_gap": {int(g): mean([r["gap"] for r in v]) for g, v in sorted(by_gap.items())},
-            "scenarios": rows}
+            "recall_by_gap": by_gap(kept, "recalled"), "recall_all_by_gap": by_gap(rows, "recalled"),
+            "gap_steps_by_gap": by_gap(rows, "gap"), "scenarios": rows}
 
 
 def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:

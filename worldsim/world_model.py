@@ -83,19 +83,19 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0,
-                memory: bool | None = None):
+                memory: bool | None = None, memory_guidance: float | None = None):
         """Dream forward from real context, as the DreamEnv does.
 
         context_frames (B, T, H, W, 3) uint8; context_actions (B, T-1) the actions between
-        them; actions (B, N) the actions to take from the last context frame on; memory as
-        DreamCore's (None: on when the model has it). Returns frames (B, N, H, W, 3) uint8:
+        them; actions (B, N) the actions to take from the last context frame on; memory and
+        memory_guidance as DreamCore's. Returns frames (B, N, H, W, 3) uint8:
         frame k is the result of actions[:, k] - and the predicted rewards (B, N) and
         termination probabilities (B, N).
         """
         generator = torch.Generator(device=self.device).manual_seed(seed)
         context_frames, context_actions = np.asarray(context_frames), np.asarray(context_actions)
         actions = np.asarray(actions)
-        core = DreamCore(self, len(context_frames), steps, memory)
+        core = DreamCore(self, len(context_frames), steps, memory, memory_guidance=memory_guidance)
         core.reset_rows(range(len(context_frames)), list(zip(context_frames, context_actions)), generator)
         frames, rewards, ends = [], [], []
         for k in range(actions.shape[1]):
@@ -118,12 +118,14 @@ class DreamCore:
     Memory (worldsim/memory.py): every frame goes into the row's memory keyed by its
     dead-reckoned pose; each new frame attends to the `cfg.memory` earlier frames whose
     views overlap its own most, kept for as long as the bounded memory holds them, far
-    beyond the context window. memory=False turns it off (ablation).
+    beyond the context window. memory=False turns it off (ablation); memory_guidance
+    overrides the model's guidance weight (worldsim/dynamics.py; 0 turns it off).
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
-                 memory_capacity: int = 256):
+                 memory_capacity: int = 256, memory_guidance: float | None = None):
         self.model, self.dyn, self.n = model, model.dynamics, num_rows
+        self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
         self.cache = None
         self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
@@ -205,7 +207,8 @@ class DreamCore:
             a = torch.as_tensor(np.asarray(actions))
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
-            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, memory=memory)
+            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, memory=memory,
+                                       guidance=self.memory_guidance)
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:
