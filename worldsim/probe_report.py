@@ -66,7 +66,8 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
     report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "context_frames": context,
               "memory": has_memory, "predictors": list(predictors), "probes": {},
               "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
-              "memory_guidance": model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
+              "memory_guidance": None if not has_memory else
+              model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
     for probe in probes:
         t0 = time.perf_counter()
         cases = scenarios[probe]()
@@ -175,8 +176,9 @@ def _summary_plot(report: dict, path):
         ax.set_ylabel("PSNR vs real replay (dB)")
         ax.legend(fontsize=8)
     ax.set_title("drift")
-    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps, "
-                 f"memory guidance {report['memory_guidance']})", fontsize=10)
+    guidance = "" if report["memory_guidance"] is None else f", memory guidance {report['memory_guidance']}"
+    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps{guidance})",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
