@@ -187,6 +187,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         summary["ddp_weights_identical"] = len(set(digests)) == 1
         if not summary["ddp_weights_identical"]:
             raise RuntimeError(f"DDP ranks diverged: weight digests {digests}")
+        dist.destroy_process_group()  # gloo's threads left running at exit can abort a rank
     if rank == 0:
         log_file.close()
         if writer:
