@@ -6,8 +6,8 @@ PPO trained in the real env on the same number of real steps and on many more.
     python bench/bench_imagination.py --env takecover    # ViZDoom TakeCover: survive (2100 tics at most)
 
 "Real steps" of the dream agent are the real env steps collected to make its world model
-(the shipped checkpoints: 40,000 explore steps for Rooms, 10,000 random steps for
-TakeCover); the agent itself never touches the real env until it is scored. Every agent
+(the shipped checkpoints: 100,000 explore steps for Rooms, 40,000 then 60,000 that look
+away and back; 10,000 random steps for TakeCover); the agent itself never touches the real env until it is scored. Every agent
 is scored on the same real episodes (seeds). Writes bench/results/imagination_<env>.json
 and a bar plot beside it.
 """
@@ -27,8 +27,10 @@ from agents.imagine import ImagineConfig, agent_actor, evaluate, imagine, new_ag
 
 ROOT = Path(__file__).parents[1]
 PRESETS = {
-    "rooms": {"checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 40_000, "horizon": 200},
-    "takecover": {"checkpoint": "worldsim/checkpoints/takecover.safetensors", "real_steps": 10_000, "horizon": 525},
+    "rooms": {"checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 100_000, "horizon": 200,
+              "long_factor": 4},
+    "takecover": {"checkpoint": "worldsim/checkpoints/takecover.safetensors", "real_steps": 10_000, "horizon": 525,
+                  "long_factor": 10},
 }
 
 
@@ -49,7 +51,8 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="world model (default: the shipped one for --env)")
     p.add_argument("--dream-steps", type=int, default=50_000, help="agent steps in the dream")
     p.add_argument("--real-steps", type=int, default=None, help="real steps behind the world model (default: preset)")
-    p.add_argument("--long-factor", type=int, default=10, help="the long real-env PPO run gets this many times more")
+    p.add_argument("--long-factor", type=int, default=None,
+                   help="the long real-env PPO run gets this many times more (default: Rooms 4, TakeCover 10)")
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -80,7 +83,8 @@ def run(env_name, args):
     env = real_env(env_id, env_kwargs, horizon)
     seed = 10_000 + args.seed  # the episodes `imagine` scored its agent on
     rows["random"] = {**dream["random_policy_real"], "real_steps": 0}  # scored by `imagine` on the same episodes
-    for name, steps in (("ppo_real_same_steps", real_steps), ("ppo_real_long", real_steps * args.long_factor)):
+    long_steps = real_steps * (args.long_factor or preset["long_factor"])
+    for name, steps in (("ppo_real_same_steps", real_steps), ("ppo_real_long", long_steps)):
         agent, seconds = ppo_in_real_env(env_id, env_kwargs, horizon, steps, args.seed)
         rows[name], _ = evaluate(agent_actor(agent), env, args.eval_episodes, seed)
         rows[name].update(real_steps=steps, seconds=round(seconds))

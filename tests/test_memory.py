@@ -144,3 +144,13 @@ def test_dream_env_memory_switch(memory_world, pipeline):
     assert all(off.step(turn)[4]["memory_frames"] == 0 for _ in range(24))
     with pytest.raises(ValueError, match="has no memory"):
         DreamEnv(str(pipeline[0] / "world.safetensors"), memory=True)
+
+
+def test_export_sets_the_memory_guidance_weight(memory_world, tmp_path):
+    from worldsim.world_model import WorldModel, export_world_model
+
+    world, _ = memory_world
+    run = world.parent / "dyn" / "latest.safetensors"
+    default = WorldModel.load(world).dynamics.cfg.memory_guidance
+    export_world_model(str(run), str(tmp_path / "w.safetensors"), memory_guidance=default + 0.5)
+    assert WorldModel.load(tmp_path / "w.safetensors").dynamics.cfg.memory_guidance == default + 0.5

@@ -38,6 +38,8 @@ def test_object_persistence(rooms):
         assert not np.isin(s.gt["object_ids"][CONTEXT - 1], s.meta["objects"]).any()  # gone when the dream starts
     r = scores(P.score_objects, cases)
     assert r["truth"]["recall"] == 1.0 and r["truth"]["objects"] >= 10
+    assert set(r["truth"]["recall_all_by_size"].values()) == {1.0} and r["truth"]["recall_all_stderr"] == 0.0
+    assert sum(r["truth"]["objects_by_size"].values()) == r["truth"]["objects_all"]
     assert r["copy"]["recall"] == 0.0 and r["shuffled"]["recall"] < 0.3
 
 

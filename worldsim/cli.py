@@ -95,9 +95,12 @@ def cmd_export(args):
 
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":
-        return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer)
+        return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
+                                  memory_guidance=args.memory_guidance)
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
+    if args.memory_guidance is not None:
+        raise ValueError("--memory-guidance is for a dynamics run with memory; a tokenizer has none")
     model = Tokenizer.load(args.checkpoint)
     model.save(args.out, extra={k: config[k] for k in ("step", "train", "dataset") if k in config})
     return {"out": args.out, "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
@@ -205,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="the real env to score against (default: the model's)")
     p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated, of {','.join(PROBES)}")
-    p.add_argument("--count", type=int, default=8, help="scenarios per probe (objects: per gap)")
+    p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
     p.add_argument("--drift-episodes", type=int, default=4)
     p.add_argument("--drift-steps", type=int, default=1000)
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a run's checkpoint -> a file to ship (tokenizer, or world model from dynamics)")
     p.add_argument("--checkpoint", required=True, help="a run's latest.safetensors (tokenizer or dynamics)")
     p.add_argument("--tokenizer", default=None, help="for a dynamics run: its tokenizer (default: the one its data names)")
+    p.add_argument("--memory-guidance", type=float, default=None,
+                   help="for a dynamics run with memory: the world model's default guidance weight (default: the run's)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

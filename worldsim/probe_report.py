@@ -24,7 +24,7 @@ PROBES = ("loop", "objects", "control", "drift")
 ROOMS_ONLY = ("loop", "objects", "control")
 
 
-def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 8,
+def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 24,
                object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
                sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True) -> dict:
     from worldsim.dream_env import load_world_model
@@ -96,7 +96,9 @@ def _headline(probe: str, score: dict) -> str:
         return f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
     if probe == "objects":
         gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_all_by_gap"].items())
-        return (f"recall {score['recall_all']:.2f} of all {score['objects_all']} objects (by gap {gaps}); "
+        sizes = ", ".join(f"{b}: {r:.2f} of {score['objects_by_size'][b]}" for b, r in score["recall_all_by_size"].items())
+        return (f"recall {score['recall_all']:.2f} ± {score['recall_all_stderr']:.2f} of all {score['objects_all']} "
+                f"objects (by gap {gaps}; by size {sizes}); "
                 f"{score['recall']:.2f} of the {score['objects']} the tokenizer shows")
     if probe == "control":
         return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
@@ -151,7 +153,12 @@ def _summary_plot(report: dict, path):
         ax.set_ylabel("objects recalled at the right place (all)")
         ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize=8)
-    ax.set_title("object persistence")
+        best = results["objects"][report["predictors"][0]]
+        sizes = ", ".join(f"{b} {r:.2f}" for b, r in best["recall_all_by_size"].items())
+        ax.set_title(f"object persistence\n{report['predictors'][0]}: {best['recall_all']:.2f} ± "
+                     f"{best['recall_all_stderr']:.2f} of {best['objects_all']}\nby size: {sizes}", fontsize=8)
+    else:
+        ax.set_title("object persistence")
     ax = axes[1, 0]
     if "control" in results:
         names = report["predictors"]

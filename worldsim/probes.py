@@ -253,11 +253,12 @@ def object_recalled(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, ring: 
 
 
 def score_objects(scenarios, predictions, reference=None) -> dict:
-    """Share of objects recalled in the final frame (back at pose A), overall and by gap.
+    """Share of objects recalled in the final frame (back at pose A): `recall_all` (the
+    headline, with its standard error), by gap and by object size.
 
-    With `reference` (the tokenizer ceiling's predictions), the headline counts only the
+    With `reference` (the tokenizer ceiling's predictions), `recall` counts only the
     objects the reference itself shows: what the video compression network loses (small,
-    distant objects), no latent dynamics model can remember. `recall_all` counts all."""
+    distant objects), no latent dynamics model can remember."""
     rows = []
     for i, (s, p) in enumerate(zip(scenarios, predictions)):
         ids = s.gt["object_ids"][-1]
@@ -271,15 +272,32 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
     kept = [r for r in rows if r["representable"]]
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
 
-    def by_gap(of, key):
+    def by(of, group, key):
         groups = {}
         for r in of:
-            groups.setdefault(r["gap_asked"], []).append(r[key])
-        return {int(g): mean(v) for g, v in sorted(groups.items())}
+            groups.setdefault(group(r), []).append(r[key])
+        return {g: mean(v) for g, v in sorted(groups.items())}
+    gap = lambda r: int(r["gap_asked"])  # noqa: E731
+    recall_all = mean([r["recalled"] for r in rows])
+    sizes = [size_bin(r["pixels"]) for r in rows]
     return {"recall": mean([r["recalled"] for r in kept]), "objects": len(kept),
-            "recall_all": mean([r["recalled"] for r in rows]), "objects_all": len(rows),
-            "recall_by_gap": by_gap(kept, "recalled"), "recall_all_by_gap": by_gap(rows, "recalled"),
-            "gap_steps_by_gap": by_gap(rows, "gap"), "scenarios": rows}
+            "recall_all": recall_all, "objects_all": len(rows),
+            # binomial standard error: how far other scripts could move the headline
+            "recall_all_stderr": float(np.sqrt(recall_all * (1 - recall_all) / len(rows))) if rows else float("nan"),
+            "recall_by_gap": by(kept, gap, "recalled"), "recall_all_by_gap": by(rows, gap, "recalled"),
+            "gap_steps_by_gap": by(rows, gap, "gap"),
+            "recall_all_by_size": {b: mean([r["recalled"] for r, s in zip(rows, sizes) if s == b])
+                                   for b in SIZE_BINS if b in sizes},
+            "objects_by_size": {b: sizes.count(b) for b in SIZE_BINS if b in sizes}, "scenarios": rows}
+
+
+SIZE_BINS = ("under 30 px", "30-99 px", "100 px or more")
+
+
+def size_bin(pixels: int) -> str:
+    """Objects by how many pixels they cover in the returned view (64x64 frames): the
+    smallest are a few pixels across, and the tokenizer already blurs them."""
+    return SIZE_BINS[0] if pixels < 30 else SIZE_BINS[1] if pixels < 100 else SIZE_BINS[2]
 
 
 def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:

@@ -218,8 +218,9 @@ class DreamCore:
 
 
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
-                       half: bool = True) -> dict:
-    """Bundle a trained dynamics run with its tokenizer and real start frames."""
+                       half: bool = True, memory_guidance: float | None = None) -> dict:
+    """Bundle a trained dynamics run with its tokenizer and real start frames;
+    `memory_guidance` sets the model's default guidance weight (picked on the probes)."""
     from worldsim.dataset import episode_paths, read_episode
 
     tensors, config = load_checkpoint(dynamics_ckpt)
@@ -230,7 +231,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     if not tokenizer_ckpt or not Path(tokenizer_ckpt).exists():
         raise CheckpointError(f"tokenizer {tokenizer_ckpt!r} not found; pass --tokenizer")
     tokenizer = Tokenizer.load(tokenizer_ckpt)
-    dynamics = Dynamics(DynamicsConfig(**config["dynamics"]))
+    overrides = {} if memory_guidance is None else {"memory_guidance": float(memory_guidance)}
+    dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     firsts = []
     frames_dataset = meta.get("frames_dataset")
