@@ -272,20 +272,19 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
     kept = [r for r in rows if r["representable"]]
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
 
-    def by(of, group, key):
+    def by_gap(of, key):
         groups = {}
         for r in of:
-            groups.setdefault(group(r), []).append(r[key])
-        return {g: mean(v) for g, v in sorted(groups.items())}
-    gap = lambda r: int(r["gap_asked"])  # noqa: E731
+            groups.setdefault(r["gap_asked"], []).append(r[key])
+        return {int(g): mean(v) for g, v in sorted(groups.items())}
     recall_all = mean([r["recalled"] for r in rows])
     sizes = [size_bin(r["pixels"]) for r in rows]
     return {"recall": mean([r["recalled"] for r in kept]), "objects": len(kept),
             "recall_all": recall_all, "objects_all": len(rows),
             # binomial standard error: how far other scripts could move the headline
             "recall_all_stderr": float(np.sqrt(recall_all * (1 - recall_all) / len(rows))) if rows else float("nan"),
-            "recall_by_gap": by(kept, gap, "recalled"), "recall_all_by_gap": by(rows, gap, "recalled"),
-            "gap_steps_by_gap": by(rows, gap, "gap"),
+            "recall_by_gap": by_gap(kept, "recalled"), "recall_all_by_gap": by_gap(rows, "recalled"),
+            "gap_steps_by_gap": by_gap(rows, "gap"),
             "recall_all_by_size": {b: mean([r["recalled"] for r, s in zip(rows, sizes) if s == b])
                                    for b in SIZE_BINS if b in sizes},
             "objects_by_size": {b: sizes.count(b) for b in SIZE_BINS if b in sizes}, "scenarios": rows}
