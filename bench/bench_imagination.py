@@ -7,9 +7,9 @@ PPO trained in the real env on the same number of real steps and on many more.
 
 "Real steps" of the dream agent are the real env steps collected to make its world model
 (the shipped checkpoints: 100,000 explore steps for Rooms, 40,000 then 60,000 that look
-away and back; 10,000 random steps for TakeCover); the agent itself never touches the real env until it is scored. Every agent
-is scored on the same real episodes (seeds). Writes bench/results/imagination_<env>.json
-and a bar plot beside it.
+away and back; 10,000 random steps for TakeCover); the agent itself never touches the
+real env until it is scored. Every agent is scored on the same real episodes (seeds).
+Writes bench/results/imagination_<env>.json and a bar plot beside it.
 """
 
 from __future__ import annotations

@@ -252,6 +252,15 @@ def object_recalled(pred: np.ndarray, real: np.ndarray, mask: np.ndarray, ring: 
     return bool(np.linalg.norm(pred[mask].astype(float).mean(0) / 255 - obj) < 0.5 * contrast)
 
 
+SIZE_BINS = ("under 30 px", "30-99 px", "100 px or more")
+
+
+def size_bin(pixels: int) -> str:
+    """Objects by how many pixels they cover in the returned view (64x64 frames): the
+    smallest are a few pixels across, and the tokenizer already blurs them."""
+    return SIZE_BINS[0] if pixels < 30 else SIZE_BINS[1] if pixels < 100 else SIZE_BINS[2]
+
+
 def score_objects(scenarios, predictions, reference=None) -> dict:
     """Share of objects recalled in the final frame (back at pose A): `recall_all` (the
     headline, with its standard error), by gap and by object size.
@@ -289,14 +298,6 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
                                    for b in SIZE_BINS if b in sizes},
             "objects_by_size": {b: sizes.count(b) for b in SIZE_BINS if b in sizes}, "scenarios": rows}
 
-
-SIZE_BINS = ("under 30 px", "30-99 px", "100 px or more")
-
-
-def size_bin(pixels: int) -> str:
-    """Objects by how many pixels they cover in the returned view (64x64 frames): the
-    smallest are a few pixels across, and the tokenizer already blurs them."""
-    return SIZE_BINS[0] if pixels < 30 else SIZE_BINS[1] if pixels < 100 else SIZE_BINS[2]
 
 
 def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:
