@@ -2,6 +2,11 @@
 
     worldsim train tokenizer --data DIR --out RUN [--config small] [--steps 4000]
 
+`--init TOKENIZER --decoder-only` fine-tunes only the decoder of a trained tokenizer: its
+encoder and latent statistics stay as they were, so the latents, and every dynamics model
+trained on them, stay valid (GameNGen sharpens its decoder this way). `--detail-weight`
+weighs edges and small objects more in the reconstruction loss (`Tokenizer.loss`).
+
 Every hyper-parameter is a field of TrainConfig. The run directory holds
 `latest.safetensors` (weights, optimizer, step, config; rewritten atomically every
 `ckpt_every` steps and at the end), `metrics.csv` and TensorBoard event files. Running
@@ -33,6 +38,9 @@ class TrainConfig(RunConfig):
     lr: float = 1e-3
     weight_decay: float = 0.0
     overrides: dict = field(default_factory=dict)  # extra TokenizerConfig fields
+    init: str = ""  # start from this tokenizer's weights (its architecture, not the fields above)
+    decoder_only: bool = False  # train the decoder alone: encoder and latent stats stay those of --init
+    detail_weight: float = 0.0  # > 0: errors at edges and small objects weigh more (Tokenizer.loss)
 
 
 class FrameSampler:
@@ -53,11 +61,19 @@ class FrameSampler:
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sampler = FrameSampler(cfg.data, "train", cfg.temporal, cfg.seed)
     frame_shape = sampler.windows.meta["frame_shape"]
-    tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
-                              downsample=cfg.downsample, temporal=cfg.temporal,
-                              **{**size_preset(cfg.config, cfg.downsample), **cfg.overrides})
+    if cfg.decoder_only and not cfg.init:
+        raise ValueError("--decoder-only fine-tunes a trained tokenizer's decoder; pass it with --init")
     torch.manual_seed(cfg.seed)  # the initial weights
-    model = Tokenizer(tok_cfg)
+    if cfg.init:
+        model = Tokenizer.load(cfg.init, frame_size=tuple(frame_shape[:2])).train()
+        tok_cfg = model.cfg
+    else:
+        tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
+                                  downsample=cfg.downsample, temporal=cfg.temporal,
+                                  **{**size_preset(cfg.config, cfg.downsample), **cfg.overrides})
+        model = Tokenizer(tok_cfg)
+    if cfg.decoder_only:
+        model.encoder.requires_grad_(False)
     device = pick_device(cfg.device)
 
     def fit_stats():
@@ -72,9 +88,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "tokenizer", "tokenizer": asdict(tok_cfg), "train": asdict(cfg), "dataset": sampler.windows.meta}
     return run(model, cfg, "tokenizer", config,
                batch_at=lambda step, rank: sampler.batch(cfg.batch_size, step + rank * 10**9).to(device),
-               loss_of=lambda m, frames: m.loss(frames),
+               loss_of=lambda m, frames: m.loss(frames, cfg.detail_weight),
                items_per_batch=lambda frames: frames.shape[0] * frames.shape[1],
-               before_save=fit_stats, device=device, progress=progress)
+               before_save=None if cfg.decoder_only else fit_stats, device=device, progress=progress)
 
 
 def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256, progress: bool = True) -> dict:

@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-channels", type=int, default=None, help="4 to 16 (default 8)")
     t.add_argument("--downsample", type=int, default=None, help="spatial factor: 4 or 8 (default 8)")
     t.add_argument("--temporal", type=int, default=None, help="frames per latent frame, = the env's frame-skip (default 1)")
+    t.add_argument("--init", default=None, help="start from this tokenizer's weights (and architecture)")
+    t.add_argument("--decoder-only", action="store_true",
+                   help="with --init: train only the decoder; the latents (and dynamics trained on them) stay valid")
+    t.add_argument("--detail-weight", type=float, default=None,
+                   help="weigh errors at edges and small objects up to this much more (default 0: plain MSE + L1)")
     t = models.add_parser("dynamics", help="the action-conditioned diffusion transformer, on encoded latents")
     _run_args(t, "latent dataset from `worldsim encode`", ["tiny", "XS", "S", "B", "L"], "XS")
     t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")

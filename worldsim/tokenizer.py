@@ -165,17 +165,22 @@ class Tokenizer(nn.Module):
         z = latents.flatten(0, 1) * self.latent_scale[:, None, None] + self.latent_shift[:, None, None]
         return self.from_output(self.decoder(z), b)
 
-    def loss(self, frames) -> tuple[torch.Tensor, dict]:
-        """Reconstruction (MSE + L1 in [-1, 1]) plus a small KL to a unit Gaussian."""
+    def loss(self, frames, detail_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+        """Reconstruction (MSE + L1 in [-1, 1]) plus a small KL to a unit Gaussian.
+
+        detail_weight a > 0 weighs each pixel's error by 1 + a * (its distance from the
+        5x5 mean around it), normalised to mean 1, so edges and objects a few pixels
+        across weigh more than their share of the frame's area."""
         x = self.to_input(self.check_frames(frames))
         mean, logvar = self.encoder(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         recon = self.decoder(z).float()
-        mse = F.mse_loss(recon, x)
-        l1 = (recon - x).abs().mean()
+        weight = detail_weights(x, detail_weight) if detail_weight else 1.0
+        recon_loss = (weight * (recon - x) ** 2).mean() + (weight * (recon - x).abs()).mean()
+        mse, l1 = F.mse_loss(recon.detach(), x), (recon.detach() - x).abs().mean()
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
-        total = mse + l1 + self.cfg.kl_weight * kl
-        psnr = 10 * torch.log10(4.0 / mse.detach())  # signal range 2 in [-1, 1]
+        total = recon_loss + self.cfg.kl_weight * kl
+        psnr = 10 * torch.log10(4.0 / mse)  # signal range 2 in [-1, 1]
         return total, {"loss": total.item(), "mse": mse.item(), "l1": l1.item(), "kl": kl.item(), "psnr": psnr.item()}
 
     @torch.no_grad()
@@ -209,6 +214,14 @@ class Tokenizer(nn.Module):
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
         model.checkpoint_config = config
         return model.to(map_location).eval()
+
+
+def detail_weights(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """(N, 1, H, W) pixel weights 1 + strength * |x - local 5x5 mean| (over channels), mean 1."""
+    with torch.no_grad():
+        detail = (x - F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)).abs().mean(1, keepdim=True)
+        weight = 1 + strength * detail
+        return weight / weight.mean()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
