@@ -72,7 +72,7 @@ def test_probe_command_writes_report_plots_and_videos(memory_world, tmp_path, ca
         assert (tmp_path / "p" / f"{probe}.mp4").stat().st_size > 1000
     assert report["probes"]["control"]["dream_memory_on"]["steps"] == 2 * 8
     assert report["probes"]["drift"]["copy_last"]["steps"] == 30
-    for plot in ("summary.png", "control_confusion.png"):
+    for plot in ("summary.png", "control_confusion.png", "objects_smallest.png"):
         assert (tmp_path / "p" / plot).stat().st_size > 10_000
     assert "probe loop" in capsys.readouterr().out
 

@@ -6,6 +6,7 @@ the baselines, and write report.json, a summary plot and side-by-side videos.
 DIR/report.json    every score, per probe and predictor (and per scenario)
 DIR/summary.png    loop closure, object recall by gap, action agreement, drift curves
 DIR/control_confusion.png   given action against the action the dream's frame shows
+DIR/objects_smallest.png     the smallest objects, real beside each predictor's returned view
 DIR/<probe>.mp4    real | dream with memory | dream without memory, one scenario each
 """
 
@@ -68,6 +69,7 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
               "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
               "memory_guidance": None if not has_memory else
               model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
+    object_views = {}
     for probe in probes:
         t0 = time.perf_counter()
         cases = scenarios[probe]()
@@ -79,10 +81,14 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
             report["probes"][probe][name] = (P.score_objects(cases, predictions, reference) if probe == "objects"
                                              else scorers[probe](cases, predictions))
             shown[name] = predictions[0]
+            if probe == "objects":
+                object_views[name] = predictions
             if progress:
                 print(f"probe {probe:8s} {name:18s} {_headline(probe, report['probes'][probe][name])}", flush=True)
         report["probes"][probe]["seconds"] = round(time.perf_counter() - t0, 1)
         _video(out / f"{probe}.mp4", cases[0], shown)
+        if probe == "objects":
+            _objects_plot(cases, object_views, report["probes"]["objects"], out / "objects_smallest.png")
     _summary_plot(report, out / "summary.png")
     if "control" in report["probes"]:
         _confusion_plot(report["probes"]["control"], out / "control_confusion.png")
@@ -188,6 +194,49 @@ def _summary_plot(report: dict, path):
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _objects_plot(cases, views: dict, scores: dict, path, count: int = 16, half: int = 8):
+    """The `count` smallest objects of the objects probe: crops around each in the real
+    returned view and in every predictor's, framed green where it counts as recalled and
+    red where it does not (the small ones are where recall is won or lost)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(views)
+    rows = sorted(scores[names[0]]["scenarios"], key=lambda r: r["pixels"])[:count]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1 + len(names), len(rows), figsize=(1.1 * len(rows), 1.3 * (1 + len(names))),
+                             squeeze=False)
+    for j, row in enumerate(rows):
+        case = cases[row["scenario"]]
+        ys, xs = np.nonzero(case.gt["object_ids"][-1] == row["object"])
+        h, w = case.frames.shape[1:3]
+        y0 = int(np.clip(ys.mean() - half, 0, h - 2 * half))
+        x0 = int(np.clip(xs.mean() - half, 0, w - 2 * half))
+        crop = lambda frame: frame[y0:y0 + 2 * half, x0:x0 + 2 * half]  # noqa: E731
+        recalled = {n: next(r["recalled"] for r in scores[n]["scenarios"]
+                            if r["scenario"] == row["scenario"] and r["object"] == row["object"]) for n in names}
+        panels = [("real", crop(case.frames[-1]), None)] + [(n, crop(views[n][row["scenario"]][-1]), recalled[n])
+                                                          for n in names]
+        for i, (label, image, hit) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if hit is not None:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("tab:green" if hit else "tab:red")
+                    spine.set_linewidth(2.5)
+            if j == 0:
+                ax.set_ylabel(label.replace("_", "\n"), fontsize=7)
+        axes[0, j].set_title(f"{row['pixels']} px\ngap {row['gap']}", fontsize=7)
+    fig.suptitle(f"the {len(rows)} smallest objects, back in view (green: recalled, red: missed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -276,7 +276,7 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
             if hit is None:
                 continue
             shown = True if reference is None else bool(object_recalled(reference[i][-1], s.frames[-1], ids == o))
-            rows.append({"gap": s.meta["gap"], "gap_asked": s.meta["gap_asked"], "object": o, "recalled": hit,
+            rows.append({"scenario": i, "gap": s.meta["gap"], "gap_asked": s.meta["gap_asked"], "object": o, "recalled": hit,
                          "representable": shown, "pixels": int((ids == o).sum())})
     kept = [r for r in rows if r["representable"]]
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
