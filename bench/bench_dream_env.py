@@ -1,5 +1,6 @@
 """DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), one-step latency,
-beside the real env's frames/s, and memory over a long rollout.
+16 envs without memory guidance and without memory, beside the real env's frames/s, and
+memory over a long rollout.
 
     python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
 """
@@ -25,8 +26,9 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def vector_fps(checkpoint, n, obs_type, steps, memory=None) -> float:
-    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9, memory=memory)
+def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None) -> float:
+    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9, memory=memory,
+                           memory_guidance=memory_guidance)
     envs_.reset(seed=0)
     actions = np.random.default_rng(0).integers(envs_.single_action_space.n, size=(steps + 2, n))
     envs_.step(actions[0])  # warm-up
@@ -68,7 +70,9 @@ def main():
         for n in (1, 16, 64):
             goal = {1: "goal >= 20 (interactive)", 16: "goal >= 200 together"}.get(n, "") if obs_type == "rgb" else ""
             report(f"dream_fps_{n}_envs_{obs_type}", vector_fps(args.checkpoint, n, obs_type, args.steps), goal)
-        if has_memory:  # the same, memory switched off
+        if has_memory:  # the same with memory but no guidance pass, and with memory switched off
+            report(f"dream_fps_16_envs_{obs_type}_guidance_0",
+                   vector_fps(args.checkpoint, 16, obs_type, args.steps, memory_guidance=0.0))
             report(f"dream_fps_16_envs_{obs_type}_memory_off", vector_fps(args.checkpoint, 16, obs_type, args.steps, False))
     real = gym.make("worldsim/Rooms-v0")
     real.reset(seed=0)
