@@ -137,6 +137,8 @@ def test_decoder_only_fine_tune_keeps_the_latents(rooms_dataset, tmp_path):
     base = tmp_path / "base" / "latest.safetensors"
     with pytest.raises(ValueError, match="pass it with --init"):
         train(tiny(rooms_dataset, tmp_path / "bad", 2, decoder_only=True), progress=False)
+    with pytest.raises(ValueError, match="cannot become {'downsample': 4}"):
+        train(tiny(rooms_dataset, tmp_path / "bad", 2, init=str(base), downsample=4), progress=False)
     train(tiny(rooms_dataset, tmp_path / "dec", 40, lr=2e-3, init=str(base), decoder_only=True, detail_weight=20.0),
           progress=False)
     before, after = Tokenizer.load(base), Tokenizer.load(tmp_path / "dec" / "latest.safetensors")

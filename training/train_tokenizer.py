@@ -67,6 +67,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.init:
         model = Tokenizer.load(cfg.init, frame_size=tuple(frame_shape[:2])).train()
         tok_cfg = model.cfg
+        clash = {k: getattr(cfg, k) for k in ("latent_channels", "downsample", "temporal")
+                 if getattr(cfg, k) != TrainConfig.__dataclass_fields__[k].default and getattr(cfg, k) != getattr(tok_cfg, k)}
+        if clash:
+            raise ValueError(f"--init {cfg.init} is a tokenizer with latent_channels={tok_cfg.latent_channels}, "
+                             f"downsample={tok_cfg.downsample}, temporal={tok_cfg.temporal}; it cannot become {clash}")
     else:
         tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
                                   downsample=cfg.downsample, temporal=cfg.temporal,
