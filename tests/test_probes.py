@@ -51,6 +51,15 @@ def test_action_control(rooms):
     assert np.array(r["truth"]["confusion"]).sum() == 4 * 8
 
 
+def test_probe_seeds_script_disjoint_episodes(rooms):
+    # A second seed is an independent check only if it scripts other episodes.
+    for make in (lambda seed: P.loop_scenarios(rooms, 4, CONTEXT, seed),
+                 lambda seed: P.object_scenarios(rooms, [5], 3, CONTEXT, seed),
+                 lambda seed: P.control_scenarios(rooms, 4, CONTEXT, seed=seed)):
+        first, second = ({s.meta["seed"] for s in make(seed)} for seed in (0, 1))
+        assert first and second and not first & second
+
+
 def test_drift():
     cases = P.drift_scenarios(P.ROOMS_ID, {}, 2, CONTEXT, 60)
     r = scores(P.score_drift, cases)

@@ -34,6 +34,12 @@ import numpy as np
 from worldsim.tokenizer import psnr, ssim
 
 ROOMS_ID = "worldsim/Rooms-v0"
+SEEDS_PER_PROBE_SEED = 100_000  # env seeds a probe seed owns: seeds k and k+1 script disjoint episodes
+
+
+def first_env_seed(seed: int) -> int:
+    """The first env seed the scripts of probe seed `seed` draw from (seed 0: env seed 0)."""
+    return seed * SEEDS_PER_PROBE_SEED
 
 
 @dataclass
@@ -155,7 +161,7 @@ def loop_scenarios(env, count: int, context: int, seed: int = 0) -> list[Scenari
     turn again; both start after two forward steps, so the start view is not a context
     frame. Only scripts whose real path returns to the exact start pose are kept."""
     fwd, left, right = _action("FORWARD"), _action("TURN_LEFT"), _action("TURN_RIGHT")
-    out, s = [], seed
+    out, s = [], first_env_seed(seed)
     while len(out) < count:
         rng = np.random.default_rng(s)
         kind = "turn_360" if len(out) % 2 == 0 else "out_and_back"
@@ -197,7 +203,7 @@ def object_scenarios(env, gaps, per_gap: int, context: int, seed: int = 0, min_p
     of view; the agent turns further, waits, and turns back to A. The object is out of
     view for about `gap` steps (the exact count is in meta)."""
     noop, left, right = _action("NOOP"), _action("TURN_LEFT"), _action("TURN_RIGHT")
-    out, s = [], seed
+    out, s = [], first_env_seed(seed)
     for gap in gaps:
         found = 0
         while found < per_gap:
@@ -304,7 +310,7 @@ def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int
     """Uniformly random actions after a context walk, with the counterfactual renders of
     every action from each real state."""
     out = []
-    for s in range(seed, seed + count):
+    for s in range(first_env_seed(seed), first_env_seed(seed) + count):
         rng = np.random.default_rng(s)
         actions = _context_walk(rng, context - 1) + [int(a) for a in rng.integers(env.action_space.n, size=horizon)]
         frames, gt, candidates = replay(env, s, actions, counterfactual_from=context - 1)
@@ -338,7 +344,7 @@ def drift_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, ste
 
     env = gym.make(env_id, **{**env_kwargs, "max_steps": context + steps + 1} if env_id == ROOMS_ID else env_kwargs)
     out = []
-    for s in range(seed, seed + count):
+    for s in range(first_env_seed(seed), first_env_seed(seed) + count):
         policy = ExplorePolicy(action_meanings(env), 1, seed=s)
         frame, info = env.reset(seed=s)
         frames, actions = [frame], []
