@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
     p.add_argument("--memory-guidance", type=float, default=None,
                    help="memory guidance weight w, 0 for none (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="scripts and sampling noise; each seed scripts episodes no other seed does (default 0)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
 
