@@ -48,7 +48,7 @@ class DynamicsConfig:
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
-    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: best on probe seed 1)
+    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, README)
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
@@ -297,7 +297,7 @@ class Dynamics(nn.Module):
         frame_index (B,) of the frame that will see it (no time distance: its pose says
         where it is). Memory frames enter clean, unlike context frames: a recalled view is
         to be copied, and the context noise blurred small objects away (objects under 30
-        pixels came back 18% of the time with it, 36% without: same weights, probe seed 1).
+        pixels came back 18% of the time with it, 36% without: same weights and scripts).
         Their noise-level embedding stays ctx_noise's, as the memory was first trained.
         Returns (keys and values per layer, valid)."""
         b, k = z.shape[:2]

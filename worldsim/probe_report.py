@@ -209,6 +209,7 @@ def _objects_plot(cases, views: dict, scores: dict, path, count: int = 16, half:
     rows = sorted(scores[names[0]]["scenarios"], key=lambda r: r["pixels"])[:count]
     if not rows:
         return
+    recalled = {n: {(r["scenario"], r["object"]): r["recalled"] for r in scores[n]["scenarios"]} for n in names}
     fig, axes = plt.subplots(1 + len(names), len(rows), figsize=(1.1 * len(rows), 1.3 * (1 + len(names))),
                              squeeze=False)
     for j, row in enumerate(rows):
@@ -218,9 +219,8 @@ def _objects_plot(cases, views: dict, scores: dict, path, count: int = 16, half:
         y0 = int(np.clip(ys.mean() - half, 0, h - 2 * half))
         x0 = int(np.clip(xs.mean() - half, 0, w - 2 * half))
         crop = lambda frame: frame[y0:y0 + 2 * half, x0:x0 + 2 * half]  # noqa: E731
-        recalled = {n: next(r["recalled"] for r in scores[n]["scenarios"]
-                            if r["scenario"] == row["scenario"] and r["object"] == row["object"]) for n in names}
-        panels = [("real", crop(case.frames[-1]), None)] + [(n, crop(views[n][row["scenario"]][-1]), recalled[n])
+        key = (row["scenario"], row["object"])
+        panels = [("real", crop(case.frames[-1]), None)] + [(n, crop(views[n][row["scenario"]][-1]), recalled[n][key])
                                                           for n in names]
         for i, (label, image, hit) in enumerate(panels):
             ax = axes[i, j]

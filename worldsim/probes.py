@@ -305,7 +305,6 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
             "objects_by_size": {b: sizes.count(b) for b in SIZE_BINS if b in sizes}, "scenarios": rows}
 
 
-
 def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:
     """Uniformly random actions after a context walk, with the counterfactual renders of
     every action from each real state."""

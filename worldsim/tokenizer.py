@@ -175,9 +175,10 @@ class Tokenizer(nn.Module):
         mean, logvar = self.encoder(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         recon = self.decoder(z).float()
+        err = recon - x
         weight = detail_weights(x, detail_weight) if detail_weight else 1.0
-        recon_loss = (weight * (recon - x) ** 2).mean() + (weight * (recon - x).abs()).mean()
-        mse, l1 = F.mse_loss(recon.detach(), x), (recon.detach() - x).abs().mean()
+        recon_loss = (weight * err ** 2).mean() + (weight * err.abs()).mean()
+        mse, l1 = (err.detach() ** 2).mean(), err.detach().abs().mean()  # logged unweighted
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
         total = recon_loss + self.cfg.kl_weight * kl
         psnr = 10 * torch.log10(4.0 / mse)  # signal range 2 in [-1, 1]
