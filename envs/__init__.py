@@ -12,6 +12,8 @@ All gameplay ids give 64x64 uint8 RGB frames and Discrete actions with names
 
 from __future__ import annotations
 
+import importlib
+
 import gymnasium as gym
 
 from envs.atari import GAMES as ATARI_GAMES
@@ -94,6 +96,27 @@ def register_envs():
     for game in ATARI_GAMES:
         gym.register(f"worldsim/Atari-{game}-v0", entry_point="envs:make_atari", kwargs={"game": game},
                      disable_env_checker=True)
+
+
+def resolve_env_id(spec: str) -> str:
+    """The registered gymnasium id named by `spec`: a worldsim id, any id already
+    registered, or gymnasium's own ``module:Id`` form, which imports `module` first (so
+    a user's package registers its envs, as ``gym.make("module:Id")`` does). Raises a
+    ValueError naming the module or the id that failed, before any work starts."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"expected an env id such as 'worldsim/Rooms-v0' or 'mymodule:MyEnv-v0', got {spec!r}")
+    module, _, env_id = spec.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"env {spec!r}: cannot import module {module!r} ({e}); expected an importable "
+                             f"module that registers {env_id!r} with gymnasium.register") from e
+    if env_id not in gym.registry:
+        hint = (f"module {module!r} was imported but did not register it" if module else
+                "to use your own env, name the module that registers it: --env mymodule:MyEnv-v0")
+        raise ValueError(f"unknown env id {env_id!r} ({hint}); worldsim registers: {', '.join(gameplay_ids())}")
+    return env_id
 
 
 def gameplay_ids() -> list[str]:
