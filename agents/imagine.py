@@ -162,6 +162,9 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
     env_id, env_kwargs = model.info.get("env_id"), model.info.get("env_kwargs") or {}
     if not env_id:
         raise ValueError("the world model names no real env (info['env_id']); it was trained on footage without one")
+    import envs
+
+    envs.resolve_env_id(env_id)  # the real env must exist before the agent trains for it
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

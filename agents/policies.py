@@ -35,10 +35,20 @@ class ExplorePolicy:
                    line up again)
       look_back    turn away, wait, turn back: a view returns after it left the context
                    window, which is what teaches the memory to bring it back
-      corridor     walk forward until blocked (judged from the ground-truth pose), then turn
+      corridor     walk forward until blocked, then turn
       out_and_back walk out, turn half a circle, walk back, turn again (leave and return)
       wander       sticky random actions, including strafes and back-steps
-    Envs without forward and turn actions (TakeCover, Atari) get sticky random actions.
+
+    What it uses of the env, each optional (any Gymnasium env with Discrete actions works):
+      action_meanings  names of the actions (attribute, through wrappers); the walking
+                       routines need FORWARD (or MOVE_FORWARD), TURN_LEFT and TURN_RIGHT,
+                       and NOOP for waits. Without them: sticky random actions.
+      turn_steps       turns in a full circle (attribute); default 24.
+      info["gt"]["pose"]  (x, y, yaw) per step. Blocked means a FORWARD step moved the
+                       pose less than a quarter of the median FORWARD step seen so far
+                       (in any units, so physics envs that creep along walls count as
+                       blocked), or, without a pose, changed the frame by less than 1/255
+                       on average.
     """
 
     def __init__(self, action_meanings, num_envs: int, turn_steps: int = 24, seed: int = 0):
@@ -51,16 +61,18 @@ class ExplorePolicy:
         self.rng = np.random.default_rng(seed)
         self.plans = [[] for _ in range(num_envs)]
         self.last_pose = [None] * num_envs
+        self.last_frame = [None] * num_envs
         self.last_action = [None] * num_envs
+        self.strides = []  # distances of recent FORWARD steps: the scale that "blocked" is judged on
 
     def _first(self, *names):
         return next((self.names[n] for n in names if n in self.names), None)
 
     def reset(self, i: int):
-        self.plans[i], self.last_pose[i], self.last_action[i] = [], None, None
+        self.plans[i], self.last_pose[i], self.last_frame[i], self.last_action[i] = [], None, None, None
 
     def _routine(self) -> list:
-        rng, half = self.rng, self.turn_steps // 2
+        rng, half = self.rng, max(1, self.turn_steps // 2)
         sticky = lambda n: [int(a) for a in rng.integers(self.n_actions, size=n // 3 + 1) for _ in range(3)][:n]  # noqa: E731
         if not self.can_walk:
             return [int(rng.integers(self.n_actions))] * int(rng.integers(2, 9))
@@ -69,21 +81,30 @@ class ExplorePolicy:
         if kind == "circle":
             return [turn] * int(rng.integers(self.turn_steps, self.turn_steps * 3 // 2 + 1))
         if kind == "look_back":
-            k = int(rng.integers(3, half + 1))
+            k = int(rng.integers(min(3, half), half + 1))
             wait = [self.names["NOOP"]] * int(rng.integers(0, 13)) if "NOOP" in self.names else []
             return [turn] * k + wait + [back] * k
         if kind == "corridor":
-            return ["until_blocked"] * 40 + [turn] * int(rng.integers(2, half + 1))
+            return ["until_blocked"] * 40 + [turn] * int(rng.integers(min(2, half), half + 1))
         if kind == "out_and_back":
             k = int(rng.integers(4, 13))
             return [self.forward] * k + [turn] * half + [self.forward] * k + [turn] * half
         return sticky(int(rng.integers(5, 16)))
 
-    def _next(self, i: int, pose) -> int:
-        blocked = (pose is not None and self.last_pose[i] is not None and self.last_action[i] == self.forward
-                   and np.abs(pose[:2] - self.last_pose[i][:2]).max() < 1e-4)
+    def _blocked(self, i: int, pose, frame) -> bool:
+        if self.last_action[i] != self.forward:
+            return False
+        if pose is not None and self.last_pose[i] is not None:
+            moved = float(np.linalg.norm(pose[:2] - self.last_pose[i][:2]))
+            self.strides = (self.strides + [moved])[-200:]
+            return moved < 0.25 * float(np.median(self.strides)) or moved < 1e-9
+        if frame is not None and self.last_frame[i] is not None:
+            return float(np.abs(frame.astype(np.float32) - self.last_frame[i]).mean()) < 1.0
+        return False
+
+    def _next(self, i: int, pose, frame) -> int:
         plan = self.plans[i]
-        if plan and plan[0] == "until_blocked" and blocked:
+        if plan and plan[0] == "until_blocked" and self._blocked(i, pose, frame):
             while plan and plan[0] == "until_blocked":
                 plan.pop(0)
         if not plan:
@@ -92,12 +113,14 @@ class ExplorePolicy:
         return self.forward if step == "until_blocked" else step
 
     def act(self, obs, infos):
-        poses = infos.get("gt", {}).get("pose")
+        poses = infos.get("gt", {}).get("pose") if isinstance(infos.get("gt"), dict) else None
         actions = np.zeros(self.num_envs, dtype=np.int64)
         for i in range(self.num_envs):
-            pose = None if poses is None else np.asarray(poses[i])
-            actions[i] = self._next(i, pose)
+            pose = None if poses is None else np.asarray(poses[i], dtype=np.float64)
+            frame = np.asarray(obs[i]) if np.ndim(obs[i]) == 3 else None
+            actions[i] = self._next(i, pose, frame)
             self.last_pose[i], self.last_action[i] = pose, actions[i]
+            self.last_frame[i] = None if frame is None else frame.astype(np.float32)
         return actions
 
 
@@ -168,15 +191,12 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
     if spec == "random":
         return RandomPolicy(env.single_action_space, env.num_envs, seed)
     if spec == "explore":
-        from envs import action_meanings
+        from envs import action_meanings, optional_attr
 
-        try:
-            turn_steps = env.get_attr("turn_steps")[0]
-        except AttributeError:
-            turn_steps = 24
         if not isinstance(env.single_action_space, gym.spaces.Discrete):
-            raise ValueError(f"the explore policy needs a Discrete action space, got {env.single_action_space}")
-        return ExplorePolicy(action_meanings(env), env.num_envs, turn_steps=turn_steps, seed=seed)
+            raise ValueError(f"the explore policy needs a Discrete action space, got {env.single_action_space}; "
+                             "use --policy random")
+        return ExplorePolicy(action_meanings(env), env.num_envs, turn_steps=optional_attr(env, "turn_steps", 24), seed=seed)
     if Path(spec).with_suffix(".safetensors").exists():
         return AgentPolicy(load_agent(spec), env.num_envs)
     raise ValueError(f"unknown policy {spec!r}; expected 'random', 'explore' or the path of an agent saved by worldsim "

@@ -65,23 +65,36 @@ def make_atari(game="Pong", size=64, frame_skip=4, render_mode=None, **kwargs):
 
 def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
     """Names of a Discrete env's actions ('FORWARD', 'TURN_LEFT', ...), through wrappers."""
-    try:
-        if isinstance(env, gym.vector.VectorEnv):
-            return tuple(env.get_attr("action_meanings")[0])
-        return tuple(env.get_wrapper_attr("action_meanings"))
-    except AttributeError:
-        space = env.single_action_space if isinstance(env, gym.vector.VectorEnv) else env.action_space
-        return tuple(f"ACTION_{i}" for i in range(space.n))
+    names = optional_attr(env, "action_meanings")
+    if names is not None:
+        return tuple(names)
+    space = env.single_action_space if isinstance(env, gym.vector.VectorEnv) else env.action_space
+    return tuple(f"ACTION_{i}" for i in range(space.n))
+
+
+def optional_attr(env: gym.Env | gym.vector.VectorEnv, name: str, default=None):
+    """An attribute the env may offer (through wrappers; sub-env 0's for a vector env),
+    else `default`. Asks first: a failed get_attr ends an async worker process."""
+    if isinstance(env, gym.vector.VectorEnv):
+        return env.get_attr(name)[0] if env.call("has_wrapper_attr", name)[0] else default
+    return env.get_wrapper_attr(name) if env.has_wrapper_attr(name) else default
 
 
 def env_pose_model(env_id: str | None, env_kwargs: dict | None = None) -> dict | None:
-    """The env's pose model (motion per action, field of view, reach) when it has one:
-    what keys latent memory by camera pose in a dream. None for envs without one."""
-    if env_id not in gym.registry:
+    """What the env says about its camera, for keying latent memory by pose: its whole
+    pose model (motion per action, field of view, reach) when it has a ``pose_model()``
+    method, else the view attributes it offers (``fov_deg``, ``view_reach``) for a motion
+    model fitted from data (worldsim.memory.fit_pose_model); None for an unknown env."""
+    try:
+        resolve_env_id(env_id)
+    except ValueError:
         return None
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
-        return env.unwrapped.pose_model() if hasattr(env.unwrapped, "pose_model") else None
+        if hasattr(env.unwrapped, "pose_model"):
+            return env.unwrapped.pose_model()
+        view = {"fov_deg": optional_attr(env, "fov_deg"), "reach": optional_attr(env, "view_reach")}
+        return {k: float(v) for k, v in view.items() if v is not None}
     finally:
         env.close()
 

@@ -34,7 +34,7 @@ from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dataset import WindowDataset, episode_paths, open_episode
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
-from worldsim.memory import best_views, gather, view_overlap
+from worldsim.memory import best_views, fit_pose_model, gather, view_overlap
 
 
 @dataclass(kw_only=True)
@@ -89,12 +89,15 @@ class MemoryWindows:
     the frames before it, by ground-truth pose. Episodes are held in memory."""
 
     def __init__(self, root, window, seed, k, pose_model, match_share=0.5, drop_share=0.1):
+        """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
+        the motion per action is then fitted from the episodes' poses."""
         self.paths = episode_paths(root, "train")
         self.episodes = []
         for path in self.paths:
             with open_episode(path) as f:
                 if "gt/pose" not in f:
-                    raise ValueError(f"{path} has no gt/pose; memory training needs the camera pose of every frame")
+                    raise ValueError(f"{path} has no gt/pose; memory training needs the camera pose of every frame: "
+                                     "an env reports it as info[\"gt\"][\"pose\"] = (x, y, yaw) (README, \"Your own env\")")
                 if "actions" not in f:
                     raise ValueError(f"{path} has no actions; the dynamics model needs action-labelled episodes")
                 if len(f["latents"]) >= window + 1:
@@ -103,6 +106,11 @@ class MemoryWindows:
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
         self.window, self.seed, self.k, self.match_share, self.drop_share = window, seed, k, match_share, drop_share
+        if "motion" not in pose_model:
+            n_actions = int(max(ep["actions"].max() for ep in self.episodes)) + 1
+            pose_model = fit_pose_model([ep["gt/pose"] for ep in self.episodes], [ep["actions"] for ep in self.episodes],
+                                        n_actions, pose_model.get("fov_deg"), pose_model.get("reach"))
+        self.pose_model = pose_model
         self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
         lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
         self.weights = lengths / lengths.sum()
@@ -183,11 +191,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     if cfg.memory:
-        meta["pose_model"] = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {}))
-        if meta["pose_model"] is None:
-            raise ValueError(f"{meta.get('env_id')} has no pose model (motion per action, field of view); "
-                             "memory needs one to key frames by pose")
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, meta["pose_model"])
+        pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model)
+        meta["pose_model"] = data.pose_model
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)
     device = pick_device(cfg.device)

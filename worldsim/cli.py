@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from worldsim.probe_report import PROBES
@@ -288,6 +289,8 @@ def main(argv=None) -> int:
     from worldsim.dataset import DatasetError
 
     args = build_parser().parse_args(argv)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # `--env mymodule:MyEnv-v0` finds mymodule where the user runs, as `python -m` does
     try:
         result = args.func(args)
     except (DatasetError, CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:

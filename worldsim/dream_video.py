@@ -27,6 +27,11 @@ def write_video(path, frames: np.ndarray, fps: int = 15, scale: int = 4):
     tmp.replace(path)
 
 
+def same_env(a: str, b: str) -> bool:
+    """Whether two env specs name the same env (`module:Id` and `Id` do)."""
+    return a.rpartition(":")[2] == b.rpartition(":")[2]
+
+
 def side_by_side(real: np.ndarray, dream: np.ndarray) -> np.ndarray:
     gap = np.full((*real.shape[:2], 2, 3), 255, np.uint8)
     return np.concatenate([real, gap, dream], axis=2)
@@ -40,6 +45,11 @@ def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: 
     ep = read_episode(episode)
     if ep.actions is None:
         raise ValueError(f"{episode} has no actions; dreaming replays an episode's real actions")
+    ep_env, model_env = ep.attrs.get("env_id"), model.info.get("env_id")
+    if ep_env and model_env and not same_env(ep_env, model_env):
+        raise ValueError(f"{episode} was recorded in {ep_env!r} but the world model "
+                         f"({checkpoint or 'the shipped Rooms model'}) was trained on {model_env!r}; "
+                         "pass --checkpoint with a model of that env")
     if tuple(ep.frames.shape[1:]) != model.frame_shape:
         raise ValueError(f"{episode} has {ep.frames.shape[1:]} frames; the world model expects {model.frame_shape}")
     steps = min(steps, len(ep) - context + 1)

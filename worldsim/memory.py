@@ -67,6 +67,36 @@ def pose_features(rel: np.ndarray, reach: float) -> np.ndarray:
     return np.concatenate([rel[..., :2] / reach, np.cos(rel[..., 2:]), np.sin(rel[..., 2:])], -1).astype(np.float32)
 
 
+def fit_pose_model(poses: list, actions: list, n_actions: int, fov_deg: float | None = None,
+                   reach: float | None = None) -> dict:
+    """A pose model fitted from data, for envs that report a pose (x, y, yaw, facing
+    (cos yaw, sin yaw)) but have no ``pose_model()``: each action's motion is the median
+    of what it did to the pose, seen from the pose it started at. The field of view
+    defaults to 90 degrees and the reach to 8 of the longest median steps."""
+    rel = np.concatenate([relative_poses_pairwise(np.asarray(p, np.float64)) for p in poses])
+    acts = np.concatenate([np.asarray(a).reshape(-1) for a in actions]).astype(np.int64)
+    if len(rel) != len(acts):
+        raise ValueError(f"fit_pose_model: {len(rel)} pose steps but {len(acts)} actions")
+    motion = np.zeros((n_actions, 3))
+    for a in range(n_actions):
+        if (acts == a).any():
+            motion[a] = np.median(rel[acts == a], axis=0)
+    stride = float(np.abs(motion[:, :2]).max())
+    if reach is None and stride == 0:
+        raise ValueError("fit_pose_model: no action moved the pose; give the env a view_reach or a pose_model()")
+    return {"motion": motion.tolist(), "fov_deg": float(fov_deg or 90.0), "reach": float(reach or 8 * stride),
+            "fitted": True}
+
+
+def relative_poses_pairwise(poses: np.ndarray) -> np.ndarray:
+    """(T+1, 3) poses -> (T, 3): each pose seen from the one before it."""
+    prev, nxt = poses[:-1], poses[1:]
+    d = nxt[:, :2] - prev[:, :2]
+    c, s = np.cos(prev[:, 2]), np.sin(prev[:, 2])
+    dyaw = np.angle(np.exp(1j * (nxt[:, 2] - prev[:, 2])))
+    return np.stack([d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c, dyaw], -1)
+
+
 class PoseTracker:
     """Dead reckoning from actions: motion[a] = (forward, left, turn radians) of action a."""
 
