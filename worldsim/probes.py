@@ -126,6 +126,30 @@ def make_rooms(env_kwargs: dict | None = None, **overrides):
     return RoomsEnv(**{**(env_kwargs or {}), **overrides})
 
 
+def map_fingerprint(env) -> str:
+    """A short hash of a Rooms map (walls and object homes): equal maps, equal prints."""
+    import hashlib
+
+    env = getattr(env, "unwrapped", env)
+    return hashlib.sha1(np.ascontiguousarray(env.walls).tobytes()
+                        + np.ascontiguousarray(env.objects_home).tobytes()).hexdigest()[:12]
+
+
+def maps_of(env, scenarios) -> dict:
+    """Which Rooms maps `scenarios` ran on: the fixed `world_seed`, or, with world_seed
+    None (a new map per reset), the env seeds the maps were drawn from; with the maps'
+    fingerprints either way, to check them against the maps a model was trained on."""
+    env = getattr(env, "unwrapped", env)
+    if env.world_seed is not None:
+        return {"world_seed": int(env.world_seed), "maps": 1, "fingerprints": [map_fingerprint(env)]}
+    seeds = sorted({int(s.meta["seed"]) for s in scenarios})
+    prints = []
+    for s in seeds:
+        env.reset(seed=s)
+        prints.append(map_fingerprint(env))
+    return {"world_seed": None, "maps": len(set(prints)), "env_seeds": seeds, "fingerprints": prints}
+
+
 def replay(env, seed: int, actions, counterfactual_from: int | None = None):
     """Reset with `seed` and take `actions`; frames (T+1, ...) and stacked ground truth.
     From step `counterfactual_from` on, also renders what every action would have shown
@@ -198,31 +222,45 @@ def score_loop(scenarios, predictions) -> dict:
             "scenarios": rows}
 
 
+def _sight_and_leave(env, s: int, rng, context: int, min_pixels: int):
+    """Reset `env` with seed `s` (pose A, the first sight) and plan how the view leaves the
+    objects seen there: the objects of at least `min_pixels` pixels (targets), a turn
+    direction drawn from `rng` and its reverse, and m, the turns until every target is out
+    of view. None when nothing is in view or the view cannot leave within the context.
+    `env` is left at the reset."""
+    left, right = _action("TURN_LEFT"), _action("TURN_RIGHT")
+    _, info = env.reset(seed=s)
+    ids = info["gt"]["object_ids"]
+    targets = [int(o) for o in np.unique(ids[ids >= 0]) if (ids == o).sum() >= min_pixels]
+    if not targets:
+        return None
+    turn, back = (left, right) if rng.random() < 0.5 else (right, left)
+    twin, m = copy.deepcopy(env), 0
+    while m < context - 1:  # turns until every target is out of view
+        m += 1
+        seen = twin.step(turn)[4]["gt"]["object_ids"]
+        if not np.isin(seen, targets).any():
+            break
+    if m >= context - 1:
+        return None
+    return targets, turn, back, m
+
+
 def object_scenarios(env, gaps, per_gap: int, context: int, seed: int = 0, min_pixels: int = 20) -> list[Scenario]:
     """An object in full view at pose A; the context ends after turning until it is out
     of view; the agent turns further, waits, and turns back to A. The object is out of
     view for about `gap` steps (the exact count is in meta)."""
-    noop, left, right = _action("NOOP"), _action("TURN_LEFT"), _action("TURN_RIGHT")
+    noop = _action("NOOP")
     out, s = [], first_env_seed(seed)
     for gap in gaps:
         found = 0
         while found < per_gap:
             s += 1
             rng = np.random.default_rng(s)
-            frame, info = env.reset(seed=s)
-            ids = info["gt"]["object_ids"]
-            targets = [int(o) for o in np.unique(ids[ids >= 0]) if (ids == o).sum() >= min_pixels]
-            if not targets:
+            sight = _sight_and_leave(env, s, rng, context, min_pixels)
+            if sight is None:
                 continue
-            turn, back = (left, right) if rng.random() < 0.5 else (right, left)
-            twin, m = copy.deepcopy(env), 0
-            while m < context - 1:  # turns until every target is out of view
-                m += 1
-                seen = twin.step(turn)[4]["gt"]["object_ids"]
-                if not np.isin(seen, targets).any():
-                    break
-            if m >= context - 1:
-                continue
+            targets, turn, back, m = sight
             extra = 2
             hidden = m + 2 * extra - 1  # frames without the objects when nothing waits
             wait = max(0, gap - hidden)
@@ -303,6 +341,163 @@ def score_objects(scenarios, predictions, reference=None) -> dict:
             "recall_all_by_size": {b: mean([r["recalled"] for r, s in zip(rows, sizes) if s == b])
                                    for b in SIZE_BINS if b in sizes},
             "objects_by_size": {b: sizes.count(b) for b in SIZE_BINS if b in sizes}, "scenarios": rows}
+
+
+# Walks that leave the first-sight position in the revisit probe, and the walk that undoes each.
+WALK_BACK = {"FORWARD": "BACK", "BACK": "FORWARD", "STRAFE_LEFT": "STRAFE_RIGHT", "STRAFE_RIGHT": "STRAFE_LEFT"}
+
+
+def _out_of_view(gt, target: int, context: int):
+    """Steps `target` is out of view between its last sight in the context and its first
+    sight after it, and the frame where it is back; None when it is not back."""
+    visible = np.array([(ids == target).any() for ids in gt["object_ids"]])
+    seen = np.nonzero(visible[:context])[0]
+    back = np.nonzero(visible[context:])[0]
+    if not len(seen) or not len(back):
+        return None
+    back_at = context + int(back.min())
+    return back_at - int(seen.max()) - 1, back_at
+
+
+def revisit_scenarios(env, count: int, context: int, seed: int = 0, gap: int | None = None, min_pixels: int = 20,
+                      extra: int = 2) -> list[Scenario]:
+    """3D consistency from a new viewpoint: an object in view at pose A (the first sight);
+    the context ends after turning until it is out of view; the agent turns `extra` steps
+    further, walks 2 to 4 steps (forward, back or sideways: 0.5 to 1 cell), waits, and
+    turns to face the object from there, so it comes back from pose B, another position
+    and angle, at another size and screen place (`new_pose`). The same script with the
+    walk undone and the turns reversed returns to A exactly (`exact`), the case the loop
+    and object probes test. Both are out of view for at least `gap` steps (default: the
+    context, so the first sight has left the model's window by the return).
+
+    Returns `count` new-pose scenarios, then their `count` exact twins (meta `script`
+    pairs them). A script is kept only when the walk is unblocked (so a pose dead-reckoned
+    from the actions is right), the object is in view with at least `min_pixels` pixels at
+    A and at both returns, and the exact return is A's pose and frame. Every scenario is
+    padded with NOOPs to the longest script's length (one rollout length for the whole
+    probe); the score is at meta["return"], the last frame before the padding."""
+    gap = context if gap is None else gap
+    noop, n = _action("NOOP"), env.turn_steps
+    scripts, s = [], first_env_seed(seed)
+    while len(scripts) < count:
+        s += 1
+        if s >= first_env_seed(seed + 1):  # stay inside this probe seed's env seeds
+            raise RuntimeError(f"found only {len(scripts)} of {count} revisit scripts in probe seed {seed}'s env seeds")
+        rng = np.random.default_rng(s)
+        sight = _sight_and_leave(env, s, rng, context, min_pixels)
+        if sight is None:
+            continue
+        targets, turn, back, m = sight
+        target = targets[int(rng.integers(len(targets)))]
+        walk = list(WALK_BACK)[int(rng.integers(len(WALK_BACK)))]
+        k = int(rng.integers(2, 5))
+        aim = int(rng.integers(-1, 2))  # face the object, or one turn step beside it
+        lead = [noop] * (context - 1 - m) + [turn] * m + [turn] * extra + [_action(walk)] * k
+        twin = copy.deepcopy(env)
+        pose_a = np.array([*twin.pos, twin.yaw_index], float)
+        for a in lead:
+            twin.step(a)
+        if not np.isclose(np.linalg.norm(twin.pos - pose_a[:2]), k * env.move_step, atol=1e-6):
+            continue  # a wall stopped the walk
+        bearing = np.arctan2(*(twin.objects[target] - twin.pos)[::-1])
+        face = (int(np.round(bearing / (2 * np.pi / n))) + aim - twin.yaw_index) % n
+        face = face - n if face > n // 2 else face
+        if (twin.yaw_index + face) % n == pose_a[2]:  # come back at another angle too
+            face += 1 if aim >= 0 else -1
+        ways = {"new_pose": [_action("TURN_LEFT" if face > 0 else "TURN_RIGHT")] * abs(face),
+                "exact": [_action(WALK_BACK[walk])] * k + [back] * (m + extra)}
+        script = {}
+        for variant, way in ways.items():
+            actions, wait = None, 0
+            for _ in range(2):  # measure the gap without waiting, then wait for the rest
+                actions = lead + [noop] * wait + way
+                frames, gt, _ = replay(env, s, actions)
+                seen = _out_of_view(gt, target, context)
+                if seen is None or seen[0] >= gap:
+                    break
+                wait += gap - seen[0]
+            if seen is None or seen[0] < gap or (gt["object_ids"][-1] == target).sum() < min_pixels:
+                break
+            script[variant] = (actions, frames, gt, seen)
+        if len(script) < 2:
+            continue
+        _, frames_x, gt_x, _ = script["exact"]
+        if not (np.allclose(gt_x["pose"][-1], gt_x["pose"][0], atol=1e-5) and np.array_equal(frames_x[-1], frames_x[0])):
+            continue
+        scripts.append({"seed": s, "target": target, "walk": walk, "walk_steps": k, "turns_away": m + extra,
+                        "script": len(scripts), **script})
+    length = max(len(sc[v][0]) for sc in scripts for v in ("new_pose", "exact"))
+    out = []
+    for variant in ("new_pose", "exact"):
+        for sc in scripts:
+            actions, _, _, (gap_steps, back_at) = sc[variant]
+            padded = actions + [noop] * (length - len(actions))
+            frames, gt, _ = replay(env, sc["seed"], padded)
+            j, target = len(actions), sc["target"]
+            first, last = gt["object_ids"][0] == target, gt["object_ids"][j] == target
+            turn_deg = (gt["pose"][j, 2] - gt["pose"][0, 2] + np.pi) % (2 * np.pi) - np.pi
+            out.append(Scenario("revisit", frames, np.array(padded), gt, context, {
+                "variant": variant, "script": sc["script"], "seed": sc["seed"], "object": target,
+                "first": 0, "return": j, "gap": int(gap_steps), "back_in_view": int(back_at),
+                "walk": sc["walk"], "walk_steps": sc["walk_steps"], "turns_away": sc["turns_away"],
+                "translation": float(np.linalg.norm(gt["pose"][j, :2] - gt["pose"][0, :2])),
+                "yaw_change_deg": float(np.degrees(turn_deg)),
+                "pixels_first": int(first.sum()), "pixels_return": int(last.sum()),
+                "column_first": float(np.nonzero(first)[1].mean()), "column_return": float(np.nonzero(last)[1].mean())}))
+    return out
+
+
+def masked_psnr(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR in dB over the pixels of `mask` (capped at 99 like the other scores)."""
+    mse = ((pred[mask].astype(np.float64) - real[mask].astype(np.float64)) ** 2).mean()
+    return float(min(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)), 99.0))
+
+
+def score_revisit(scenarios, predictions) -> dict:
+    """At the return frame: PSNR of the object's region (its ground-truth mask there) and of
+    the whole frame against the real render, and whether the object is recalled (as the
+    object probe judges it); by variant (`new_pose`, `exact`), with per-script rows."""
+    rows = []
+    for s, p in zip(scenarios, predictions):
+        j = s.meta["return"]
+        real, pred = s.frames[j], p[j - s.context]
+        mask = s.gt["object_ids"][j] == s.meta["object"]
+        rows.append({k: s.meta[k] for k in ("variant", "script", "object", "gap", "translation", "yaw_change_deg",
+                                            "pixels_first", "pixels_return")}
+                    | {"object_psnr_db": masked_psnr(pred, real, mask),
+                       "frame_psnr_db": float(np.minimum(psnr(pred, real), 99.0)),
+                       "recalled": object_recalled(pred, real, mask)})
+    out = {}
+    for variant in ("new_pose", "exact"):
+        of = [r for r in rows if r["variant"] == variant]
+        if not of:
+            continue
+        obj = np.array([r["object_psnr_db"] for r in of])
+        judged = [r["recalled"] for r in of if r["recalled"] is not None]
+        out[variant] = {"object_psnr_db": float(obj.mean()),
+                        "object_psnr_db_stderr": float(obj.std(ddof=1) / np.sqrt(len(obj))) if len(obj) > 1 else float("nan"),
+                        "frame_psnr_db": float(np.mean([r["frame_psnr_db"] for r in of])),
+                        "recall": float(np.mean(judged)) if judged else float("nan"), "scripts": len(of),
+                        "translation_mean": float(np.mean([r["translation"] for r in of])),
+                        "gap_mean": float(np.mean([r["gap"] for r in of]))}
+    out["scenarios"] = rows
+    return out
+
+
+def revisit_memory_gain(on: dict, off: dict) -> dict:
+    """Memory on minus memory off, paired per script: mean and standard error of the
+    object-region and whole-frame PSNR differences, by variant."""
+    out = {}
+    for variant in ("new_pose", "exact"):
+        pairs = [(a, b) for a, b in zip(on["scenarios"], off["scenarios"]) if a["variant"] == variant]
+        if not pairs:
+            continue
+        out[variant] = {}
+        for key in ("object_psnr_db", "frame_psnr_db"):
+            d = np.array([a[key] - b[key] for a, b in pairs])
+            out[variant][key] = float(d.mean())
+            out[variant][key + "_stderr"] = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return out
 
 
 def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:
