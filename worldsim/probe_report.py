@@ -4,9 +4,11 @@ the baselines, and write report.json, a summary plot and side-by-side videos.
     worldsim probe --checkpoint worldsim/checkpoints/rooms_memory.safetensors --out probes/
 
 DIR/report.json    every score, per probe and predictor (and per scenario)
-DIR/summary.png    loop closure, object recall by gap, action agreement, drift curves
+DIR/summary.png    loop closure, object recall by gap, action agreement, drift curves, and
+                   the revisit probe's object-region PSNR (memory on against off per script)
 DIR/control_confusion.png   given action against the action the dream's frame shows
 DIR/objects_smallest.png     the smallest objects, real beside each predictor's returned view
+DIR/revisit_views.png        revisits from a new pose: first sight, real return, each predictor's
 DIR/<probe>.mp4    real | dream with memory | dream without memory, one scenario each
 """
 
@@ -21,13 +23,18 @@ import numpy as np
 from worldsim import probes as P
 from worldsim.dataset import _atomic_write_bytes
 
-PROBES = ("loop", "objects", "control", "drift")
-ROOMS_ONLY = ("loop", "objects", "control")
+PROBES = ("loop", "objects", "revisit", "control", "drift")
+ROOMS_ONLY = ("loop", "objects", "revisit", "control")
+REVISIT_GOAL_DB = 5.0  # issue 15: object region from a new pose, memory on at least this far above memory off
 
 
 def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 24,
                object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
-               sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True) -> dict:
+               sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True,
+               env_kwargs: dict | None = None) -> dict:
+    """`env_kwargs` go to the real env over the model's own, e.g. {"world_seed": None}: a
+    new map per script, drawn from the script's env seed (so from the probe seed), maps the
+    model never saw; {"world_seed": 7}: that map. The report records the maps run on."""
     from worldsim.dream_env import load_world_model
 
     model = load_world_model(checkpoint, env_id)
@@ -49,27 +56,29 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
     predictors["copy_last"] = P.copy_last
     predictors["tokenizer_ceiling"] = P.tokenizer_ceiling(model)
 
-    rooms = P.make_rooms(model.info.get("env_kwargs"), collectible=False) if env_id == P.ROOMS_ID else None
+    real_kwargs = {**(model.info.get("env_kwargs") or {}), **(env_kwargs or {})}
+    rooms = P.make_rooms(real_kwargs, collectible=False) if env_id == P.ROOMS_ID else None
     scenarios = {
         "loop": lambda: P.loop_scenarios(rooms, count, context, seed),
         "objects": lambda: P.object_scenarios(rooms, object_gaps, count, context, seed),
+        "revisit": lambda: P.revisit_scenarios(rooms, count, context, seed),
         "control": lambda: P.control_scenarios(rooms, count, context, seed=seed),
-        "drift": lambda: P.drift_scenarios(env_id, model.info.get("env_kwargs") or {}, drift_episodes, context,
-                                           drift_steps, seed),
+        "drift": lambda: P.drift_scenarios(env_id, real_kwargs, drift_episodes, context, drift_steps, seed),
     }
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
-    scorers = {"loop": P.score_loop,
+    scorers = {"loop": P.score_loop, "revisit": P.score_revisit,
                "control": lambda s, p: P.score_control(s, p, names), "drift": P.score_drift}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "context_frames": context,
+    report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "env_kwargs": real_kwargs,
+              "context_frames": context,
               "memory": has_memory, "predictors": list(predictors), "probes": {},
               "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
               "memory_guidance": None if not has_memory else
               model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
-    object_views = {}
+    object_views, revisit_views = {}, {}
     for probe in probes:
         t0 = time.perf_counter()
         cases = scenarios[probe]()
@@ -83,18 +92,36 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
             shown[name] = predictions[0]
             if probe == "objects":
                 object_views[name] = predictions
+            if probe == "revisit":
+                revisit_views[name] = predictions
             if progress:
                 print(f"probe {probe:8s} {name:18s} {_headline(probe, report['probes'][probe][name])}", flush=True)
+        if rooms is not None:
+            report["probes"][probe]["maps"] = P.maps_of(rooms, cases)
+        if probe == "revisit" and {"dream_memory_on", "dream_memory_off"} <= set(predictors):
+            gain = P.revisit_memory_gain(report["probes"][probe]["dream_memory_on"],
+                                         report["probes"][probe]["dream_memory_off"])
+            report["probes"][probe]["memory_gain"] = {**gain, "goal_object_db": REVISIT_GOAL_DB}
+            if progress:
+                print(f"probe revisit  memory on - off  {_gain_line(gain)}", flush=True)
         report["probes"][probe]["seconds"] = round(time.perf_counter() - t0, 1)
         _video(out / f"{probe}.mp4", cases[0], shown)
         if probe == "objects":
             _objects_plot(cases, object_views, report["probes"]["objects"], out / "objects_smallest.png")
+        if probe == "revisit":
+            _revisit_plot(cases, revisit_views, report["probes"]["revisit"], out / "revisit_views.png")
     _summary_plot(report, out / "summary.png")
     if "control" in report["probes"]:
         _confusion_plot(report["probes"]["control"], out / "control_confusion.png")
     _atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
-    return {"out": str(out), **{p: {k: _headline(p, v) for k, v in r.items() if isinstance(v, dict)}
+    return {"out": str(out), **{p: {k: _headline(p, v) for k, v in r.items() if k in predictors}
                                 for p, r in report["probes"].items()}}
+
+
+def _gain_line(gain: dict) -> str:
+    parts = [f"{v.replace('_', ' ')}: object region {g['object_psnr_db']:+.2f} ± {g['object_psnr_db_stderr']:.2f} dB, "
+             f"whole frame {g['frame_psnr_db']:+.2f} ± {g['frame_psnr_db_stderr']:.2f} dB" for v, g in gain.items()]
+    return "; ".join(parts) + f" (goal: new pose object region +{REVISIT_GOAL_DB:g} dB)"
 
 
 def _headline(probe: str, score: dict) -> str:
@@ -106,6 +133,14 @@ def _headline(probe: str, score: dict) -> str:
         return (f"recall {score['recall_all']:.2f} ± {score['recall_all_stderr']:.2f} of all {score['objects_all']} "
                 f"objects (by gap {gaps}; by size {sizes}); "
                 f"{score['recall']:.2f} of the {score['objects']} the tokenizer shows")
+    if probe == "revisit":
+        new, exact = score["new_pose"], score.get("exact")
+        text = (f"new pose: object region {new['object_psnr_db']:.2f} ± {new['object_psnr_db_stderr']:.2f} dB, "
+                f"whole frame {new['frame_psnr_db']:.2f} dB, recall {new['recall']:.2f} of {new['scripts']}")
+        if exact:
+            text += (f"; exact return: object region {exact['object_psnr_db']:.2f} dB, "
+                     f"whole frame {exact['frame_psnr_db']:.2f} dB, recall {exact['recall']:.2f}")
+        return text
     if probe == "control":
         return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
     at = ", ".join(f"{h}:{v:.2f}" for h, v in score["psnr_db_at"].items())
@@ -133,10 +168,10 @@ def _summary_plot(report: dict, path):
     results, context = report["probes"], report["context_frames"]
     colours = {"dream_memory_on": "tab:green", "dream_memory_off": "tab:red", "copy_last": "tab:gray",
                "tokenizer_ceiling": "tab:blue"}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17.5, 8.5))
     ax = axes[0, 0]
     if "loop" in results:
-        kinds = sorted(next(iter(v for v in results["loop"].values() if isinstance(v, dict)))["by_kind"])
+        kinds = sorted(results["loop"][report["predictors"][0]]["by_kind"])
         names = [n for n in report["predictors"] if n in results["loop"]]
         for i, name in enumerate(names):
             vals = [results["loop"][name]["by_kind"][k] for k in kinds]
@@ -189,11 +224,93 @@ def _summary_plot(report: dict, path):
         ax.set_ylabel("PSNR vs real replay (dB)")
         ax.legend(fontsize=8)
     ax.set_title("drift")
+    _revisit_panels(report, axes[0, 2], axes[1, 2], colours)
     guidance = "" if report["memory_guidance"] is None else f", memory guidance {report['memory_guidance']}"
     fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps{guidance})",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _revisit_panels(report: dict, bars, scatter, colours: dict):
+    """Revisit: object-region and whole-frame PSNR per predictor, from a new pose and at
+    the exact return; and per script, memory on against memory off on the object region."""
+    results = report["probes"].get("revisit")
+    bars.set_title("revisit: back to an object from a new pose")
+    scatter.set_title("revisit: object region per script")
+    if not results:
+        return
+    names = report["predictors"]
+    variants = [v for v in ("new_pose", "exact") if v in results[names[0]]]
+    groups = [(v, key) for key in ("object_psnr_db", "frame_psnr_db") for v in variants]
+    for i, name in enumerate(names):
+        r = results[name]
+        bars.bar(np.arange(len(groups)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names),
+                 [r[v][key] for v, key in groups], 0.8 / len(names), label=name, color=colours[name],
+                 yerr=[r[v][key + "_stderr"] if key + "_stderr" in r[v] else 0 for v, key in groups], capsize=2)
+    bars.set_xticks(range(len(groups)), [f"{'object' if key.startswith('object') else 'frame'}\n{v.replace('_', ' ')}"
+                                         for v, key in groups], fontsize=8)
+    bars.set_ylabel("PSNR vs real at the return (dB)")
+    bars.legend(fontsize=8)
+    gain = results.get("memory_gain")
+    if gain:
+        lines = [f"{v.replace('_', ' ')} {g['object_psnr_db']:+.2f} ± {g['object_psnr_db_stderr']:.2f} dB"
+                 for v, g in gain.items() if isinstance(g, dict)]
+        bars.set_title("revisit: back to an object from a new pose\nmemory on - off, object region: "
+                       + ", ".join(lines) + f"\n(goal: new pose +{gain['goal_object_db']:g} dB)", fontsize=8)
+    if "dream_memory_on" in results and "dream_memory_off" in results:
+        on, off = results["dream_memory_on"]["scenarios"], results["dream_memory_off"]["scenarios"]
+        for v, marker in (("new_pose", "o"), ("exact", "x")):
+            xy = np.array([(b["object_psnr_db"], a["object_psnr_db"]) for a, b in zip(on, off) if a["variant"] == v])
+            if len(xy):
+                scatter.scatter(xy[:, 0], xy[:, 1], marker=marker, s=18, label=v.replace("_", " "),
+                                color="tab:green" if v == "new_pose" else "tab:olive")
+        lo, hi = scatter.get_xlim()[0], max(scatter.get_xlim()[1], scatter.get_ylim()[1])
+        scatter.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="memory on = off")
+        scatter.plot([lo, hi], [lo + REVISIT_GOAL_DB, hi + REVISIT_GOAL_DB], "k--", lw=0.8,
+                     label=f"+{REVISIT_GOAL_DB:g} dB (goal)")
+        scatter.set_xlabel("memory off: object region PSNR (dB)")
+        scatter.set_ylabel("memory on: object region PSNR (dB)")
+        scatter.legend(fontsize=8)
+
+
+def _revisit_plot(cases, views: dict, scores: dict, path, count: int = 8):
+    """The first `count` new-pose revisits: the real first sight, the real return (the
+    object's mask outlined), and every predictor's return frame with its object-region PSNR."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(views)
+    picks = [i for i, c in enumerate(cases) if c.meta["variant"] == "new_pose"][:count]
+    if not picks:
+        return
+    fig, axes = plt.subplots(2 + len(names), len(picks), figsize=(1.5 * len(picks), 1.55 * (2 + len(names))),
+                             squeeze=False)
+    for j, i in enumerate(picks):
+        case = cases[i]
+        r = case.meta["return"]
+        mask = case.gt["object_ids"][r] == case.meta["object"]
+        panels = [("first sight", case.frames[case.meta["first"]], case.gt["object_ids"][case.meta["first"]]
+                   == case.meta["object"], ""), ("real return", case.frames[r], mask, "")]
+        panels += [(n, views[n][i][r - case.context], mask, f"{scores[n]['scenarios'][i]['object_psnr_db']:.1f} dB")
+                   for n in names]
+        for k, (label, image, outline, note) in enumerate(panels):
+            ax = axes[k, j]
+            ax.imshow(image, interpolation="nearest")
+            ax.contour(outline.astype(float), levels=[0.5], colors="white", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if note:
+                ax.set_xlabel(note, fontsize=7, labelpad=1)
+            if j == 0:
+                ax.set_ylabel(label.replace("_", "\n"), fontsize=7)
+        axes[0, j].set_title(f"moved {case.meta['translation']:.2f} cells\nturned {case.meta['yaw_change_deg']:+.0f} deg, "
+                             f"gap {case.meta['gap']}", fontsize=7)
+    fig.suptitle("back to an object from a new pose (object outlined; object-region PSNR under each)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -11,6 +11,9 @@ context, and scores them against the real ones:
   object persistence an object seen in the context leaves the view for N steps and comes
                      back; recalled if, inside its ground-truth mask, the prediction has
                      the object's colour rather than its surroundings'.
+  revisit            an object seen, left, and come back to from a new pose (a few steps
+                     off, another angle), beside the exact return: PSNR of the object's
+                     region and of the whole frame at the return.
   action control     at each step, the real env renders what every action would have
                      shown from the real state; the dream agrees when its frame is nearest
                      the render of the action it was given.
@@ -19,8 +22,9 @@ context, and scores them against the real ones:
 A predictor maps scenarios to predicted frames. Besides the dream (memory on or off),
 `ground_truth`, `copy_last`, `shuffled` and `tokenizer_ceiling` give the reference points:
 a probe that cannot tell the first from the next two is broken (tests/test_probes.py).
-The loop, object and control probes need the Rooms world's exact ground truth (object
-masks, cloneable state); drift runs on any gameplay env.
+The loop, object, revisit and control probes need the Rooms world's exact ground truth
+(object masks, cloneable state); drift runs on any gameplay env. With the env kwarg
+world_seed=None each script runs on its own map, drawn from its env seed (`maps_of`).
 """
 
 from __future__ import annotations
