@@ -19,17 +19,26 @@ plugins. Inside an episode of T steps::
     attrs       caption, source, ...
 
 Action-free footage has no `actions` dataset. Every write goes to a hidden temporary
-file that is renamed into place only once complete, so a killed writer never leaves a
+file that is linked into place only once complete, so a killed writer never leaves a
 half-written episode behind, and finished episodes are never touched again.
 Episodes are assigned to splits when written: of every ten, the second goes to val and
 the third to test, so even three episodes give all three splits and a file never changes
 split as the dataset grows.
+
+Several writers may share a directory at once (two collects, say): each claims its
+episode number by linking its finished file to the first free name (a link never
+replaces an existing file), temporary files carry their writer's pid, and dataset.json
+is read, changed and rewritten under a lock. Each collect's env seeds are recorded in
+dataset.json, so a second collect never replays the episodes of the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +86,29 @@ def split_for(index: int) -> str:
     return {1: "val", 2: "test"}.get(index % 10, "train")
 
 
+def _tmp_path(path: Path) -> Path:
+    """A hidden temporary name beside `path`, unique to this writer; the pid in it tells
+    a later writer whether the file's writer is still alive."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _is_stale(tmp: Path) -> bool:
+    """Whether the process that was writing `tmp` is gone (or the name holds no pid)."""
+    try:
+        pid = int(tmp.name.split(".")[-2].split("-")[0])
+    except ValueError:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -87,55 +117,87 @@ def _atomic_write_bytes(path: Path, data: bytes):
 
 
 class DatasetWriter:
-    """Appends episodes to a dataset directory, atomically, one file per episode."""
+    """Appends episodes to a dataset directory, atomically, one file per episode; safe
+    with other writers on the same directory."""
 
     def __init__(self, root: str | os.PathLike, meta: dict):
         self.root = Path(root)
         try:
             for split in SPLITS:
                 (self.root / split).mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = _tmp_path(self.root / ".write-test")
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
             raise DatasetError(f"cannot write a dataset to {self.root}: {e.strerror or e}; expected a writable directory") from e
-        # Temporary files left by a writer that was killed hold no finished episode.
-        for stale in self.root.glob("*/.ep_*.tmp"):
-            stale.unlink()
-        meta_path = self.root / "dataset.json"
+        # Temporary files left by a killed writer hold no finished episode; a live writer's are its own.
+        for stale in [*self.root.glob(".*.tmp"), *self.root.glob("*/.*.tmp")]:
+            if _is_stale(stale):
+                stale.unlink(missing_ok=True)
         meta = {"format": FORMAT, **meta}
-        if meta_path.exists():
-            old = json.loads(meta_path.read_text())
-            for key in ("env_id", "action_space", "frame_shape"):
-                if key in meta and key in old and old[key] != meta[key]:
-                    raise DatasetError(f"{self.root} holds a dataset with {key}={old[key]!r}, not {meta[key]!r}; "
-                                       "expected an empty directory or one from the same env")
-        else:
-            _atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
-        self.count = sum(1 for _ in self.root.glob("*/ep_*.h5"))
+        with self._locked():
+            if (self.root / "dataset.json").exists():
+                old = load_meta(self.root)
+                for key in ("env_id", "action_space", "frame_shape"):
+                    if key in meta and key in old and old[key] != meta[key]:
+                        raise DatasetError(f"{self.root} holds a dataset with {key}={old[key]!r}, not {meta[key]!r}; "
+                                           "expected an empty directory or one from the same env")
+            else:
+                _atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
+        self.count = sum(1 for _ in self.root.glob("*/ep_*.h5"))  # the first episode number to try
+
+    @contextmanager
+    def _locked(self):
+        """Holds the directory's lock: one writer at a time reads and rewrites dataset.json."""
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
+
+    def claim_seeds(self, seed: int, count: int, record: dict) -> int:
+        """Record a collect that seeds `count` sub-envs from `seed` on, and return the seed
+        it must use: `seed`, or the first one after it whose seeds no earlier collect into
+        this directory used (same env and seed, same episodes: a split would leak)."""
+        with self._locked():
+            meta = load_meta(self.root)
+            collects = meta.get("collects", [])
+            used = {s for c in collects for s in range(c["seed"], c["seed"] + c["num_envs"])}
+            first = seed
+            while used.intersection(range(first, first + count)):
+                first += 1
+            meta["collects"] = [*collects, {**record, "seed": first, "num_envs": count}]
+            _atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
+        return first
 
     def write(self, episode: Episode) -> Path:
         import h5py
 
-        index = self.count
-        path = self.root / split_for(index) / f"ep_{index:06d}.h5"
-        episode.validate(str(path))
-        tmp = path.with_name(f".{path.name}.tmp")
-        with h5py.File(tmp, "w") as f:
-            _put(f, "frames", episode.frames, chunk_frames=32)
-            if episode.actions is not None:
-                _put(f, "actions", np.asarray(episode.actions))
-            _put(f, "rewards", np.asarray(episode.rewards, np.float32))
-            _put(f, "terminated", np.asarray(episode.terminated, bool))
-            _put(f, "truncated", np.asarray(episode.truncated, bool))
-            for key, value in episode.gt.items():
-                _put(f, f"gt/{key}", np.asarray(value), chunk_frames=32)
-            for key, value in episode.attrs.items():
-                f.attrs[key] = value
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self.count += 1
+        episode.validate(f"episode for {self.root}")
+        tmp = _tmp_path(self.root / ".episode")
+        try:
+            with h5py.File(tmp, "w") as f:
+                _put(f, "frames", episode.frames, chunk_frames=32)
+                if episode.actions is not None:
+                    _put(f, "actions", np.asarray(episode.actions))
+                _put(f, "rewards", np.asarray(episode.rewards, np.float32))
+                _put(f, "terminated", np.asarray(episode.terminated, bool))
+                _put(f, "truncated", np.asarray(episode.truncated, bool))
+                for key, value in episode.gt.items():
+                    _put(f, f"gt/{key}", np.asarray(value), chunk_frames=32)
+                for key, value in episode.attrs.items():
+                    f.attrs[key] = value
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            index = self.count
+            while True:  # the first free number is ours: a link, unlike a rename, never replaces a file
+                path = self.root / split_for(index) / f"ep_{index:06d}.h5"
+                try:
+                    os.link(tmp, path)
+                    break
+                except FileExistsError:  # another writer's, or ours from before
+                    index += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.count = index + 1
         return path
 
 

@@ -1,0 +1,157 @@
+"""Fault injection on data and checkpoints (issue 20): each bad input or fault gets a clear
+error naming the file and what was expected, or correct behaviour; no episode duplicated
+or lost. Tiny data throughout."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from training.collect import collect
+from worldsim.dataset import (DatasetError, DatasetWriter, Episode, WindowDataset, episode_paths, load_meta,
+                              read_episode)
+
+ROOT = Path(__file__).parents[1]
+
+
+def small_episode(rng, steps=8, size=16, attrs=None):
+    return Episode(frames=rng.integers(0, 256, (steps + 1, size, size, 3), dtype=np.uint8),
+                   actions=rng.integers(0, 3, steps), rewards=np.zeros(steps, np.float32),
+                   terminated=np.zeros(steps, bool), truncated=np.eye(1, steps, steps - 1, dtype=bool)[0],
+                   attrs=attrs or {})
+
+
+# ------------------------------------------------------------------ data: collect twice
+def test_collect_twice_with_one_seed_records_new_episodes(tmp_path, capsys):
+    out = tmp_path / "data"
+    kwargs = {"max_steps": 10}
+    first = collect("worldsim/Rooms-v0", "random", 20, str(out), num_envs=1, seed=0, env_kwargs=kwargs, progress=False)
+    second = collect("worldsim/Rooms-v0", "random", 20, str(out), num_envs=1, seed=0, env_kwargs=kwargs, progress=False)
+    assert first["seed"] == 0 and second["seed"] == 1
+    assert "seeds 0-0 were used by an earlier collect" in capsys.readouterr().err
+    episodes = [read_episode(p) for p in episode_paths(out)]
+    assert len(episodes) == 4
+    firsts = {e.frames[0].tobytes() for e in episodes}
+    assert len({e.frames.tobytes() for e in episodes}) == 4 and len(firsts) == 4  # nothing replayed
+    collects = load_meta(out)["collects"]
+    assert [(c["seed"], c["num_envs"], c["policy"], c["env_kwargs"]) for c in collects] == \
+        [(0, 1, "random", kwargs), (1, 1, "random", kwargs)]
+
+
+def test_seed_claims_skip_every_seed_used_before(tmp_path):
+    writer = DatasetWriter(tmp_path, {"env_id": "test"})
+    assert writer.claim_seeds(0, 2, {}) == 0  # seeds 0, 1
+    assert writer.claim_seeds(1, 2, {}) == 2  # as the dream loop asks: seed + iteration
+    assert writer.claim_seeds(10, 1, {}) == 10
+    assert writer.claim_seeds(3, 8, {}) == 11  # 3..10 overlaps 2, 3 and 10
+    assert DatasetWriter(tmp_path, {"env_id": "test"}).claim_seeds(0, 1, {}) == 4  # read back from dataset.json
+
+
+# ------------------------------------------------------------------ data: concurrent writers
+def _writer_process(root, who, n, barrier, claimed):
+    rng = np.random.default_rng(who)
+    barrier.wait()
+    claimed.put(DatasetWriter(root, {"env_id": "test"}).claim_seeds(0, 2, {"who": who}))
+    for k in range(n):  # a new writer each time: its start-up cleans stale files while the other writes
+        DatasetWriter(root, {"env_id": "test"}).write(small_episode(rng, attrs={"who": who, "k": k}))
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier, claimed, n = ctx.Barrier(3), ctx.Queue(), 15
+    procs = [ctx.Process(target=_writer_process, args=(tmp_path, who, n, barrier, claimed)) for who in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    seeds = sorted(claimed.get(timeout=5) for _ in procs)
+    assert seeds == [0, 2, 4]  # each got its own seeds
+    paths = episode_paths(tmp_path)
+    assert [p.name for p in paths] == [f"ep_{i:06d}.h5" for i in range(3 * n)]  # no gap, no overwrite
+    got = sorted((int(e.attrs["who"]), int(e.attrs["k"])) for e in map(read_episode, paths))
+    assert got == [(w, k) for w in range(3) for k in range(n)]
+    assert not list(tmp_path.glob("**/.*.tmp"))
+    assert len(load_meta(tmp_path)["collects"]) == 3
+
+
+def test_a_live_writers_temporary_file_survives_a_new_writer(tmp_path):
+    DatasetWriter(tmp_path, {})
+    live = tmp_path / "train" / f".ep_000003.h5.{os.getpid()}-abcd.tmp"
+    dead = tmp_path / "train" / ".ep_000007.h5.tmp"  # an older writer's name, no pid: stale
+    live.write_bytes(b"being written")
+    dead.write_bytes(b"partial")
+    DatasetWriter(tmp_path, {})
+    assert live.exists() and not dead.exists()
+
+
+def test_a_gap_in_the_numbering_is_filled_not_overwritten(tmp_path, rng):
+    writer = DatasetWriter(tmp_path, {})
+    paths = [writer.write(small_episode(rng, attrs={"k": k})) for k in range(3)]
+    paths[1].unlink()  # a damaged episode deleted, as the errors advise
+    again = DatasetWriter(tmp_path, {})
+    again.write(small_episode(rng, attrs={"k": 3}))
+    again.write(small_episode(rng, attrs={"k": 4}))
+    assert read_episode(paths[2]).attrs["k"] == 2
+    assert sorted(int(read_episode(p).attrs["k"]) for p in episode_paths(tmp_path)) == [0, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ data: a dying worker
+class DyingEnv(gym.Env):
+    """Episodes of 3 steps; the sub-env seeded odd dies at its 7th step, leaving behind a
+    forked child that holds its pipe open, as a game process forked by native code can."""
+
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, pid_file=None):
+        self.pid_file, self.t, self.dies = pid_file, 0, False
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None and seed % 2 and not self.dies:
+            self.dies = True
+            holder = os.fork()
+            if holder == 0:  # keeps every fd but stdin/out/err (those would hold up the test's subprocess.run)
+                os.closerange(0, 3)
+                time.sleep(60)
+                os._exit(0)
+            Path(self.pid_file).write_text(str(holder))
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.dies and self.t == 7:
+            os._exit(3)
+        return np.full((8, 8, 3), self.t, np.uint8), 0.0, False, self.t % 3 == 0, {}
+
+
+def test_a_dead_collect_worker_ends_the_collect_with_a_clear_error(tmp_path):
+    out, pid_file = tmp_path / "data", tmp_path / "holder.pid"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import gymnasium as gym, test_faults_data as t\n"
+              "gym.register('faults/Dying-v0', entry_point=t.DyingEnv)\n"
+              "from worldsim.cli import main\n"
+              f"sys.exit(main(['collect', '--env', 'faults/Dying-v0', '--policy', 'random', '--steps', '200',"
+              f" '--out', {str(out)!r}, '--env-kwargs', {json.dumps(json.dumps({'pid_file': str(pid_file)}))}, '--quiet']))\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("collect hung on a dead worker")
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert done.returncode == 2, done.stderr
+    assert "worker process of sub-env 1 (exit code 3) died" in done.stderr and "Traceback" not in done.stderr
+    assert "episodes finished before are kept" in done.stderr
+    assert len(episode_paths(out)) >= 2  # two 3-step episodes from each sub-env ended before it died
+    for p in episode_paths(out):
+        assert len(read_episode(p)) == 3
