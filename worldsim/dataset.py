@@ -260,6 +260,48 @@ def read_episode(path: str | os.PathLike) -> Episode:
     return episode
 
 
+def verify_episode(path: str | os.PathLike) -> tuple[int, int]:
+    """Read every array of an episode file, as a damaged chunk shows only when read;
+    returns its (frames, steps). Raises DatasetError naming the file and the array."""
+    import h5py
+
+    with open_episode(path) as f:
+        names = []
+        f.visit(names.append)
+        for name in names:
+            if isinstance(f[name], h5py.Dataset):
+                try:
+                    f[name][()]
+                except OSError as e:
+                    raise DatasetError(f"{path}: {name} is damaged ({e}); delete the file or collect it again, "
+                                       "other episodes are unaffected") from e
+        frames = f["frames"] if "frames" in f else f["latents"]
+        if len(frames) != len(f["rewards"]) + 1:
+            raise DatasetError(f"{path}: {len(frames)} frames for {len(f['rewards'])} steps; expected T+1 frames for T steps")
+        return len(frames), len(f["rewards"])
+
+
+def summarize(root: str | os.PathLike) -> dict:
+    """`worldsim dataset DIR`: the metadata and each split's size, every episode read in
+    full; damaged episodes raise one DatasetError that names them all."""
+    summary, damaged = {"meta": load_meta(root), "splits": {}}, []
+    for split in SPLITS:
+        paths = episode_paths(root, split)
+        frames = steps = 0
+        for p in paths:
+            try:
+                n_frames, n_steps = verify_episode(p)
+            except DatasetError as e:
+                damaged.append(str(e))
+                continue
+            frames, steps = frames + n_frames, steps + n_steps
+        summary["splits"][split] = {"episodes": len(paths), "frames": frames, "steps": steps,
+                                    "bytes": sum(p.stat().st_size for p in paths)}
+    if damaged:
+        raise DatasetError(f"{root}: {len(damaged)} damaged episode file(s):\n  " + "\n  ".join(damaged))
+    return summary
+
+
 class WindowDataset:
     """Fixed-length windows of `context` frames followed by `horizon` target frames.
 
@@ -317,13 +359,17 @@ class WindowDataset:
         e, t = self.index[i]
         f = self._file(e)
         end = t + self.context + self.horizon
-        frames = f[self.field][t:end]
-        item = {"context": frames[:self.context], "target": frames[self.context:],
-                "rewards": f["rewards"][t:end - 1], "terminated": f["terminated"][t:end - 1]}
-        if self.has_actions:
-            item["actions"] = f["actions"][t:end - 1]
-        for key in self.gt_keys:
-            item[f"gt/{key}"] = f["gt"][key][t:end]
+        try:
+            frames = f[self.field][t:end]
+            item = {"context": frames[:self.context], "target": frames[self.context:],
+                    "rewards": f["rewards"][t:end - 1], "terminated": f["terminated"][t:end - 1]}
+            if self.has_actions:
+                item["actions"] = f["actions"][t:end - 1]
+            for key in self.gt_keys:
+                item[f"gt/{key}"] = f["gt"][key][t:end]
+        except OSError as err:  # h5py's own message names no file
+            raise DatasetError(f"{self.paths[e]}: cannot read frames {t}-{end - 1} ({err}); the file is damaged "
+                               "(check the dataset with `worldsim dataset DIR`): delete it or collect it again") from err
         return item
 
     def close(self):
