@@ -192,3 +192,45 @@ def test_worldsim_dataset_fails_on_a_damaged_chunk(tmp_path, rng, capsys):
     _damage_chunk(path)
     assert main(["dataset", str(tmp_path)]) == 2
     assert f"{path}: frames is damaged" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ data: video import
+def test_import_video_refuses_what_is_not_a_video(tmp_path, capsys):
+    from worldsim.cli import main
+    from worldsim.video_import import import_videos
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a first-person walk through coloured rooms\n" * 20)
+    with pytest.raises(DatasetError, match=r"notes.txt: not a video file \(suffix '.txt'\); expected a video \(.mp4"):
+        import_videos(str(notes), str(tmp_path / "out"), progress=False)
+    assert main(["import-video", str(notes), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
+    assert "not a video file" in capsys.readouterr().err
+    fake = tmp_path / "fake.mp4"  # text under a video's name: FFmpeg cannot open it
+    fake.write_text("not a video\n" * 20)
+    with pytest.raises(DatasetError, match="fake.mp4: cannot open; expected a video file"):
+        import_videos(str(fake), str(tmp_path / "out3"), progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written for a refused input
+
+
+# ------------------------------------------------------------------ training logs
+def _toy_run(out, steps, stop_at=None):
+    import torch
+
+    from training.loop import LoopConfig, run
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    cfg = LoopConfig(out=str(out), steps=steps, warmup=1, log_every=1, ckpt_every=1, stop_at=stop_at)
+    loss_of = lambda m, batch: ((m(batch) ** 2).mean(), {"loss": 0.0})  # noqa: E731
+    return run(model, cfg, "toy", {"kind": "toy", "toy": {"in": 2}}, lambda step, rank: torch.ones(4, 2), loss_of,
+               len, progress=False)
+
+
+def test_metrics_csv_gets_its_header_after_a_run_killed_before_its_first_row(tmp_path):
+    import csv
+
+    tmp_path.joinpath("metrics.csv").write_text("")  # killed before the first row was written
+    _toy_run(tmp_path, steps=2, stop_at=1)
+    _toy_run(tmp_path, steps=2)  # resumed: appends, no second header
+    rows = list(csv.reader(tmp_path.joinpath("metrics.csv").open()))
+    assert rows[0][:2] == ["step", "loss"] and [r[0] for r in rows[1:]] == ["1", "2"]

@@ -136,7 +136,8 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     writer = _tensorboard(out) if rank == 0 else None
     log_file = log = None
     if rank == 0:
-        new = not (out / "metrics.csv").exists()
+        # Also when empty: a run killed before its first row leaves the file with no header.
+        new = not (out / "metrics.csv").exists() or (out / "metrics.csv").stat().st_size == 0
         log_file = open(out / "metrics.csv", "a", newline="")
         log = csv.writer(log_file)
     columns = None

@@ -61,6 +61,9 @@ def import_videos(src: str, out: str, size: int = 64, fps: float | None = None, 
     from tqdm import tqdm
 
     root = Path(src)
+    if root.is_file() and root.suffix.lower() not in VIDEO_SUFFIXES:  # FFmpeg would "decode" a text file as video
+        raise DatasetError(f"{src}: not a video file (suffix {root.suffix or 'none'!r}); expected a video "
+                           f"({', '.join(VIDEO_SUFFIXES)}) or a directory of them")
     videos = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if root.is_dir() else [root]
     if not videos or not videos[0].exists():
         raise DatasetError(f"{src}: no video files found; expected a directory of {', '.join(VIDEO_SUFFIXES)} files")
