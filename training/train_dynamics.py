@@ -34,7 +34,7 @@ from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dataset import WindowDataset, episode_paths, open_episode
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
-from worldsim.memory import best_views, fit_pose_model, gather, view_overlap
+from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
 
 
 @dataclass(kw_only=True)
@@ -47,6 +47,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     weight_decay: float = 0.01
     overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
     memory: int = 0  # memory frames per window (0: no memory)
+    memory_key: str = "auto"  # pose | latent | auto: pose when every episode has gt/pose, else latent
     init: str = ""  # start from this world model / dynamics checkpoint's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
@@ -86,47 +87,68 @@ class LatentWindows:
 
 class MemoryWindows:
     """Windows as LatentWindows, each with the memory retrieved for its last frame from
-    the frames before it, by ground-truth pose. Episodes are held in memory."""
+    the frames before it. Keyed by pose (the episodes' ground-truth `gt/pose`): the frames
+    whose views overlap the last frame's most. Keyed by latent (envs without a pose): the
+    frames most like the frame before the last, as the dream retrieves them
+    (worldsim/memory.py). Episodes are held in memory."""
 
-    def __init__(self, root, window, seed, k, pose_model, match_share=0.5, drop_share=0.1):
+    def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses."""
         self.paths = episode_paths(root, "train")
         self.episodes = []
+        fields = ("latents", "actions", "rewards", "terminated") + (("gt/pose",) if key == "pose" else ())
         for path in self.paths:
             with open_episode(path) as f:
-                if "gt/pose" not in f:
-                    raise ValueError(f"{path} has no gt/pose; memory training needs the camera pose of every frame: "
-                                     "an env reports it as info[\"gt\"][\"pose\"] = (x, y, yaw) (README, \"Your own env\")")
+                if key == "pose" and "gt/pose" not in f:
+                    raise ValueError(f"{path} has no gt/pose; memory keyed by pose needs the camera pose of every "
+                                     "frame: an env reports it as info[\"gt\"][\"pose\"] = (x, y, yaw) (README, "
+                                     "\"Your own env\"); without one, use --memory-key latent")
                 if "actions" not in f:
                     raise ValueError(f"{path} has no actions; the dynamics model needs action-labelled episodes")
                 if len(f["latents"]) >= window + 1:
-                    self.episodes.append({key: f[key][()] for key in
-                                          ("latents", "actions", "rewards", "terminated", "gt/pose")})
+                    ep = {name: f[name][()] for name in fields}
+                    if key == "latent":
+                        ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
+                    self.episodes.append(ep)
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
-        self.window, self.seed, self.k, self.match_share, self.drop_share = window, seed, k, match_share, drop_share
-        if "motion" not in pose_model:
-            n_actions = int(max(ep["actions"].max() for ep in self.episodes)) + 1
-            pose_model = fit_pose_model([ep["gt/pose"] for ep in self.episodes], [ep["actions"] for ep in self.episodes],
-                                        n_actions, pose_model.get("fov_deg"), pose_model.get("reach"))
-        self.pose_model = pose_model
-        self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
+        self.window, self.seed, self.k, self.key = window, seed, k, key
+        self.match_share, self.drop_share = match_share, drop_share
+        self.pose_model = None
+        if key == "pose":
+            if "motion" not in pose_model:
+                n_actions = int(max(ep["actions"].max() for ep in self.episodes)) + 1
+                pose_model = fit_pose_model([ep["gt/pose"] for ep in self.episodes],
+                                            [ep["actions"] for ep in self.episodes], n_actions,
+                                            pose_model.get("fov_deg"), pose_model.get("reach"))
+            self.pose_model = pose_model
+            self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
         lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
         self.weights = lengths / lengths.sum()
 
+    def _likeness(self, ep, i, frames):
+        """How much of frame i's view each of `frames` shows: view overlap of poses, or
+        the cosine similarity of latent keys."""
+        if self.key == "pose":
+            poses = ep["gt/pose"].astype(np.float64)
+            return view_overlap(poses[i], poses[frames], self.fov, self.reach)
+        return ep["keys"][frames] @ ep["keys"][i]
+
     def item(self, rng, want_match: bool, drop: bool):
+        same = SAME_VIEW[self.key]
         for _ in range(100):  # draws until a window that needs its memory, if one is wanted
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
-            poses, last = ep["gt/pose"].astype(np.float64), s + self.window - 1
-            overlap = view_overlap(poses[last], poses[:s], self.fov, self.reach)
-            if not want_match or (overlap.max() >= 0.9 and
-                                  view_overlap(poses[last], poses[s:last], self.fov, self.reach).max() < 0.9):
+            last = s + self.window - 1
+            if not want_match or (self._likeness(ep, last, slice(0, s)).max() >= same and
+                                  self._likeness(ep, last, slice(s, last)).max() < same):
                 break
-        order = best_views(overlap, 0 if drop else self.k, min_overlap=0.1)
-        z_mem, feats, valid = gather(ep["latents"], poses, order, poses[last], self.k, self.reach,
-                                     ep["latents"].shape[1:])
+        query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
+        order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
+        poses = ep["gt/pose"].astype(np.float64) if self.key == "pose" else None
+        z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
+                                     self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
         end = s + self.window
         return {"z": ep["latents"][s:end], "actions": ep["actions"][s:end - 1], "rewards": ep["rewards"][s:end - 1],
                 "terminated": ep["terminated"][s:end - 1], "mem_z": z_mem.numpy(), "mem_pose": feats,
@@ -140,6 +162,11 @@ class MemoryWindows:
         return {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                 "terminated": stack("terminated"),
                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
+
+
+def has_pose(path) -> bool:
+    with open_episode(path) as f:
+        return "gt/pose" in f
 
 
 def build(cfg: TrainConfig, meta: dict) -> Dynamics:
@@ -191,9 +218,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     if cfg.memory:
+        key = cfg.memory_key
+        if key == "auto":
+            key = "pose" if all(has_pose(p) for p in episode_paths(cfg.data, "train")) else "latent"
+        if key not in ("pose", "latent"):
+            raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model)
-        meta["pose_model"] = data.pose_model
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model if key == "pose" else {}, key)
+        meta["pose_model"], meta["memory_key"] = data.pose_model, key
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)
     device = pick_device(cfg.device)

@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(t, "latent dataset from `worldsim encode`", ["tiny", "XS", "S", "B", "L"], "XS")
     t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
     t.add_argument("--memory", type=int, default=None, help="memory frames the generated frame attends to (default 0)")
+    t.add_argument("--memory-key", default=None, choices=["auto", "pose", "latent"],
+                   help="what memory is keyed by: the pose in info['gt']['pose'], or, for envs without one, the latents")
     t.add_argument("--init", default=None, help="start from this world model's or dynamics run's weights")
     t.add_argument("--patch", type=int, default=None,
                    help="latent cells per token side (default 2; 4 keeps a 16x16 latent at 16 tokens a frame)")

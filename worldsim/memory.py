@@ -1,6 +1,7 @@
 """Object-persistent latent memory: past latent frames kept beyond the context window.
 
-Each entry is a latent frame with its key, the camera pose (x, y, yaw) it was seen from.
+Each entry is a latent frame with its key, the camera pose (x, y, yaw) it was seen from,
+or, for an env that reports no pose, the latent itself (`latent_keys`).
 For the frame about to be generated, the entries whose views overlap its view most are
 retrieved (WorldMem's rule: the share of points in the new view's field of view that the
 old view also saw) and the transformer attends to them, with each entry's pose relative
@@ -20,6 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+# When two frames show the same view (a revisit, or a memory entry to replace), and the
+# least likeness worth retrieving, for each kind of key: view overlap of poses, cosine
+# similarity of latent keys.
+SAME_VIEW = {"pose": 0.9, "latent": 0.98}
+MIN_LIKENESS = {"pose": 0.1, "latent": 0.5}
 
 
 def _frustum_points(fov_deg: float, reach: float, n: int = 8) -> np.ndarray:
@@ -71,8 +79,9 @@ def fit_pose_model(poses: list, actions: list, n_actions: int, fov_deg: float | 
                    reach: float | None = None) -> dict:
     """A pose model fitted from data, for envs that report a pose (x, y, yaw, facing
     (cos yaw, sin yaw)) but have no ``pose_model()``: each action's motion is the median
-    of what it did to the pose, seen from the pose it started at. The field of view
-    defaults to 90 degrees and the reach to 8 of the longest median steps."""
+    of what it did to the pose, seen from the pose it started at, over its steps that
+    moved at least half as far as its longer ones (walls stop or slow the others). The
+    field of view defaults to 90 degrees and the reach to 8 of the longest steps."""
     rel = np.concatenate([relative_poses_pairwise(np.asarray(p, np.float64)) for p in poses])
     acts = np.concatenate([np.asarray(a).reshape(-1) for a in actions]).astype(np.int64)
     if len(rel) != len(acts):
@@ -80,7 +89,9 @@ def fit_pose_model(poses: list, actions: list, n_actions: int, fov_deg: float | 
     motion = np.zeros((n_actions, 3))
     for a in range(n_actions):
         if (acts == a).any():
-            motion[a] = np.median(rel[acts == a], axis=0)
+            mine = rel[acts == a]
+            length = np.linalg.norm(mine[:, :2], axis=1)
+            motion[a] = np.median(mine[length >= 0.5 * np.percentile(length, 90)], axis=0)
     stride = float(np.abs(motion[:, :2]).max())
     if reach is None and stride == 0:
         raise ValueError("fit_pose_model: no action moved the pose; give the env a view_reach or a pose_model()")
@@ -118,26 +129,52 @@ class PoseTracker:
         return np.stack(poses)
 
 
+def latent_keys(latents) -> np.ndarray:
+    """Keys of latent frames (..., C, h, w) for an env without a pose: each frame pooled to
+    a 4x4 grid per channel, centred and scaled to unit length, so that the dot product of
+    two keys is the cosine similarity of what the frames show, coarsely."""
+    z = torch.as_tensor(latents).float()
+    lead = z.shape[:-3]
+    z = torch.nn.functional.adaptive_avg_pool2d(z.reshape(-1, *z.shape[-3:]), 4).flatten(1)
+    z = z - z.mean(1, keepdim=True)
+    return (z / z.norm(dim=1, keepdim=True).clamp_min(1e-6)).reshape(*lead, -1).numpy()
+
+
 class LatentMemory:
-    """A bounded bank of (latent, pose, step) entries with view-overlap retrieval."""
+    """A bounded bank of (latent, key, step) entries.
+
+    Keyed by pose (key="pose", the default): retrieval by view overlap, and each entry
+    comes with its pose relative to the query. Keyed by the latent itself (key="latent",
+    for envs that report no pose): retrieval by the cosine similarity of `latent_keys`,
+    queried with the newest frame, and entries come with no relative pose (zeros)."""
 
     def __init__(self, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
-                 same_view: float = 0.9, min_overlap: float = 0.1):
+                 same_view: float | None = None, min_overlap: float | None = None, key: str = "pose"):
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1, got {capacity}")
+        if key not in ("pose", "latent"):
+            raise ValueError(f"memory key must be 'pose' or 'latent', got {key!r}")
         self.latent_shape = tuple(latent_shape)
-        self.capacity, self.fov_deg, self.reach = capacity, fov_deg, reach
-        self.same_view, self.min_overlap = same_view, min_overlap
+        self.capacity, self.fov_deg, self.reach, self.key = capacity, fov_deg, reach, key
+        self.same_view = SAME_VIEW[key] if same_view is None else same_view
+        self.min_overlap = MIN_LIKENESS[key] if min_overlap is None else min_overlap
         self.latents: list[torch.Tensor] = []
-        self.poses = np.zeros((0, 3))
+        self.poses = np.zeros((0, 3) if key == "pose" else (0, 16 * latent_shape[0]))  # the keys
         self.steps = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.latents)
 
+    def similarity(self, query, keys) -> np.ndarray:
+        """View overlap (pose keys) or cosine similarity (latent keys) of `query` with `keys`."""
+        if self.key == "pose":
+            return view_overlap(query, keys, self.fov_deg, self.reach)
+        return keys @ query if len(keys) else np.zeros(0)
+
     def add(self, latent: torch.Tensor, pose, step: int):
-        pose = np.asarray(pose, dtype=np.float64)
-        overlap = view_overlap(pose, self.poses, self.fov_deg, self.reach)
+        """`pose` keys the entry; with latent keys it is ignored (pass None)."""
+        pose = np.asarray(pose, dtype=np.float64) if self.key == "pose" else latent_keys(latent.detach().cpu())
+        overlap = self.similarity(pose, self.poses)
         if len(overlap) and overlap.max() >= self.same_view:
             drop = int(overlap.argmax())  # the same view seen again: keep the newer frame
         elif len(self) >= self.capacity:
@@ -151,26 +188,31 @@ class LatentMemory:
         self.poses = np.concatenate([self.poses, pose[None]])
         self.steps = np.append(self.steps, step)
 
-    def retrieve(self, pose, k: int, before_step: int):
-        """The k entries seen before `before_step` whose views overlap `pose`'s view most.
+    def retrieve(self, query, k: int, before_step: int):
+        """The k entries seen before `before_step` most like `query`: those whose views
+        overlap the pose `query`'s most, or (latent keys) whose latents are most like the
+        latent `query`.
 
-        Returns latents (k, C, h, w), features (k, 4) of their poses relative to `pose`,
-        and valid (k,) bool (False pads slots with no entry of enough overlap)."""
-        pose = np.asarray(pose, dtype=np.float64)
+        Returns latents (k, C, h, w), features (k, 4) of their poses relative to `query`
+        (zeros with latent keys), and valid (k,) bool (False pads slots with no entry
+        of enough overlap)."""
+        query = np.asarray(query, dtype=np.float64) if self.key == "pose" else latent_keys(query.detach().cpu())
         old = np.nonzero(self.steps < before_step)[0]
-        overlap = view_overlap(pose, self.poses[old], self.fov_deg, self.reach)
-        order = old[best_views(overlap, k, self.min_overlap)]
-        return gather(self.latents, self.poses, order, pose, k, self.reach, self.latent_shape)
+        order = old[best_views(self.similarity(query, self.poses[old]), k, self.min_overlap)]
+        return gather(self.latents, self.poses if self.key == "pose" else None, order, query, k, self.reach,
+                      self.latent_shape)
 
 
-def gather(latents, poses: np.ndarray, order, query: np.ndarray, k: int, reach: float, latent_shape):
-    """Entries `order` of `latents` and `poses` in k slots, with poses relative to `query`."""
+def gather(latents, poses: np.ndarray | None, order, query: np.ndarray, k: int, reach: float, latent_shape):
+    """Entries `order` of `latents` in k slots, with their `poses` relative to `query`
+    (zeros where there are no poses: memory keyed by latents)."""
     z = torch.zeros(k, *latent_shape)
     feats = np.zeros((k, 4), np.float32)
     valid = np.zeros(k, bool)
     n = len(order)
     if n:
         z[:n] = torch.stack([torch.as_tensor(latents[i]).float() for i in order])
-        feats[:n] = pose_features(relative_poses(query, poses[order]), reach)
+        if poses is not None:
+            feats[:n] = pose_features(relative_poses(query, poses[order]), reach)
         valid[:n] = True
     return z, feats, valid

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from worldsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.memory import LatentMemory, PoseTracker
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
@@ -27,15 +27,20 @@ class WorldModel(nn.Module):
                              else np.asarray(start_frames, dtype=np.uint8))
 
     @property
+    def memory_key(self) -> str:
+        """What the memory is keyed by: "pose" (dead-reckoned with the pose model) or "latent"."""
+        return self.info.get("memory_key") or "pose"
+
+    @property
     def has_memory(self) -> bool:
-        """Trained with latent memory, and its env gave the pose model that keys it."""
-        return bool(self.dynamics.cfg.memory) and self.info.get("pose_model") is not None
+        """Trained with latent memory, and keyed by latents or by the pose model it came with."""
+        return bool(self.dynamics.cfg.memory) and (self.memory_key == "latent" or self.info.get("pose_model") is not None)
 
     def use_memory(self, memory: bool | None) -> bool:
         """The memory switch resolved: None means on when the model has memory; asking
         for memory the model lacks is an error."""
         if memory and not self.has_memory:
-            raise ValueError("this world model has no memory (trained without --memory, or its env has no pose model)")
+            raise ValueError("this world model has no memory (trained without --memory)")
         return self.has_memory if memory is None else bool(memory)
 
     @property
@@ -59,15 +64,29 @@ class WorldModel(nn.Module):
         if config.get("kind") != "world_model":
             raise CheckpointError(f"{path} is a {config.get('kind', 'unknown')!r} checkpoint; expected a world model "
                                   "(make one with `worldsim export --checkpoint DYNAMICS_RUN/latest.safetensors`)")
-        tokenizer = Tokenizer(TokenizerConfig(**config["tokenizer"]))
-        dynamics = Dynamics(DynamicsConfig(**config["dynamics"]))
+        tok_cfg = config_from(TokenizerConfig, config, "tokenizer", path)
+        dyn_cfg = config_from(DynamicsConfig, config, "dynamics", path)
+        try:
+            tokenizer, dynamics = Tokenizer(tok_cfg), Dynamics(dyn_cfg)
+        except (KeyError, TypeError, ValueError) as e:  # e.g. an action space the encoder cannot embed
+            raise CheckpointError(f"{path}: cannot build the model its config describes ({e!r})") from e
         try:
             tokenizer.load_state_dict({k[10:]: v.float() for k, v in tensors.items() if k.startswith("tokenizer/")})
             dynamics.load_state_dict({k[9:]: v.float() for k, v in tensors.items() if k.startswith("dynamics/")})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
         info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics")}
-        model = cls(tokenizer, dynamics, info, tensors["start_frames"].numpy())
+        # The env exposes info's action space; the weights embed the dynamics config's.
+        if info.get("action_space") != dyn_cfg.action_space:
+            raise CheckpointError(f"{path}: action_space {info.get('action_space')!r} is not the one its weights were "
+                                  f"trained on; expected {dyn_cfg.action_space!r}")
+        h, w = tok_cfg.frame_size
+        start = tensors.get("start_frames")
+        if start is None or start.dtype != torch.uint8 or start.shape[1:] != (h, w, 3) or not len(start):
+            got = "none" if start is None else f"{start.dtype} {tuple(start.shape)}"
+            raise CheckpointError(f"{path}: start_frames are {got}; expected uint8 (N, {h}, {w}, 3) real frames, "
+                                  "N >= 1, the dream's default reset")
+        model = cls(tokenizer, dynamics, info, start.numpy())
         return model.to(device).eval()
 
     # -------------------------------------------------------------- use
@@ -118,7 +137,8 @@ class DreamCore:
     Memory (worldsim/memory.py): every frame goes into the row's memory keyed by its
     dead-reckoned pose; each new frame attends to the `cfg.memory` earlier frames whose
     views overlap its own most, kept for as long as the bounded memory holds them, far
-    beyond the context window. memory=False turns it off (ablation); memory_guidance
+    beyond the context window. A model keyed by latents (an env without a pose) retrieves
+    the frames from before the context window most like the newest frame instead. memory=False turns it off (ablation); memory_guidance
     overrides the model's guidance weight (worldsim/dynamics.py; 0 turns it off).
     """
 
@@ -131,13 +151,16 @@ class DreamCore:
         self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
         self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
         self.memory = model.use_memory(memory)
+        self.by_pose = model.memory_key == "pose"
         if self.memory:
-            pose_model = model.info["pose_model"]
-            self.tracker = PoseTracker(pose_model["motion"])
             self.memory_args = dict(latent_shape=self.dyn.cfg.latent_shape, capacity=memory_capacity,
-                                    fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
+                                    key=model.memory_key)
+            if self.by_pose:
+                pose_model = model.info["pose_model"]
+                self.tracker = PoseTracker(pose_model["motion"])
+                self.memory_args |= dict(fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
+                self.poses = np.zeros((num_rows, 3))
             self.memories = [LatentMemory(**self.memory_args) for _ in range(num_rows)]
-            self.poses = np.zeros((num_rows, 3))
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
 
     def _context_cache(self, z, actions, frames_held: int, generator):
@@ -176,11 +199,12 @@ class DreamCore:
                 self.clock[row] = hold - 1
                 self.last[row] = z[0, -1]
                 if self.memory:  # the whole context goes to memory
-                    poses = self.tracker.path(actions)
+                    poses = self.tracker.path(actions) if self.by_pose else [None] * len(frames)
                     self.memories[row] = LatentMemory(**self.memory_args)
                     for i in range(len(frames)):
                         self.memories[row].add(z[0, i], poses[i], hold - len(frames) + i)
-                    self.poses[row] = poses[-1]
+                    if self.by_pose:
+                        self.poses[row] = poses[-1]
                 self.retrieved[row] = 0
 
     def _recall(self, actions):
@@ -188,10 +212,14 @@ class DreamCore:
         slots = self.dyn.cfg.memory
         zs, feats, valid = [], [], []
         for row in range(self.n):
-            self.poses[row] = self.tracker.step(self.poses[row], actions[row])
-            # Every earlier frame is a candidate, those still in the context window too: the
-            # pose-matched copy is what restores a view, whether or not attention still holds it.
-            z, f, v = self.memories[row].retrieve(self.poses[row], slots, before_step=int(self.clock[row]) + 1)
+            if self.by_pose:
+                self.poses[row] = self.tracker.step(self.poses[row], actions[row])
+                # Every earlier frame is a candidate, those still in the context window too: the
+                # pose-matched copy is what restores a view, whether or not attention still holds it.
+                z, f, v = self.memories[row].retrieve(self.poses[row], slots, before_step=int(self.clock[row]) + 1)
+            else:  # as in training: frames from before the context window, like the newest frame
+                z, f, v = self.memories[row].retrieve(self.last[row], slots,
+                                                      before_step=int(self.clock[row]) - self.cache.frames + 1)
             zs.append(z)
             feats.append(f)
             valid.append(v)
@@ -213,7 +241,7 @@ class DreamCore:
             self.last = nxt
             if self.memory:
                 for row in range(self.n):
-                    self.memories[row].add(nxt[row], self.poses[row], int(self.clock[row]))
+                    self.memories[row].add(nxt[row], self.poses[row] if self.by_pose else None, int(self.clock[row]))
         return nxt, reward.numpy(), torch.sigmoid(end).numpy()
 
 
@@ -242,6 +270,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     info = {"env_id": meta.get("env_id"), "env_kwargs": meta.get("env_kwargs", {}),
             "action_space": meta["action_space"], "action_meanings": meta.get("action_meanings"),
             "frame_shape": meta["frame_shape"], "trained_steps": config.get("step"), "pose_model": meta.get("pose_model"),
+            "memory_key": meta.get("memory_key", "pose"),
             "train": config.get("train")}
     model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
     model.save(out, half=half)
