@@ -142,7 +142,7 @@ def test_a_dead_collect_worker_ends_the_collect_with_a_clear_error(tmp_path):
               "gym.register('faults/Dying-v0', entry_point=t.DyingEnv)\n"
               "from worldsim.cli import main\n"
               f"sys.exit(main(['collect', '--env', 'faults/Dying-v0', '--policy', 'random', '--steps', '200',"
-              f" '--out', {str(out)!r}, '--env-kwargs', {json.dumps(json.dumps({'pid_file': str(pid_file)}))}, '--quiet']))\n")
+              f" '--out', {str(out)!r}, '--env-kwargs', {json.dumps({'pid_file': str(pid_file)})!r}, '--quiet']))\n")
     try:
         done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
@@ -234,3 +234,124 @@ def test_metrics_csv_gets_its_header_after_a_run_killed_before_its_first_row(tmp
     _toy_run(tmp_path, steps=2)  # resumed: appends, no second header
     rows = list(csv.reader(tmp_path.joinpath("metrics.csv").open()))
     assert rows[0][:2] == ["step", "loss"] and [r[0] for r in rows[1:]] == ["1", "2"]
+
+
+# ------------------------------------------------------------------ checkpoints
+SEVEN = {"type": "Discrete", "n": 7, "start": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    """A tiny untrained world model for 16x16 frames and 7 actions, saved; returns its path."""
+    from worldsim.dynamics import Dynamics, DynamicsConfig
+    from worldsim.tokenizer import Tokenizer, TokenizerConfig
+    from worldsim.world_model import WorldModel
+
+    tokenizer = Tokenizer(TokenizerConfig(frame_size=(16, 16), latent_channels=4, downsample=4, channels=(8, 8),
+                                          stem_channels=8))
+    dynamics = Dynamics(DynamicsConfig(latent_shape=(4, 4, 4), action_space=SEVEN, d_model=32, n_layers=1, n_heads=2,
+                                       max_frames=4, sample_steps=1))
+    start = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("tiny") / "world.safetensors"
+    WorldModel(tokenizer, dynamics, {"env_id": "test", "action_space": SEVEN, "frame_shape": [16, 16, 3]},
+               start).save(path, half=False)
+    return path
+
+
+def _tampered(good, out, tensors=None, config=None, raw=None):
+    """A copy of checkpoint `good` with its tensors or config changed (raw: the metadata text)."""
+    from safetensors.torch import save_file
+
+    from worldsim.checkpoint import load_checkpoint
+
+    t, c = load_checkpoint(good)
+    t, c = (tensors or (lambda t: t))(t), (config or (lambda c: c))(c)
+    save_file(t, str(out), metadata={"worldsim": raw if raw is not None else json.dumps(c)})
+    return out
+
+
+def _set(d, **changes):
+    return {**d, **changes}
+
+
+def _drop(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+def _nan(t, key):
+    t = dict(t)
+    t[key] = t[key].clone()
+    t[key].view(-1)[0] = float("nan")
+    return t
+
+
+CHECKPOINT_FAULTS = {
+    "nan weight": (dict(tensors=lambda t: _nan(t, "dynamics/heads.out.2.weight")),
+                   r"tensor\(s\) dynamics/heads.out.2.weight hold NaN or infinite values; expected finite weights"),
+    "inf weight": (dict(tensors=lambda t: {**t, "tokenizer/latent_scale": t["tokenizer/latent_scale"] * np.inf}),
+                   r"tokenizer/latent_scale hold NaN or infinite"),
+    "malformed json": (dict(raw='{"kind": "world_model", '), "config is not valid JSON"),
+    "json list": (dict(raw='["world_model"]'), "config is a JSON list; expected an object"),
+    "unknown key": (dict(config=lambda c: _set(c, dynamics=_set(c["dynamics"], n_head=2))),
+                    r"the 'dynamics' config has unknown setting\(s\) \['n_head'\]; expected some of .*'n_heads'"),
+    "no dynamics": (dict(config=lambda c: _drop(c, "dynamics")),
+                    "no 'dynamics' config section; expected a JSON object of DynamicsConfig settings"),
+    "dynamics a list": (dict(config=lambda c: _set(c, dynamics=[1, 2])), "'dynamics' config is a JSON list"),
+    "wrong type": (dict(config=lambda c: _set(c, dynamics=_set(c["dynamics"], n_heads="four"))),
+                   "'dynamics' config has n_heads='four'; expected int, like the default 6"),
+    "wrong tuple": (dict(config=lambda c: _set(c, tokenizer=_set(c["tokenizer"], frame_size=["16", 16]))),
+                    r"'tokenizer' config has frame_size=\['16', 16\]; expected tuple"),
+    "inconsistent": (dict(config=lambda c: _set(c, dynamics=_set(c["dynamics"], n_heads=3))),
+                     "'dynamics' config is inconsistent: d_model 32 must split into 3 heads"),
+    "bad action space": (dict(config=lambda c: _set(c, dynamics=_set(c["dynamics"], action_space={"type": "Nope"}))),
+                         "cannot build the model its config describes"),
+    "no start frames": (dict(tensors=lambda t: _drop(t, "start_frames")),
+                        r"start_frames are none; expected uint8 \(N, 16, 16, 3\)"),
+    "start frames of another size": (dict(tensors=lambda t: _set(t, start_frames=t["start_frames"][:, :8, :8]
+                                                                  .contiguous())),
+                                     r"start_frames are torch.uint8 \(2, 8, 8, 3\); expected uint8 \(N, 16, 16, 3\)"),
+    "start frames as floats": (dict(tensors=lambda t: _set(t, start_frames=t["start_frames"].float())),
+                               "start_frames are torch.float32"),
+    "3 actions on 7-way weights": (dict(config=lambda c: _set(c, action_space={**SEVEN, "n": 3})),
+                                   r"action_space \{'type': 'Discrete', 'n': 3.*is not the one its weights were "
+                                   r"trained on; expected \{'type': 'Discrete', 'n': 7"),
+    "no action space": (dict(config=lambda c: _drop(c, "action_space")), "action_space None is not the one"),
+}
+
+
+@pytest.mark.parametrize("fault", CHECKPOINT_FAULTS)
+def test_a_bad_world_model_is_refused_at_load_naming_the_file(tiny_world, tmp_path, fault):
+    from worldsim.checkpoint import CheckpointError
+
+    change, expected = CHECKPOINT_FAULTS[fault]
+    bad = _tampered(tiny_world, tmp_path / "bad.safetensors", **change)
+    with pytest.raises(CheckpointError, match=rf"{bad}: .*{expected}"):
+        gym.make("worldsim/Dream-v0", checkpoint=str(bad))
+
+
+def test_the_good_world_model_loads_and_steps(tiny_world):
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(tiny_world))
+    obs, _ = env.reset(seed=0)
+    obs, reward, *_ = env.step(1)
+    assert obs.shape == (16, 16, 3) and np.isfinite(reward) and env.action_space == gym.spaces.Discrete(7)
+
+
+def test_worldsim_dream_reports_a_bad_checkpoint_without_a_traceback(tiny_world, tmp_path, capsys):
+    from worldsim.cli import main
+
+    bad = _tampered(tiny_world, tmp_path / "nan.safetensors",
+                    tensors=lambda t: _nan(t, "tokenizer/decoder.net.9.weight"))
+    assert main(["dream", "--checkpoint", str(bad), "--episode", str(tmp_path / "ep.h5"), "--out",
+                 str(tmp_path / "d.mp4")]) == 2
+    assert f"worldsim dream: error: {bad}: tensor(s) tokenizer/decoder.net.9.weight hold NaN" in capsys.readouterr().err
+
+
+def test_a_bad_tokenizer_config_is_refused_naming_the_file(tmp_path):
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.tokenizer import Tokenizer
+
+    good = Path(__file__).parents[1] / "worldsim" / "checkpoints" / "rooms_tokenizer.safetensors"
+    bad = _tampered(good, tmp_path / "tok.safetensors",
+                    config=lambda c: _set(c, tokenizer=_set(c["tokenizer"], latent_channels=8.5)))
+    with pytest.raises(CheckpointError, match=rf"{bad}: the 'tokenizer' config has latent_channels=8.5; expected int"):
+        Tokenizer.load(bad)

@@ -2,10 +2,13 @@
 config that rebuilds the model. Loading never unpickles anything; writes are atomic
 (a temporary file renamed into place), so a kill mid-save leaves the last one intact.
 Optimizer state is flattened into tensors plus JSON, so resuming needs no pickle either.
+Loading refuses a NaN or infinite tensor and a config that is not what the code expects,
+with an error naming the file and what was expected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -45,7 +48,59 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                               "written by worldsim (a truncated copy?)") from e
     if "worldsim" not in meta:
         raise CheckpointError(f"{path}: a safetensors file without a worldsim config; expected a worldsim checkpoint")
-    return tensors, json.loads(meta["worldsim"])
+    try:
+        config = json.loads(meta["worldsim"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its worldsim config is not valid JSON ({e}); expected the JSON object "
+                              "worldsim writes") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its worldsim config is a JSON {type(config).__name__}; expected an object")
+    # A NaN weight would give black frames and NaN rewards, with nothing said.
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: tensor(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} hold NaN or "
+                              "infinite values; expected finite weights (the run diverged, or the file was damaged)")
+    return tensors, config
+
+
+def config_from(cls, config: dict, section: str, path):
+    """The dataclass `cls` built from `config[section]`, each setting checked against the
+    type of its default: a bad file fails here with its name, not later in the model."""
+    data = config.get(section)
+    where = f"{path}: the {section!r} config"
+    if not isinstance(data, dict):
+        if data is None:
+            raise CheckpointError(f"{path}: no {section!r} config section; expected a JSON object of "
+                                  f"{cls.__name__} settings")
+        raise CheckpointError(f"{where} is a JSON {type(data).__name__}; expected an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CheckpointError(f"{where} has unknown setting(s) {unknown}; expected some of {sorted(fields)}")
+    for name, value in data.items():
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if not _same_kind(value, default):
+            raise CheckpointError(f"{where} has {name}={value!r}; expected {type(default).__name__}, "
+                                  f"like the default {default!r}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} is inconsistent: {e}") from e
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a JSON value fits a setting with this default (a list for a tuple)."""
+    number = lambda v, kinds: isinstance(v, kinds) and not isinstance(v, bool)  # noqa: E731
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return number(value, int)
+    if isinstance(default, float):
+        return number(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and (not default or all(_same_kind(v, default[0]) for v in value))
+    return default is None or isinstance(value, type(default))
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

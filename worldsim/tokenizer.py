@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsim.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -204,7 +204,7 @@ class Tokenizer(nn.Module):
         tensors, config = load_checkpoint(path)
         if config.get("kind") != "tokenizer" or "tokenizer" not in config:
             raise CheckpointError(f"{path} is a {config.get('kind', 'unknown')!r} checkpoint; expected a tokenizer")
-        model = cls(TokenizerConfig(**config["tokenizer"]))
+        model = cls(config_from(TokenizerConfig, config, "tokenizer", path))
         if frame_size is not None and tuple(frame_size) != model.cfg.frame_size:
             raise CheckpointError(f"{path} is a tokenizer for {model.cfg.frame_size[0]}x{model.cfg.frame_size[1]} frames; "
                                   f"expected one for {frame_size[0]}x{frame_size[1]}")
