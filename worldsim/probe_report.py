@@ -226,8 +226,13 @@ def _summary_plot(report: dict, path):
     ax.set_title("drift")
     _revisit_panels(report, axes[0, 2], axes[1, 2], colours)
     guidance = "" if report["memory_guidance"] is None else f", memory guidance {report['memory_guidance']}"
-    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps{guidance})",
-                 fontsize=10)
+    maps = ""
+    if report["env_id"] == P.ROOMS_ID:
+        world_seed = report.get("env_kwargs", {}).get("world_seed", 0)
+        maps = (", a new map per script (world_seed None)" if world_seed is None
+                else f", map world_seed {world_seed}")
+    fig.suptitle(f"{report['env_id']} probes: {report['checkpoint']} ({report['sample_steps']} denoising steps{guidance}"
+                 f"{maps})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
