@@ -183,6 +183,17 @@ def test_a_damaged_chunk_is_found_and_named(tmp_path, rng):
         windows[30]
 
 
+def test_encoding_a_damaged_episode_names_it(tmp_path, rng):
+    from training.train_tokenizer import encode_dataset
+
+    writer = DatasetWriter(tmp_path / "data", {"env_id": "test", "frame_shape": [64, 64, 3]})
+    path = writer.write(small_episode(rng, steps=40, size=64))
+    _damage_chunk(path)
+    tokenizer = ROOT / "worldsim" / "checkpoints" / "rooms_tokenizer.safetensors"
+    with pytest.raises(DatasetError, match=rf"{path}: frames is damaged"):
+        encode_dataset(str(tokenizer), str(tmp_path / "data"), str(tmp_path / "latents"), progress=False)
+
+
 @pytest.mark.xfail(strict=True, reason="worldsim/cli.py's cmd_dataset must call worldsim.dataset.summarize")
 def test_worldsim_dataset_fails_on_a_damaged_chunk(tmp_path, rng, capsys):
     from worldsim.cli import main

@@ -32,7 +32,7 @@ import torch
 from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import CheckpointError, load_checkpoint
-from worldsim.dataset import WindowDataset, episode_paths, open_episode
+from worldsim.dataset import WindowDataset, episode_paths, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
 
@@ -68,7 +68,7 @@ class LatentWindows:
             ends = {}
             for e, path in enumerate(self.windows.paths):
                 with open_episode(path) as f:
-                    ends[e] = f["terminated"][()]
+                    ends[e] = read_array(f, "terminated")
             self.ending = [i for i, (e, t) in enumerate(self.windows.index) if ends[e][t + window - 2]]
             if not self.ending:
                 raise ValueError(f"--end-share {end_share}: {root} has no terminated episode to draw from")
@@ -107,7 +107,7 @@ class MemoryWindows:
                 if "actions" not in f:
                     raise ValueError(f"{path} has no actions; the dynamics model needs action-labelled episodes")
                 if len(f["latents"]) >= window + 1:
-                    ep = {name: f[name][()] for name in fields}
+                    ep = {name: read_array(f, name) for name in fields}
                     if key == "latent":
                         ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
                     self.episodes.append(ep)

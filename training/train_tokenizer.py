@@ -107,7 +107,7 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
     import h5py
     from tqdm import tqdm
 
-    from worldsim.dataset import _atomic_write_bytes, _put, episode_paths, load_meta, open_episode
+    from worldsim.dataset import _atomic_write_bytes, _put, episode_paths, load_meta, open_episode, read_array
 
     meta = load_meta(data)
     model = Tokenizer.load(checkpoint, frame_size=meta["frame_shape"][:2])
@@ -127,14 +127,15 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
             chunks = []
             with torch.no_grad():
                 for s in range(0, len(frames), batch_frames):
-                    chunks.append(model.encode(torch.from_numpy(frames[s:s + batch_frames])[None])[0].half().numpy())
+                    batch = read_array(src, "frames", slice(s, s + batch_frames))
+                    chunks.append(model.encode(torch.from_numpy(batch)[None])[0].half().numpy())
             _put(dst, "latents", np.concatenate(chunks), chunk_frames=64)
             for name in ("actions", "rewards", "terminated", "truncated"):
                 if name in src:
-                    _put(dst, name, src[name][()])
+                    _put(dst, name, read_array(src, name))
             if "gt" in src:
                 for key in src["gt"]:
-                    _put(dst, f"gt/{key}", src["gt"][key][()], chunk_frames=32)
+                    _put(dst, f"gt/{key}", read_array(src, f"gt/{key}"), chunk_frames=32)
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             frames_done += len(frames)

@@ -260,6 +260,16 @@ def read_episode(path: str | os.PathLike) -> Episode:
     return episode
 
 
+def read_array(f, name: str, index=()) -> np.ndarray:
+    """f[name][index] of an open episode file; a damaged chunk raises a DatasetError naming
+    the file and the array (h5py's OSError names neither)."""
+    try:
+        return f[name][index]
+    except OSError as e:
+        raise DatasetError(f"{f.filename}: {name} is damaged ({e}); delete the file or collect it again, other "
+                           "episodes are unaffected (`worldsim dataset DIR` lists every damaged one)") from e
+
+
 def verify_episode(path: str | os.PathLike) -> tuple[int, int]:
     """Read every array of an episode file, as a damaged chunk shows only when read;
     returns its (frames, steps). Raises DatasetError naming the file and the array."""
@@ -270,11 +280,7 @@ def verify_episode(path: str | os.PathLike) -> tuple[int, int]:
         f.visit(names.append)
         for name in names:
             if isinstance(f[name], h5py.Dataset):
-                try:
-                    f[name][()]
-                except OSError as e:
-                    raise DatasetError(f"{path}: {name} is damaged ({e}); delete the file or collect it again, "
-                                       "other episodes are unaffected") from e
+                read_array(f, name)
         frames = f["frames"] if "frames" in f else f["latents"]
         if len(frames) != len(f["rewards"]) + 1:
             raise DatasetError(f"{path}: {len(frames)} frames for {len(f['rewards'])} steps; expected T+1 frames for T steps")
