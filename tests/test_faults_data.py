@@ -56,6 +56,17 @@ def test_seed_claims_skip_every_seed_used_before(tmp_path):
     assert DatasetWriter(tmp_path, {"env_id": "test"}).claim_seeds(0, 1, {}) == 4  # read back from dataset.json
 
 
+def test_collect_into_a_dataset_without_seed_records_warns(tmp_path, capsys):
+    out = tmp_path / "data"
+    collect("worldsim/Rooms-v0", "random", 10, str(out), num_envs=1, env_kwargs={"max_steps": 10}, progress=False)
+    meta = load_meta(out)
+    del meta["collects"]  # as written before datasets kept their seeds
+    (out / "dataset.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    collect("worldsim/Rooms-v0", "random", 10, str(out), num_envs=1, env_kwargs={"max_steps": 10}, progress=False)
+    assert "the 1 episode(s) already in" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ data: concurrent writers
 def _writer_process(root, who, n, barrier, claimed):
     rng = np.random.default_rng(who)

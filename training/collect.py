@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from worldsim.dataset import DatasetError, DatasetWriter, Episode
+from worldsim.dataset import DatasetError, DatasetWriter, Episode, load_meta
 from worldsim.spaces import space_to_dict
 
 
@@ -140,12 +140,17 @@ def collect(env_id: str, policy: str, steps: int, out: str, num_envs: int = 2, s
         if isinstance(env.single_action_space, gym.spaces.Discrete):
             meta["action_meanings"] = list(action_meanings(env))
         writer = DatasetWriter(out, meta)
+        unrecorded = writer.count and "collects" not in load_meta(out)  # a dataset from before seeds were kept
         asked = seed
         seed = writer.claim_seeds(seed, num_envs, {"env_kwargs": env_kwargs, "policy": policy})
         if seed != asked:
             print(f"collect: seeds {asked}-{asked + num_envs - 1} were used by an earlier collect into {out} "
                   f"(the same seeds would record the same episodes); using seeds {seed}-{seed + num_envs - 1}",
                   file=sys.stderr)
+        if unrecorded:
+            print(f"collect: warning: the {writer.count} episode(s) already in {out} were collected before datasets "
+                  f"recorded their seeds; if seeds {seed}-{seed + num_envs - 1} made them, they are recorded again "
+                  "(pass a --seed they did not use)", file=sys.stderr)
         agent = make_policy(policy, env, seed=seed)
         written, returns, t0 = 0, [], time.perf_counter()
         obs, infos = _reset(env, seed, out)
