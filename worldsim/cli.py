@@ -64,7 +64,8 @@ def cmd_probe(args):
 
     return run_probes(args.checkpoint, args.out, args.env, [p for p in args.probes.split(",") if p], args.count,
                       drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,
-                      sample_steps=args.sample_steps, memory_guidance=args.memory_guidance, progress=not args.quiet)
+                      sample_steps=args.sample_steps, memory_guidance=args.memory_guidance, env_kwargs=args.env_kwargs,
+                      progress=not args.quiet)
 
 
 def cmd_imagine(args):
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated, of {','.join(PROBES)}")
     p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
+    p.add_argument("--env-kwargs", type=_json_arg, default=None,
+                   help='JSON keyword arguments for the real env over the model\'s, e.g. \'{"world_seed": null}\' '
+                        '(a new map per script: unseen maps) or \'{"world_seed": 7}\'')
     p.add_argument("--drift-episodes", type=int, default=4)
     p.add_argument("--drift-steps", type=int, default=1000)
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")

@@ -1,0 +1,154 @@
+"""Rooms on one GPU in one command: collect on procedurally generated maps, train the
+largest dynamics config that fits the time budget, export it, and score it on maps it
+never saw.
+
+    python -m training.gpu_recipe --out OUT [--minutes 20] [--init worldsim/checkpoints/rooms.safetensors]
+
+OUT receives the world model (`rooms.safetensors`, fp16), `metrics.csv` of the run,
+`figures.json` (replay PSNR/SSIM by horizon on unseen maps beside copy-last-frame and the
+tokenizer ceiling, the heads as detectors, the compute spent) and `replay.png`. Data and
+the run directory go to `--work` (large; not meant to come back). The shipped Rooms
+tokenizer encodes the frames: its encoder is shared with every Rooms dynamics model, so
+the result drops into `worldsim/checkpoints/` beside it. Every option is a field of
+RecipeConfig. tests/test_gpu_recipe.py runs it end to end on CPU with a tiny config, so a
+session that gets a GPU spends it training, not debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOMS = "worldsim/Rooms-v0"
+SHIPPED_TOKENIZER = str(Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints" / "rooms_tokenizer.safetensors")
+
+
+@dataclass
+class RecipeConfig:
+    out: str  # the world model, its figures and its training log land here
+    work: str = "/tmp/worldsim_recipe"  # datasets and the run directory
+    minutes: float = 20.0  # training budget, wall-clock
+    collect_steps: int = 400_000  # real Rooms transitions, a new map per episode
+    num_envs: int = 16  # collecting processes
+    configs: str = "B,S,XS"  # candidates, largest first: the first that fits min_steps in the budget is trained
+    min_steps: int = 3000  # fewest optimizer steps worth training a config for
+    batch_size: int = 64
+    memory: int = 4  # memory frames (pose-keyed)
+    patch: int = 4  # the 4x tokenizer's 16x16x4 latents in 4x4 patches: 16 tokens a frame
+    lr: float = 3e-4
+    init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
+    tokenizer: str = SHIPPED_TOKENIZER
+    eval_windows: int = 64
+    horizons: str = "1,4,16,64"
+    seed: int = 0
+    device: str = "auto"
+
+
+def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: torch.device, trials: int = 3) -> float:
+    """Measured time of one optimizer step of `config` on `device`, batch drawing included."""
+    from training.train_dynamics import TrainConfig, build
+
+    model = build(TrainConfig(data="", out="", config=config, memory=cfg.memory, patch=cfg.patch), meta).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for k in range(trials + 1):  # the first step warms up kernels and allocators
+        t0 = time.perf_counter()
+        batch = data.batch(cfg.batch_size, k, 0, device)
+        with autocast:
+            loss, _ = model.loss(**batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
+    from training.collect import collect
+    from training.loop import pick_device
+    from training.train_dynamics import MemoryWindows, TrainConfig, train
+    from training.train_tokenizer import encode_dataset
+    from worldsim.dataset import load_meta
+    from worldsim.replay import heads_detection, plot_replay, replay_scores
+    from worldsim.world_model import WorldModel, export_world_model
+
+    say = print if progress else (lambda *a, **k: None)
+    out, work = Path(cfg.out), Path(cfg.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    t_start = time.perf_counter()
+    frames, latents, run_dir = work / "rooms", work / "rooms_latents", work / "run"
+
+    if not (frames / "dataset.json").exists():
+        say(f"[recipe] collect {cfg.collect_steps} Rooms steps on new maps")
+        collect(ROOMS, "explore", cfg.collect_steps, str(frames), num_envs=cfg.num_envs, seed=cfg.seed,
+                env_kwargs={"world_seed": None}, progress=progress)
+    if not (latents / "dataset.json").exists():
+        say("[recipe] encode with the Rooms tokenizer")
+        encode_dataset(cfg.tokenizer, str(frames), str(latents), progress=progress)
+
+    meta = load_meta(latents)
+    from envs import env_pose_model
+    data = MemoryWindows(str(latents), 0, cfg.seed, cfg.memory, env_pose_model(ROOMS, {"world_seed": None}))
+    budget = cfg.minutes * 60
+    chosen, timing = None, {}
+    for config in [c.strip() for c in cfg.configs.split(",") if c.strip()]:
+        from worldsim.dynamics import CONFIGS
+        data.window = CONFIGS[config].get("max_frames", 16)
+        timing[config] = seconds_per_step(cfg, config, data, meta, device)
+        steps = int(0.9 * budget / timing[config])
+        say(f"[recipe] {config}: {timing[config]:.3f} s/step -> {steps} steps in {cfg.minutes:g} min")
+        if steps >= cfg.min_steps or config == cfg.configs.split(",")[-1].strip():
+            chosen = (config, max(steps, 1))
+            break
+    del data
+    config, steps = chosen
+    say(f"[recipe] train {config} for {steps} steps on {device}")
+    t_train = time.perf_counter()
+    train(TrainConfig(data=str(latents), out=str(run_dir), config=config, steps=steps, batch_size=cfg.batch_size,
+                      lr=cfg.lr, memory=cfg.memory, patch=cfg.patch, init=cfg.init, seed=cfg.seed,
+                      device=cfg.device, warmup=min(200, max(1, steps // 10))), progress=progress)
+    train_minutes = (time.perf_counter() - t_train) / 60
+    export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer)
+    shutil.copy(run_dir / "metrics.csv", out / "metrics.csv")
+
+    say("[recipe] score on unseen maps (the test split)")
+    model = WorldModel.load(out / "rooms.safetensors")
+    horizons = [int(h) for h in cfg.horizons.split(",")]
+    scores = replay_scores(model, str(frames), 4, horizons, cfg.eval_windows, "test")
+    figures = {"recipe": asdict(cfg), "config": config, "steps": steps, "seconds_per_step": timing,
+               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "train_minutes": round(train_minutes, 2), "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
+               "frames_seen": steps * cfg.batch_size * (model.dynamics.cfg.max_frames + cfg.memory),
+               "parameters": sum(p.numel() for p in model.dynamics.parameters()),
+               "unseen_maps": scores, "heads": heads_detection(model, str(frames), "test")}
+    (out / "figures.json").write_text(json.dumps(figures, indent=2))
+    plot_replay(scores, out / "replay.png", f"Rooms, unseen maps: {config} after {steps} steps")
+    say(json.dumps({k: figures[k] for k in ("config", "steps", "train_minutes", "device")}))
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for f in fields(RecipeConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.name != "out" else str,
+                            default=f.default if f.name != "out" else None, required=f.name == "out")
+    parser.add_argument("--quiet", action="store_true")
+    args = vars(parser.parse_args(argv))
+    quiet = args.pop("quiet")
+    recipe(RecipeConfig(**args), progress=not quiet)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Held-out episodes replayed in the dream with their real actions, scored against the
+real frames: the figure every world model here is judged by.
+
+For windows of a split: give `context` real frames, dream `max(horizons)` steps with the
+episode's real actions, and score the dream at each horizon (PSNR of the mean squared
+error pooled over windows, and SSIM) beside its baselines: copy-last-frame (the last
+context frame held) and the tokenizer's reconstruction of the real frame (the ceiling).
+The reward and termination heads are scored as detectors on the same split's real
+transitions: precision and recall of pickups and ends, beside always-zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from worldsim.dataset import episode_paths, read_episode
+from worldsim.tokenizer import psnr_pooled, ssim
+
+
+def replay_windows(data: str, context: int, length: int, count: int, split: str = "test"):
+    """Up to `count` (frames, actions) windows of context + length frames of `split`."""
+    out = []
+    for path in episode_paths(data, split):
+        e = read_episode(path)
+        for s in range(0, len(e) - context - length + 2, max(length // 2, 1)):
+            out.append((e.frames[s:s + context + length], e.actions[s:s + context + length - 1]))
+            if len(out) == count:
+                return out
+    return out
+
+
+def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
+                  split: str = "test", sample_steps: int | None = None, batch: int = 8) -> dict:
+    """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory),
+    copy-last-frame and the tokenizer ceiling, on `count` windows of `split`."""
+    length = max(horizons)
+    ws = replay_windows(data, context, length, count, split)
+    if not ws:
+        raise ValueError(f"{data}: no {split} episode is long enough for {context} + {length} frames")
+    frames, actions = np.stack([w[0] for w in ws]), np.stack([w[1] for w in ws])
+    c = context
+
+    def rollout(memory):
+        return np.concatenate([model.rollout(frames[i:i + batch, :c], actions[i:i + batch, :c - 1],
+                                             actions[i:i + batch, c - 1:], steps=sample_steps, seed=i, memory=memory)[0]
+                               for i in range(0, len(ws), batch)])
+
+    predictions = {"dream": rollout(None)}  # with the model's memory when it has one
+    if model.has_memory:
+        predictions["dream_memory_off"] = rollout(False)
+    real = frames[:, c:]
+    with torch.no_grad():
+        predictions["tokenizer_ceiling"] = np.stack([model.decode(model.encode(real[i:i + 1]))[0].cpu().numpy()
+                                                     for i in range(len(real))])
+    predictions["copy_last_frame"] = np.repeat(frames[:, c - 1:c], length, 1)
+    result = {"data": str(data), "split": split, "windows": len(ws), "context": c, "horizons": list(horizons),
+              "sample_steps": sample_steps or model.dynamics.cfg.sample_steps}
+    for name, pred in predictions.items():
+        result[f"{name}_psnr_db"] = {str(h): psnr_pooled(real[:, h - 1], pred[:, h - 1]) for h in horizons}
+        result[f"{name}_ssim"] = {str(h): float(ssim(real[:, h - 1], pred[:, h - 1]).mean()) for h in horizons}
+    result["dream_minus_copy_last_frame_db"] = {
+        str(h): result["dream_psnr_db"][str(h)] - result["copy_last_frame_psnr_db"][str(h)] for h in horizons}
+    return result
+
+
+def _detector(predicted: np.ndarray, actual: np.ndarray) -> dict:
+    hits = int((predicted & actual).sum())
+    return {"events": int(actual.sum()), "predicted": int(predicted.sum()),
+            "precision": hits / int(predicted.sum()) if predicted.any() else None,
+            "recall": hits / int(actual.sum()) if actual.any() else None}
+
+
+def heads_detection(model, data: str, split: str = "test", max_steps: int = 4000) -> dict:
+    """The reward and termination heads on real consecutive latents of `split`, as
+    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5."""
+    preds, reals, end_p, end_r = [], [], [], []
+    seen = 0
+    for path in episode_paths(data, split):
+        e = read_episode(path)
+        with torch.no_grad():
+            z = torch.cat([model.encode(e.frames[None, s:s + 256])[0] for s in range(0, len(e.frames), 256)])
+            r, end = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
+        preds.append(r.cpu().numpy()), reals.append(e.rewards)
+        end_p.append(torch.sigmoid(end).cpu().numpy()), end_r.append(e.terminated)
+        seen += len(e)
+        if seen >= max_steps:
+            break
+    p, r, ep, er = map(np.concatenate, (preds, reals, end_p, end_r))
+    return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
+            "reward_mse_always_zero": float((r ** 2).mean()),
+            "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5), "ends": _detector(ep > 0.5, er.astype(bool))}
+
+
+def plot_replay(result: dict, path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hs = result["horizons"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("psnr_db", "ssim")):
+        for name, style in (("dream", "o-"), ("dream_memory_off", "o-."), ("copy_last_frame", "s--"),
+                            ("tokenizer_ceiling", "^:")):
+            if f"{name}_{metric}" in result:
+                ax.plot(hs, [result[f"{name}_{metric}"][str(h)] for h in hs], style, label=name.replace("_", " "))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(hs, [str(h) for h in hs])
+        ax.set_xlabel("steps dreamed (real actions)")
+        ax.set_ylabel(metric.replace("_db", " (dB)").upper())
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{title}: {result['windows']} {result['split']} windows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
