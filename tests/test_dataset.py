@@ -184,7 +184,7 @@ def test_killed_collector_leaves_finished_episodes_readable(tmp_path):
 
 
 def test_collect_rejects_bad_input(tmp_path):
-    with pytest.raises(ValueError, match="unknown env id 'worldsim/Nope-v0'; expected one of: .*Rooms-v0"):
+    with pytest.raises(ValueError, match="unknown env id 'worldsim/Nope-v0' .*worldsim registers: .*Rooms-v0"):
         collect("worldsim/Nope-v0", "random", 10, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="unknown policy"):
         collect("worldsim/Rooms-v0", "clever", 10, str(tmp_path / "y"), num_envs=1)

@@ -205,7 +205,6 @@ def test_encoding_a_damaged_episode_names_it(tmp_path, rng):
         encode_dataset(str(tokenizer), str(tmp_path / "data"), str(tmp_path / "latents"), progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="worldsim/cli.py's cmd_dataset must call worldsim.dataset.summarize")
 def test_worldsim_dataset_fails_on_a_damaged_chunk(tmp_path, rng, capsys):
     from worldsim.cli import main
 

@@ -112,6 +112,27 @@ def test_probe_seeds_script_disjoint_episodes(rooms):
         assert first and second and not first & second
 
 
+def test_probe_scripts_never_use_a_seed_collect_can_take(rooms, tmp_path):
+    from training.collect import collect
+    from worldsim.dataset import PROBE_SEEDS_START
+
+    seeds = {s.meta["seed"] for s in P.loop_scenarios(rooms, 2, CONTEXT, 0)}
+    assert min(seeds) >= PROBE_SEEDS_START
+    with pytest.raises(ValueError, match="kept for probes"):
+        collect(P.ROOMS_ID, "random", 4, str(tmp_path / "d"), num_envs=2, seed=PROBE_SEEDS_START - 1, progress=False)
+
+
+def test_drift_lifts_a_registered_step_limit():
+    import gymnasium as gym
+
+    gym.register("ShortRooms-v0", entry_point="envs:make_rooms", max_episode_steps=20, kwargs={"max_steps": 10_000})
+    try:
+        cases = P.drift_scenarios("ShortRooms-v0", {}, 1, CONTEXT, 40)
+    finally:
+        del gym.registry["ShortRooms-v0"]
+    assert len(cases[0].target) == 40  # not cut at the registered 20
+
+
 def test_drift():
     cases = P.drift_scenarios(P.ROOMS_ID, {}, 2, CONTEXT, 60)
     r = scores(P.score_drift, cases)

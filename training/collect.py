@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from worldsim.dataset import DatasetError, DatasetWriter, Episode, load_meta
+from worldsim.dataset import PROBE_SEEDS_START, DatasetError, DatasetWriter, Episode, load_meta
 from worldsim.spaces import space_to_dict
 
 
@@ -110,12 +110,12 @@ def _step(env, actions, written: int, out: str):
         _fail_dead_worker(env, "a step", written, out)
 
 
-def check_env_id(env_id: str):
-    import envs  # noqa: F401  (registers the worldsim ids)
+def check_env_id(env_id: str) -> str:
+    """The registered id behind `env_id` (`module:Id` imports module first); a clear
+    ValueError when it names nothing gymnasium can make."""
+    import envs
 
-    if env_id not in gym.registry:
-        known = ", ".join(envs.gameplay_ids())
-        raise ValueError(f"unknown env id {env_id!r}; expected one of: {known}")
+    return envs.resolve_env_id(env_id)
 
 
 def collect(env_id: str, policy: str, steps: int, out: str, num_envs: int = 2, seed: int = 0,
@@ -129,6 +129,9 @@ def collect(env_id: str, policy: str, steps: int, out: str, num_envs: int = 2, s
     check_env_id(env_id)
     if steps < 1 or num_envs < 1:
         raise ValueError(f"expected steps >= 1 and num_envs >= 1, got steps={steps}, num_envs={num_envs}")
+    if not 0 <= seed <= PROBE_SEEDS_START - num_envs:
+        raise ValueError(f"expected a seed from 0 to {PROBE_SEEDS_START - num_envs:,}, got {seed:,}: seeds from "
+                         f"{PROBE_SEEDS_START:,} on are kept for probes, so that they never replay training episodes")
     env_kwargs = dict(env_kwargs or {})
     env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="async" if num_envs > 1 else "sync",
                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **env_kwargs)

@@ -35,20 +35,9 @@ def cmd_import_video(args):
 
 
 def cmd_dataset(args):
-    from worldsim.dataset import SPLITS, episode_paths, load_meta, open_episode
+    from worldsim.dataset import summarize
 
-    meta = load_meta(args.dir)
-    summary = {"meta": meta, "splits": {}}
-    for split in SPLITS:
-        paths = episode_paths(args.dir, split)
-        frames = steps = 0
-        for p in paths:
-            with open_episode(p) as f:
-                frames += len(f["frames"])
-                steps += len(f["rewards"])
-        summary["splits"][split] = {"episodes": len(paths), "frames": frames, "steps": steps,
-                                    "bytes": sum(p.stat().st_size for p in paths)}
-    return summary
+    return summarize(args.dir)
 
 
 def cmd_train(args):

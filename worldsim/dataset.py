@@ -44,6 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Env seeds at and above this are kept for probes and evaluation: `collect` refuses them,
+# so no probe replays an episode (or, with world_seed=None, a map) a model trained on.
+PROBE_SEEDS_START = 1_000_000_000
+
 SPLITS = ("train", "val", "test")
 FORMAT = "worldsim-episodes/1"
 

@@ -15,6 +15,7 @@ DIR/<probe>.mp4    real | dream with memory | dream without memory, one scenario
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
         t0 = time.perf_counter()
         cases = scenarios[probe]()
         report["probes"][probe] = {"scenarios": len(cases)}
+        if probe == "drift":
+            reached = min(len(c.target) for c in cases)
+            report["probes"][probe]["steps_asked"] = drift_steps
+            if reached < drift_steps:  # the env ends its episodes sooner than asked and its limit cannot be lifted
+                print(f"probe drift: {env_id} ended an episode after {reached} of the {drift_steps} steps asked; "
+                      f"drift is scored over {reached} steps", file=sys.stderr, flush=True)
         shown = {}
         reference = predictors["tokenizer_ceiling"](cases) if probe == "objects" else None
         for name, predict in predictors.items():

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from worldsim.dataset import PROBE_SEEDS_START
 from worldsim.tokenizer import psnr, ssim
 
 ROOMS_ID = "worldsim/Rooms-v0"
@@ -42,8 +43,9 @@ SEEDS_PER_PROBE_SEED = 100_000  # env seeds a probe seed owns: seeds k and k+1 s
 
 
 def first_env_seed(seed: int) -> int:
-    """The first env seed the scripts of probe seed `seed` draw from (seed 0: env seed 0)."""
-    return seed * SEEDS_PER_PROBE_SEED
+    """The first env seed the scripts of probe seed `seed` draw from: above every seed
+    `collect` takes, so a probe never replays an episode (or a map) a model trained on."""
+    return PROBE_SEEDS_START + seed * SEEDS_PER_PROBE_SEED
 
 
 @dataclass
@@ -538,12 +540,14 @@ def drift_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, ste
     """Long real replays of the exploration policy (any gameplay env)."""
     import envs  # noqa: F401  (registers the gameplay ids)
     from agents.policies import ExplorePolicy
-    from envs import action_meanings
+    from envs import action_meanings, optional_attr
 
-    env = gym.make(env_id, **{**env_kwargs, "max_steps": context + steps + 1} if env_id == ROOMS_ID else env_kwargs)
+    length = context + steps + 1  # lift the env's step limit where it can be lifted
+    env = (gym.make(env_id, **{**env_kwargs, "max_steps": length}) if env_id == ROOMS_ID
+           else gym.make(env_id, max_episode_steps=length, **env_kwargs))
     out = []
     for s in range(first_env_seed(seed), first_env_seed(seed) + count):
-        policy = ExplorePolicy(action_meanings(env), 1, seed=s)
+        policy = ExplorePolicy(action_meanings(env), 1, turn_steps=optional_attr(env, "turn_steps", 24), seed=s)
         frame, info = env.reset(seed=s)
         frames, actions = [frame], []
         while len(actions) < context - 1 + steps:
@@ -559,7 +563,9 @@ def drift_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, ste
 
 
 def score_drift(scenarios, predictions, horizons=(1, 10, 100, 1000)) -> dict:
-    """Mean PSNR and SSIM per step after the context, and at the given horizons."""
+    """Mean PSNR and SSIM per step after the context, and at the given horizons, over the
+    steps every replay reached (an env may end its episodes sooner than asked: `steps`
+    says how many were scored)."""
     n = min(len(p) for p in predictions)
     real = np.stack([s.target[:n] for s in scenarios])
     pred = np.stack([p[:n] for p in predictions])
