@@ -48,9 +48,11 @@ def play(checkpoint=None, out: str | None = None, steps: int = 300, seed: int = 
 def _interactive(env, frame, table) -> dict:
     import cv2
 
+    from envs.window import imshow
+
     shown, t0, fps = 0, time.perf_counter(), 0.0
     while True:
-        cv2.imshow("worldsim play (Esc quits)", _show(frame, fps))
+        imshow("worldsim play (Esc quits)", _show(frame, fps))
         key = cv2.waitKey(1) & 0xFF
         if key == 27:
             break
