@@ -78,7 +78,9 @@ def main():
     real.reset(seed=0)
     t0 = time.perf_counter()
     for k in range(2000):
-        real.step(k % 7)
+        _, _, terminated, truncated, _ = real.step(k % 7)
+        if terminated or truncated:  # Rooms refuses steps after an episode's end
+            real.reset()
     report("real_rooms_env_fps_baseline", 2000 / (time.perf_counter() - t0))
 
     env = DreamEnv(checkpoint=args.checkpoint, obs_type="latent", max_steps=10**9)

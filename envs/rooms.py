@@ -160,7 +160,7 @@ class RoomsEnv(gym.Env):
         self.ceiling = np.broadcast_to(CEILING * shade, (self.height, self.width, 3)).astype(np.float32)
 
         self._world_key = None
-        self._steps = None
+        self._steps, self._ended = None, False
         if world_seed is not None:
             self._build_world(np.random.default_rng(world_seed))
 
@@ -184,8 +184,10 @@ class RoomsEnv(gym.Env):
         self.yaw_index = int(self.np_random.integers(self.turn_steps))
         self.objects = self.objects_home.copy()
         self.alive = np.ones(self.n_objects, dtype=bool)
-        self._steps = 0
+        self._steps, self._ended = 0, False
         frame, info = self._observe()
+        if self.render_mode == "human":
+            self.render()
         return frame, info
 
     @property
@@ -203,6 +205,8 @@ class RoomsEnv(gym.Env):
     def step(self, action):
         if self._steps is None:
             raise RuntimeError("RoomsEnv.step() called before reset(); call env.reset() first")
+        if self._ended:
+            raise RuntimeError(f"RoomsEnv.step() called after the episode ended ({self._ended}); call env.reset() first")
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.action_space.n}) ({', '.join(ACTIONS)}), got {action!r}")
         name = ACTIONS[int(action)]
@@ -229,7 +233,12 @@ class RoomsEnv(gym.Env):
         self._steps += 1
         terminated = bool(self.collectible and not self.alive.any())
         truncated = self._steps >= self.max_steps
+        # why it ended, for the error a further step raises
+        self._ended = ("terminated: every object collected" if terminated else
+                       f"truncated at max_steps={self.max_steps}" if truncated else False)
         frame, info = self._observe()
+        if self.render_mode == "human":
+            self.render()
         return frame, reward, terminated, truncated, info
 
     def pose_model(self) -> dict:
@@ -258,12 +267,14 @@ class RoomsEnv(gym.Env):
         return frame, info
 
     def render(self):
-        if self.render_mode == "human":
-            import cv2
-            cv2.imshow("worldsim Rooms", cv2.resize(self._frame[..., ::-1], (256, 256), interpolation=cv2.INTER_NEAREST))
-            cv2.waitKey(1)
+        if self._steps is None:
             return None
-        return self._frame.copy() if self._steps is not None else None
+        if self.render_mode == "human":
+            from envs.window import show
+
+            show("worldsim Rooms", self._frame, scale=max(1, 256 // self.width))
+            return None
+        return self._frame.copy()
 
     def _cast(self, dir_x, dir_y):
         """Vectorised DDA over all columns: perpendicular depth, hit side, wall u, room id."""

@@ -104,8 +104,8 @@ def test_collecting_every_object_pays_and_terminates():
         assert reward == 1.0
         assert not info["gt"]["objects_alive"][i] and not info["gt"]["objects_in_view"][i]
         assert terminated == (i == 1)
-    _, reward, _, _, _ = env.step(ACTIONS.index("BACK"))
-    assert reward == 0.0
+    with pytest.raises(RuntimeError, match="after the episode ended \\(terminated: every object collected\\)"):
+        env.step(ACTIONS.index("BACK"))
 
 
 def test_step_limit_truncates():
