@@ -49,6 +49,13 @@ class SB3DreamVecEnv(VecEnv):
     def set_attr(self, attr_name, value, indices=None):
         setattr(self.venv, attr_name, value)
 
+    def get_images(self):
+        """The sub-envs' current frames, decoded to RGB (also with latent observations)."""
+        frames = self.venv.render()
+        if frames is None:
+            raise RuntimeError("SB3DreamVecEnv.get_images() called before reset(); call reset() first")
+        return list(frames)
+
     def env_method(self, method_name, *args, indices=None, **kwargs):
         raise NotImplementedError("the sub-envs of a batched dream share one model; call methods on .venv")
 

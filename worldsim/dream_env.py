@@ -29,6 +29,7 @@ from worldsim.spaces import space_from_dict
 from worldsim.world_model import DreamCore
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "rooms.safetensors"
+START_OPTIONS = ("context", "episode", "prompt")  # the reset options: one way to start
 
 
 def load_world_model(checkpoint, env_id: str | None = None, device: str = "cpu"):
@@ -66,9 +67,24 @@ class _DreamBase:
         self.single_observation_space = (gym.spaces.Box(0, 255, self.model.frame_shape, np.uint8) if obs_type == "rgb"
                                          else gym.spaces.Box(-np.inf, np.inf, latent, np.float32))
 
+    def _check_options(self, options, known=START_OPTIONS) -> dict:
+        """Reset options as a dict, refusing keys it does not know (a misspelt key would
+        otherwise be ignored) and more than one way to start."""
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise ValueError(f"reset options must be a dict with one of the keys {', '.join(known)}, got {options!r}")
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise ValueError(f"unknown reset option {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}")
+        starts = [k for k in START_OPTIONS if k in options]
+        if len(starts) > 1:
+            raise ValueError(f"reset options give {' and '.join(starts)}; give one way to start")
+        return options
+
     def _context(self, options, rng):
         """(frames, actions) to start from, validated against the model."""
-        options = options or {}
+        options = self._check_options(options)
         h, w, _ = self.model.frame_shape
         if "prompt" in options:
             if not self.model.dynamics.cfg.text_dim:
@@ -76,32 +92,53 @@ class _DreamBase:
                                  "an episode or a context instead of a prompt")
             raise NotImplementedError("prompt resets need the text encoder of a text-conditioned checkpoint")
         if "episode" in options:
-            from worldsim.dataset import read_episode
-
-            ref = options["episode"]
-            path, start = (ref, 0) if isinstance(ref, (str, Path)) else ref
-            episode = read_episode(path)
-            if episode.actions is None:
-                raise ValueError(f"{path} has no actions; the dream starts from action-labelled episodes")
-            n = min(self.model.dynamics.cfg.max_frames - 1, len(episode.frames) - start)
-            frames, actions = episode.frames[start:start + n], episode.actions[start:start + n - 1]
-        elif "context" in options:
+            return self._episode_context(options["episode"])
+        if "context" in options:
             ctx = options["context"]
+            if not isinstance(ctx, dict):
+                raise ValueError(f"context must be a dict {{'frames': (T, {h}, {w}, 3) uint8, 'actions': the T-1 "
+                                 f"actions between them}}, got {ctx!r}")
             frames = np.asarray(ctx.get("frames"))
-            actions = np.asarray(ctx.get("actions", np.zeros((0,), np.int64)))
             if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3) or len(frames) < 1:
                 raise ValueError(f"context frames must be uint8 (T, {h}, {w}, 3) with T >= 1, "
                                  f"got {frames.dtype} {frames.shape}")
-            if len(actions) != len(frames) - 1:
+            frames = np.ascontiguousarray(frames)  # views such as frames[..., ::-1] have strides torch refuses
+            given = ctx.get("actions")
+            actions = np.zeros((0,), np.int64) if given is None else np.asarray(given)
+            if actions.ndim == 0 or len(actions) != len(frames) - 1:
+                got = "none" if given is None else repr(given) if actions.ndim == 0 else len(actions)
                 raise ValueError(f"context needs the {len(frames) - 1} actions between its {len(frames)} frames "
-                                 f"(actions[i] led from frame i to i+1), got {len(actions)}")
+                                 f"(actions[i] led from frame i to i+1), got {got}")
             for a in actions:
                 if not self._valid(a):
-                    raise ValueError(f"context action {a!r} is outside the action space {self.single_action_space}")
+                    raise ValueError(f"context action {a!r} is outside the action space {self.single_action_space}; "
+                                     f"expected {self._expected()}")
+            return frames, actions.astype(self.single_action_space.dtype)
+        frames = self.model.start_frames[rng.integers(len(self.model.start_frames))][None]
+        return frames, np.zeros((0,), np.int64)
+
+    def _episode_context(self, ref):
+        """(frames, actions) from a dataset episode: `path` or `(path, start)`."""
+        from worldsim.dataset import read_episode
+
+        if isinstance(ref, (str, Path)):
+            path, start = ref, 0
+        elif isinstance(ref, (tuple, list)) and len(ref) == 2:
+            path, start = ref
         else:
-            frames = self.model.start_frames[rng.integers(len(self.model.start_frames))][None]
-            actions = np.zeros((0,), np.int64)
-        return frames, actions
+            raise ValueError(f"episode must be a path or (path, start frame), got {ref!r}")
+        episode = read_episode(path)
+        if episode.actions is None:
+            raise ValueError(f"{path} has no actions; the dream starts from action-labelled episodes")
+        if episode.frames.shape[1:] != self.model.frame_shape:
+            raise ValueError(f"{path} has frames of {episode.frames.shape[1:]}; this world model takes "
+                             f"{self.model.frame_shape}")
+        length = len(episode.frames)
+        if not isinstance(start, (int, np.integer)) or not 0 <= start < length:
+            raise ValueError(f"episode start {start!r} is outside {path}, which has {length} frames; "
+                             f"expected an integer in [0, {length})")
+        n = min(self.model.dynamics.cfg.max_frames - 1, length - start)
+        return episode.frames[start:start + n], episode.actions[start:start + n - 1]
 
     def _ends(self, probs: np.ndarray) -> np.ndarray:
         """Episode ends from the head's probabilities: drawn (sample_ends) or above 0.5."""
@@ -110,24 +147,40 @@ class _DreamBase:
         return probs > 0.5
 
     def _valid(self, a) -> bool:
-        """Whether `a` is one action of the single-env space (ints of any numpy kind welcome)."""
-        space = self.single_action_space
-        try:
-            return space.contains(int(a) if isinstance(space, gym.spaces.Discrete) else np.asarray(a, space.dtype))
-        except (TypeError, ValueError):
-            return False
+        """Whether `a` is one action of the single-env space."""
+        return in_space(self.single_action_space, a)
 
-    def _observe(self, z):
-        """latents (N, C, h, w) -> observations (N, ...)."""
-        if self.obs_type == "latent":
-            return z.numpy().astype(np.float32)
+    def _expected(self) -> str:
+        """What an action must be, in words, for error messages."""
+        space = self.single_action_space
+        if isinstance(space, gym.spaces.Discrete):
+            names = f" ({', '.join(self.action_meanings)})" if self.action_meanings else ""
+            return f"an integer in [{space.start}, {space.start + space.n}){names}"
+        return f"a {space.dtype} array of shape {space.shape} in {space}"
+
+    def _decode(self, z) -> np.ndarray:
+        """latents (N, C, h, w) -> RGB frames (N, H, W, 3) uint8."""
         with torch.no_grad():
             return self.model.decode(z[:, None])[:, 0].numpy()
 
-    def _info(self, probs, steps):
-        retrieved = self.core.retrieved if isinstance(steps, np.ndarray) else int(self.core.retrieved[0])
-        return {"denoising_steps": self.sample_steps, "termination_prob": probs,
-                "context_frames": self.core.cache.frames, "steps": steps, "memory_frames": retrieved}
+    def _observe(self, z):
+        """latents (N, C, h, w) -> observations (N, ...)."""
+        return z.numpy().astype(np.float32) if self.obs_type == "latent" else self._decode(z)
+
+    def _info(self, row: int, prob: float, steps: int) -> dict:
+        """One env's info (the vector env batches them as gymnasium does)."""
+        return {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.cache.frames,
+                "steps": steps, "memory_frames": int(self.core.retrieved[row])}
+
+
+def in_space(space: gym.Space, a) -> bool:
+    """Whether `a` is a member of `space`, integers of any numpy kind welcome. Floats and
+    strings never pass for integer spaces: a cast would truncate or parse them."""
+    a = np.asarray(a)
+    if a.dtype.kind not in ("biuf" if space.dtype.kind == "f" else "biu"):
+        return False
+    cast = a.astype(space.dtype)
+    return bool(np.array_equal(cast, a) and space.contains(cast))  # equal: nothing wrapped round in the cast
 
 
 class DreamEnv(_DreamBase, gym.Env):
@@ -153,7 +206,9 @@ class DreamEnv(_DreamBase, gym.Env):
         self.core.reset_rows([0], [(frames, actions)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
         obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].numpy().astype(np.float32)
-        return obs, self._info(0.0, 0)
+        if self.render_mode == "human":
+            self.render()
+        return obs, self._info(0, 0.0, 0)
 
     def step(self, action):
         if self.core is None:
@@ -161,27 +216,31 @@ class DreamEnv(_DreamBase, gym.Env):
         if self._done:
             raise RuntimeError("DreamEnv.step() called after the episode ended; call env.reset() first")
         if not self._valid(action):
-            raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
-        z, reward, prob = self.core.step(np.asarray(action)[None], self._generator)
+            raise ValueError(f"action {action!r} is outside the action space {self.action_space}; "
+                             f"expected {self._expected()}")
+        z, reward, prob = self.core.step(np.asarray(action, self.action_space.dtype)[None], self._generator)
         self._steps += 1
         terminated = bool(self._ends(prob)[0])
         truncated = self._steps >= self.max_steps
         self._done = terminated or truncated
         obs = self._observe(z)[0]
-        if self.obs_type == "rgb":
-            self._frame = obs
-        return obs, float(reward[0]), terminated, truncated, self._info(float(prob[0]), self._steps)
+        self._frame = obs if self.obs_type == "rgb" else None  # latent observations: decoded when rendered
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(reward[0]), terminated, truncated, self._info(0, float(prob[0]), self._steps)
 
     def render(self):
+        """The current frame as RGB, whatever the observation type."""
+        if self.core is None:
+            return None
         if self._frame is None:
-            return None
-        frame = self._frame if self.obs_type == "rgb" else self._observe(self.core.last)[0]
+            self._frame = self._decode(self.core.last)[0]
         if self.render_mode == "human":
-            import cv2
-            cv2.imshow("worldsim dream", cv2.resize(frame[..., ::-1], (256, 256), interpolation=cv2.INTER_NEAREST))
-            cv2.waitKey(1)
+            from envs.window import show
+
+            show("worldsim dream", self._frame)
             return None
-        return frame.copy()
+        return self._frame.copy()
 
 
 class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
@@ -189,7 +248,10 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
 
     Autoreset follows gymnasium: NEXT_STEP (default) resets a finished sub-env on the
     following step; SAME_STEP resets it at once and puts its last observation in
-    info["final_obs"] (and its info in info["final_info"])."""
+    info["final_obs"] (and its info in info["final_info"]); DISABLED leaves it to
+    `reset(options={"reset_mask": mask})`, which resets the rows where mask is True.
+    Infos are batched as gymnasium's: an array per key, with a `_key` mask of the rows
+    that have it."""
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
@@ -203,63 +265,93 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
-        self.core = None
+        self.core, self._obs, self._generator = None, None, None
         self._steps = np.zeros(num_envs, dtype=np.int64)
-        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._ended = np.zeros(num_envs, dtype=bool)  # ended at the last step and not reset since
 
     def reset(self, *, seed=None, options=None):
+        options = dict(self._check_options(options, (*START_OPTIONS, "reset_mask")))
+        mask = options.pop("reset_mask", None)
+        rows = np.arange(self.num_envs) if mask is None else self._mask_rows(mask)
         super().reset(seed=seed)
-        self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory,
-                              memory_guidance=self.memory_guidance)
-        contexts = [self._context(options, self.np_random) for _ in range(self.num_envs)]
-        self.core.reset_rows(range(self.num_envs), contexts, self._generator)
-        self._steps[:] = 0
-        self._needs_reset[:] = False
-        return self._first_obs(contexts, range(self.num_envs)), {
-            "denoising_steps": self.sample_steps, "context_frames": self.core.cache.frames}
+        generator = self._generator
+        if mask is None or seed is not None:
+            generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
+        contexts = [self._context(options, self.np_random) for _ in rows]  # checked before anything changes
+        self._generator = generator
+        if mask is None:
+            self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory,
+                                  memory_guidance=self.memory_guidance)
+            self._obs = np.zeros(self.observation_space.shape, self.observation_space.dtype)
+        self._obs[rows], infos = self._reset_rows(rows, contexts)
+        return self._obs.copy(), self._batch_infos({}, rows, infos)
 
-    def _first_obs(self, contexts, rows):
-        if self.obs_type == "rgb":
-            return np.stack([frames[-1] for frames, _ in contexts])
-        return self.core.last[list(rows)].numpy().astype(np.float32)
+    def _mask_rows(self, mask) -> np.ndarray:
+        """The rows a reset_mask names, checked as gymnasium checks it."""
+        if self.core is None:
+            raise RuntimeError("reset(options={'reset_mask': ...}) resets some sub-envs of a running batch; "
+                               "call envs.reset() without it first")
+        if not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (self.num_envs,)):
+            raise ValueError(f"options['reset_mask'] must be a numpy bool array of shape ({self.num_envs},), "
+                             f"got {mask!r}")
+        if not mask.any():
+            raise ValueError("options['reset_mask'] must have at least one True row")
+        return np.nonzero(mask)[0]
+
+    def _reset_rows(self, rows, contexts=None):
+        """Start `rows` afresh (from start frames unless given contexts): their first
+        observations and infos."""
+        contexts = contexts or [self._context(None, self.np_random) for _ in rows]
+        self.core.reset_rows(rows, contexts, self._generator)
+        self._steps[rows] = 0
+        self._ended[rows] = False
+        obs = (np.stack([frames[-1] for frames, _ in contexts]) if self.obs_type == "rgb"
+               else self.core.last[list(rows)].numpy().astype(np.float32))
+        return obs, [self._info(row, 0.0, 0) for row in rows]
+
+    def _batch_infos(self, batched: dict, rows, infos) -> dict:
+        for row, info in zip(rows, infos):
+            batched = self._add_info(batched, info, row)
+        return batched
 
     def step(self, actions):
         if self.core is None:
             raise RuntimeError("DreamVectorEnv.step() called before reset(); call envs.reset() first")
-        actions = np.asarray(actions)
-        if not self.action_space.contains(actions.astype(self.action_space.dtype) if actions.dtype != object else actions):
-            raise ValueError(f"actions {actions!r} are outside the batched action space {self.action_space}")
-        z, rewards, probs = self.core.step(actions, self._generator)
+        if not in_space(self.action_space, actions):
+            raise ValueError(f"actions {actions!r} are outside the batched action space {self.action_space}; "
+                             f"expected {self.num_envs} actions, each {self._expected()}")
+        if self.autoreset_mode == gym.vector.AutoresetMode.DISABLED and self._ended.any():
+            raise RuntimeError(f"sub-envs {np.nonzero(self._ended)[0].tolist()} ended and autoreset_mode is DISABLED; "
+                               "reset them with envs.reset(options={'reset_mask': mask}) before stepping")
+        z, rewards, probs = self.core.step(np.asarray(actions, self.action_space.dtype), self._generator)
         self._steps += 1
         obs = self._observe(z)
         terminated = self._ends(probs)
         truncated = self._steps >= self.max_steps
         rewards = rewards.astype(np.float64)
-        info = self._info(probs, self._steps.copy())
+        infos = [self._info(row, float(probs[row]), int(self._steps[row])) for row in range(self.num_envs)]
+        batched = {}
         if self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP:
-            rows = np.nonzero(self._needs_reset)[0]
-            if len(rows):  # these finished last step: this step is their reset
-                obs[rows] = self._reset(rows)
+            rows = np.nonzero(self._ended)[0]
+            if len(rows):  # these ended last step: this step is their reset
+                obs[rows], fresh = self._reset_rows(rows)
                 rewards[rows], terminated[rows], truncated[rows] = 0.0, False, False
-            self._needs_reset = terminated | truncated
-        else:
+                for row, info in zip(rows, fresh):
+                    infos[row] = info
+            self._ended = terminated | truncated
+        elif self.autoreset_mode == gym.vector.AutoresetMode.SAME_STEP:
             rows = np.nonzero(terminated | truncated)[0]
             if len(rows):
-                info["final_obs"] = np.empty(self.num_envs, dtype=object)  # filled one by one: a 1-D array of arrays
-                for i in rows:
-                    info["final_obs"][i] = obs[i].copy()
-                info["_final_obs"] = terminated | truncated
-                info["final_info"] = {"termination_prob": probs.copy()}
-                info["_final_info"] = terminated | truncated
-                obs[rows] = self._reset(rows)
-        return obs, rewards, terminated, truncated, info
-
-    def _reset(self, rows):
-        contexts = [self._context(None, self.np_random) for _ in rows]
-        self.core.reset_rows(rows, contexts, self._generator)
-        self._steps[rows] = 0
-        return self._first_obs(contexts, rows)
+                batched = self._batch_infos(batched, rows, [{"final_obs": obs[row].copy(), "final_info": infos[row]}
+                                                            for row in rows])
+                obs[rows], fresh = self._reset_rows(rows)
+                for row, info in zip(rows, fresh):
+                    infos[row] = info
+        else:  # DISABLED: ended rows wait for reset(options={"reset_mask": ...})
+            self._ended = terminated | truncated
+        self._obs = obs.copy()
+        return obs, rewards, terminated, truncated, self._batch_infos(batched, range(self.num_envs), infos)
 
     def render(self):
-        return None if self.core is None else self._observe(self.core.last)
+        """The sub-envs' current frames as RGB (N, H, W, 3), whatever the observation type."""
+        return None if self.core is None else self._decode(self.core.last)
