@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -148,8 +149,15 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     t0, items, stats = time.perf_counter(), 0, {}
     model.train()
     end = cfg.steps if cfg.stop_at is None else min(cfg.stop_at, cfg.steps)
+    # The next batch is drawn on a second thread while this one trains: drawing windows is
+    # numpy work that would otherwise leave the model waiting. Batches depend only on
+    # (seed, step, rank), so this changes nothing in what is trained.
+    prefetch = ThreadPoolExecutor(1)
+    upcoming = prefetch.submit(batch_at, step, rank)
     while step < end:
-        batch = batch_at(step, rank)
+        batch = upcoming.result()
+        if step + 1 < end:
+            upcoming = prefetch.submit(batch_at, step + 1, rank)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with autocast:
@@ -180,6 +188,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if step % cfg.ckpt_every == 0 or step == end:
             save()
     bar.close()
+    prefetch.shutdown(cancel_futures=True)
     summary = {"checkpoint": str(ckpt), "step": step, "last_batch": stats,
                "items_per_s": items / max(time.perf_counter() - t0, 1e-9), "world_size": world}
     if world > 1:  # every rank must hold the same weights after DDP training
