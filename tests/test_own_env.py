@@ -102,6 +102,9 @@ def test_readme_walk_from_a_gymnasium_env_to_a_dream_a_probe_and_an_agent(walker
     dream = run("dream", "--checkpoint", "world.safetensors", "--episode", str(episode), "--steps", "8",
                 "--out", "dream.mp4")
     assert (walker_dir / "dream.mp4").stat().st_size > 0 and np.isfinite(dream["psnr_db_mean"])
+    import cv2
+    sheet = cv2.imread(str(walker_dir / "dream.png"))  # real above, dream below, 8 steps
+    assert dream["contact_sheet"] == "dream.png" and sheet.shape[0] > 2 * 32 and sheet.shape[1] > 8 * 32
     probe = run("probe", "--checkpoint", "world.safetensors", "--probes", "drift", "--drift-episodes", "1",
                 "--drift-steps", "20", "--out", "probe")
     report = json.loads((walker_dir / "probe" / "report.json").read_text())

@@ -27,6 +27,30 @@ def write_video(path, frames: np.ndarray, fps: int = 15, scale: int = 4):
     tmp.replace(path)
 
 
+def write_contact_sheet(path, real: np.ndarray, dream: np.ndarray, actions, names=None, columns: int = 8, scale: int = 2):
+    """A PNG of `columns` evenly spaced steps: real frames on top, dreamed below, each
+    column headed by its step and the action that led into it."""
+    import cv2
+
+    picks = np.unique(np.linspace(0, len(real) - 1, min(columns, len(real))).round().astype(int))
+    h, w = real.shape[1] * scale, real.shape[2] * scale
+    head, gap = 14, 2
+    sheet = np.full((head + 2 * h + gap, len(picks) * (w + gap) - gap, 3), 255, np.uint8)
+    for j, t in enumerate(picks):
+        x = j * (w + gap)
+        for row, frames in enumerate((real, dream)):
+            y = head + row * (h + gap)
+            sheet[y:y + h, x:x + w] = cv2.resize(frames[t], (w, h), interpolation=cv2.INTER_NEAREST)
+        a = int(np.asarray(actions[t]).reshape(-1)[0]) if np.asarray(actions[t]).size == 1 else None
+        label = f"{t + 1}" + (f" {names[a]}" if names and a is not None and a < len(names) else "")
+        cv2.putText(sheet, label[:14], (x + 1, head - 4), cv2.FONT_HERSHEY_PLAIN, 0.7, (0, 0, 0), 1, cv2.LINE_AA)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), sheet[..., ::-1]):
+        raise OSError(f"cannot write {path}; expected a writable .png path")
+    tmp.replace(path)
+
+
 def same_env(a: str, b: str) -> bool:
     """Whether two env specs name the same env (`module:Id` and `Id` do)."""
     return a.rpartition(":")[2] == b.rpartition(":")[2]
@@ -61,8 +85,11 @@ def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: 
     real = ep.frames[context:context + steps]
     write_video(out, side_by_side(np.concatenate([ep.frames[:context], real]),
                                   np.concatenate([ep.frames[:context], dream[0]])))
+    sheet = Path(out).with_suffix(".png")
+    write_contact_sheet(sheet, real, dream[0], ep.actions[context - 1:context - 1 + steps],
+                        model.info.get("action_meanings"))
     scores = psnr(real, dream[0])
-    return {"out": out, "steps": steps, "context": context, "psnr_db_mean": float(scores.mean()),
+    return {"out": out, "contact_sheet": str(sheet), "steps": steps, "context": context, "psnr_db_mean": float(scores.mean()),
             "psnr_db_first": float(scores[0]), "psnr_db_last": float(scores[-1]),
             "copy_last_context_frame_psnr_db_mean": float(psnr(real, np.repeat(ep.frames[context - 1:context], steps, 0)).mean()),
             "predicted_reward_sum": float(rewards.sum()), "real_reward_sum": float(ep.rewards[context - 1:context - 1 + steps].sum())}
