@@ -195,3 +195,18 @@ def test_explore_judges_blocked_against_its_own_stride():
     frame = np.zeros((8, 8, 3), np.uint8)
     policy.last_pose[0], policy.last_frame[0] = None, frame.astype(np.float32)
     assert policy._blocked(0, None, frame) and not policy._blocked(0, None, frame + 40)
+
+
+def test_lookback_probe_scripts_exact_returns_on_any_turning_env(walker_dir, monkeypatch):
+    from worldsim import probes as P
+
+    monkeypatch.syspath_prepend(str(walker_dir))
+
+    cases = P.lookback_scenarios("my_walker:Walker-v0", {}, 3, 5, seed=0)
+    for c in cases:
+        start, ret = c.meta["start"], c.meta["return"]
+        assert np.array_equal(c.frames[start], c.frames[ret])  # the view returns exactly
+        assert not np.array_equal(c.frames[start], c.frames[c.context - 1])  # and is not a context frame
+        assert ret - start > c.context  # it left the context window on the way
+    with pytest.raises(ValueError, match="turns in place"):
+        P.lookback_scenarios("worldsim/Atari-Pong-v0", {}, 1, 5)

@@ -51,7 +51,7 @@ def cmd_train(args):
 def cmd_probe(args):
     from worldsim.probe_report import run_probes
 
-    return run_probes(args.checkpoint, args.out, args.env, [p for p in args.probes.split(",") if p], args.count,
+    return run_probes(args.checkpoint, args.out, args.env, args.probes and [p for p in args.probes.split(",") if p], args.count,
                       drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,
                       sample_steps=args.sample_steps, memory_guidance=args.memory_guidance, env_kwargs=args.env_kwargs,
                       progress=not args.quiet)
@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
     p.add_argument("--env", default=None, help="the real env to score against (default: the model's)")
     p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
-    p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated, of {','.join(PROBES)}")
+    p.add_argument("--probes", default=None, help=f"comma-separated, of {','.join(PROBES)} "
+                   "(default: all but lookback on Rooms; drift,lookback on other envs)")
     p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
     p.add_argument("--env-kwargs", type=_json_arg, default=None,
                    help='JSON keyword arguments for the real env over the model\'s, e.g. \'{"world_seed": null}\' '

@@ -24,12 +24,12 @@ import numpy as np
 from worldsim import probes as P
 from worldsim.dataset import _atomic_write_bytes
 
-PROBES = ("loop", "objects", "revisit", "control", "drift")
+PROBES = ("loop", "objects", "revisit", "control", "drift", "lookback")
 ROOMS_ONLY = ("loop", "objects", "revisit", "control")
 REVISIT_GOAL_DB = 5.0  # issue 15: object region from a new pose, memory on at least this far above memory off
 
 
-def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=PROBES, count: int = 24,
+def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=None, count: int = 24,
                object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
                sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True,
                env_kwargs: dict | None = None) -> dict:
@@ -40,12 +40,14 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
 
     model = load_world_model(checkpoint, env_id)
     env_id = env_id or model.info.get("env_id")
+    if probes is None:  # lookback repeats what loop measures on Rooms
+        probes = [p for p in PROBES if p != "lookback"] if env_id == P.ROOMS_ID else ["drift", "lookback"]
     unknown = set(probes) - set(PROBES)
     if unknown:
         raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {PROBES}")
     if env_id != P.ROOMS_ID and set(probes) & set(ROOMS_ONLY):
         raise ValueError(f"the {'/'.join(ROOMS_ONLY)} probes need {P.ROOMS_ID}'s exact ground truth (object masks, "
-                         f"a state that can be copied); for {env_id} run --probes drift")
+                         f"a state that can be copied); for {env_id} run --probes drift,lookback")
     context = model.dynamics.cfg.max_frames - 1
     object_gaps = object_gaps or [context // 2, context, 2 * context, 4 * context]
     has_memory = model.has_memory
@@ -65,11 +67,12 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
         "revisit": lambda: P.revisit_scenarios(rooms, count, context, seed),
         "control": lambda: P.control_scenarios(rooms, count, context, seed=seed),
         "drift": lambda: P.drift_scenarios(env_id, real_kwargs, drift_episodes, context, drift_steps, seed),
+        "lookback": lambda: P.lookback_scenarios(env_id, real_kwargs, count, context, seed),
     }
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
-    scorers = {"loop": P.score_loop, "revisit": P.score_revisit,
+    scorers = {"loop": P.score_loop, "lookback": P.score_loop, "revisit": P.score_revisit,
                "control": lambda s, p: P.score_control(s, p, names), "drift": P.score_drift}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +135,7 @@ def _gain_line(gain: dict) -> str:
 
 
 def _headline(probe: str, score: dict) -> str:
-    if probe == "loop":
+    if probe in ("loop", "lookback"):
         return f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
     if probe == "objects":
         gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_all_by_gap"].items())

@@ -562,6 +562,56 @@ def drift_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, ste
     return out
 
 
+def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0) -> list[Scenario]:
+    """Any env that can turn in place (TURN_LEFT, TURN_RIGHT and NOOP in its
+    `action_meanings`): after a context walk of the explore policy, two FORWARD steps (one
+    turn without FORWARD), so the view to come back to is not a context frame; then turn
+    half a circle, wait until that view has left the context window, and turn back. Kept
+    only where the real view returns exactly; scored as loop closure (`score_loop`)."""
+    import envs  # noqa: F401  (registers the gameplay ids)
+    from agents.policies import ExplorePolicy
+    from envs import action_meanings, optional_attr
+
+    env = gym.make(env_id, **env_kwargs)
+    names = action_meanings(env)
+    if not {"TURN_LEFT", "TURN_RIGHT", "NOOP"} <= set(names):
+        env.close()
+        raise ValueError(f"the lookback probe turns in place: {env_id} has actions {names}, expected TURN_LEFT, "
+                         "TURN_RIGHT and NOOP among them")
+    half = max(1, optional_attr(env, "turn_steps", 24) // 2)
+    out, s = [], first_env_seed(seed)
+    for _ in range(count * 20):  # tries: an episode may end, or the view may not return exactly
+        if len(out) == count:
+            break
+        rng = np.random.default_rng(s)
+        turn, back = (names.index("TURN_LEFT"), names.index("TURN_RIGHT"))[::1 if rng.random() < 0.5 else -1]
+        policy = ExplorePolicy(names, 1, turn_steps=2 * half, seed=s)
+        frame, info = env.reset(seed=s)
+        frames, actions, ended = [frame], [], False
+        pre = [names.index("FORWARD")] * 2 if "FORWARD" in names else [turn]
+        plan = [None] * (context - 1) + pre + [turn] * half + [names.index("NOOP")] * context + [back] * half
+        for step in plan:
+            a = int(policy.act(frame[None], {"gt": {k: np.asarray(v)[None] for k, v in info.get("gt", {}).items()}})[0]
+                    if step is None else step)
+            frame, _, terminated, truncated, info = env.step(a)
+            frames.append(frame)
+            actions.append(a)
+            if terminated or truncated:
+                ended = True
+                break
+        start, ret = context - 1 + len(pre), len(plan)
+        moved = not ended and np.abs(frames[start].astype(int) - frames[context - 1]).mean() > 2
+        if moved and np.array_equal(frames[start], frames[ret]):
+            out.append(Scenario("lookback", np.stack(frames), np.array(actions), {}, context,
+                                {"kind": "look_back", "start": start, "return": ret, "gap": ret - start, "seed": s}))
+        s += 1
+    env.close()
+    if len(out) < count:
+        raise ValueError(f"lookback: only {len(out)} of {count} scripts in {env_id} returned to the exact view "
+                         f"(an env whose turns do not undo each other cannot be probed this way)")
+    return out
+
+
 def score_drift(scenarios, predictions, horizons=(1, 10, 100, 1000)) -> dict:
     """Mean PSNR and SSIM per step after the context, and at the given horizons, over the
     steps every replay reached (an env may end its episodes sooner than asked: `steps`
