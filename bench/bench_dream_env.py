@@ -1,6 +1,7 @@
-"""DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), one-step latency,
-16 envs without memory guidance and without memory, beside the real env's frames/s, and
-memory over a long rollout.
+"""DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), each as a share of
+the limit this machine sets (its float32 matmul throughput, measured in the same run,
+over the model's FLOPs per frame), one-step latency, 16 envs without memory guidance and
+without memory, beside the real env's frames/s, and memory over a long rollout.
 
     python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
 """
@@ -38,6 +39,28 @@ def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None
     return n * steps / (time.perf_counter() - t0)
 
 
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """This machine's float32 matmul throughput now: the ceiling every figure is held to."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def flops_per_frame(checkpoint, obs_type, n: int = 16) -> float:
+    """FLOPs of one batched step of `n` envs (torch's FlopCounterMode), per frame."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
+    envs_.reset(seed=0)
+    envs_.step(np.zeros(n, np.int64))
+    with FlopCounterMode(display=False) as counter:
+        envs_.step(np.ones(n, np.int64))
+    return counter.get_total_flops() / n
+
+
 def latency_ms(checkpoint, obs_type, steps=30) -> float:
     env = DreamEnv(checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
     env.reset(seed=0)
@@ -65,11 +88,17 @@ def main():
         r[name] = value
         print(f"{name:<40} {value:>10.1f}  {goal}", flush=True)
 
+    report("matmul_gflops_float32", matmul_gflops(), "this machine's ceiling, measured in this run")
     for obs_type in ("rgb", "latent"):
+        flops = flops_per_frame(args.checkpoint, obs_type)
+        report(f"mflop_per_frame_{obs_type}", flops / 1e6, "FlopCounterMode, 16 envs batched")
+        limit = r["matmul_gflops_float32"] * 1e9 / flops
+        report(f"fps_limit_{obs_type}", limit, "matmul throughput / FLOPs per frame")
         report(f"latency_ms_one_step_{obs_type}", latency_ms(args.checkpoint, obs_type))
         for n in (1, 16, 64):
             goal = {1: "goal >= 20 (interactive)", 16: "goal >= 200 together"}.get(n, "") if obs_type == "rgb" else ""
-            report(f"dream_fps_{n}_envs_{obs_type}", vector_fps(args.checkpoint, n, obs_type, args.steps), goal)
+            fps = vector_fps(args.checkpoint, n, obs_type, args.steps)
+            report(f"dream_fps_{n}_envs_{obs_type}", fps, f"{100 * fps / limit:.0f}% of the limit; {goal}".rstrip("; "))
         if has_memory:  # the same with memory but no guidance pass, and with memory switched off
             report(f"dream_fps_16_envs_{obs_type}_guidance_0",
                    vector_fps(args.checkpoint, 16, obs_type, args.steps, memory_guidance=0.0))
