@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.imagine import ImagineConfig, agent_actor, evaluate, plot_curves, random_actor, real_env, train_in_dream
-from worldsim.dataset import _atomic_write_bytes
+from worldsim.dataset import EVAL_SEEDS_START, _atomic_write_bytes
 
 
 @dataclass
@@ -93,8 +93,8 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
         agent, curve = train_in_dream(model, dream_cfg, agent, progress=progress, init_policy=resumed)
         save_agent(agent, out / "agent")
         env = real_env(cfg.env, cfg.env_kwargs, cfg.horizon)
-        real, _ = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=10_000 + i)
-        rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=10_000 + i)
+        real, _ = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + i)
+        rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + i)
         env.close()
         state["history"].append({
             "iteration": i + 1, "real_steps": (i + 1) * per_iteration, "agent_steps": int(agent.num_timesteps),

@@ -20,6 +20,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from worldsim.dataset import EVAL_SEEDS_START
+
 ALGOS = ("ppo", "a2c")
 
 
@@ -172,8 +174,8 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
     dream_seconds = time.perf_counter() - t0
     save_agent(agent, out / "agent")
     env = real_env(env_id, env_kwargs, cfg.horizon, cfg.obs, model)
-    real, frames = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=10_000 + cfg.seed, record=2)
-    rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=10_000 + cfg.seed)
+    real, frames = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + cfg.seed, record=2)
+    rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + cfg.seed)
     env.close()
     if frames:
         write_video(out / "real_episodes.mp4", np.stack(frames))

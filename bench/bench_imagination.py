@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from worldsim.dataset import EVAL_SEEDS_START  # noqa: E402
 from agents.imagine import ImagineConfig, agent_actor, evaluate, imagine, new_agent, real_env  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -81,7 +82,7 @@ def run(env_name, args):
     info = WorldModel.load(checkpoint).info
     env_id, env_kwargs = info["env_id"], info.get("env_kwargs") or {}
     env = real_env(env_id, env_kwargs, horizon)
-    seed = 10_000 + args.seed  # the episodes `imagine` scored its agent on
+    seed = EVAL_SEEDS_START + args.seed  # the episodes `imagine` scored its agent on
     rows["random"] = {**dream["random_policy_real"], "real_steps": 0}  # scored by `imagine` on the same episodes
     long_steps = real_steps * (args.long_factor or preset["long_factor"])
     for name, steps in (("ppo_real_same_steps", real_steps), ("ppo_real_long", long_steps)):

@@ -47,6 +47,7 @@ import numpy as np
 # Env seeds at and above this are kept for probes and evaluation: `collect` refuses them,
 # so no probe replays an episode (or, with world_seed=None, a map) a model trained on.
 PROBE_SEEDS_START = 1_000_000_000
+EVAL_SEEDS_START = 1_900_000_000  # the real episodes agents are scored on (probes stay below)
 
 SPLITS = ("train", "val", "test")
 FORMAT = "worldsim-episodes/1"
