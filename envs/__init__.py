@@ -5,9 +5,13 @@ Importing this package registers the gymnasium ids:
 - ``worldsim/Rooms-v0``: the built-in first-person world (numpy only).
 - ``worldsim/Vizdoom-<Scenario>-v0``: ViZDoom scenarios (``pip install 'worldsim[games]'``).
 - ``worldsim/Atari-<Game>-v0``: Atari games through ale-py.
+- ``worldsim/Crafter-v0``: Crafter, the Minecraft-like survival game (``pip install crafter``).
+- ``worldsim/MineRL-<Task>-v0``: minerl 0.4's Minecraft tasks, where minerl is installed
+  (making one without it says how to install it).
 
 All gameplay ids give 64x64 uint8 RGB frames and Discrete actions with names
-(``action_meanings(env)``), and exact ground truth in ``info["gt"]``.
+(``action_meanings(env)``; MineRL keeps minerl's Dict actions unless ``actions="discrete"``),
+and exact ground truth in ``info["gt"]``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib
 import gymnasium as gym
 
 from envs.atari import GAMES as ATARI_GAMES
+from envs.minerl_env import TASKS as MINERL_TASKS
 from envs.vizdoom_env import SCENARIOS as VIZDOOM_SCENARIOS
 
 VIZDOOM_IDS = {
@@ -61,6 +66,23 @@ def make_atari(game="Pong", size=64, frame_skip=4, render_mode=None, **kwargs):
     from envs.wrappers import FrameSkip, ResizeFrame
 
     return ResizeFrame(FrameSkip(make_raw_atari(game, render_mode=render_mode, **kwargs), frame_skip), size)
+
+
+def make_crafter(size=64, render_mode=None, **kwargs):
+    from envs.crafter_env import CrafterEnv
+
+    return CrafterEnv(size=size, render_mode=render_mode, **kwargs)
+
+
+def make_minerl(task="Treechop", size=64, frame_skip=1, actions="dict", render_mode=None, **kwargs):
+    """A minerl 0.4 task (envs/minerl_env.py): minerl's Dict actions, or a named Discrete
+    table with actions="discrete"; no frame-skip by default (minerl ticks at 20 Hz, as
+    its dataset and the VPT data are recorded)."""
+    from envs.minerl_env import MineRLEnv
+    from envs.wrappers import FrameSkip, ResizeFrame
+
+    env = MineRLEnv(task, actions=actions, render_mode=render_mode, **kwargs)
+    return ResizeFrame(FrameSkip(env, frame_skip) if frame_skip > 1 else env, size)
 
 
 def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
@@ -108,6 +130,10 @@ def register_envs():
                      kwargs={"scenario": scenario}, disable_env_checker=True)
     for game in ATARI_GAMES:
         gym.register(f"worldsim/Atari-{game}-v0", entry_point="envs:make_atari", kwargs={"game": game},
+                     disable_env_checker=True)
+    gym.register("worldsim/Crafter-v0", entry_point="envs:make_crafter", disable_env_checker=True)
+    for task in MINERL_TASKS:
+        gym.register(f"worldsim/MineRL-{task}-v0", entry_point="envs:make_minerl", kwargs={"task": task},
                      disable_env_checker=True)
 
 
