@@ -108,6 +108,24 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
     assert summary["step"] == 30 and np.isfinite(summary["last_batch"]["loss"])
 
 
+def test_memory_match_below_an_exact_return_draws_returns_from_other_poses(pipeline):
+    from envs import env_pose_model
+    from training.train_dynamics import MemoryWindows
+
+    root, _, _ = pipeline
+    windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), match=0.5)
+    rng = np.random.default_rng(1)
+    best = []
+    for _ in range(20):
+        it = windows.item(rng, want_match=True, drop=False)
+        f = it["mem_pose"][it["mem_valid"]]
+        poses = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:3])], 1)
+        best.append(view_overlap(np.zeros(3), poses, windows.fov, windows.reach).max(initial=0))
+    best = np.array(best)
+    assert np.mean(best >= 0.5) > 0.5  # an earlier view overlaps at least half the last one (up to 100 draws)
+    assert np.mean((best >= 0.5) & (best < 0.9)) > 0  # and some of those are returns from other poses
+
+
 def test_memory_guidance_extrapolates_from_the_prediction_without_memory():
     """One denoising step from the same noise: x0 = x0_mem + w (x0_mem - x0_none); nothing
     retrieved, nothing changes."""

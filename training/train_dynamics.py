@@ -48,6 +48,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
     memory: int = 0  # memory frames per window (0: no memory)
     memory_key: str = "auto"  # pose | latent | auto: pose when every episode has gt/pose, else latent
+    memory_match: float = 0.0  # likeness that makes a window need its memory; 0 = SAME_VIEW (an exact return)
     init: str = ""  # start from this world model / dynamics checkpoint's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
@@ -92,7 +93,8 @@ class MemoryWindows:
     frames most like the frame before the last, as the dream retrieves them
     (worldsim/memory.py). Episodes are held in memory."""
 
-    def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1):
+    def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
+                 match: float = 0.0):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses."""
         self.paths = episode_paths(root, "train")
@@ -114,6 +116,7 @@ class MemoryWindows:
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
         self.window, self.seed, self.k, self.key = window, seed, k, key
+        self.match = match or SAME_VIEW[key]  # below SAME_VIEW: returns from other poses count too
         self.match_share, self.drop_share = match_share, drop_share
         self.pose_model = None
         if key == "pose":
@@ -136,7 +139,7 @@ class MemoryWindows:
         return ep["keys"][frames] @ ep["keys"][i]
 
     def item(self, rng, want_match: bool, drop: bool):
-        same = SAME_VIEW[self.key]
+        same = self.match
         for _ in range(100):  # draws until a window that needs its memory, if one is wanted
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
@@ -224,7 +227,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if key not in ("pose", "latent"):
             raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model if key == "pose" else {}, key)
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model if key == "pose" else {}, key,
+                             match=cfg.memory_match)
         meta["pose_model"], meta["memory_key"] = data.pose_model, key
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)

@@ -34,6 +34,12 @@ def cmd_import_video(args):
                          progress=not args.quiet)
 
 
+def cmd_import_minecraft(args):
+    from worldsim.minecraft_import import import_minecraft
+
+    return import_minecraft(args.src, args.out, format=args.format, size=args.size, progress=not args.quiet)
+
+
 def cmd_dataset(args):
     from worldsim.dataset import summarize
 
@@ -156,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_import_video)
 
+    p = sub.add_parser("import-minecraft", help="import Minecraft play (OpenAI VPT or MineRL v0.4 data) with its actions")
+    p.add_argument("src", help="VPT: a directory of <name>.mp4 + <name>.jsonl (or one .mp4); minerl: MINERL_DATA_ROOT, "
+                               "a task directory or a stream directory")
+    p.add_argument("--format", required=True, choices=["vpt", "minerl"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=64, help="square frame size after centre crop")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_import_minecraft)
+
     p = sub.add_parser("dataset", help="summarise a dataset directory")
     p.add_argument("dir")
     p.set_defaults(func=cmd_dataset)
@@ -178,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--memory", type=int, default=None, help="memory frames the generated frame attends to (default 0)")
     t.add_argument("--memory-key", default=None, choices=["auto", "pose", "latent"],
                    help="what memory is keyed by: the pose in info['gt']['pose'], or, for envs without one, the latents")
+    t.add_argument("--memory-match", type=float, default=None,
+                   help="view overlap (0-1) that makes half of each batch need its memory: an earlier frame sees this "
+                        "much of the last view and no window frame does (default 0.9: exact returns; lower: returns "
+                        "from other poses too)")
     t.add_argument("--init", default=None, help="start from this world model's or dynamics run's weights")
     t.add_argument("--patch", type=int, default=None,
                    help="latent cells per token side (default 2; 4 keeps a 16x16 latent at 16 tokens a frame)")
