@@ -164,7 +164,8 @@ def observation_gt(obs: dict, names: dict) -> dict:
         hand = obs["equipped_items"]["mainhand"]
         kind = str(np.asarray(hand["type"]))
         index = names["mainhand"].index(kind) if kind in names["mainhand"] else -1
-        gt["mainhand"] = np.array([index, int(np.asarray(hand["damage"])), int(np.asarray(hand["maxDamage"]))], np.int32)
+        damage, max_damage = int(np.asarray(hand["damage"])), int(np.asarray(hand["maxDamage"]))
+        gt["mainhand"] = np.array([index, damage, max_damage], np.int32)
     if "location_stats" in obs:
         stats = obs["location_stats"]
         loc = np.array([float(np.asarray(stats[k])) for k in ("xpos", "ypos", "zpos", "pitch", "yaw")], np.float32)
@@ -285,7 +286,8 @@ class MineRLEnv(gym.Env):
         if self._frame is None:
             raise RuntimeError("MineRLEnv.step() called before reset(); call env.reset() first")
         if self._ended:
-            raise RuntimeError(f"MineRLEnv.step() called after the episode ended ({self._ended}); call env.reset() first")
+            raise RuntimeError(f"MineRLEnv.step() called after the episode ended ({self._ended}); "
+                               "call env.reset() first")
         obs, reward, done, info = self._env.step(self.minerl_action(action))
         self._steps += 1
         limit = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
