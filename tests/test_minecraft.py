@@ -419,10 +419,6 @@ def test_imported_dict_actions_are_samples_of_their_space(tmp_path, fmt):
         assert gym_space.contains({k: (v[t] if k == "camera" else np.int64(v[t])) for k, v in actions.items()})
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "worldsim/dynamics.py ActionEncoder keeps a Dict space's encoders in an nn.ModuleDict keyed by the action "
-    "names, and torch refuses the name 'forward' (an nn.Module method) that minerl and VPT use; the encoder "
-    "needs its own module names (e.g. by index) for Minecraft's Dict actions"))
 @pytest.mark.parametrize("fmt", ["vpt", "minerl"])
 def test_imported_dict_actions_condition_the_action_encoder(tmp_path, fmt):
     space, actions = imported(tmp_path, fmt)
@@ -433,3 +429,15 @@ def test_imported_dict_actions_condition_the_action_encoder(tmp_path, fmt):
     assert emb.shape == (1, has.shape[1], 16) and torch.isfinite(emb).all()
     turned = dict(actions, camera=actions["camera"] + 10.0)
     assert (encoder(turned, has) - emb).abs().max() > 1e-4
+
+
+def test_a_world_model_trains_on_imported_minecraft_data(tmp_path):
+    imported(tmp_path, "vpt")
+    for argv in (["train", "tokenizer", "--data", str(tmp_path / "out"), "--out", str(tmp_path / "tok"),
+                  "--config", "tiny", "--steps", "2"],
+                 ["encode", "--checkpoint", str(tmp_path / "tok" / "latest.safetensors"), "--data",
+                  str(tmp_path / "out"), "--out", str(tmp_path / "lat")],
+                 ["train", "dynamics", "--data", str(tmp_path / "lat"), "--out", str(tmp_path / "dyn"),
+                  "--config", "tiny", "--window", "3", "--steps", "2", "--batch-size", "2"]):
+        assert cli([*argv, "--quiet"]) == 0, argv
+    assert (tmp_path / "dyn" / "latest.safetensors").exists()

@@ -54,6 +54,14 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
 
 
+def as_tensors(array: np.ndarray, device):
+    """A batch array as a tensor; Dict actions (a structured array, one field per key) as a
+    dict of tensors, the form the action encoder takes."""
+    if array.dtype.names:
+        return {k: torch.from_numpy(np.ascontiguousarray(array[k])).to(device) for k in array.dtype.names}
+    return torch.from_numpy(array).to(device)
+
+
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
@@ -81,7 +89,7 @@ class LatentWindows:
         if ends:
             idx[:ends] = rng.choice(self.ending, size=ends)
         items = [self.windows[int(i)] for i in idx]
-        stack = lambda k: torch.from_numpy(np.stack([it[k] for it in items])).to(device)  # noqa: E731
+        stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
         return {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                 "terminated": stack("terminated")}
 
@@ -161,7 +169,7 @@ class MemoryWindows:
         rng = np.random.default_rng([self.seed, step, rank])
         drop = rng.random(n) < self.drop_share
         items = [self.item(rng, i < n * self.match_share, drop[i]) for i in range(n)]
-        stack = lambda k: torch.from_numpy(np.stack([it[k] for it in items])).to(device)  # noqa: E731
+        stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
         return {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                 "terminated": stack("terminated"),
                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}

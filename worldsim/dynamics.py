@@ -90,8 +90,9 @@ class ActionEncoder(nn.Module):
             self.embed = nn.Linear(int(np.prod(space["n"])), d)
         elif self.kind == "Box":
             self.embed = nn.Linear(int(np.prod(np.shape(space["low"]))), d)
-        elif self.kind == "Dict":
-            self.embed = nn.ModuleDict({k: ActionEncoder(v, d, with_null=False) for k, v in space["spaces"].items()})
+        elif self.kind == "Dict":  # a list, not a ModuleDict: action names such as "forward" clash with Module's
+            self.keys = list(space["spaces"])
+            self.embed = nn.ModuleList(ActionEncoder(space["spaces"][k], d, with_null=False) for k in self.keys)
         else:
             raise ValueError(f"unsupported action space {space}")
         self.null = nn.Parameter(torch.zeros(d)) if with_null else None
@@ -103,7 +104,7 @@ class ActionEncoder(nn.Module):
             return sum(e(actions[..., i].long()) for i, e in enumerate(self.embed))
         if self.kind in ("MultiBinary", "Box"):
             return self.embed(actions.float().reshape(*batch_shape, -1))
-        return sum(enc.encode(actions[k], batch_shape) for k, enc in self.embed.items())
+        return sum(enc.encode(actions[k], batch_shape) for k, enc in zip(self.keys, self.embed))
 
     def forward(self, actions, has_action: torch.Tensor) -> torch.Tensor:
         """actions (B, T, ...) (or a dict of them), has_action (B, T) bool -> (B, T, d)."""
