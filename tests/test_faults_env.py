@@ -311,7 +311,7 @@ def test_play_shows_the_dream_in_a_window(display):
     play = subprocess.Popen([sys.executable, "-m", "worldsim.cli", "play"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline, window, centre = time.time() + 60, None, None
+        deadline, window, centre = time.time() + 180, None, None  # a loaded machine starts slowly
         while time.time() < deadline and play.poll() is None:
             found = subprocess.run(["xdotool", "search", "--name", "worldsim play"], env=env, capture_output=True,
                                    text=True)
