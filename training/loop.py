@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from worldsim.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from worldsim.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint, with_prefix
 
 
 @dataclass
@@ -115,7 +115,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if meta.get(kind) != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")
-        model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+        model.load_state_dict(with_prefix(tensors, "model/"))
         restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
         step = meta["step"]
         if f"rng/torch{rank}" in tensors:

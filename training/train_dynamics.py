@@ -31,7 +31,7 @@ import torch
 
 from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
-from worldsim.checkpoint import CheckpointError, load_checkpoint
+from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
@@ -209,7 +209,7 @@ def init_from(model: Dynamics, path: str):
     if prefix is None:
         raise CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint; --init takes a world model or a dynamics run")
     own = model.state_dict()
-    weights = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+    weights = {k: v.float() for k, v in with_prefix(tensors, prefix).items()}
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
     misfit = [k for k in left if not k.startswith(LATENT_IO)]

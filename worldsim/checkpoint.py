@@ -63,6 +63,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, config
 
 
+def with_prefix(tensors: dict, prefix: str) -> dict:
+    """The tensors whose names start with `prefix` ("model/", "dynamics/"), named without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def config_from(cls, config: dict, section: str, path):
     """The dataclass `cls` built from `config[section]`, each setting checked against the
     type of its default: a bad file fails here with its name, not later in the model."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint
+from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint, with_prefix
 
 
 @dataclass
@@ -208,7 +208,7 @@ class Tokenizer(nn.Module):
         if frame_size is not None and tuple(frame_size) != model.cfg.frame_size:
             raise CheckpointError(f"{path} is a tokenizer for {model.cfg.frame_size[0]}x{model.cfg.frame_size[1]} frames; "
                                   f"expected one for {frame_size[0]}x{frame_size[1]}")
-        weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        weights = with_prefix(tensors, "model/")
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint
+from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint, with_prefix
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.memory import LatentMemory, PoseTracker
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
@@ -71,8 +71,8 @@ class WorldModel(nn.Module):
         except (KeyError, TypeError, ValueError) as e:  # e.g. an action space the encoder cannot embed
             raise CheckpointError(f"{path}: cannot build the model its config describes ({e!r})") from e
         try:
-            tokenizer.load_state_dict({k[10:]: v.float() for k, v in tensors.items() if k.startswith("tokenizer/")})
-            dynamics.load_state_dict({k[9:]: v.float() for k, v in tensors.items() if k.startswith("dynamics/")})
+            tokenizer.load_state_dict({k: v.float() for k, v in with_prefix(tensors, "tokenizer/").items()})
+            dynamics.load_state_dict({k: v.float() for k, v in with_prefix(tensors, "dynamics/").items()})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
         info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics")}
@@ -261,7 +261,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     tokenizer = Tokenizer.load(tokenizer_ckpt)
     overrides = {} if memory_guidance is None else {"memory_guidance": float(memory_guidance)}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
-    dynamics.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    dynamics.load_state_dict(with_prefix(tensors, "model/"))
     firsts = []
     frames_dataset = meta.get("frames_dataset")
     if frames_dataset and Path(frames_dataset).exists():
