@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/loop")
     p.add_argument("--real-steps", type=int, default=None, help="real env steps over all iterations (default 40000)")
     p.add_argument("--iterations", type=int, default=None, help="default 4")
-    p.add_argument("--env-kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"max_steps\": 200}'")
+    p.add_argument("--env-kwargs", type=_json_arg, default=None, help="JSON keyword arguments for the env, e.g. '{\"max_steps\": 200}'")
     p.add_argument("--first-policy", default=None, choices=["random", "explore"])
     p.add_argument("--tokenizer", default=None, help="a trained tokenizer (default: train one on the first data)")
     p.add_argument("--tokenizer-config", default=None, choices=["tiny", "small", "base"])
