@@ -95,6 +95,9 @@ def test_readme_walk_from_a_gymnasium_env_to_a_dream_a_probe_and_an_agent(walker
     from worldsim.world_model import WorldModel
     model = WorldModel.load("world.safetensors")
     assert model.has_memory and model.memory_key == "pose" and model.info["env_id"] == env
+    compute = model.info["compute"]  # what made it, for a results table against compute
+    assert compute["steps"] == 20 and compute["batch_size"] == 4 and compute["device"] == "cpu"
+    assert 0 < compute["train_seconds"] < 3600
     motion = np.array(model.info["pose_model"]["motion"])  # fitted from the recorded poses
     np.testing.assert_allclose(motion, [[0, 0, 0], [1, 0, 0], [0, 0, -np.pi / 2], [0, 0, np.pi / 2]], atol=1e-5)
 

@@ -107,7 +107,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         out.mkdir(parents=True, exist_ok=True)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = 0
+    step, seconds_before = 0, 0.0  # training time of earlier runs of this directory (resumes)
     torch.manual_seed(cfg.seed + rank)
     if ckpt.exists():
         tensors, meta = load_checkpoint(ckpt)
@@ -118,6 +118,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         model.load_state_dict(with_prefix(tensors, "model/"))
         restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
         step = meta["step"]
+        seconds_before = meta.get("train_seconds", 0.0)
         if f"rng/torch{rank}" in tensors:
             torch.set_rng_state(tensors[f"rng/torch{rank}"])
     step_fn = _LossForward(model, loss_of)
@@ -132,7 +133,9 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         opt_tensors, opt_info = optimizer_tensors(opt)
         tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **opt_tensors,
                    "rng/torch0": torch.get_rng_state()}
-        save_checkpoint(ckpt, tensors, {**config, "step": step, "optimizer": opt_info})
+        save_checkpoint(ckpt, tensors, {**config, "step": step, "optimizer": opt_info, "device": device.type,
+                                        "world_size": world,
+                                        "train_seconds": seconds_before + time.perf_counter() - t0})
 
     writer = _tensorboard(out) if rank == 0 else None
     log_file = log = None

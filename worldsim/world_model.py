@@ -245,6 +245,23 @@ class DreamCore:
         return nxt, reward.numpy(), torch.sigmoid(end).numpy()
 
 
+def training_compute(config: dict) -> dict:
+    """What a dynamics run cost (steps, windows, wall-clock, device), with the compute of
+    the world model it started from (`--init`) when that file still says."""
+    train = config.get("train") or {}
+    own = {"steps": config.get("step"), "batch_size": train.get("batch_size"), "config": train.get("config"),
+           "train_seconds": round(config["train_seconds"], 1) if "train_seconds" in config else None,
+           "device": config.get("device"), "processes": config.get("world_size")}
+    init = train.get("init")
+    if init and Path(init).exists():
+        try:
+            before = load_checkpoint(init)[1].get("compute")
+        except CheckpointError:
+            before = None
+        own["init"] = {"path": str(init), "compute": before}
+    return own
+
+
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
                        half: bool = True, memory_guidance: float | None = None) -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
@@ -270,6 +287,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     info = {"env_id": meta.get("env_id"), "env_kwargs": meta.get("env_kwargs", {}),
             "action_space": meta["action_space"], "action_meanings": meta.get("action_meanings"),
             "frame_shape": meta["frame_shape"], "trained_steps": config.get("step"), "pose_model": meta.get("pose_model"),
+            "compute": training_compute(config),
             "memory_key": meta.get("memory_key", "pose"),
             "train": config.get("train")}
     model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
