@@ -48,7 +48,7 @@ class DynamicsConfig:
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
-    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, README)
+    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, RESULTS.md)
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
