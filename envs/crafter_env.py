@@ -59,7 +59,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import check_action
+from envs.wrappers import check_action, check_can_step
 
 
 def _constants():
@@ -118,11 +118,7 @@ class CrafterEnv(gym.Env):
         return self._frame.copy(), {"gt": self._gt()}
 
     def step(self, action):
-        if self._frame is None:
-            raise RuntimeError("CrafterEnv.step() called before reset(); call env.reset() first")
-        if self._ended:
-            raise RuntimeError(f"CrafterEnv.step() called after the episode ended ({self._ended}); "
-                               "call env.reset() first")
+        check_can_step("CrafterEnv", self._frame is not None, self._ended)
         check_action(self.action_space, action, "CrafterEnv")
         self._frame, reward, done, info = self._game.step(int(action))
         terminated = bool(info["discount"] == 0)  # the player died

@@ -64,7 +64,7 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import check_action
+from envs.wrappers import check_action, check_can_step
 
 TASKS = ("Treechop", "Navigate", "NavigateDense", "NavigateExtreme", "NavigateExtremeDense",
          "ObtainDiamond", "ObtainDiamondDense", "ObtainIronPickaxe", "ObtainIronPickaxeDense")
@@ -283,11 +283,7 @@ class MineRLEnv(gym.Env):
         return self._observe(obs)
 
     def step(self, action):
-        if self._frame is None:
-            raise RuntimeError("MineRLEnv.step() called before reset(); call env.reset() first")
-        if self._ended:
-            raise RuntimeError(f"MineRLEnv.step() called after the episode ended ({self._ended}); "
-                               "call env.reset() first")
+        check_can_step("MineRLEnv", self._frame is not None, self._ended)
         obs, reward, done, info = self._env.step(self.minerl_action(action))
         self._steps += 1
         limit = self.max_episode_steps is not None and self._steps >= self.max_episode_steps

@@ -14,7 +14,7 @@ import os
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import check_action
+from envs.wrappers import check_action, check_can_step
 
 MAX_LABELS = 16
 
@@ -79,10 +79,8 @@ class VizdoomEnv(gym.Env):
         return self._last
 
     def step(self, action):
-        if self._last is None:
-            raise RuntimeError("VizdoomEnv.step() called before reset(); call env.reset() first")
-        if self.game.is_episode_finished():
-            raise RuntimeError("VizdoomEnv.step() called after the episode ended; call env.reset() first")
+        started = self._last is not None
+        check_can_step("VizdoomEnv", started, started and self.game.is_episode_finished())
         check_action(self.action_space, np.asarray(action, dtype=np.int8), f"VizdoomEnv({self.scenario})")
         reward = self.game.make_action([float(a) for a in np.asarray(action)])
         finished = self.game.is_episode_finished()

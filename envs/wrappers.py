@@ -20,6 +20,16 @@ def check_action(space: gym.Space, action, owner: str):
         raise ValueError(f"{owner}: action {action!r} is outside the action space {space}")
 
 
+def check_can_step(owner: str, started: bool, ended):
+    """Raise a RuntimeError when an env is stepped before reset() or after its episode
+    ended; `ended` may be the reason (a string), shown in the message."""
+    if not started:
+        raise RuntimeError(f"{owner}.step() called before reset(); call env.reset() first")
+    if ended:
+        reason = f" ({ended})" if isinstance(ended, str) else ""
+        raise RuntimeError(f"{owner}.step() called after the episode ended{reason}; call env.reset() first")
+
+
 class FrameSkip(gym.Wrapper):
     """Repeat each action `skip` times, summing rewards; stops early at an episode end."""
 
