@@ -539,27 +539,38 @@ def score_control(scenarios, predictions, names) -> dict:
 def drift_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, steps: int, seed: int = 0) -> list[Scenario]:
     """Long real replays of the exploration policy (any gameplay env)."""
     import envs  # noqa: F401  (registers the gameplay ids)
-    from agents.policies import ExplorePolicy
     from envs import action_meanings, optional_attr
 
     length = context + steps + 1  # lift the env's step limit where it can be lifted
     env = (gym.make(env_id, **{**env_kwargs, "max_steps": length}) if env_id == ROOMS_ID
            else gym.make(env_id, max_episode_steps=length, **env_kwargs))
+    names, turn_steps = action_meanings(env), optional_attr(env, "turn_steps", 24)
     out = []
     for s in range(first_env_seed(seed), first_env_seed(seed) + count):
-        policy = ExplorePolicy(action_meanings(env), 1, turn_steps=optional_attr(env, "turn_steps", 24), seed=s)
-        frame, info = env.reset(seed=s)
-        frames, actions = [frame], []
-        while len(actions) < context - 1 + steps:
-            a = int(policy.act(frame[None], {"gt": {k: np.asarray(v)[None] for k, v in info.get("gt", {}).items()}})[0])
-            frame, _, terminated, truncated, info = env.step(a)
-            frames.append(frame)
-            actions.append(a)
-            if terminated or truncated:
-                break
-        out.append(Scenario("drift", np.stack(frames), np.array(actions), {}, context, {"seed": s}))
+        frames, actions, _ = explore_replay(env, s, [None] * (context - 1 + steps), names, turn_steps)
+        out.append(Scenario("drift", frames, actions, {}, context, {"seed": s}))
     env.close()
     return out
+
+
+def explore_replay(env, seed: int, plan, names, turn_steps: int):
+    """Reset with `seed` and take the actions of `plan`, None standing for the explore
+    policy's choice; stops at an episode end. Frames (T+1, ...), actions (T,), and
+    whether the episode ended (terminated or truncated) on the way."""
+    from agents.policies import ExplorePolicy
+
+    policy = ExplorePolicy(names, 1, turn_steps=turn_steps, seed=seed)
+    frame, info = env.reset(seed=seed)
+    frames, actions = [frame], []
+    for step in plan:
+        gt = {k: np.asarray(v)[None] for k, v in info.get("gt", {}).items()}
+        a = int(policy.act(frame[None], {"gt": gt})[0]) if step is None else step
+        frame, _, terminated, truncated, info = env.step(a)
+        frames.append(frame)
+        actions.append(a)
+        if terminated or truncated:
+            return np.stack(frames), np.array(actions), True
+    return np.stack(frames), np.array(actions), False
 
 
 def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0) -> list[Scenario]:
@@ -569,7 +580,6 @@ def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     half a circle, wait until that view has left the context window, and turn back. Kept
     only where the real view returns exactly; scored as loop closure (`score_loop`)."""
     import envs  # noqa: F401  (registers the gameplay ids)
-    from agents.policies import ExplorePolicy
     from envs import action_meanings, optional_attr
 
     env = gym.make(env_id, **env_kwargs)
@@ -585,24 +595,13 @@ def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
             break
         rng = np.random.default_rng(s)
         turn, back = (names.index("TURN_LEFT"), names.index("TURN_RIGHT"))[::1 if rng.random() < 0.5 else -1]
-        policy = ExplorePolicy(names, 1, turn_steps=2 * half, seed=s)
-        frame, info = env.reset(seed=s)
-        frames, actions, ended = [frame], [], False
         pre = [names.index("FORWARD")] * 2 if "FORWARD" in names else [turn]
         plan = [None] * (context - 1) + pre + [turn] * half + [names.index("NOOP")] * context + [back] * half
-        for step in plan:
-            a = int(policy.act(frame[None], {"gt": {k: np.asarray(v)[None] for k, v in info.get("gt", {}).items()}})[0]
-                    if step is None else step)
-            frame, _, terminated, truncated, info = env.step(a)
-            frames.append(frame)
-            actions.append(a)
-            if terminated or truncated:
-                ended = True
-                break
+        frames, actions, ended = explore_replay(env, s, plan, names, 2 * half)
         start, ret = context - 1 + len(pre), len(plan)
         moved = not ended and np.abs(frames[start].astype(int) - frames[context - 1]).mean() > 2
         if moved and np.array_equal(frames[start], frames[ret]):
-            out.append(Scenario("lookback", np.stack(frames), np.array(actions), {}, context,
+            out.append(Scenario("lookback", frames, actions, {}, context,
                                 {"kind": "look_back", "start": start, "return": ret, "gap": ret - start, "seed": s}))
         s += 1
     env.close()
