@@ -74,11 +74,13 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
 
 
 def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
+    from envs import env_pose_model
     from training.collect import collect
     from training.loop import pick_device
     from training.train_dynamics import MemoryWindows, TrainConfig, train
     from training.train_tokenizer import encode_dataset
     from worldsim.dataset import load_meta
+    from worldsim.dynamics import CONFIGS, DynamicsConfig
     from worldsim.replay import heads_detection, plot_replay, replay_scores
     from worldsim.world_model import WorldModel, export_world_model
 
@@ -99,17 +101,16 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
         encode_dataset(cfg.tokenizer, str(frames), str(latents), progress=progress)
 
     meta = load_meta(latents)
-    from envs import env_pose_model
     data = MemoryWindows(str(latents), 0, cfg.seed, cfg.memory, env_pose_model(ROOMS, {"world_seed": None}))
     budget = cfg.minutes * 60
     chosen, timing = None, {}
-    for config in [c.strip() for c in cfg.configs.split(",") if c.strip()]:
-        from worldsim.dynamics import CONFIGS
-        data.window = CONFIGS[config].get("max_frames", 16)
+    candidates = [c.strip() for c in cfg.configs.split(",") if c.strip()]
+    for config in candidates:
+        data.window = CONFIGS[config].get("max_frames", DynamicsConfig.max_frames)
         timing[config] = seconds_per_step(cfg, config, data, meta, device)
         steps = int(0.9 * budget / timing[config])
         say(f"[recipe] {config}: {timing[config]:.3f} s/step -> {steps} steps in {cfg.minutes:g} min")
-        if steps >= cfg.min_steps or config == cfg.configs.split(",")[-1].strip():
+        if steps >= cfg.min_steps or config == candidates[-1]:
             chosen = (config, max(steps, 1))
             break
     del data
