@@ -159,7 +159,7 @@ class LatentMemory:
         self.same_view = SAME_VIEW[key] if same_view is None else same_view
         self.min_overlap = MIN_LIKENESS[key] if min_overlap is None else min_overlap
         self.latents: list[torch.Tensor] = []
-        self.poses = np.zeros((0, 3) if key == "pose" else (0, 16 * latent_shape[0]))  # the keys
+        self.entry_keys = np.zeros((0, 3) if key == "pose" else (0, 16 * latent_shape[0]))  # poses or latent keys
         self.steps = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -171,10 +171,14 @@ class LatentMemory:
             return view_overlap(query, keys, self.fov_deg, self.reach)
         return keys @ query if len(keys) else np.zeros(0)
 
+    def _key_of(self, pose, latent) -> np.ndarray:
+        """The key of an entry or a query: its pose, or its latent's `latent_keys`."""
+        return np.asarray(pose, dtype=np.float64) if self.key == "pose" else latent_keys(latent.detach().cpu())
+
     def add(self, latent: torch.Tensor, pose, step: int):
         """`pose` keys the entry; with latent keys it is ignored (pass None)."""
-        pose = np.asarray(pose, dtype=np.float64) if self.key == "pose" else latent_keys(latent.detach().cpu())
-        overlap = self.similarity(pose, self.poses)
+        key = self._key_of(pose, latent)
+        overlap = self.similarity(key, self.entry_keys)
         if len(overlap) and overlap.max() >= self.same_view:
             drop = int(overlap.argmax())  # the same view seen again: keep the newer frame
         elif len(self) >= self.capacity:
@@ -183,9 +187,9 @@ class LatentMemory:
             drop = None
         if drop is not None:
             del self.latents[drop]
-            self.poses, self.steps = np.delete(self.poses, drop, 0), np.delete(self.steps, drop)
+            self.entry_keys, self.steps = np.delete(self.entry_keys, drop, 0), np.delete(self.steps, drop)
         self.latents.append(latent.detach())
-        self.poses = np.concatenate([self.poses, pose[None]])
+        self.entry_keys = np.concatenate([self.entry_keys, key[None]])
         self.steps = np.append(self.steps, step)
 
     def retrieve(self, query, k: int, before_step: int):
@@ -196,10 +200,10 @@ class LatentMemory:
         Returns latents (k, C, h, w), features (k, 4) of their poses relative to `query`
         (zeros with latent keys), and valid (k,) bool (False pads slots with no entry
         of enough overlap)."""
-        query = np.asarray(query, dtype=np.float64) if self.key == "pose" else latent_keys(query.detach().cpu())
+        query = self._key_of(query, query)
         old = np.nonzero(self.steps < before_step)[0]
-        order = old[best_views(self.similarity(query, self.poses[old]), k, self.min_overlap)]
-        return gather(self.latents, self.poses if self.key == "pose" else None, order, query, k, self.reach,
+        order = old[best_views(self.similarity(query, self.entry_keys[old]), k, self.min_overlap)]
+        return gather(self.latents, self.entry_keys if self.key == "pose" else None, order, query, k, self.reach,
                       self.latent_shape)
 
 
