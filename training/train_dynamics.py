@@ -104,10 +104,12 @@ class MemoryWindows:
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
                  match: float = 0.0):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
-        the motion per action is then fitted from the episodes' poses."""
+        the motion per action is then fitted from the episodes' poses. `key`: pose,
+        latent, or auto (pose when every episode has its poses)."""
+        if key not in ("pose", "latent", "auto"):
+            raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         self.paths = episode_paths(root, "train")
         self.episodes = []
-        fields = ("latents", "actions", "rewards", "terminated") + (("gt/pose",) if key == "pose" else ())
         for path in self.paths:
             with open_episode(path) as f:
                 if key == "pose" and "gt/pose" not in f:
@@ -117,12 +119,16 @@ class MemoryWindows:
                 if "actions" not in f:
                     raise ValueError(f"{path} has no actions; the dynamics model needs action-labelled episodes")
                 if len(f["latents"]) >= window + 1:
-                    ep = {name: read_array(f, name) for name in fields}
-                    if key == "latent":
-                        ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
-                    self.episodes.append(ep)
+                    fields = ("latents", "actions", "rewards", "terminated") + \
+                        (("gt/pose",) if key != "latent" and "gt/pose" in f else ())
+                    self.episodes.append({name: read_array(f, name) for name in fields})
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
+        if key == "auto":
+            key = "pose" if all("gt/pose" in ep for ep in self.episodes) else "latent"
+        if key == "latent":
+            for ep in self.episodes:
+                ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
         self.window, self.seed, self.k, self.key = window, seed, k, key
         self.match = match or SAME_VIEW[key]  # below SAME_VIEW: returns from other poses count too
         self.match_share, self.drop_share = match_share, drop_share
@@ -175,11 +181,6 @@ class MemoryWindows:
                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
 
 
-def has_pose(path) -> bool:
-    with open_episode(path) as f:
-        return "gt/pose" in f
-
-
 def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if "latent_shape" not in meta:
         raise ValueError(f"{cfg.data} is not a latent dataset; make one with `worldsim encode`")
@@ -229,15 +230,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     if cfg.memory:
-        key = cfg.memory_key
-        if key == "auto":
-            key = "pose" if all(has_pose(p) for p in episode_paths(cfg.data, "train")) else "latent"
-        if key not in ("pose", "latent"):
-            raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model if key == "pose" else {}, key,
-                             match=cfg.memory_match)
-        meta["pose_model"], meta["memory_key"] = data.pose_model, key
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match)
+        meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)
     device = pick_device(cfg.device)
