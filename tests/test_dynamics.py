@@ -241,3 +241,23 @@ def test_init_carries_the_transformer_body_to_another_latent_shape(pipeline):
     wider = Dynamics(DynamicsConfig(**{**config["dynamics"], "d_model": 2 * old.d_model}))
     with pytest.raises(CheckpointError, match="do not fit"):
         init_from(wider, path)
+
+
+def test_loader_processes_train_the_same_weights_as_one_thread(pipeline, tmp_path):
+    """Batches depend only on (seed, step, rank): drawing them in forked processes (what a
+    GPU needs to be fed memory windows) must not change what is trained."""
+    from training.loop import weights_digest
+    from training.train_dynamics import TrainConfig, build, train
+    from worldsim.checkpoint import load_checkpoint, with_prefix
+
+    root, _, _ = pipeline
+    digests = []
+    for workers in (0, 2):
+        cfg = TrainConfig(data=str(root / "latents"), out=str(tmp_path / f"w{workers}"), config="tiny", memory=2,
+                          steps=6, batch_size=3, warmup=2, ckpt_every=6, loader_workers=workers)
+        assert train(cfg, progress=False)["step"] == 6
+        tensors, meta = load_checkpoint(tmp_path / f"w{workers}" / "latest.safetensors")
+        model = build(cfg, meta["dataset"])
+        model.load_state_dict(with_prefix(tensors, "model/"))
+        digests.append(weights_digest(model))
+    assert digests[0] == digests[1]

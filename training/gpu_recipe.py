@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,10 +38,12 @@ class RecipeConfig:
     work: str = "/tmp/worldsim_recipe"  # datasets and the run directory
     minutes: float = 20.0  # training budget, wall-clock
     collect_steps: int = 400_000  # real Rooms transitions, a new map per episode
-    num_envs: int = 16  # collecting processes
+    num_envs: int = 16  # sub-envs, over all collectors
+    collectors: int = 8  # collects side by side into one dataset: one process steps and writes only ~2,000 frames/s
     configs: str = "B,S,XS"  # candidates, largest first: the first that fits min_steps in the budget is trained
     min_steps: int = 3000  # fewest optimizer steps worth training a config for
     batch_size: int = 64
+    loader_workers: int = 12  # processes that encode episodes and draw memory windows: one core feeds no GPU
     memory: int = 4  # memory frames (pose-keyed)
     patch: int = 4  # the 4x tokenizer's 16x16x4 latents in 4x4 patches: 16 tokens a frame
     lr: float = 3e-4
@@ -52,16 +56,21 @@ class RecipeConfig:
 
 
 def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: torch.device, trials: int = 3) -> float:
-    """Measured time of one optimizer step of `config` on `device`, batch drawing included."""
+    """Measured time of one optimizer step of `config` on `device`: the longer of the step
+    itself and drawing its batch, shared among the loader processes."""
+    from training.loop import to_device
     from training.train_dynamics import TrainConfig, build
 
     model = build(TrainConfig(data="", out="", config=config, memory=cfg.memory, patch=cfg.patch), meta).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    times = []
+    times, draws = [], []
     for k in range(trials + 1):  # the first step warms up kernels and allocators
         t0 = time.perf_counter()
-        batch = data.batch(cfg.batch_size, k, 0, device)
+        batch = data.batch(cfg.batch_size, k, 0, torch.device("cpu"))
+        draws.append(time.perf_counter() - t0)
+        batch = to_device(batch, device)
+        t0 = time.perf_counter()
         with autocast:
             loss, _ = model.loss(**batch)
         opt.zero_grad()
@@ -70,12 +79,26 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+    return max(float(np.median(times[1:])), float(np.median(draws)) / max(1, cfg.loader_workers))
+
+
+def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
+    """`cfg.collectors` collect processes into one dataset (concurrent collects claim their
+    own seeds and episode numbers), each with its share of steps and sub-envs."""
+    n = max(1, min(cfg.collectors, cfg.num_envs))
+    envs, steps = cfg.num_envs // n, cfg.collect_steps // n
+    procs = [subprocess.Popen([sys.executable, "-m", "worldsim.cli", "collect", "--env", ROOMS, "--policy", "explore",
+                               "--steps", str(steps), "--out", str(out), "--num-envs", str(envs),
+                               "--seed", str(cfg.seed + k * envs), "--env-kwargs", json.dumps({"world_seed": None})]
+                              + ([] if progress and k == 0 else ["--quiet"]))
+             for k in range(n)]
+    failed = [k for k, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"collects {failed} of {n} into {out} failed (their messages are above)")
 
 
 def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     from envs import env_pose_model
-    from training.collect import collect
     from training.loop import pick_device
     from training.train_dynamics import MemoryWindows, TrainConfig, train
     from training.train_tokenizer import encode_dataset
@@ -93,12 +116,12 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     frames, latents, run_dir = work / "rooms", work / "rooms_latents", work / "run"
 
     if not (frames / "dataset.json").exists():
-        say(f"[recipe] collect {cfg.collect_steps} Rooms steps on new maps")
-        collect(ROOMS, "explore", cfg.collect_steps, str(frames), num_envs=cfg.num_envs, seed=cfg.seed,
-                env_kwargs={"world_seed": None}, progress=progress)
+        say(f"[recipe] collect {cfg.collect_steps} Rooms steps on new maps, {cfg.collectors} collects side by side")
+        collect_side_by_side(cfg, frames, progress)
     if not (latents / "dataset.json").exists():
         say("[recipe] encode with the Rooms tokenizer")
-        encode_dataset(cfg.tokenizer, str(frames), str(latents), progress=progress)
+        encode_dataset(cfg.tokenizer, str(frames), str(latents), progress=progress, device=cfg.device,
+                       workers=cfg.loader_workers)
 
     meta = load_meta(latents)
     data = MemoryWindows(str(latents), 0, cfg.seed, cfg.memory, env_pose_model(ROOMS, {"world_seed": None}))
@@ -119,13 +142,14 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     t_train = time.perf_counter()
     train(TrainConfig(data=str(latents), out=str(run_dir), config=config, steps=steps, batch_size=cfg.batch_size,
                       lr=cfg.lr, memory=cfg.memory, patch=cfg.patch, init=cfg.init, seed=cfg.seed,
-                      device=cfg.device, warmup=min(200, max(1, steps // 10))), progress=progress)
+                      device=cfg.device, warmup=min(200, max(1, steps // 10)), loader_workers=cfg.loader_workers),
+          progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
     export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer)
     shutil.copy(run_dir / "metrics.csv", out / "metrics.csv")
 
     say("[recipe] score on unseen maps (the test split)")
-    model = WorldModel.load(out / "rooms.safetensors")
+    model = WorldModel.load(out / "rooms.safetensors", device=device)
     horizons = [int(h) for h in cfg.horizons.split(",")]
     scores = replay_scores(model, str(frames), 4, horizons, cfg.eval_windows, "test")
     figures = {"recipe": asdict(cfg), "config": config, "steps": steps, "seconds_per_step": timing,

@@ -13,8 +13,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
+import pickle
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,7 @@ class LoopConfig:
     log_every: int = 25
     seed: int = 0
     stop_at: int | None = None  # end this run early (time-boxed jobs); rerun to resume and finish the schedule
+    loader_workers: int = 0  # processes drawing batches ahead; 0 = one thread (a GPU outruns one core's numpy)
 
 
 @dataclass(kw_only=True)
@@ -70,6 +74,63 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_device(batch, device: torch.device):
+    """A batch (tensors, possibly in dicts, tuples and lists) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+_draw_batch = None  # batch_at, set before the loader processes fork so that they inherit it
+
+
+def _loader_init():
+    torch.set_num_threads(1)  # a forked OpenMP pool can hang; one thread per process is the point anyway
+
+
+def _draw(step: int, rank: int) -> bytes:
+    # Plain pickle sends the tensors' bytes through the pipe: torch's own sharing would
+    # need a /dev/shm as large as the batches in flight.
+    return pickle.dumps(_draw_batch(step, rank))
+
+
+class Prefetch:
+    """Batches drawn ahead of the step that trains on them, by one thread or, with
+    `workers`, by forked processes that keep `2 * workers` batches in flight. Batches
+    depend only on (step, rank), so who draws them changes nothing in what is trained."""
+
+    def __init__(self, batch_at: Callable[[int, int], object], rank: int, workers: int = 0):
+        global _draw_batch
+        self.rank, self.ahead = rank, max(1, 2 * workers)
+        if workers:
+            _draw_batch = batch_at
+            self.pool = multiprocessing.get_context("fork").Pool(workers, _loader_init)
+            self.submit = lambda step: lambda r=self.pool.apply_async(_draw, (step, rank)): pickle.loads(r.get())
+        else:
+            self.pool = ThreadPoolExecutor(1)
+            self.submit = lambda step: self.pool.submit(batch_at, step, rank).result
+        self.pending: deque = deque()
+        self.next_step = None
+
+    def batch(self, step: int, end: int):
+        if self.next_step is None:
+            self.next_step = step
+        while self.next_step < end and len(self.pending) < self.ahead:
+            self.pending.append(self.submit(self.next_step))
+            self.next_step += 1
+        return self.pending.popleft()()
+
+    def close(self):
+        if isinstance(self.pool, ThreadPoolExecutor):
+            self.pool.shutdown(cancel_futures=True)
+        else:
+            self.pool.terminate()
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size); starts the process group when launched by torchrun."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
@@ -92,7 +153,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         device: torch.device | None = None, progress: bool = True) -> dict:
     """Train `model` for cfg.steps steps.
 
-    batch_at(step, rank) -> batch; loss_of(module, batch) -> (loss tensor, {metric: float});
+    batch_at(step, rank) -> batch of CPU tensors (the loop moves it to `device`); loss_of(module, batch) -> (loss tensor, {metric: float});
     items_per_batch(batch) counts what the throughput figure counts (frames, tokens);
     config is stored in every checkpoint; config["kind"] names the entry (config[kind], the
     architecture) that must match on resume.
@@ -152,15 +213,10 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     t0, items, stats = time.perf_counter(), 0, {}
     model.train()
     end = cfg.steps if cfg.stop_at is None else min(cfg.stop_at, cfg.steps)
-    # The next batch is drawn on a second thread while this one trains: drawing windows is
-    # numpy work that would otherwise leave the model waiting. Batches depend only on
-    # (seed, step, rank), so this changes nothing in what is trained.
-    prefetch = ThreadPoolExecutor(1)
-    upcoming = prefetch.submit(batch_at, step, rank)
+    # Drawing windows is numpy work that would otherwise leave the model waiting.
+    prefetch = Prefetch(batch_at, rank, cfg.loader_workers)
     while step < end:
-        batch = upcoming.result()
-        if step + 1 < end:
-            upcoming = prefetch.submit(batch_at, step + 1, rank)
+        batch = to_device(prefetch.batch(step, end), device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         with autocast:
@@ -191,7 +247,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if step % cfg.ckpt_every == 0 or step == end:
             save()
     bar.close()
-    prefetch.shutdown(cancel_futures=True)
+    prefetch.close()
     summary = {"checkpoint": str(ckpt), "step": step, "last_batch": stats,
                "items_per_s": items / max(time.perf_counter() - t0, 1e-9), "world_size": world}
     if world > 1:  # every rank must hold the same weights after DDP training

@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
-               batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, device),
+               batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, torch.device("cpu")),
                loss_of=lambda m, b: m.loss(**b),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

@@ -92,56 +92,89 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     config = {"kind": "tokenizer", "tokenizer": asdict(tok_cfg), "train": asdict(cfg), "dataset": sampler.windows.meta}
     return run(model, cfg, "tokenizer", config,
-               batch_at=lambda step, rank: sampler.batch(cfg.batch_size, step + rank * 10**9).to(device),
+               batch_at=lambda step, rank: sampler.batch(cfg.batch_size, step + rank * 10**9),
                loss_of=lambda m, frames: m.loss(frames, cfg.detail_weight),
                items_per_batch=lambda frames: frames.shape[0] * frames.shape[1],
                before_save=None if cfg.decoder_only else fit_stats, device=device, progress=progress)
 
 
-def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256, progress: bool = True) -> dict:
+_encoder = None  # each encode worker's tokenizer
+
+
+def _load_encoder(checkpoint: str, frame_size, device: str, threads: int = 0):
+    global _encoder
+    if threads:  # workers share the cores
+        torch.set_num_threads(threads)
+    _encoder = Tokenizer.load(checkpoint, frame_size=frame_size).to(pick_device(device))
+    return _encoder
+
+
+def _encode_episode(job: tuple[Path, Path, int]) -> int:
+    """Writes one episode's latents, with its actions, rewards, ends and ground truth, and
+    returns its frame count."""
+    import h5py
+
+    from worldsim.dataset import _put, open_episode, read_array
+
+    path, target, batch_frames = job
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open_episode(path) as src, h5py.File(tmp, "w") as dst:
+        frames = src["frames"]
+        chunks = []
+        with torch.no_grad():
+            for s in range(0, len(frames), batch_frames):
+                batch = read_array(src, "frames", slice(s, s + batch_frames))
+                chunks.append(_encoder.encode(torch.from_numpy(batch)[None])[0].half().cpu().numpy())
+        _put(dst, "latents", np.concatenate(chunks), chunk_frames=64)
+        for name in ("actions", "rewards", "terminated", "truncated"):
+            if name in src:
+                _put(dst, name, read_array(src, name))
+        if "gt" in src:
+            for key in src["gt"]:
+                _put(dst, f"gt/{key}", read_array(src, f"gt/{key}"), chunk_frames=32)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        count = len(frames)
+    tmp.replace(target)
+    return count
+
+
+def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256, progress: bool = True,
+                   device: str = "auto", workers: int = 1) -> dict:
     """Pre-encode every episode to latents, so the dynamics model trains without the encoder.
 
     The output mirrors the input's layout: `latents` (T'+1, C, h, w) float16 in place of
-    frames, with actions, rewards, ends and ground truth copied unchanged.
+    frames, with actions, rewards, ends and ground truth copied unchanged. Reading an
+    episode costs about as much as encoding it on a GPU: `workers` processes (each with
+    its own tokenizer on `device`) read and encode episodes side by side.
     """
-    import h5py
+    import multiprocessing
+
     from tqdm import tqdm
 
-    from worldsim.dataset import _atomic_write_bytes, _put, episode_paths, load_meta, open_episode, read_array
+    from worldsim.dataset import _atomic_write_bytes, episode_paths, load_meta
 
     meta = load_meta(data)
-    model = Tokenizer.load(checkpoint, frame_size=meta["frame_shape"][:2])
+    model = _load_encoder(checkpoint, meta["frame_shape"][:2], device)
     if model.cfg.temporal != 1:
         raise ValueError("encode supports temporal=1 tokenizers; group frames at training time for temporal > 1")
     root = Path(out)
     paths = episode_paths(data)
     if not paths:
         raise DatasetError(f"{data} has no episodes to encode")
-    frames_done = 0
-    for path in tqdm(paths, desc="encode", unit="episode", disable=not progress):
-        target = root / path.parent.name / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open_episode(path) as src, h5py.File(tmp, "w") as dst:
-            frames = src["frames"]
-            chunks = []
-            with torch.no_grad():
-                for s in range(0, len(frames), batch_frames):
-                    batch = read_array(src, "frames", slice(s, s + batch_frames))
-                    chunks.append(model.encode(torch.from_numpy(batch)[None])[0].half().numpy())
-            _put(dst, "latents", np.concatenate(chunks), chunk_frames=64)
-            for name in ("actions", "rewards", "terminated", "truncated"):
-                if name in src:
-                    _put(dst, name, read_array(src, name))
-            if "gt" in src:
-                for key in src["gt"]:
-                    _put(dst, f"gt/{key}", read_array(src, f"gt/{key}"), chunk_frames=32)
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
-            frames_done += len(frames)
-        tmp.replace(target)
+    jobs = [(path, root / path.parent.name / path.name, batch_frames) for path in paths]
+    bar = tqdm(total=len(jobs), desc="encode", unit="episode", disable=not progress)
+    if workers > 1:  # spawned, not forked: each worker may start its own CUDA context
+        threads = max(1, torch.get_num_threads() // workers)
+        with multiprocessing.get_context("spawn").Pool(workers, _load_encoder,
+                                                       (checkpoint, meta["frame_shape"][:2], device, threads)) as pool:
+            counts = [bar.update(1) or n for n in pool.imap_unordered(_encode_episode, jobs)]
+    else:
+        counts = [bar.update(1) or _encode_episode(job) for job in jobs]
+    bar.close()
     _atomic_write_bytes(root / "dataset.json", json.dumps(
         {**meta, "source": "encode", "tokenizer": str(Path(checkpoint).resolve()),
          "frames_dataset": str(Path(data).resolve()), "latent_shape": list(model.cfg.latent_shape)},
         indent=2).encode())
-    return {"episodes": len(paths), "frames": frames_done, "out": out}
+    return {"episodes": len(paths), "frames": sum(counts), "out": out}

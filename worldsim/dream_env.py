@@ -161,11 +161,11 @@ class _DreamBase:
     def _decode(self, z) -> np.ndarray:
         """latents (N, C, h, w) -> RGB frames (N, H, W, 3) uint8."""
         with torch.no_grad():
-            return self.model.decode(z[:, None])[:, 0].numpy()
+            return self.model.decode(z[:, None])[:, 0].cpu().numpy()
 
     def _observe(self, z):
         """latents (N, C, h, w) -> observations (N, ...)."""
-        return z.numpy().astype(np.float32) if self.obs_type == "latent" else self._decode(z)
+        return z.cpu().numpy().astype(np.float32) if self.obs_type == "latent" else self._decode(z)
 
     def _info(self, row: int, prob: float, steps: int) -> dict:
         """One env's info (the vector env batches them as gymnasium does)."""
@@ -205,7 +205,7 @@ class DreamEnv(_DreamBase, gym.Env):
         self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
         self.core.reset_rows([0], [(frames, actions)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
-        obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].numpy().astype(np.float32)
+        obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].cpu().numpy().astype(np.float32)
         if self.render_mode == "human":
             self.render()
         return obs, self._info(0, 0.0, 0)
@@ -306,7 +306,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         self._steps[rows] = 0
         self._ended[rows] = False
         obs = (np.stack([frames[-1] for frames, _ in contexts]) if self.obs_type == "rgb"
-               else self.core.last[list(rows)].numpy().astype(np.float32))
+               else self.core.last[list(rows)].cpu().numpy().astype(np.float32))
         return obs, [self._info(row, 0.0, 0) for row in rows]
 
     def _batch_infos(self, batched: dict, rows, infos) -> dict:

@@ -133,7 +133,7 @@ def latent_keys(latents) -> np.ndarray:
     """Keys of latent frames (..., C, h, w) for an env without a pose: each frame pooled to
     a 4x4 grid per channel, centred and scaled to unit length, so that the dot product of
     two keys is the cosine similarity of what the frames show, coarsely."""
-    z = torch.as_tensor(latents).float()
+    z = torch.as_tensor(latents).float().cpu()
     lead = z.shape[:-3]
     z = torch.nn.functional.adaptive_avg_pool2d(z.reshape(-1, *z.shape[-3:]), 4).flatten(1)
     z = z - z.mean(1, keepdim=True)
@@ -188,7 +188,7 @@ class LatentMemory:
         if drop is not None:
             del self.latents[drop]
             self.entry_keys, self.steps = np.delete(self.entry_keys, drop, 0), np.delete(self.steps, drop)
-        self.latents.append(latent.detach())
+        self.latents.append(latent.detach().cpu())  # memory lives in host RAM; a GPU holds the context
         self.entry_keys = np.concatenate([self.entry_keys, key[None]])
         self.steps = np.append(self.steps, step)
 

@@ -148,8 +148,9 @@ class DreamCore:
         self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
         self.cache = None
-        self.clock = torch.zeros(num_rows, dtype=torch.long)  # frame index of each row's last frame
-        self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape)
+        self.device = model.device
+        self.clock = torch.zeros(num_rows, dtype=torch.long, device=self.device)  # frame index of each row's last frame
+        self.last = torch.zeros(num_rows, *self.dyn.cfg.latent_shape, device=self.device)
         self.memory = model.use_memory(memory)
         self.by_pose = model.memory_key == "pose"
         if self.memory:
@@ -172,10 +173,10 @@ class DreamCore:
             pad = frames_held - t
             z = torch.cat([z[:, :1].expand(1, pad, *z.shape[2:]), z], 1)
             into = torch.cat([into[:, :1].expand(1, pad, *into.shape[2:]), into], 1)
-            has = torch.cat([torch.zeros(1, pad, dtype=torch.bool), has], 1)
+            has = torch.cat([torch.zeros(1, pad, dtype=torch.bool, device=z.device), has], 1)
         z, into, has = z[:, -frames_held:], into[:, -frames_held:], has[:, -frames_held:]
         cache = dyn.new_cache()
-        dyn.prime(cache, z, into, has, torch.arange(frames_held)[None], generator)
+        dyn.prime(cache, z, into, has, torch.arange(frames_held, device=z.device)[None], generator)
         return cache
 
     def reset_rows(self, rows, contexts, generator):
@@ -185,7 +186,7 @@ class DreamCore:
             hold = min(max(len(f) for f, _ in contexts), max_hold)
             self.cache = self.dyn.new_cache()
             self.cache.layers = [(torch.zeros(self.n, self.dyn.cfg.n_heads, hold * self.dyn.cfg.tokens_per_frame,
-                                              self.dyn.cfg.d_model // self.dyn.cfg.n_heads),) * 2
+                                              self.dyn.cfg.d_model // self.dyn.cfg.n_heads, device=self.device),) * 2
                                  for _ in range(self.dyn.cfg.n_layers)]
             self.cache.frames = hold
         hold = self.cache.frames
@@ -193,8 +194,10 @@ class DreamCore:
             for row, (frames, actions) in zip(rows, contexts):
                 z = self.model.encode(frames[None])
                 acts = torch.as_tensor(np.asarray(actions)).reshape(1, len(frames) - 1, *np.shape(actions)[1:])
+                acts = acts.to(self.device)
+                at = torch.tensor([row], device=self.device)
                 one = self._context_cache(z, acts, hold, generator)
-                self.cache.layers = [(k.index_copy(0, torch.tensor([row]), k1), v.index_copy(0, torch.tensor([row]), v1))
+                self.cache.layers = [(k.index_copy(0, at, k1), v.index_copy(0, at, v1))
                                      for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
                 self.clock[row] = hold - 1
                 self.last[row] = z[0, -1]
@@ -227,12 +230,13 @@ class DreamCore:
         self.retrieved = valid.sum(1)
         if not valid.any():
             return None
-        return torch.stack(zs), torch.from_numpy(np.stack(feats)), torch.from_numpy(valid)
+        return (torch.stack(zs).to(self.device), torch.from_numpy(np.stack(feats)).to(self.device),
+                torch.from_numpy(valid).to(self.device))
 
     def step(self, actions, generator):
         """actions (N, ...) -> next latents (N, C, h, w), rewards (N,), termination probabilities (N,)."""
         with torch.no_grad():
-            a = torch.as_tensor(np.asarray(actions))
+            a = torch.as_tensor(np.asarray(actions)).to(self.device)
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
             nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, memory=memory,
@@ -242,7 +246,7 @@ class DreamCore:
             if self.memory:
                 for row in range(self.n):
                     self.memories[row].add(nxt[row], self.poses[row] if self.by_pose else None, int(self.clock[row]))
-        return nxt, reward.numpy(), torch.sigmoid(end).numpy()
+        return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()
 
 
 def training_compute(config: dict) -> dict:
