@@ -25,11 +25,13 @@ OBJECT_COLOURS = np.array(
     [[230, 40, 40], [40, 200, 60], [50, 90, 240], [240, 220, 40],
      [220, 60, 220], [40, 220, 220], [250, 140, 20], [250, 250, 250]], dtype=np.uint8)
 OBJECT_SHAPES = ("ball", "box", "cone", "pillar", "diamond", "cross")
+OBJECT_COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "white")
 
 # Muted wall tints, one per room.
 ROOM_COLOURS = np.array(
     [[150, 110, 90], [90, 130, 110], [110, 110, 150], [150, 140, 100], [130, 100, 130],
      [100, 140, 150], [140, 120, 120], [120, 140, 90], [110, 100, 90]], dtype=np.float32)
+ROOM_COLOUR_NAMES = ("terracotta", "sage", "slate blue", "ochre", "mauve", "teal", "dusty rose", "olive", "umber")
 CEILING = np.array([70, 70, 80], dtype=np.float32)
 FLOOR_TONES = np.array([[105, 95, 85], [75, 68, 60]], dtype=np.float32)
 
@@ -263,6 +265,7 @@ class RoomsEnv(gym.Env):
             "objects_column": column,
             "depth": depth.astype(np.float32),
             "object_ids": ids,
+            "room": np.int64(self.room_id[int(self.pos[1]), int(self.pos[0])]),  # ROOM_COLOURS index
         }}
         return frame, info
 

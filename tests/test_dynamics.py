@@ -81,6 +81,30 @@ def test_actions_condition_the_prediction():
     assert (model(x, tau, a2, has, pos)[:, 4] - out[:, 4]).abs().max() > 1e-3
 
 
+def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_from():
+    model = tiny_model()
+    z = torch.randn(2, 5, *model.cfg.latent_shape)
+    acts, zeros = torch.randint(0, 7, (2, 4)), torch.zeros(2, 4)
+    torch.manual_seed(1)
+    dropped, _ = model.loss(z, acts, zeros, zeros.bool(), action_dropout=1.0)
+    torch.manual_seed(1)
+    no_actions, _ = model.loss(z, acts, zeros, zeros.bool(), has_action=torch.zeros(2, dtype=torch.bool))
+    torch.manual_seed(1)
+    kept, _ = model.loss(z, acts, zeros, zeros.bool())
+    assert torch.allclose(dropped, no_actions) and not torch.allclose(dropped, kept)
+
+    def sample(action, w):
+        cache = model.new_cache()
+        model.prime(cache, z[:, :3], *model.actions_into_frames(acts[:, :2], 2, 3, "cpu"), torch.arange(3).expand(2, 3))
+        return model.sample_next(cache, action, torch.full((2,), 3), 2, torch.Generator().manual_seed(0),
+                                 action_guidance=w)
+    a, b = torch.zeros(2, dtype=torch.long), torch.full((2,), 3)
+    # Guidance moves the sample along (with action - without action): the gap between two
+    # actions' samples grows by the factor 1 + w.
+    gap0, gap2 = (sample(a, 0.0) - sample(b, 0.0)).norm(), (sample(a, 2.0) - sample(b, 2.0)).norm()
+    assert torch.isfinite(gap2) and gap2 > 1.5 * gap0
+
+
 @pytest.mark.parametrize("space,make", [
     ({"type": "MultiDiscrete", "nvec": [3, 4]}, lambda b, t: torch.stack([torch.randint(0, 3, (b, t)), torch.randint(0, 4, (b, t))], -1)),
     ({"type": "Box", "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"}, lambda b, t: torch.rand(b, t, 2)),

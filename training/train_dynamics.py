@@ -52,6 +52,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     init: str = ""  # start from this world model / dynamics checkpoint's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
+    action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
 
 
 def as_tensors(array: np.ndarray, device):
@@ -240,6 +241,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, torch.device("cpu")),
-               loss_of=lambda m, b: m.loss(**b),
+               loss_of=lambda m, b: m.loss(**b, action_dropout=cfg.action_dropout),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

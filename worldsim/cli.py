@@ -93,11 +93,11 @@ def cmd_export(args):
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
-                                  memory_guidance=args.memory_guidance)
+                                  memory_guidance=args.memory_guidance, action_guidance=args.action_guidance)
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
-    if args.memory_guidance is not None:
-        raise ValueError("--memory-guidance is for a dynamics run with memory; a tokenizer has none")
+    if args.memory_guidance is not None or args.action_guidance is not None:
+        raise ValueError("--memory-guidance and --action-guidance are for a dynamics run; a tokenizer has neither")
     model = Tokenizer.load(args.checkpoint)
     model.save(args.out, extra={k: config[k] for k in ("step", "train", "dataset") if k in config})
     return {"out": args.out, "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent cells per token side (default 2; 4 keeps a 16x16 latent at 16 tokens a frame)")
     t.add_argument("--end-share", type=float, default=None,
                    help="share of each batch from windows that end the episode (rare deaths; default 0)")
+    t.add_argument("--action-dropout", type=float, default=None,
+                   help="share of frames trained without their action, so that action guidance can be used (default 0)")
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
     p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="for a dynamics run: its tokenizer (default: the one its data names)")
     p.add_argument("--memory-guidance", type=float, default=None,
                    help="for a dynamics run with memory: the world model's default guidance weight (default: the run's)")
+    p.add_argument("--action-guidance", type=float, default=None,
+                   help="for a dynamics run trained with --action-dropout: the default action guidance weight (default 0)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -48,6 +48,7 @@ class DynamicsConfig:
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
+    action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
     memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, RESULTS.md)
 
     def __post_init__(self):
@@ -334,17 +335,21 @@ class Dynamics(nn.Module):
 
     # -------------------------------------------------------------- training
     def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0,
-             memory=None):
+             memory=None, action_dropout: float = 0.0):
         """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
         actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
         likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
-        retrieved for the last frame, whose error then counts twice. Returns (loss, metrics)."""
+        retrieved for the last frame, whose error then counts twice. `action_dropout` hides
+        each frame's action with this probability, teaching the model the action-free
+        prediction that action guidance steers away from. Returns (loss, metrics)."""
         b, t = z.shape[:2]
         tau = torch.rand(b, t, device=z.device)
         eps = torch.randn_like(z)
         x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
         into, has = self.actions_into_frames(actions, b, t, z.device, has_action)
+        if action_dropout:
+            has = has & (torch.rand(b, t, device=z.device) >= action_dropout)
         if memory is not None:
             memory = self.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
         pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
@@ -391,13 +396,14 @@ class Dynamics(nn.Module):
 
     @torch.no_grad()
     def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None,
-                    memory=None, guidance: float | None = None):
+                    memory=None, guidance: float | None = None, action_guidance: float | None = None):
         """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
         that leads into it and optional memory (clean latents, pose features, valid; as in
         forward), with memory guidance w = `guidance` (default cfg.memory_guidance; 0 is
-        none); then add the frame to the cache."""
+        none) and action guidance (default cfg.action_guidance); then add the frame to the cache."""
         steps = steps or self.cfg.sample_steps
         guidance = self.cfg.memory_guidance if guidance is None else guidance
+        action_guidance = self.cfg.action_guidance if action_guidance is None else action_guidance
         b = frame_index.shape[0]
         shape = (b, 1, *self.cfg.latent_shape)
         device = frame_index.device
@@ -409,9 +415,12 @@ class Dynamics(nn.Module):
             memory = self.encode_memory(memory[0], memory[1], memory[2], frame_index)
         taus = torch.linspace(1, 0, steps + 1, device=device)
         for i in range(steps):
-            x0 = self(x, taus[i].expand(b, 1), act, has, pos, text, cache, memory=memory)
+            tau = taus[i].expand(b, 1)
+            x0 = cond = self(x, tau, act, has, pos, text, cache, memory=memory)
             if memory is not None and guidance:
-                x0 = x0 + guidance * (x0 - self(x, taus[i].expand(b, 1), act, has, pos, text, cache))
+                x0 = x0 + guidance * (cond - self(x, tau, act, has, pos, text, cache))
+            if action_guidance:
+                x0 = x0 + action_guidance * (cond - self(x, tau, act, ~has, pos, text, cache, memory=memory))
             if i + 1 < steps:  # DDIM-like step along the straight path
                 eps = (x - (1 - taus[i]) * x0) / taus[i]
                 x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps

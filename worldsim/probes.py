@@ -523,16 +523,20 @@ def score_control(scenarios, predictions, names) -> dict:
     between actions with the same render count as agreement). Also a confusion matrix."""
     n = len(names)
     confusion = np.zeros((n, n), int)
-    hits = []
+    hits = []  # (steps dreamed, agreed)
     for s, p in zip(scenarios, predictions):
         cands = s.meta["candidates"]
         for t in range(len(cands)):
             given = int(s.actions[s.context - 1 + t])
             err = ((cands[t].astype(float) - p[t].astype(float)) ** 2).mean(axis=(1, 2, 3))
             nearest = int(err.argmin())
-            hits.append(bool(err[given] <= err[nearest] + 1e-9 or np.array_equal(cands[t][given], cands[t][nearest])))
+            hits.append((t, err[given] <= err[nearest] + 1e-9 or np.array_equal(cands[t][given], cands[t][nearest])))
             confusion[given, nearest] += 1
-    return {"agreement": float(np.mean(hits)), "steps": len(hits), "chance": 1.0 / n,
+    steps, agreed = np.array(hits, float).T
+    # The first step starts from the real state; later ones from the dream's own, so
+    # they measure control and drift together.
+    return {"agreement": float(agreed.mean()), "steps": len(hits), "chance": 1.0 / n,
+            "agreement_by_step": [float(agreed[steps == t].mean()) for t in range(int(steps.max()) + 1)],
             "confusion": confusion.tolist(), "action_names": list(names)}
 
 

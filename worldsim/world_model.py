@@ -267,9 +267,11 @@ def training_compute(config: dict) -> dict:
 
 
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
-                       half: bool = True, memory_guidance: float | None = None) -> dict:
+                       half: bool = True, memory_guidance: float | None = None,
+                       action_guidance: float | None = None) -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
-    `memory_guidance` sets the model's default guidance weight (picked on the probes)."""
+    `memory_guidance` and `action_guidance` set the model's default guidance weights
+    (picked on the probes)."""
     from worldsim.dataset import episode_paths, read_episode
 
     tensors, config = load_checkpoint(dynamics_ckpt)
@@ -280,7 +282,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     if not tokenizer_ckpt or not Path(tokenizer_ckpt).exists():
         raise CheckpointError(f"tokenizer {tokenizer_ckpt!r} not found; pass --tokenizer")
     tokenizer = Tokenizer.load(tokenizer_ckpt)
-    overrides = {} if memory_guidance is None else {"memory_guidance": float(memory_guidance)}
+    overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance))
+                 if v is not None}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict(with_prefix(tensors, "model/"))
     firsts = []
