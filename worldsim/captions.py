@@ -108,18 +108,27 @@ def _room_of(word: str) -> int:
     return int(np.linalg.norm(tints - rgb / rgb.sum(), axis=1).argmin())
 
 
+SURFACES = ("room", "wall", "walls", "floor")  # a colour word before these is not an object's
+
+
 def rewrite_prompt(prompt: str, seed: int = 0) -> tuple[Attributes, str]:
     """A short prompt ("a red room with a green box on the left") as Attributes and the
     detailed caption the model was trained on. Rules: the colour word before "room" picks
     the nearest wall tint; each object is named by its colour or its shape (in Rooms each
-    colour has one shape; a colour wins over a shape that disagrees with it), followed by
-    optional side and distance words; what the prompt leaves open (room colour, side,
-    distance) is drawn with `seed`, as a captioner would describe a concrete scene."""
+    colour has one shape; a colour wins over a shape that disagrees with it), and the side
+    and distance words after it, up to the next object or the end of the sentence,
+    place it; what the prompt leaves open (room colour, side, distance) is drawn with
+    `seed`, as a captioner would describe a concrete scene. A caption rewrites to itself."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"expected a non-empty text prompt, got {prompt!r}")
     rng = np.random.default_rng(seed)
     text = prompt.lower()
-    words = re.findall(r"[a-z]+", text)
+    motion = 0
+    for phrase, m in sorted({**MOTION_WORDS, **{p: i for i, p in enumerate(MOTIONS)}}.items(), key=lambda x: -len(x[0])):
+        if re.search(rf"\b{phrase}\b", text):
+            motion, text = m, re.sub(rf"\b{phrase}\b", " . ", text)  # its side words are not an object's
+            break
+    words = re.findall(r"[a-z]+|[.;]", text)
     room = None
     colours = set(COLOUR_WORDS) | {n.split()[-1] for n in ROOM_COLOUR_NAMES}
     for k, w in enumerate(words):
@@ -130,7 +139,7 @@ def rewrite_prompt(prompt: str, seed: int = 0) -> tuple[Attributes, str]:
     while k < len(words):
         w, nxt = words[k], words[k + 1] if k + 1 < len(words) else ""
         index = None
-        if w in OBJECT_COLOUR_NAMES and nxt != "room" and OBJECT_COLOUR_NAMES.index(w) < len(OBJECT_SHAPES):
+        if w in OBJECT_COLOUR_NAMES[:len(OBJECT_SHAPES)] and nxt not in SURFACES:
             index = OBJECT_COLOUR_NAMES.index(w)
             k += 1 + (_shape(nxt) is not None)
         elif _shape(w):
@@ -140,12 +149,11 @@ def rewrite_prompt(prompt: str, seed: int = 0) -> tuple[Attributes, str]:
             k += 1
             continue
         side, dist = int(rng.integers(3)), int(rng.integers(2))
-        for look in words[k:k + 5]:  # the words after an object describe it, up to the next object
-            if look in OBJECT_COLOUR_NAMES or _shape(look):
+        for look in words[k:]:
+            if look in ".;" or (look in OBJECT_COLOUR_NAMES and look not in SURFACES) or _shape(look):
                 break
             side = SIDE_WORDS.get(look, side)
             dist = NEAR_WORDS.get(look, dist)
         objects[index] = (side, dist)
-    motion = next((m for phrase, m in MOTION_WORDS.items() if re.search(rf"\b{phrase}\b", text)), 0)
     attrs = Attributes(int(rng.integers(len(ROOM_COLOURS))) if room is None else room, objects, motion)
     return attrs, caption(attrs)

@@ -83,6 +83,19 @@ def cmd_encode(args):
     return encode_dataset(args.checkpoint, args.data, args.out, progress=not args.quiet)
 
 
+def cmd_caption(args):
+    from worldsim.recaptioner import caption_dataset
+
+    return caption_dataset(args.data, args.out, args.recaptioner, args.clip, args.every, progress=not args.quiet)
+
+
+def cmd_rewrite(args):
+    from worldsim.captions import rewrite_prompt
+
+    attrs, text = rewrite_prompt(args.prompt, args.seed)
+    return {"prompt": args.prompt, "caption": text}
+
+
 def cmd_export(args):
     """A training run's checkpoint -> the file to ship: weights and config, no optimizer.
     A dynamics run becomes a world model (with its tokenizer and real start frames)."""
@@ -122,11 +135,12 @@ def cmd_envs(args):
     return {"envs": envs.gameplay_ids()}
 
 
-def _run_args(p, data_help: str, configs: list[str], default: str):
+def _run_args(p, data_help: str, configs: list[str] | None = None, default: str = ""):
     """The arguments every `worldsim train MODEL` takes (None = the model's default)."""
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
-    p.add_argument("--config", choices=configs, default=None, help=f"model size (default {default})")
+    if configs:
+        p.add_argument("--config", choices=configs, default=None, help=f"model size (default {default})")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--stop-at", type=int, default=None, help="stop early at this step; rerun to resume")
     p.add_argument("--batch-size", type=int, default=None)
@@ -204,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each batch from windows that end the episode (rare deaths; default 0)")
     t.add_argument("--action-dropout", type=float, default=None,
                    help="share of frames trained without their action, so that action guidance can be used (default 0)")
+    t = models.add_parser("recaptioner", help="the video-to-caption network, on exact Rooms captions")
+    _run_args(t, "a Rooms dataset with ground truth; its test split is scored")
+    t.add_argument("--clip", type=int, default=None, help="actions per captioned clip (default 8)")
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
     p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
@@ -297,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a dynamics run trained with --action-dropout: the default action guidance weight (default 0)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("caption", help="descriptive captions of a dataset's clips (exact from Rooms ground truth, "
+                                       "else from a trained recaptioner)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="JSON-lines file: episode, first frame, caption, source")
+    p.add_argument("--recaptioner", default=None, help="a recaptioner checkpoint, for footage without ground truth")
+    p.add_argument("--clip", type=int, default=8, help="actions per clip (a recaptioner's own clip length wins)")
+    p.add_argument("--every", type=int, default=8, help="frames between the starts of captioned clips")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("rewrite", help="rewrite a short prompt into the detailed caption style the model was trained on")
+    p.add_argument("prompt")
+    p.add_argument("--seed", type=int, default=0, help="draws what the prompt leaves open")
+    p.set_defaults(func=cmd_rewrite)
 
     p = sub.add_parser("envs", help="list the gameplay env ids")
     p.set_defaults(func=cmd_envs)

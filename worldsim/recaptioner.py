@@ -12,6 +12,7 @@ captions can be given footage captioned by this network. Trained by
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class Recaptioner(nn.Module):
             terms["side"] = F.cross_entropy(out["side"][where], targets["side"][where])
             terms["distance"] = F.cross_entropy(out["distance"][where], targets["distance"][where])
         loss = sum(terms.values())
-        return loss, {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+        return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
     @torch.no_grad()
     def attributes(self, frames) -> list[Attributes]:
@@ -98,3 +99,39 @@ class Recaptioner(nn.Module):
 def clip_frames(frames: np.ndarray, t: int, clip: int) -> np.ndarray:
     """The three frames the recaptioner reads of the clip starting at frame t."""
     return frames[[t, t + clip // 2, t + clip]]
+
+
+def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: int = 8, every: int = 8,
+                    progress: bool = True) -> dict:
+    """Caption every `every`-th clip of every episode of a dataset into a JSON-lines file:
+    exact captions from the ground truth where the episode has it (Rooms), else the
+    recaptioner's (`recaptioner`: its checkpoint; footage without ground truth needs
+    one). Each line: episode file, first frame, caption, and which of the two wrote it."""
+    import json
+
+    from tqdm import tqdm
+
+    from worldsim.captions import clip_attributes
+    from worldsim.dataset import _atomic_write_bytes, episode_paths, read_episode
+
+    model = Recaptioner.load(recaptioner) if recaptioner else None
+    clip = model.cfg.clip if model else clip
+    lines, sources = [], {"exact": 0, "recaptioner": 0}
+    for path in tqdm(episode_paths(data), desc="caption", unit="episode", disable=not progress):
+        ep = read_episode(path)
+        starts = list(range(0, len(ep.frames) - clip, every))
+        exact = all(k in ep.gt for k in ("pose", "object_ids", "objects_xy", "room")) and ep.actions is not None
+        if exact:
+            texts = [caption(clip_attributes(ep.gt, ep.actions[t:t + clip], t, ep.frames.shape[2])) for t in starts]
+        elif model is None:
+            raise ValueError(f"{path} has no Rooms ground truth to caption from; pass --recaptioner CHECKPOINT "
+                             "(from `worldsim train recaptioner`) to caption footage without it")
+        else:
+            texts = [text for s in range(0, len(starts), 256)
+                     for text in model.caption(np.stack([clip_frames(ep.frames, t, clip) for t in starts[s:s + 256]]))]
+        source = "exact" if exact else "recaptioner"
+        sources[source] += len(texts)
+        lines += [json.dumps({"episode": str(path), "t": t, "caption": text, "source": source})
+                  for t, text in zip(starts, texts)]
+    _atomic_write_bytes(Path(out), ("\n".join(lines) + "\n").encode())
+    return {"out": out, "clips": len(lines), **sources}
