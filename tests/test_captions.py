@@ -26,8 +26,8 @@ def test_exact_captions_say_what_the_frame_shows():
             gts.append(info["gt"])
             frames.append(frame)
         gt = {k: np.stack([g[k] for g in gts]) for k in gts[0]}
-        for t in range(0, 40, 3):
-            attrs = clip_attributes(gt, [3] * 8, t)
+        for t in range(0, 33, 3):
+            attrs = clip_attributes(gt, t, 8)
             text = caption(attrs)
             assert ROOM_COLOUR_NAMES[attrs.room] in text and "turns to the left" in text
             for i, colour in enumerate(OBJECT_COLOURS[:6]):
@@ -99,3 +99,14 @@ def test_recaptioner_trains_on_exact_captions_and_captions_footage_without_them(
     assert all(line["caption"].startswith("A first-person view inside") for line in lines)
     first = read_episode(lines[0]["episode"]).frames
     assert lines[0]["caption"] == model.caption(clip_frames(first, lines[0]["t"], model.cfg.clip)[None])[0]
+
+
+def test_camera_motion_is_the_net_move_in_the_starting_view():
+    from worldsim.captions import MOTIONS, camera_motion
+
+    facing_y = (2.0, 2.0, np.pi / 2)  # looking along +y: left is -x
+    for end, said in [((2.0, 3.0, np.pi / 2), "walks forward"), ((2.0, 1.0, np.pi / 2), "backs up"),
+                      ((1.0, 2.0, np.pi / 2), "steps to the left"), ((3.0, 2.0, np.pi / 2), "steps to the right"),
+                      ((2.1, 2.1, np.pi / 2), "stands still"), ((2.0, 2.0, np.pi), "turns to the left"),
+                      ((2.0, 2.0, 0.1), "turns to the right"), ((2.0, 2.0, -np.pi + 0.2), "turns to the left")]:
+        assert MOTIONS[camera_motion(np.array(facing_y), np.array(end))] == said, (end, said)

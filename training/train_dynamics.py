@@ -35,6 +35,7 @@ from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
+from worldsim.text import TEXT_DIM
 
 
 @dataclass(kw_only=True)
@@ -53,6 +54,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
+    text: bool = False  # condition each window on the caption of its start (Rooms ground truth; worldsim/captions.py)
+    text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
 
 
 def as_tensors(array: np.ndarray, device):
@@ -63,13 +66,42 @@ def as_tensors(array: np.ndarray, device):
     return torch.from_numpy(array).to(device)
 
 
+class WindowCaptions:
+    """The sentence embedding of the descriptive caption of the clip starting at each
+    frame of each episode (exact captions from the Rooms ground truth). `get(path, s)`;
+    `dropout` of the windows get the null text (zeros), which text guidance contrasts."""
+
+    def __init__(self, paths, dropout: float, clip: int = 8):
+        from worldsim.captions import caption, clip_attributes
+        from worldsim.text import embed_texts
+
+        texts, self.rows, self.dropout = [], {}, dropout
+        for path in paths:
+            with open_episode(path) as f:
+                missing = [k for k in ("pose", "object_ids", "objects_xy", "room") if f"gt/{k}" not in f]
+                if missing:
+                    raise ValueError(f"{path} lacks gt/{missing}: --text captions windows from the Rooms ground truth "
+                                     "(collect Rooms again: older datasets have no gt/room)")
+                gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
+            n = len(gt["pose"])
+            self.rows[str(path)] = len(texts)
+            texts += [caption(clip_attributes(gt, s, min(clip, n - 1 - s))) for s in range(n)]
+        self.table = embed_texts(texts)
+
+    def batch(self, rng, starts) -> np.ndarray:
+        """starts: (episode path, first frame) of each window -> (N, 384) float32."""
+        text = self.table[[self.rows[str(path)] + s for path, s in starts]]
+        return np.where(rng.random((len(text), 1)) < self.dropout, 0.0, text).astype(np.float32)
+
+
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
     step ends the episode, so the termination head sees deaths, rare as they are."""
 
-    def __init__(self, root, window, seed, end_share: float = 0.0):
+    def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None):
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
+        self.captions = captions
         if not self.windows.has_actions:
             raise ValueError(f"{root} has no actions; the dynamics model needs action-labelled episodes")
         self.seed, self.end_share = seed, end_share
@@ -91,8 +123,12 @@ class LatentWindows:
             idx[:ends] = rng.choice(self.ending, size=ends)
         items = [self.windows[int(i)] for i in idx]
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
-        return {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
-                "terminated": stack("terminated")}
+        batch = {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
+                 "terminated": stack("terminated")}
+        if self.captions:
+            starts = [(self.windows.paths[e], t) for e, t in (self.windows.index[int(i)] for i in idx)]
+            batch["text"] = torch.from_numpy(self.captions.batch(rng, starts)).to(device)
+        return batch
 
 
 class MemoryWindows:
@@ -103,7 +139,7 @@ class MemoryWindows:
     (worldsim/memory.py). Episodes are held in memory."""
 
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
-                 match: float = 0.0):
+                 match: float = 0.0, captions: WindowCaptions | None = None):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses)."""
@@ -122,7 +158,7 @@ class MemoryWindows:
                 if len(f["latents"]) >= window + 1:
                     fields = ("latents", "actions", "rewards", "terminated") + \
                         (("gt/pose",) if key != "latent" and "gt/pose" in f else ())
-                    self.episodes.append({name: read_array(f, name) for name in fields})
+                    self.episodes.append({"path": path, **{name: read_array(f, name) for name in fields}})
         if not self.episodes:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
         if key == "auto":
@@ -130,7 +166,7 @@ class MemoryWindows:
         if key == "latent":
             for ep in self.episodes:
                 ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
-        self.window, self.seed, self.k, self.key = window, seed, k, key
+        self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
         self.match = match or SAME_VIEW[key]  # below SAME_VIEW: returns from other poses count too
         self.match_share, self.drop_share = match_share, drop_share
         self.pose_model = None
@@ -170,16 +206,19 @@ class MemoryWindows:
         end = s + self.window
         return {"z": ep["latents"][s:end], "actions": ep["actions"][s:end - 1], "rewards": ep["rewards"][s:end - 1],
                 "terminated": ep["terminated"][s:end - 1], "mem_z": z_mem.numpy(), "mem_pose": feats,
-                "mem_valid": valid}
+                "mem_valid": valid, "start": (ep["path"], s)}
 
     def batch(self, n, step, rank, device):
         rng = np.random.default_rng([self.seed, step, rank])
         drop = rng.random(n) < self.drop_share
         items = [self.item(rng, i < n * self.match_share, drop[i]) for i in range(n)]
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
-        return {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
-                "terminated": stack("terminated"),
-                "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
+        batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
+                 "terminated": stack("terminated"),
+                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
+        if self.captions:
+            batch["text"] = torch.from_numpy(self.captions.batch(rng, [it["start"] for it in items])).to(device)
+        return batch
 
 
 def build(cfg: TrainConfig, meta: dict) -> Dynamics:
@@ -187,7 +226,8 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
         raise ValueError(f"{cfg.data} is not a latent dataset; make one with `worldsim encode`")
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
                              **{**CONFIGS[cfg.config], "memory": cfg.memory,
-                                **({"patch": cfg.patch} if cfg.patch else {}), **cfg.overrides})
+                                **({"patch": cfg.patch} if cfg.patch else {}),
+                                **({"text_dim": TEXT_DIM} if cfg.text else {}), **cfg.overrides})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Dynamics(dyn_cfg)
     if cfg.init:
@@ -230,12 +270,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     meta = dict(probe.meta)
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
+    captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
     if cfg.memory:
         pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match)
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
+                             captions=captions)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
     else:
-        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share)
+        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions)
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame

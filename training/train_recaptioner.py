@@ -46,13 +46,13 @@ class Clips:
         for e, path in enumerate(episode_paths(root, split)):
             ep = read_episode(path)
             missing = [k for k in GT_KEYS if k not in ep.gt]
-            if missing or ep.actions is None:
-                raise DatasetError(f"{path} lacks {missing or ['actions']}; the recaptioner learns from Rooms episodes "
+            if missing:
+                raise DatasetError(f"{path} lacks gt/{missing}; the recaptioner learns from Rooms episodes "
                                    "collected with their ground truth (`worldsim collect --env worldsim/Rooms-v0`)")
             self.frames.append(ep.frames)
-            for t in range(0, len(ep.actions) - clip + 1):
+            for t in range(0, len(ep.frames) - clip):
                 self.index.append((e, t))
-                targets.append(clip_attributes(ep.gt, ep.actions[t:t + clip], t, ep.frames.shape[2]))
+                targets.append(clip_attributes(ep.gt, t, clip, ep.frames.shape[2]))
         if not self.index:
             raise DatasetError(f"{root} has no {split} episode longer than a clip of {clip} actions")
         n = len(targets)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.rooms import ACTIONS, OBJECT_COLOUR_NAMES, OBJECT_SHAPES, ROOM_COLOUR_NAMES, ROOM_COLOURS
+from envs.rooms import OBJECT_COLOUR_NAMES, OBJECT_SHAPES, ROOM_COLOUR_NAMES, ROOM_COLOURS
 
 SIDES = ("on the left", "straight ahead", "on the right")
 DISTANCES = ("close by", "across the room")
@@ -25,6 +25,8 @@ MOTIONS = ("stands still", "walks forward", "backs up", "turns to the left", "tu
            "steps to the left", "steps to the right")  # one per Rooms action, in ACTIONS order
 MIN_PIXELS = 8  # an object shows when at least this many of its pixels are on screen
 NEAR = 2.0  # cells: closer is "close by"
+TURN = 30.0  # degrees of net turn over a clip that make it a turn
+STILL = 0.3  # cells of net displacement under which the camera stands still
 
 
 @dataclass
@@ -34,12 +36,14 @@ class Attributes:
 
     room: int  # ROOM_COLOURS index of the room the camera stands in
     objects: dict[int, tuple[int, int]] = field(default_factory=dict)
-    motion: int = 0  # MOTIONS index: the clip's most frequent action
+    motion: int = 0  # MOTIONS index: the camera's net motion over the clip
 
 
-def clip_attributes(gt: dict, actions, t: int = 0, width: int = 64) -> Attributes:
-    """The attributes of a clip from its ground truth (arrays over the episode's frames,
-    as `gt/<key>` in a dataset) at its first frame `t`, and the actions taken in it."""
+def clip_attributes(gt: dict, t: int, clip: int, width: int = 64) -> Attributes:
+    """The attributes of the clip of frames t .. t + clip from its episode's ground truth
+    (arrays over the frames, as `gt/<key>` in a dataset): the room and the objects in view
+    at its first frame, and the camera's net motion from its first frame to its last
+    (what the footage shows, whichever actions made it)."""
     pose = np.asarray(gt["pose"][t], dtype=np.float64)
     ids = np.asarray(gt["object_ids"][t])
     objects = {}
@@ -50,9 +54,24 @@ def clip_attributes(gt: dict, actions, t: int = 0, width: int = 64) -> Attribute
         side = 0 if column < width / 3 else 2 if column >= 2 * width / 3 else 1
         near = np.linalg.norm(np.asarray(gt["objects_xy"][t][i], dtype=np.float64) - pose[:2]) < NEAR
         objects[i] = (side, 0 if near else 1)
-    acts = np.asarray(actions, dtype=np.int64).reshape(-1)
-    motion = int(np.bincount(acts, minlength=len(ACTIONS)).argmax()) if len(acts) else 0
-    return Attributes(int(gt["room"][t]), objects, motion)
+    return Attributes(int(gt["room"][t]), objects, camera_motion(pose, np.asarray(gt["pose"][t + clip], np.float64)))
+
+
+def camera_motion(start, end) -> int:
+    """The MOTIONS index of the move from pose `start` to `end` (x, y, yaw): a turn of
+    TURN degrees or more, else the larger of the forward and sideways displacement in
+    the starting view, else standing still."""
+    turn = (end[2] - start[2] + np.pi) % (2 * np.pi) - np.pi
+    if abs(np.degrees(turn)) >= TURN:
+        return 3 if turn > 0 else 4
+    d = end[:2] - start[:2]
+    forward = d @ np.array([np.cos(start[2]), np.sin(start[2])])
+    left = d @ np.array([-np.sin(start[2]), np.cos(start[2])])
+    if max(abs(forward), abs(left)) < STILL:
+        return 0
+    if abs(forward) >= abs(left):
+        return 1 if forward > 0 else 2
+    return 5 if left > 0 else 6
 
 
 def object_name(i: int) -> str:

@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each batch from windows that end the episode (rare deaths; default 0)")
     t.add_argument("--action-dropout", type=float, default=None,
                    help="share of frames trained without their action, so that action guidance can be used (default 0)")
+    t.add_argument("--text", action="store_true", default=None,
+                   help="condition each window on the descriptive caption of its start (Rooms ground truth)")
+    t.add_argument("--text-dropout", type=float, default=None,
+                   help="share of windows trained with the null text, for text guidance (default 0.1)")
     t = models.add_parser("recaptioner", help="the video-to-caption network, on exact Rooms captions")
     _run_args(t, "a Rooms dataset with ground truth; its test split is scored")
     t.add_argument("--clip", type=int, default=None, help="actions per captioned clip (default 8)")

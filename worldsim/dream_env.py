@@ -87,10 +87,7 @@ class _DreamBase:
         options = self._check_options(options)
         h, w, _ = self.model.frame_shape
         if "prompt" in options:
-            if not self.model.dynamics.cfg.text_dim:
-                raise ValueError("this world model has no text conditioning (text_dim=0); start from a start frame, "
-                                 "an episode or a context instead of a prompt")
-            raise NotImplementedError("prompt resets need the text encoder of a text-conditioned checkpoint")
+            return self._prompt_context(options["prompt"], rng)
         if "episode" in options:
             return self._episode_context(options["episode"])
         if "context" in options:
@@ -116,6 +113,22 @@ class _DreamBase:
             return frames, actions.astype(self.single_action_space.dtype)
         frames = self.model.start_frames[rng.integers(len(self.model.start_frames))][None]
         return frames, np.zeros((0,), np.int64)
+
+    def _prompt_context(self, prompt, rng):
+        """(first frame, no actions, text embedding) of a world made from a prompt: the
+        prompt is rewritten into the caption style the model was trained on
+        (worldsim/captions.py), which `last_caption` keeps for the reset's info."""
+        from worldsim.captions import rewrite_prompt
+        from worldsim.text import embed_texts
+
+        if not self.model.dynamics.cfg.text_dim:
+            raise ValueError("this world model has no text conditioning (text_dim=0); start from a start frame, "
+                             "an episode or a context instead of a prompt, or use a model trained with --text")
+        _, text = rewrite_prompt(prompt, int(rng.integers(2**31)))
+        embedding = embed_texts([text])[0]
+        generator = torch.Generator(device=self.model.device).manual_seed(int(rng.integers(2**31)))
+        self.last_caption = {"prompt": prompt, "caption": text}
+        return self.model.frame_from_text(embedding, generator)[None], np.zeros((0,), np.int64), embedding
 
     def _episode_context(self, ref):
         """(frames, actions) from a dataset episode: `path` or `(path, start)`."""
@@ -200,15 +213,19 @@ class DreamEnv(_DreamBase, gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        frames, actions = self._context(options, self.np_random)
+        self.last_caption = None
+        frames, actions, *text = self._context(options, self.np_random)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
         self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
-        self.core.reset_rows([0], [(frames, actions)], self._generator)
+        self.core.reset_rows([0], [(frames, actions, *text)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
         obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].cpu().numpy().astype(np.float32)
         if self.render_mode == "human":
             self.render()
-        return obs, self._info(0, 0.0, 0)
+        info = self._info(0, 0.0, 0)
+        if self.last_caption:  # the rewritten prompt the world was made from
+            info.update(self.last_caption)
+        return obs, info
 
     def step(self, action):
         if self.core is None:
@@ -305,7 +322,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         self.core.reset_rows(rows, contexts, self._generator)
         self._steps[rows] = 0
         self._ended[rows] = False
-        obs = (np.stack([frames[-1] for frames, _ in contexts]) if self.obs_type == "rgb"
+        obs = (np.stack([context[0][-1] for context in contexts]) if self.obs_type == "rgb"
                else self.core.last[list(rows)].cpu().numpy().astype(np.float32))
         return obs, [self._info(row, 0.0, 0) for row in rows]
 

@@ -48,6 +48,7 @@ class DynamicsConfig:
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
+    text_guidance: float = 0.0  # w_t: x0 += w_t (x0 - x0_null_text) when a text is given (zeros are the null text)
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
     memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, RESULTS.md)
 
@@ -242,6 +243,9 @@ class Dynamics(nn.Module):
         self.action = ActionEncoder(cfg.action_space, d)
         self.noise = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text = nn.Linear(cfg.text_dim, d) if cfg.text_dim else None
+        if self.text is not None:  # zero: text added to a trained model starts by changing nothing
+            nn.init.zeros_(self.text.weight)
+            nn.init.zeros_(self.text.bias)
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
@@ -396,19 +400,26 @@ class Dynamics(nn.Module):
 
     @torch.no_grad()
     def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None,
-                    memory=None, guidance: float | None = None, action_guidance: float | None = None):
+                    memory=None, guidance: float | None = None, action_guidance: float | None = None,
+                    text_guidance: float | None = None, has_action: bool = True):
         """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
         that leads into it and optional memory (clean latents, pose features, valid; as in
         forward), with memory guidance w = `guidance` (default cfg.memory_guidance; 0 is
-        none) and action guidance (default cfg.action_guidance); then add the frame to the cache."""
+        none), action guidance and text guidance (defaults: the config's); then add the frame
+        to the cache. has_action=False: no action led here (a world's first frame)."""
         steps = steps or self.cfg.sample_steps
         guidance = self.cfg.memory_guidance if guidance is None else guidance
         action_guidance = self.cfg.action_guidance if action_guidance is None else action_guidance
+        text_guidance = self.cfg.text_guidance if text_guidance is None else text_guidance
+        if text is None:
+            text_guidance = 0.0
         b = frame_index.shape[0]
         shape = (b, 1, *self.cfg.latent_shape)
         device = frame_index.device
         act = action[:, None] if not isinstance(action, dict) else {k: v[:, None] for k, v in action.items()}
-        has = torch.ones(b, 1, dtype=torch.bool, device=device)
+        has = torch.full((b, 1), has_action, dtype=torch.bool, device=device)
+        if not has_action:
+            action_guidance = 0.0
         pos = frame_index[:, None]
         x = torch.randn(shape, generator=generator, device=device)
         if memory is not None:
@@ -421,6 +432,9 @@ class Dynamics(nn.Module):
                 x0 = x0 + guidance * (cond - self(x, tau, act, has, pos, text, cache))
             if action_guidance:
                 x0 = x0 + action_guidance * (cond - self(x, tau, act, ~has, pos, text, cache, memory=memory))
+            if text_guidance:
+                x0 = x0 + text_guidance * (cond - self(x, tau, act, has, pos, torch.zeros_like(text), cache,
+                                                       memory=memory))
             if i + 1 < steps:  # DDIM-like step along the straight path
                 eps = (x - (1 - taus[i]) * x0) / taus[i]
                 x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps

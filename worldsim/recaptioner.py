@@ -120,9 +120,9 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
     for path in tqdm(episode_paths(data), desc="caption", unit="episode", disable=not progress):
         ep = read_episode(path)
         starts = list(range(0, len(ep.frames) - clip, every))
-        exact = all(k in ep.gt for k in ("pose", "object_ids", "objects_xy", "room")) and ep.actions is not None
+        exact = all(k in ep.gt for k in ("pose", "object_ids", "objects_xy", "room"))
         if exact:
-            texts = [caption(clip_attributes(ep.gt, ep.actions[t:t + clip], t, ep.frames.shape[2])) for t in starts]
+            texts = [caption(clip_attributes(ep.gt, t, clip, ep.frames.shape[2])) for t in starts]
         elif model is None:
             raise ValueError(f"{path} has no Rooms ground truth to caption from; pass --recaptioner CHECKPOINT "
                              "(from `worldsim train recaptioner`) to caption footage without it")

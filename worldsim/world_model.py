@@ -125,6 +125,20 @@ class WorldModel(nn.Module):
         return np.stack(frames, 1), np.stack(rewards, 1), np.stack(ends, 1)
 
 
+    @torch.no_grad()
+    def frame_from_text(self, text, generator=None, steps: int = 16) -> np.ndarray:
+        """A world's first frame (H, W, 3) uint8 from a text embedding (worldsim/text.py):
+        the frame the model predicts with nothing before it, guided by the text; more
+        denoising steps than a step of the dream, as it starts from pure noise."""
+        dyn = self.dynamics
+        if not dyn.cfg.text_dim:
+            raise ValueError("this world model has no text conditioning (text_dim=0); train one with --text")
+        text = torch.as_tensor(np.asarray(text), dtype=torch.float32, device=self.device).reshape(1, -1)
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        z = dyn.sample_next(dyn.new_cache(), zero, zero, steps, generator, text=text, has_action=False)
+        return self.decode(z[:, None])[0, 0].cpu().numpy()
+
+
 class DreamCore:
     """Batched dream state: one KV cache for all rows, each row with its own clock, and,
     when the model has memory, its own pose and latent memory.
@@ -163,8 +177,11 @@ class DreamCore:
                 self.poses = np.zeros((num_rows, 3))
             self.memories = [LatentMemory(**self.memory_args) for _ in range(num_rows)]
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
+        # Each row's text (a prompt's embedding); zeros, the null text, for rows started otherwise.
+        text_dim = self.dyn.cfg.text_dim
+        self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
 
-    def _context_cache(self, z, actions, frames_held: int, generator):
+    def _context_cache(self, z, actions, frames_held: int, generator, text=None):
         """A one-row cache holding `frames_held` frames: the context, front-padded."""
         dyn = self.dyn
         t = z.shape[1]
@@ -176,14 +193,15 @@ class DreamCore:
             has = torch.cat([torch.zeros(1, pad, dtype=torch.bool, device=z.device), has], 1)
         z, into, has = z[:, -frames_held:], into[:, -frames_held:], has[:, -frames_held:]
         cache = dyn.new_cache()
-        dyn.prime(cache, z, into, has, torch.arange(frames_held, device=z.device)[None], generator)
+        dyn.prime(cache, z, into, has, torch.arange(frames_held, device=z.device)[None], generator, text)
         return cache
 
     def reset_rows(self, rows, contexts, generator):
-        """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,))."""
+        """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,)), or with a
+        third item, the text embedding the row is conditioned on from then on."""
         max_hold = self.dyn.cfg.max_frames - 1
         if self.cache is None:  # first reset: all rows at once, the longest context decides the length
-            hold = min(max(len(f) for f, _ in contexts), max_hold)
+            hold = min(max(len(context[0]) for context in contexts), max_hold)
             self.cache = self.dyn.new_cache()
             self.cache.layers = [(torch.zeros(self.n, self.dyn.cfg.n_heads, hold * self.dyn.cfg.tokens_per_frame,
                                               self.dyn.cfg.d_model // self.dyn.cfg.n_heads, device=self.device),) * 2
@@ -191,12 +209,15 @@ class DreamCore:
             self.cache.frames = hold
         hold = self.cache.frames
         with torch.no_grad():
-            for row, (frames, actions) in zip(rows, contexts):
+            for row, (frames, actions, *text) in zip(rows, contexts):
+                if self.text is not None:
+                    self.text[row] = torch.as_tensor(text[0], device=self.device) if text and text[0] is not None else 0
                 z = self.model.encode(frames[None])
                 acts = torch.as_tensor(np.asarray(actions)).reshape(1, len(frames) - 1, *np.shape(actions)[1:])
                 acts = acts.to(self.device)
                 at = torch.tensor([row], device=self.device)
-                one = self._context_cache(z, acts, hold, generator)
+                one = self._context_cache(z, acts, hold, generator,
+                                          None if self.text is None else self.text[row:row + 1])
                 self.cache.layers = [(k.index_copy(0, at, k1), v.index_copy(0, at, v1))
                                      for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
                 self.clock[row] = hold - 1
@@ -239,8 +260,8 @@ class DreamCore:
             a = torch.as_tensor(np.asarray(actions)).to(self.device)
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
-            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, memory=memory,
-                                       guidance=self.memory_guidance)
+            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, text=self.text,
+                                       memory=memory, guidance=self.memory_guidance)
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:

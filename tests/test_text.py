@@ -1,0 +1,84 @@
+"""Text conditioning: caption embeddings in training, text guidance, and worlds started
+from a prompt through the Gymnasium API."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def text_world(pipeline, tmp_path_factory):
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.world_model import export_world_model
+
+    root, _, _ = pipeline
+    out = tmp_path_factory.mktemp("text")
+    cfg = TrainConfig(data=str(root / "latents"), out=str(out / "dyn"), config="tiny", text=True, steps=12,
+                      batch_size=4, warmup=2, ckpt_every=12, init=str(root / "dyn" / "latest.safetensors"))
+    summary = train(cfg, progress=False)
+    export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"))
+    return out / "world.safetensors", summary
+
+
+def test_sentence_embeddings_are_offline_unit_vectors_that_tell_captions_apart():
+    from worldsim.captions import rewrite_prompt
+    from worldsim.text import TEXT_DIM, embed_texts
+
+    texts = [rewrite_prompt(p, seed=0)[1] for p in ("a teal room with a red ball", "a teal room with a red ball",
+                                                    "an umber room with a blue cone on the left")]
+    e = embed_texts(texts)
+    assert e.shape == (3, TEXT_DIM) and e.dtype == np.float32 and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
+    assert np.allclose(e[0], e[1]) and e[0] @ e[2] < 0.99
+
+
+def test_training_with_captions_feeds_each_window_its_caption(pipeline):
+    from training.train_dynamics import LatentWindows, WindowCaptions
+    from worldsim.dataset import episode_paths
+
+    root, _, _ = pipeline
+    captions = WindowCaptions(episode_paths(root / "latents", "train"), dropout=0.5)
+    batch = LatentWindows(str(root / "latents"), 4, 0, captions=captions).batch(64, 0, 0, torch.device("cpu"))
+    text = batch["text"].numpy()
+    dropped = np.abs(text).sum(1) == 0
+    assert text.shape == (64, 384) and 0.25 < dropped.mean() < 0.75  # the null text, for guidance
+    assert np.allclose(np.linalg.norm(text[~dropped], axis=1), 1, atol=1e-4)
+
+
+def test_a_prompt_starts_a_world_that_then_steps(text_world):
+    path, summary = text_world
+    assert summary["step"] == 12
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(path))
+    obs, info = env.reset(seed=0, options={"prompt": "a teal room with a red ball on the left"})
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert info["prompt"] == "a teal room with a red ball on the left"
+    assert info["caption"].startswith("A first-person view inside a teal room") and "red ball" in info["caption"]
+    obs2, *_ = env.step(3)
+    assert obs2.shape == obs.shape
+    # The text is part of the state: the same prompt and seed give the same world.
+    again, _ = env.reset(seed=0, options={"prompt": "a teal room with a red ball on the left"})
+    assert np.array_equal(again, obs)
+    _, info = env.reset(seed=0)  # a start frame: no prompt, the null text
+    assert "caption" not in info
+
+
+def test_text_guidance_moves_the_sample_with_the_text(text_world):
+    from worldsim.world_model import WorldModel
+
+    path, _ = text_world
+    model = WorldModel.load(path)
+    layer = model.dynamics.text
+    torch.nn.init.normal_(layer.weight, std=0.5)  # a short run leaves the zero-initialised text layer small
+    text = torch.nn.functional.normalize(torch.randn(384), dim=0).numpy()
+    plain = model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2)
+    assert np.array_equal(plain, model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2))
+    model.dynamics.cfg.text_guidance = 3.0
+    guided = model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2)
+    assert np.abs(guided.astype(int) - plain).mean() > 1  # guidance pushes the frame further along the text
+
+
+def test_models_without_text_refuse_prompts(memory_world):
+    path, _ = memory_world
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(path))
+    with pytest.raises(ValueError, match="no text conditioning"):
+        env.reset(options={"prompt": "a red room"})
