@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from envs.rooms import OBJECT_COLOURS, ROOM_COLOUR_NAMES
-from worldsim.captions import MIN_PIXELS, SIDES, Attributes, caption, clip_attributes, object_name, rewrite_prompt
+from envs.rooms_captions import MIN_PIXELS, SIDES, Attributes, caption, clip_attributes, object_name, rewrite_prompt
 
 
 def test_exact_captions_say_what_the_frame_shows():
@@ -102,7 +102,7 @@ def test_recaptioner_trains_on_exact_captions_and_captions_footage_without_them(
 
 
 def test_camera_motion_is_the_net_move_in_the_starting_view():
-    from worldsim.captions import MOTIONS, camera_motion
+    from envs.rooms_captions import MOTIONS, camera_motion
 
     facing_y = (2.0, 2.0, np.pi / 2)  # looking along +y: left is -x
     for end, said in [((2.0, 3.0, np.pi / 2), "walks forward"), ((2.0, 1.0, np.pi / 2), "backs up"),

@@ -22,7 +22,7 @@ def text_world(pipeline, tmp_path_factory):
 
 
 def test_sentence_embeddings_are_offline_unit_vectors_that_tell_captions_apart():
-    from worldsim.captions import rewrite_prompt
+    from envs.rooms_captions import rewrite_prompt
     from worldsim.text import TEXT_DIM, embed_texts
 
     texts = [rewrite_prompt(p, seed=0)[1] for p in ("a teal room with a red ball", "a teal room with a red ball",
@@ -82,3 +82,25 @@ def test_models_without_text_refuse_prompts(memory_world):
     env = gym.make("worldsim/Dream-v0", checkpoint=str(path))
     with pytest.raises(ValueError, match="no text conditioning"):
         env.reset(options={"prompt": "a red room"})
+
+
+def test_dream_cli_writes_a_world_from_a_prompt(text_world, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+
+    path, _ = text_world
+    out = tmp_path / "w.mp4"
+    result = subprocess.run([sys.executable, "-m", "worldsim.cli", "dream", "--checkpoint", str(path), "--prompt",
+                             "an umber room with a yellow pillar", "--steps", "30", "--out", str(out)],
+                            capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report["steps"] == 30 and "umber room" in report["caption"] and "yellow pillar" in report["caption"]
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 31
+    assert cv2.imread(report["first_frame"]).shape == (256, 256, 3)
+    failed = subprocess.run([sys.executable, "-m", "worldsim.cli", "dream", "--out", str(out)], capture_output=True,
+                            text=True)
+    assert failed.returncode != 0 and "--episode" in failed.stderr and "--prompt" in failed.stderr

@@ -54,7 +54,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
-    text: bool = False  # condition each window on the caption of its start (Rooms ground truth; worldsim/captions.py)
+    text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
 
 
@@ -72,7 +72,7 @@ class WindowCaptions:
     `dropout` of the windows get the null text (zeros), which text guidance contrasts."""
 
     def __init__(self, paths, dropout: float, clip: int = 8):
-        from worldsim.captions import caption, clip_attributes
+        from envs.rooms_captions import caption, clip_attributes
         from worldsim.text import embed_texts
 
         texts, self.rows, self.dropout = [], {}, dropout

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from training.loop import RunConfig, pick_device, run
-from worldsim.captions import clip_attributes
+from envs.rooms_captions import clip_attributes
 from worldsim.dataset import DatasetError, episode_paths, read_episode
 from worldsim.recaptioner import Recaptioner, RecaptionerConfig, clip_frames
 

@@ -90,7 +90,7 @@ def cmd_caption(args):
 
 
 def cmd_rewrite(args):
-    from worldsim.captions import rewrite_prompt
+    from envs.rooms_captions import rewrite_prompt
 
     attrs, text = rewrite_prompt(args.prompt, args.seed)
     return {"prompt": args.prompt, "caption": text}
@@ -117,8 +117,12 @@ def cmd_export(args):
 
 
 def cmd_dream(args):
-    from worldsim.dream_video import dream_episode
+    from worldsim.dream_video import dream_episode, dream_prompt
 
+    if (args.episode is None) == (args.prompt is None):
+        raise ValueError("dream needs one of --episode (replay a real episode's actions) or --prompt (a world from text)")
+    if args.prompt is not None:
+        return dream_prompt(args.checkpoint, args.prompt, args.steps, args.out, seed=args.seed)
     return dream_episode(args.checkpoint, args.episode, args.steps, args.out, context=args.context,
                          sample_steps=args.sample_steps, seed=args.seed)
 
@@ -226,9 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(t, "a Rooms dataset with ground truth; its test split is scored")
     t.add_argument("--clip", type=int, default=None, help="actions per captioned clip (default 8)")
 
-    p = sub.add_parser("dream", help="replay a real episode's actions in the dream; writes real | dream side by side")
+    p = sub.add_parser("dream", help="replay a real episode's actions in the dream (writes real | dream side by side), "
+                                     "or dream a world from a text prompt")
     p.add_argument("--checkpoint", default=None, help="world model from `worldsim export` (default: the shipped Rooms model)")
-    p.add_argument("--episode", required=True, help="an episode file (DIR/test/ep_000002.h5)")
+    p.add_argument("--episode", default=None, help="an episode file (DIR/test/ep_000002.h5)")
+    p.add_argument("--prompt", default=None, help='a world from text, e.g. "a teal room with a red ball on the left" '
+                                                  "(a text-conditioned model: --checkpoint)")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--context", type=int, default=4, help="real frames given before dreaming")
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")

@@ -117,8 +117,8 @@ class _DreamBase:
     def _prompt_context(self, prompt, rng):
         """(first frame, no actions, text embedding) of a world made from a prompt: the
         prompt is rewritten into the caption style the model was trained on
-        (worldsim/captions.py), which `last_caption` keeps for the reset's info."""
-        from worldsim.captions import rewrite_prompt
+        (envs/rooms_captions.py), which `last_caption` keeps for the reset's info."""
+        from envs.rooms_captions import rewrite_prompt
         from worldsim.text import embed_texts
 
         if not self.model.dynamics.cfg.text_dim:

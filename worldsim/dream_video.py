@@ -93,3 +93,30 @@ def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: 
             "psnr_db_first": float(scores[0]), "psnr_db_last": float(scores[-1]),
             "copy_last_context_frame_psnr_db_mean": float(psnr(real, np.repeat(ep.frames[context - 1:context], steps, 0)).mean()),
             "predicted_reward_sum": float(rewards.sum()), "real_reward_sum": float(ep.rewards[context - 1:context - 1 + steps].sum())}
+
+
+def dream_prompt(checkpoint: str, prompt: str, steps: int, out: str, seed: int = 0) -> dict:
+    """A world made from a text prompt (a text-conditioned world model), shown by a camera
+    that first turns full circle on the spot, then takes random actions; writes the video
+    and a PNG of its first frame."""
+    import cv2
+    import gymnasium as gym
+
+    env = gym.make("worldsim/Dream-v0", checkpoint=checkpoint, max_steps=steps)
+    names = list(env.unwrapped.action_meanings)
+    circle = env.unwrapped.model.info.get("env_kwargs", {}).get("turn_steps", 24)
+    obs, info = env.reset(seed=seed, options={"prompt": prompt})
+    rng = np.random.default_rng(seed)
+    frames = [obs]
+    for k in range(steps):
+        action = names.index("TURN_LEFT") if "TURN_LEFT" in names and k < circle else int(rng.integers(len(names)))
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        if terminated or truncated:
+            break
+    write_video(out, np.stack(frames))
+    first = Path(out).with_suffix(".png")
+    cv2.imwrite(str(first), cv2.cvtColor(cv2.resize(frames[0], None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST),
+                                         cv2.COLOR_RGB2BGR))
+    return {"out": out, "first_frame": str(first), "prompt": prompt, "caption": info["caption"],
+            "steps": len(frames) - 1}

@@ -2,7 +2,7 @@
 truth.
 
 It reads three frames of a clip (its first, middle and last) and predicts the clip's
-Attributes (worldsim/captions.py): the room's wall colour, for each object whether it is
+Attributes (envs/rooms_captions.py): the room's wall colour, for each object whether it is
 in view and, if so, on which side and how far, and the camera's motion. `caption` turns
 them into the same sentences the exact captions use, so a model trained on exact
 captions can be given footage captioned by this network. Trained by
@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsim.captions import DISTANCES, MOTIONS, SIDES, Attributes, caption
 from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint
 
 
@@ -27,6 +26,9 @@ from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, s
 class RecaptionerConfig:
     rooms: int = 9  # wall colours
     objects: int = 6  # object slots (colour and shape fixed per slot)
+    sides: int = 3  # left, ahead, right
+    distances: int = 2  # close by, across the room
+    motions: int = 7  # the camera's net motions (envs/rooms_captions.py MOTIONS)
     clip: int = 8  # actions per clip: frames 0, clip // 2 and clip are read
     width: int = 32  # channels of the first conv; doubled at each of four stride-2 convs (64 -> 4 pixels)
 
@@ -39,7 +41,7 @@ class Recaptioner(nn.Module):
         chans = [9, w, 2 * w, 4 * w, 4 * w]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(chans[:-1], chans[1:]))
         self.pool = nn.AdaptiveAvgPool2d(4)
-        n_out = cfg.rooms + cfg.objects * (1 + len(SIDES) + len(DISTANCES)) + len(MOTIONS)
+        n_out = cfg.rooms + cfg.objects * (1 + cfg.sides + cfg.distances) + cfg.motions
         self.head = nn.Sequential(nn.Linear(chans[-1] * 16, 256), nn.GELU(), nn.Linear(256, n_out))
 
     def forward(self, frames: torch.Tensor) -> dict:
@@ -50,9 +52,9 @@ class Recaptioner(nn.Module):
             x = F.gelu(conv(x))
         out = self.head(self.pool(x).flatten(1))
         c, o = self.cfg, self.cfg.objects
-        room, seen, side, dist, motion = out.split([c.rooms, o, o * len(SIDES), o * len(DISTANCES), len(MOTIONS)], 1)
-        return {"room": room, "seen": seen, "side": side.reshape(-1, o, len(SIDES)),
-                "distance": dist.reshape(-1, o, len(DISTANCES)), "motion": motion}
+        room, seen, side, dist, motion = out.split([c.rooms, o, o * c.sides, o * c.distances, c.motions], 1)
+        return {"room": room, "seen": seen, "side": side.reshape(-1, o, c.sides),
+                "distance": dist.reshape(-1, o, c.distances), "motion": motion}
 
     def loss(self, frames, targets: dict) -> tuple[torch.Tensor, dict]:
         out = self(frames)
@@ -68,8 +70,10 @@ class Recaptioner(nn.Module):
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
     @torch.no_grad()
-    def attributes(self, frames) -> list[Attributes]:
+    def attributes(self, frames) -> list:
         """Clip frames (B, 3, H, W, 3) uint8 -> the predicted Attributes of each clip."""
+        from envs.rooms_captions import Attributes
+
         out = self(torch.as_tensor(np.asarray(frames)))
         result = []
         for b in range(len(out["room"])):
@@ -79,6 +83,8 @@ class Recaptioner(nn.Module):
         return result
 
     def caption(self, frames) -> list[str]:
+        from envs.rooms_captions import caption
+
         return [caption(a) for a in self.attributes(frames)]
 
     def save(self, path):
@@ -111,7 +117,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
 
     from tqdm import tqdm
 
-    from worldsim.captions import clip_attributes
+    from envs.rooms_captions import caption, clip_attributes
     from worldsim.dataset import _atomic_write_bytes, episode_paths, read_episode
 
     model = Recaptioner.load(recaptioner) if recaptioner else None
