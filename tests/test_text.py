@@ -104,3 +104,12 @@ def test_dream_cli_writes_a_world_from_a_prompt(text_world, tmp_path):
     failed = subprocess.run([sys.executable, "-m", "worldsim.cli", "dream", "--out", str(out)], capture_output=True,
                             text=True)
     assert failed.returncode != 0 and "--episode" in failed.stderr and "--prompt" in failed.stderr
+
+
+def test_vector_env_worlds_from_prompts_say_their_captions(text_world):
+    path, _ = text_world
+    envs = gym.make_vec("worldsim/Dream-v0", num_envs=2, vectorization_mode="vector_entry_point", checkpoint=str(path))
+    obs, info = envs.reset(seed=1, options={"prompt": "a sage room with a blue cone"})
+    assert obs.shape == (2, 64, 64, 3) and all("inside a sage room" in c and "blue cone" in c for c in info["caption"])
+    obs, *_ = envs.step(np.array([1, 3]))
+    assert obs.shape == (2, 64, 64, 3)

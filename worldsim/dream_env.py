@@ -115,9 +115,9 @@ class _DreamBase:
         return frames, np.zeros((0,), np.int64)
 
     def _prompt_context(self, prompt, rng):
-        """(first frame, no actions, text embedding) of a world made from a prompt: the
-        prompt is rewritten into the caption style the model was trained on
-        (envs/rooms_captions.py), which `last_caption` keeps for the reset's info."""
+        """(first frame, no actions, text embedding, {"prompt", "caption"}) of a world made
+        from a prompt: the prompt is rewritten into the caption style the model was
+        trained on (envs/rooms_captions.py); the reset's info says what was used."""
         from envs.rooms_captions import rewrite_prompt
         from worldsim.text import embed_texts
 
@@ -127,8 +127,8 @@ class _DreamBase:
         _, text = rewrite_prompt(prompt, int(rng.integers(2**31)))
         embedding = embed_texts([text])[0]
         generator = torch.Generator(device=self.model.device).manual_seed(int(rng.integers(2**31)))
-        self.last_caption = {"prompt": prompt, "caption": text}
-        return self.model.frame_from_text(embedding, generator)[None], np.zeros((0,), np.int64), embedding
+        return (self.model.frame_from_text(embedding, generator)[None], np.zeros((0,), np.int64), embedding,
+                {"prompt": prompt, "caption": text})
 
     def _episode_context(self, ref):
         """(frames, actions) from a dataset episode: `path` or `(path, start)`."""
@@ -213,7 +213,6 @@ class DreamEnv(_DreamBase, gym.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.last_caption = None
         frames, actions, *text = self._context(options, self.np_random)
         self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
         self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
@@ -223,8 +222,8 @@ class DreamEnv(_DreamBase, gym.Env):
         if self.render_mode == "human":
             self.render()
         info = self._info(0, 0.0, 0)
-        if self.last_caption:  # the rewritten prompt the world was made from
-            info.update(self.last_caption)
+        if text:  # the rewritten prompt the world was made from
+            info.update(text[1])
         return obs, info
 
     def step(self, action):
@@ -324,7 +323,11 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         self._ended[rows] = False
         obs = (np.stack([context[0][-1] for context in contexts]) if self.obs_type == "rgb"
                else self.core.last[list(rows)].cpu().numpy().astype(np.float32))
-        return obs, [self._info(row, 0.0, 0) for row in rows]
+        infos = [self._info(row, 0.0, 0) for row in rows]
+        for info, context in zip(infos, contexts):
+            if len(context) > 3:  # the rewritten prompt the world was made from
+                info.update(context[3])
+        return obs, infos
 
     def _batch_infos(self, batched: dict, rows, infos) -> dict:
         for row, info in zip(rows, infos):

@@ -198,7 +198,8 @@ class DreamCore:
 
     def reset_rows(self, rows, contexts, generator):
         """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,)), or with a
-        third item, the text embedding the row is conditioned on from then on."""
+        third item, the text embedding the row is conditioned on from then on (items after
+        it are the caller's)."""
         max_hold = self.dyn.cfg.max_frames - 1
         if self.cache is None:  # first reset: all rows at once, the longest context decides the length
             hold = min(max(len(context[0]) for context in contexts), max_hold)
