@@ -40,12 +40,12 @@ def prompts(n: int, seed: int) -> list[tuple[str, int, int, int]]:
 
 
 def score(model: WorldModel, reader: Recaptioner, cases, texts: np.ndarray, guidance: float, steps: int,
-          seed: int) -> dict:
+          seed: int) -> tuple[dict, np.ndarray]:
     model.dynamics.cfg.text_guidance = guidance
     room = seen = side = 0
     frames = []
     for k, ((_, r, o, s), text) in enumerate(zip(cases, texts)):
-        frame = model.frame_from_text(text, torch.Generator().manual_seed(seed + k), steps=steps)
+        frame = model.frame_from_text(text, torch.Generator(device=model.device).manual_seed(seed + k), steps=steps)
         frames.append(frame)
         attrs = reader.attributes(np.repeat(frame[None, None], 3, 1))[0]
         room += attrs.room == r

@@ -39,18 +39,19 @@ class Attributes:
     motion: int = 0  # MOTIONS index: the camera's net motion over the clip
 
 
-def clip_attributes(gt: dict, t: int, clip: int, width: int = 64) -> Attributes:
+def clip_attributes(gt: dict, t: int, clip: int) -> Attributes:
     """The attributes of the clip of frames t .. t + clip from its episode's ground truth
     (arrays over the frames, as `gt/<key>` in a dataset): the room and the objects in view
     at its first frame, and the camera's net motion from its first frame to its last
     (what the footage shows, whichever actions made it)."""
     pose = np.asarray(gt["pose"][t], dtype=np.float64)
     ids = np.asarray(gt["object_ids"][t])
+    width = ids.shape[-1]
     objects = {}
     for i in range(len(gt["objects_xy"][t])):
         if (ids == i).sum() < MIN_PIXELS:
             continue
-        column = int(np.nonzero(ids == i)[1].mean())
+        column = np.nonzero(ids == i)[1].mean()
         side = 0 if column < width / 3 else 2 if column >= 2 * width / 3 else 1
         near = np.linalg.norm(np.asarray(gt["objects_xy"][t][i], dtype=np.float64) - pose[:2]) < NEAR
         objects[i] = (side, 0 if near else 1)
@@ -113,7 +114,7 @@ COLOUR_WORDS = {"red": (200, 60, 50), "green": (60, 160, 80), "blue": (60, 80, 2
                 "magenta": (220, 60, 220), "olive": (120, 140, 90), "teal": (100, 140, 150)}
 SIDE_WORDS = {"left": 0, "ahead": 1, "front": 1, "centre": 1, "center": 1, "middle": 1, "right": 2}
 NEAR_WORDS = {"near": 0, "close": 0, "nearby": 0, "far": 1, "across": 1, "distant": 1}
-MOTION_WORDS = {"forward": 1, "walk": 1, "walks": 1, "back": 2, "backs": 2, "turn left": 3, "turns left": 3,
+MOTION_WORDS = {"forward": 1, "walk": 1, "walks": 1, "back up": 2, "backs up": 2, "turn left": 3, "turns left": 3,
                 "turn right": 4, "turns right": 4, "strafe left": 5, "strafe right": 6}
 
 

@@ -267,6 +267,20 @@ def test_init_carries_the_transformer_body_to_another_latent_shape(pipeline):
         init_from(wider, path)
 
 
+def test_the_next_batch_is_drawn_while_this_one_trains():
+    import threading
+
+    from training.loop import Prefetch
+
+    drawing = []
+    prefetch = Prefetch(lambda step, rank: drawing.append((step, threading.current_thread().name)) or step, 0)
+    assert prefetch.batch(0, 5) == 0
+    prefetch.pending[0].result()  # step 1 was asked for before step 0 was handed over
+    assert [s for s, _ in drawing] == [0, 1] and all(name != "MainThread" for _, name in drawing)
+    assert [prefetch.batch(s, 5) for s in range(1, 5)] == [1, 2, 3, 4] and not prefetch.pending
+    prefetch.close()
+
+
 def test_loader_processes_train_the_same_weights_as_one_thread(pipeline, tmp_path):
     """Batches depend only on (seed, step, rank): drawing them in forked processes (what a
     GPU needs to be fed memory windows) must not change what is trained."""

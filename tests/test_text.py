@@ -43,6 +43,19 @@ def test_training_with_captions_feeds_each_window_its_caption(pipeline):
     dropped = np.abs(text).sum(1) == 0
     assert text.shape == (64, 384) and 0.25 < dropped.mean() < 0.75  # the null text, for guidance
     assert np.allclose(np.linalg.norm(text[~dropped], axis=1), 1, atol=1e-4)
+    # Each kept row is the caption of its own window's start, drawn as the batch drew them.
+    from envs.rooms_captions import caption, clip_attributes
+    from worldsim.dataset import open_episode, read_array
+    from worldsim.text import embed_texts
+
+    windows = LatentWindows(str(root / "latents"), 4, 0).windows
+    idx = np.random.default_rng([0, 0, 0]).integers(len(windows), size=64)
+    for i in np.nonzero(~dropped)[0][:6]:
+        e, t = windows.index[int(idx[i])]
+        with open_episode(windows.paths[e]) as f:  # a latent episode: latents in place of frames
+            gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
+        expected = embed_texts([caption(clip_attributes(gt, t, min(8, len(gt["pose"]) - 1 - t)))])[0]
+        assert np.allclose(text[i], expected, atol=1e-5)
 
 
 def test_a_prompt_starts_a_world_that_then_steps(text_world):
@@ -58,8 +71,9 @@ def test_a_prompt_starts_a_world_that_then_steps(text_world):
     # The text is part of the state: the same prompt and seed give the same world.
     again, _ = env.reset(seed=0, options={"prompt": "a teal room with a red ball on the left"})
     assert np.array_equal(again, obs)
+    assert env.unwrapped.core.text.abs().sum() > 0  # the prompt conditions every step
     _, info = env.reset(seed=0)  # a start frame: no prompt, the null text
-    assert "caption" not in info
+    assert "caption" not in info and env.unwrapped.core.text.abs().sum() == 0
 
 
 def test_text_guidance_moves_the_sample_with_the_text(text_world):
@@ -113,3 +127,19 @@ def test_vector_env_worlds_from_prompts_say_their_captions(text_world):
     assert obs.shape == (2, 64, 64, 3) and all("inside a sage room" in c and "blue cone" in c for c in info["caption"])
     obs, *_ = envs.step(np.array([1, 3]))
     assert obs.shape == (2, 64, 64, 3)
+
+
+def test_export_refuses_guidance_a_run_never_learnt(pipeline, text_world, tmp_path):
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.world_model import WorldModel, export_world_model
+
+    root, _, _ = pipeline
+    plain = str(root / "dyn" / "latest.safetensors")
+    with pytest.raises(CheckpointError, match="--action-dropout"):
+        export_world_model(plain, str(tmp_path / "a.safetensors"), action_guidance=1.0)
+    with pytest.raises(CheckpointError, match="--text"):
+        export_world_model(plain, str(tmp_path / "t.safetensors"), text_guidance=2.0)
+    path, _ = text_world
+    export_world_model(str(path.parent / "dyn" / "latest.safetensors"), str(tmp_path / "t.safetensors"),
+                       text_guidance=2.0)
+    assert WorldModel.load(tmp_path / "t.safetensors").dynamics.cfg.text_guidance == 2.0

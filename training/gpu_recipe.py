@@ -79,7 +79,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return max(float(np.median(times[1:])), float(np.median(draws)) / max(1, cfg.loader_workers))
+    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.loader_workers))
 
 
 def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):

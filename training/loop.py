@@ -18,7 +18,7 @@ import os
 import pickle
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,20 +99,23 @@ def _draw(step: int, rank: int) -> bytes:
 
 
 class Prefetch:
-    """Batches drawn ahead of the step that trains on them, by one thread or, with
-    `workers`, by forked processes that keep `2 * workers` batches in flight. Batches
-    depend only on (step, rank), so who draws them changes nothing in what is trained."""
+    """Batches drawn ahead of the step that trains on them: the next one by a thread, or,
+    with `workers`, `2 * workers` of them by forked processes (a dead one raises
+    BrokenProcessPool rather than hanging). Batches depend only on (step, rank), so who
+    draws them changes nothing in what is trained."""
 
     def __init__(self, batch_at: Callable[[int, int], object], rank: int, workers: int = 0):
         global _draw_batch
-        self.rank, self.ahead = rank, max(1, 2 * workers)
         if workers:
             _draw_batch = batch_at
-            self.pool = multiprocessing.get_context("fork").Pool(workers, _loader_init)
-            self.submit = lambda step: lambda r=self.pool.apply_async(_draw, (step, rank)): pickle.loads(r.get())
+            self.pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _loader_init)
+            self.submit = lambda step: self.pool.submit(_draw, step, rank)
+            self.receive = lambda future: pickle.loads(future.result())
         else:
             self.pool = ThreadPoolExecutor(1)
-            self.submit = lambda step: self.pool.submit(batch_at, step, rank).result
+            self.submit = lambda step: self.pool.submit(batch_at, step, rank)
+            self.receive = lambda future: future.result()
+        self.ahead = 2 * workers if workers else 2  # the batch of this step, and those drawn meanwhile
         self.pending: deque = deque()
         self.next_step = None
 
@@ -122,13 +125,10 @@ class Prefetch:
         while self.next_step < end and len(self.pending) < self.ahead:
             self.pending.append(self.submit(self.next_step))
             self.next_step += 1
-        return self.pending.popleft()()
+        return self.receive(self.pending.popleft())
 
     def close(self):
-        if isinstance(self.pool, ThreadPoolExecutor):
-            self.pool.shutdown(cancel_futures=True)
-        else:
-            self.pool.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def distributed() -> tuple[int, int]:
@@ -215,39 +215,41 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     end = cfg.steps if cfg.stop_at is None else min(cfg.stop_at, cfg.steps)
     # Drawing windows is numpy work that would otherwise leave the model waiting.
     prefetch = Prefetch(batch_at, rank, cfg.loader_workers)
-    while step < end:
-        batch = to_device(prefetch.batch(step, end), device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with autocast:
-            loss, stats = step_fn(batch)
-        if not np.isfinite(loss.item()):
-            raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; training stopped, "
-                                     f"the last good checkpoint is {ckpt}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-        items += items_per_batch(batch) * world
-        bar.update(1)
-        if rank == 0 and (step % cfg.log_every == 0 or step == end):
-            row = {"step": step, **stats, "lr": lr_at(step - 1, cfg), "items_per_s": items / (time.perf_counter() - t0)}
-            if columns is None:
-                columns = list(row)
-                if new:
-                    log.writerow(columns)
-            log.writerow([row.get(c, "") for c in columns])
-            log_file.flush()
-            if writer:
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"{name}/{k}", v, step)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in list(stats.items())[:2]}, refresh=False)
-        if step % cfg.ckpt_every == 0 or step == end:
-            save()
+    try:
+        while step < end:
+            batch = to_device(prefetch.batch(step, end), device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            with autocast:
+                loss, stats = step_fn(batch)
+            if not np.isfinite(loss.item()):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}; training stopped, "
+                                         f"the last good checkpoint is {ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            items += items_per_batch(batch) * world
+            bar.update(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == end):
+                row = {"step": step, **stats, "lr": lr_at(step - 1, cfg), "items_per_s": items / (time.perf_counter() - t0)}
+                if columns is None:
+                    columns = list(row)
+                    if new:
+                        log.writerow(columns)
+                log.writerow([row.get(c, "") for c in columns])
+                log_file.flush()
+                if writer:
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(f"{name}/{k}", v, step)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(stats.items())[:2]}, refresh=False)
+            if step % cfg.ckpt_every == 0 or step == end:
+                save()
+    finally:
+        prefetch.close()
     bar.close()
-    prefetch.close()
     summary = {"checkpoint": str(ckpt), "step": step, "last_batch": stats,
                "items_per_s": items / max(time.perf_counter() - t0, 1e-9), "world_size": world}
     if world > 1:  # every rank must hold the same weights after DDP training

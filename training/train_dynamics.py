@@ -78,19 +78,22 @@ class WindowCaptions:
         texts, self.rows, self.dropout = [], {}, dropout
         for path in paths:
             with open_episode(path) as f:
-                missing = [k for k in ("pose", "object_ids", "objects_xy", "room") if f"gt/{k}" not in f]
+                missing = [f"gt/{k}" for k in ("pose", "object_ids", "objects_xy", "room") if f"gt/{k}" not in f]
                 if missing:
-                    raise ValueError(f"{path} lacks gt/{missing}: --text captions windows from the Rooms ground truth "
-                                     "(collect Rooms again: older datasets have no gt/room)")
+                    raise ValueError(f"{path} lacks {', '.join(missing)}: --text captions windows from the Rooms "
+                                     "ground truth (datasets from before gt/room: collect Rooms again and encode it)")
                 gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
             n = len(gt["pose"])
             self.rows[str(path)] = len(texts)
             texts += [caption(clip_attributes(gt, s, min(clip, n - 1 - s))) for s in range(n)]
-        self.table = embed_texts(texts)
+        unique = sorted(set(texts))  # far fewer than the frames: one embedding each
+        self.table = embed_texts(unique)
+        row = {text: i for i, text in enumerate(unique)}
+        self.index = np.array([row[text] for text in texts])
 
     def batch(self, rng, starts) -> np.ndarray:
         """starts: (episode path, first frame) of each window -> (N, 384) float32."""
-        text = self.table[[self.rows[str(path)] + s for path, s in starts]]
+        text = self.table[self.index[[self.rows[str(path)] + s for path, s in starts]]]
         return np.where(rng.random((len(text), 1)) < self.dropout, 0.0, text).astype(np.float32)
 
 

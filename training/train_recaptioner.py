@@ -47,12 +47,15 @@ class Clips:
             ep = read_episode(path)
             missing = [k for k in GT_KEYS if k not in ep.gt]
             if missing:
-                raise DatasetError(f"{path} lacks gt/{missing}; the recaptioner learns from Rooms episodes "
+                raise DatasetError(f"{path} lacks gt/{', gt/'.join(missing)}; the recaptioner learns from Rooms episodes "
                                    "collected with their ground truth (`worldsim collect --env worldsim/Rooms-v0`)")
+            if len(ep.gt["objects_xy"][0]) > objects:
+                raise DatasetError(f"{path} has {len(ep.gt['objects_xy'][0])} objects; the recaptioner has "
+                                   f"{objects} object slots (Rooms' default n_objects)")
             self.frames.append(ep.frames)
             for t in range(0, len(ep.frames) - clip):
                 self.index.append((e, t))
-                targets.append(clip_attributes(ep.gt, t, clip, ep.frames.shape[2]))
+                targets.append(clip_attributes(ep.gt, t, clip))
         if not self.index:
             raise DatasetError(f"{root} has no {split} episode longer than a clip of {clip} actions")
         n = len(targets)

@@ -106,11 +106,12 @@ def cmd_export(args):
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
-                                  memory_guidance=args.memory_guidance, action_guidance=args.action_guidance)
+                                  memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
+                                  text_guidance=args.text_guidance)
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
-    if args.memory_guidance is not None or args.action_guidance is not None:
-        raise ValueError("--memory-guidance and --action-guidance are for a dynamics run; a tokenizer has neither")
+    if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
+        raise ValueError("guidance weights are for a dynamics run; a tokenizer has none")
     model = Tokenizer.load(args.checkpoint)
     model.save(args.out, extra={k: config[k] for k in ("step", "train", "dataset") if k in config})
     return {"out": args.out, "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
@@ -122,7 +123,8 @@ def cmd_dream(args):
     if (args.episode is None) == (args.prompt is None):
         raise ValueError("dream needs one of --episode (replay a real episode's actions) or --prompt (a world from text)")
     if args.prompt is not None:
-        return dream_prompt(args.checkpoint, args.prompt, args.steps, args.out, seed=args.seed)
+        return dream_prompt(args.checkpoint, args.prompt, args.steps, args.out, seed=args.seed,
+                            sample_steps=args.sample_steps)
     return dream_episode(args.checkpoint, args.episode, args.steps, args.out, context=args.context,
                          sample_steps=args.sample_steps, seed=args.seed)
 
@@ -152,6 +154,8 @@ def _run_args(p, data_help: str, configs: list[str] | None = None, default: str 
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="processes drawing batches ahead (default 0: one thread); a GPU needs several")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -323,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a dynamics run with memory: the world model's default guidance weight (default: the run's)")
     p.add_argument("--action-guidance", type=float, default=None,
                    help="for a dynamics run trained with --action-dropout: the default action guidance weight (default 0)")
+    p.add_argument("--text-guidance", type=float, default=None,
+                   help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

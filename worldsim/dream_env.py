@@ -7,7 +7,10 @@
 `reset(options=...)` starts from a real start frame held with the checkpoint (default),
 from a dataset episode ({"episode": path} or {"episode": (path, start)}), or from given
 context ({"context": {"frames": (T, H, W, 3) uint8, "actions": the T-1 actions between
-them}}); `step(a)` then predicts the frame that follows the last given one, as if `a`
+them}}), or, with a text-conditioned model, from text ({"prompt": str}: rewritten into the
+caption style, the first frame made from it, the text kept for every step; info["caption"]
+says what was used; a vector env's autoreset starts from a start frame and the null text);
+`step(a)` then predicts the frame that follows the last given one, as if `a`
 were taken there. Reward and termination come from the model's heads, truncation from
 `max_steps`. The vector env advances all sub-envs in one batched forward pass.
 `memory=False` turns off the latent memory of a model trained with one (on by default);
@@ -214,7 +217,7 @@ class DreamEnv(_DreamBase, gym.Env):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         frames, actions, *text = self._context(options, self.np_random)
-        self._generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
+        self._generator = torch.Generator(device=self.model.device).manual_seed(int(self.np_random.integers(2**31)))
         self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
         self.core.reset_rows([0], [(frames, actions, *text)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
@@ -292,7 +295,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         super().reset(seed=seed)
         generator = self._generator
         if mask is None or seed is not None:
-            generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31)))
+            generator = torch.Generator(device=self.model.device).manual_seed(int(self.np_random.integers(2**31)))
         contexts = [self._context(options, self.np_random) for _ in rows]  # checked before anything changes
         self._generator = generator
         if mask is None:

@@ -95,14 +95,15 @@ def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: 
             "predicted_reward_sum": float(rewards.sum()), "real_reward_sum": float(ep.rewards[context - 1:context - 1 + steps].sum())}
 
 
-def dream_prompt(checkpoint: str, prompt: str, steps: int, out: str, seed: int = 0) -> dict:
+def dream_prompt(checkpoint: str, prompt: str, steps: int, out: str, seed: int = 0,
+                 sample_steps: int | None = None) -> dict:
     """A world made from a text prompt (a text-conditioned world model), shown by a camera
     that first turns full circle on the spot, then takes random actions; writes the video
     and a PNG of its first frame."""
     import cv2
     import gymnasium as gym
 
-    env = gym.make("worldsim/Dream-v0", checkpoint=checkpoint, max_steps=steps)
+    env = gym.make("worldsim/Dream-v0", checkpoint=checkpoint, max_steps=steps, sample_steps=sample_steps)
     names = list(env.unwrapped.action_meanings)
     circle = env.unwrapped.model.info.get("env_kwargs", {}).get("turn_steps", 24)
     obs, info = env.reset(seed=seed, options={"prompt": prompt})

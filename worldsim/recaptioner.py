@@ -74,7 +74,7 @@ class Recaptioner(nn.Module):
         """Clip frames (B, 3, H, W, 3) uint8 -> the predicted Attributes of each clip."""
         from envs.rooms_captions import Attributes
 
-        out = self(torch.as_tensor(np.asarray(frames)))
+        out = self(torch.as_tensor(np.asarray(frames)).to(next(self.parameters()).device))
         result = []
         for b in range(len(out["room"])):
             seen = (out["seen"][b] > 0).nonzero().flatten().tolist()
@@ -128,7 +128,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
         starts = list(range(0, len(ep.frames) - clip, every))
         exact = all(k in ep.gt for k in ("pose", "object_ids", "objects_xy", "room"))
         if exact:
-            texts = [caption(clip_attributes(ep.gt, t, clip, ep.frames.shape[2])) for t in starts]
+            texts = [caption(clip_attributes(ep.gt, t, clip)) for t in starts]
         elif model is None:
             raise ValueError(f"{path} has no Rooms ground truth to caption from; pass --recaptioner CHECKPOINT "
                              "(from `worldsim train recaptioner`) to caption footage without it")

@@ -290,10 +290,10 @@ def training_compute(config: dict) -> dict:
 
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
                        half: bool = True, memory_guidance: float | None = None,
-                       action_guidance: float | None = None) -> dict:
+                       action_guidance: float | None = None, text_guidance: float | None = None) -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
-    `memory_guidance` and `action_guidance` set the model's default guidance weights
-    (picked on the probes)."""
+    `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
+    guidance weights (picked on the probes and benches)."""
     from worldsim.dataset import episode_paths, read_episode
 
     tensors, config = load_checkpoint(dynamics_ckpt)
@@ -304,8 +304,15 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     if not tokenizer_ckpt or not Path(tokenizer_ckpt).exists():
         raise CheckpointError(f"tokenizer {tokenizer_ckpt!r} not found; pass --tokenizer")
     tokenizer = Tokenizer.load(tokenizer_ckpt)
-    overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance))
-                 if v is not None}
+    train = config.get("train") or {}
+    if action_guidance and not train.get("action_dropout"):
+        raise CheckpointError(f"{dynamics_ckpt} was trained without --action-dropout: it never learnt the action-free "
+                              "prediction that action guidance contrasts")
+    if text_guidance and not (train.get("text") and train.get("text_dropout")):
+        raise CheckpointError(f"{dynamics_ckpt} was not trained with --text and a --text-dropout above 0: it never "
+                              "learnt the null-text prediction that text guidance contrasts")
+    overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance),
+                                          ("text_guidance", text_guidance)) if v is not None}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict(with_prefix(tensors, "model/"))
     firsts = []
