@@ -344,7 +344,8 @@ class Dynamics(nn.Module):
 
         actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
         likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
-        retrieved for the last frame, whose error then counts twice. `action_dropout` hides
+        retrieved for the last frame, whose error then counts twice; with a text (B, text_dim),
+        the first frame's error counts twice. `action_dropout` hides
         each frame's action with this probability, teaching the model the action-free
         prediction that action guidance steers away from. Returns (loss, metrics)."""
         b, t = z.shape[:2]
@@ -361,6 +362,8 @@ class Dynamics(nn.Module):
         last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
         if memory is not None:
             denoise = denoise + last
+        if text is not None:  # the first frame has only the text to go on: a world's start from a prompt
+            denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
         # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
         flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
         reward, end = self.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
