@@ -167,7 +167,15 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A model may ask for some parameters to learn faster (`lr_scales`: name prefix -> factor),
+    # as layers new to a fine-tuned model do.
+    scales = getattr(model, "lr_scales", {})
+    groups = {}
+    for pname, param in model.named_parameters():
+        scale = next((f for prefix, f in scales.items() if pname.startswith(prefix)), 1.0)
+        groups.setdefault(scale, []).append(param)
+    opt = torch.optim.AdamW([{"params": ps, "lr_scale": f} for f, ps in groups.items()], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     step, seconds_before = 0, 0.0  # training time of earlier runs of this directory (resumes)
     torch.manual_seed(cfg.seed + rank)
     if ckpt.exists():
@@ -219,7 +227,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         while step < end:
             batch = to_device(prefetch.batch(step, end), device)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
+                g["lr"] = lr_at(step, cfg) * g["lr_scale"]
             with autocast:
                 loss, stats = step_fn(batch)
             if not np.isfinite(loss.item()):

@@ -237,6 +237,8 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
         fresh = init_from(model, cfg.init)
         if fresh:
             print(f"--init {cfg.init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
+    if cfg.text and cfg.init:  # the text layer is new to the model it starts from: it learns 10x faster
+        model.lr_scales = {"text.": 10.0}
     return model
 
 
