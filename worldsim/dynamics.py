@@ -414,7 +414,7 @@ class Dynamics(nn.Module):
         guidance = self.cfg.memory_guidance if guidance is None else guidance
         action_guidance = self.cfg.action_guidance if action_guidance is None else action_guidance
         text_guidance = self.cfg.text_guidance if text_guidance is None else text_guidance
-        if text is None:
+        if text is None or not bool(text.any()):  # the null text everywhere: nothing to steer by
             text_guidance = 0.0
         b = frame_index.shape[0]
         shape = (b, 1, *self.cfg.latent_shape)
