@@ -12,7 +12,7 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
     out = tmp_path / "out"
     main(["--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "2400", "--num-envs", "2", "--collectors", "2",
           "--configs", "tiny", "--minutes", "0.1", "--min-steps", "1", "--batch-size", "2", "--eval-windows", "2",
-          "--horizons", "1,4", "--loader-workers", "2", "--quiet"])
+          "--horizons", "1,4", "--loader-workers", "2", "--text", "--quiet"])
     figures = json.loads((out / "figures.json").read_text())
     assert figures["config"] == "tiny" and figures["steps"] >= 1 and figures["seconds_per_step"]["tiny"] > 0
     scores = figures["unseen_maps"]
@@ -24,5 +24,6 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
     env = gym.make("worldsim/Dream-v0", checkpoint=str(out / "rooms.safetensors"))
     model = env.unwrapped.model
     assert model.info["env_kwargs"] == {"world_seed": None} and model.has_memory
+    assert model.dynamics.cfg.text_dim and model.info["train"]["action_dropout"] == 0.15
     env.reset(seed=0)
     env.step(1)

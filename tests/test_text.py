@@ -143,3 +143,17 @@ def test_export_refuses_guidance_a_run_never_learnt(pipeline, text_world, tmp_pa
     export_world_model(str(path.parent / "dyn" / "latest.safetensors"), str(tmp_path / "t.safetensors"),
                        text_guidance=2.0)
     assert WorldModel.load(tmp_path / "t.safetensors").dynamics.cfg.text_guidance == 2.0
+
+
+def test_continuing_a_text_model_without_text_says_to_pass_it(text_world):
+    from training.train_dynamics import init_from
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.dynamics import Dynamics
+    from worldsim.world_model import WorldModel
+
+    path, _ = text_world
+    cfg = WorldModel.load(path).dynamics.cfg
+    plain = Dynamics(type(cfg)(**{**cfg.__dict__, "text_dim": 0}))
+    with pytest.raises(CheckpointError, match="pass --text"):
+        init_from(plain, str(path))
+    init_from(Dynamics(cfg), str(path))  # with its text layer it continues

@@ -47,6 +47,8 @@ class RecipeConfig:
     memory: int = 4  # memory frames (pose-keyed)
     patch: int = 4  # the 4x tokenizer's 16x16x4 latents in 4x4 patches: 16 tokens a frame
     lr: float = 3e-4
+    action_dropout: float = 0.15  # trains the action-free prediction that action guidance contrasts
+    text: bool = False  # condition on captions (needed to continue a text-conditioned model such as the shipped one)
     init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
     tokenizer: str = SHIPPED_TOKENIZER
     eval_windows: int = 64
@@ -142,7 +144,8 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     t_train = time.perf_counter()
     train(TrainConfig(data=str(latents), out=str(run_dir), config=config, steps=steps, batch_size=cfg.batch_size,
                       lr=cfg.lr, memory=cfg.memory, patch=cfg.patch, init=cfg.init, seed=cfg.seed,
-                      device=cfg.device, warmup=min(200, max(1, steps // 10)), loader_workers=cfg.loader_workers),
+                      device=cfg.device, warmup=min(200, max(1, steps // 10)), loader_workers=cfg.loader_workers,
+                      action_dropout=cfg.action_dropout, text=cfg.text),
           progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
     export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer)
@@ -167,8 +170,12 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in fields(RecipeConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.name != "out" else str,
-                            default=f.default if f.name != "out" else None, required=f.name == "out")
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):  # a switch: bool("False") would be True
+            parser.add_argument(flag, action="store_true", default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default) if f.name != "out" else str,
+                                default=f.default if f.name != "out" else None, required=f.name == "out")
     parser.add_argument("--quiet", action="store_true")
     args = vars(parser.parse_args(argv))
     quiet = args.pop("quiet")

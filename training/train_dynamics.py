@@ -259,6 +259,8 @@ def init_from(model: Dynamics, path: str):
     weights = {k: v.float() for k, v in with_prefix(tensors, prefix).items()}
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
+    if any(k.startswith("text.") for k in left):
+        raise CheckpointError(f"{path} was trained with captions: pass --text to keep its text conditioning")
     misfit = [k for k in left if not k.startswith(LATENT_IO)]
     if misfit:
         raise CheckpointError(f"{path}: {misfit[:4]}... do not fit this model's config")
