@@ -153,7 +153,8 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         device: torch.device | None = None, progress: bool = True) -> dict:
     """Train `model` for cfg.steps steps.
 
-    batch_at(step, rank) -> batch of CPU tensors (the loop moves it to `device`); loss_of(module, batch) -> (loss tensor, {metric: float});
+    batch_at(step, rank) -> batch of CPU tensors (the loop moves it to `device`);
+    loss_of(module, batch) -> (loss tensor, {metric: float});
     items_per_batch(batch) counts what the throughput figure counts (frames, tokens);
     config is stored in every checkpoint; config["kind"] names the entry (config[kind], the
     architecture) that must match on resume.
@@ -227,7 +228,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         while step < end:
             batch = to_device(prefetch.batch(step, end), device)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg) * g["lr_scale"]
+                g["lr"] = lr_at(step, cfg) * g.get("lr_scale", 1.0)  # runs from before lr_scales resume without it
             with autocast:
                 loss, stats = step_fn(batch)
             if not np.isfinite(loss.item()):
