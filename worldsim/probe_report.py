@@ -81,7 +81,8 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
               "memory": has_memory, "predictors": list(predictors), "probes": {},
               "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
               "memory_guidance": None if not has_memory else
-              model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance}
+              model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance,
+              "action_guidance": model.dynamics.cfg.action_guidance}
     object_views, revisit_views = {}, {}
     for probe in probes:
         t0 = time.perf_counter()
@@ -241,6 +242,8 @@ def _summary_plot(report: dict, path):
             ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
             ax.set_xticks([]), ax.set_yticks([])
     guidance = "" if report["memory_guidance"] is None else f", memory guidance {report['memory_guidance']}"
+    if report.get("action_guidance"):
+        guidance += f", action guidance {report['action_guidance']}"
     maps = ""
     if report["env_id"] == P.ROOMS_ID:
         world_seed = report.get("env_kwargs", {}).get("world_seed", 0)
