@@ -25,5 +25,6 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
     model = env.unwrapped.model
     assert model.info["env_kwargs"] == {"world_seed": None} and model.has_memory
     assert model.dynamics.cfg.text_dim and model.info["train"]["action_dropout"] == 0.15
+    assert model.dynamics.cfg.action_guidance == 2.0 and model.dynamics.cfg.text_guidance == 3.0
     env.reset(seed=0)
     env.step(1)

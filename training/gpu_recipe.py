@@ -49,6 +49,8 @@ class RecipeConfig:
     lr: float = 3e-4
     action_dropout: float = 0.15  # trains the action-free prediction that action guidance contrasts
     text: bool = False  # condition on captions (needed to continue a text-conditioned model such as the shipped one)
+    action_guidance: float = 2.0  # exported default, when trained with action dropout (picked on the control probe)
+    text_guidance: float = 3.0  # exported default, when trained with --text (picked on bench/bench_prompts.py)
     init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
     tokenizer: str = SHIPPED_TOKENIZER
     eval_windows: int = 64
@@ -148,7 +150,9 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
                       action_dropout=cfg.action_dropout, text=cfg.text),
           progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
-    export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer)
+    export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer,
+                       action_guidance=cfg.action_guidance if cfg.action_dropout else None,
+                       text_guidance=cfg.text_guidance if cfg.text else None)
     shutil.copy(run_dir / "metrics.csv", out / "metrics.csv")
 
     say("[recipe] score on unseen maps (the test split)")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU chunk of the Rooms campaign on a lent device, inside the device's time limit:
+#
+#     bash training/gpu_chunk.sh OUT SECONDS [training.gpu_recipe options ...]
+#
+# The device image has PyTorch but not gymnasium: put its wheels in .whl/ first (README,
+# "Continuing the Rooms training campaign") and carry that folder. The recipe runs under
+# `timeout SECONDS`; if the time runs out, the run's last checkpoint is exported anyway,
+# so the device time is not lost. OUT gets rooms.safetensors, metrics.csv, figures.json
+# (when scoring finished) and log.txt.
+set -u
+out=$1
+seconds=$2
+shift 2
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 3
+    export PYTHONPATH=$PWD:/tmp/site
+fi
+work=${WORK:-/tmp/worldsim_recipe}
+timeout "$seconds" python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" > "$out/log.txt" 2>&1
+rc=$?
+if [ ! -f "$out/rooms.safetensors" ] && [ -f "$work/run/latest.safetensors" ]; then
+    echo "gpu_chunk: the recipe stopped (exit $rc) before exporting; exporting the last checkpoint"
+    python3 -m worldsim.cli export --checkpoint "$work/run/latest.safetensors" \
+        --tokenizer worldsim/checkpoints/rooms_tokenizer.safetensors --out "$out/rooms.safetensors" > /dev/null
+    cp "$work/run/metrics.csv" "$out/"
+fi
+tr '\r' '\n' < "$out/log.txt" | grep -E "^\[recipe\]|Error|Traceback|^\{" | tail -20
+exit $rc
