@@ -157,3 +157,18 @@ def test_continuing_a_text_model_without_text_says_to_pass_it(text_world):
     with pytest.raises(CheckpointError, match="pass --text"):
         init_from(plain, str(path))
     init_from(Dynamics(cfg), str(path))  # with its text layer it continues
+
+
+def test_object_share_draws_windows_that_start_on_an_object(pipeline):
+    from envs import env_pose_model
+    from training.train_dynamics import MemoryWindows, WindowCaptions
+    from worldsim.dataset import episode_paths
+
+    root, _, _ = pipeline
+    captions = WindowCaptions(episode_paths(root / "latents", "train"), dropout=0.0)
+    assert 0 < captions.objects.mean() < 0.5  # objects are in view at some starts, not most
+    data = MemoryWindows(str(root / "latents"), 4, 0, 2, env_pose_model("worldsim/Rooms-v0", {}), captions=captions,
+                         object_share=1.0)
+    rng = np.random.default_rng(0)
+    starts = [data.item(rng, False, False, True)["start"] for _ in range(20)]
+    assert all(captions.shows_object(path, s) for path, s in starts)

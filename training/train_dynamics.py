@@ -56,6 +56,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
+    object_share: float = 0.0  # with --text: share of windows starting with an object in view (rare in frames)
 
 
 def as_tensors(array: np.ndarray, device):
@@ -75,7 +76,7 @@ class WindowCaptions:
         from envs.rooms_captions import caption, clip_attributes
         from worldsim.text import embed_texts
 
-        texts, self.rows, self.dropout = [], {}, dropout
+        texts, objects, self.rows, self.dropout = [], [], {}, dropout
         for path in paths:
             with open_episode(path) as f:
                 missing = [f"gt/{k}" for k in ("pose", "object_ids", "objects_xy", "room") if f"gt/{k}" not in f]
@@ -85,11 +86,17 @@ class WindowCaptions:
                 gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
             n = len(gt["pose"])
             self.rows[str(path)] = len(texts)
-            texts += [caption(clip_attributes(gt, s, min(clip, n - 1 - s))) for s in range(n)]
+            attrs = [clip_attributes(gt, s, min(clip, n - 1 - s)) for s in range(n)]
+            texts += [caption(a) for a in attrs]
+            objects += [bool(a.objects) for a in attrs]
+        self.objects = np.array(objects)  # whether the clip starting at each frame shows an object
         unique = sorted(set(texts))  # far fewer than the frames: one embedding each
         self.table = embed_texts(unique)
         row = {text: i for i, text in enumerate(unique)}
         self.index = np.array([row[text] for text in texts])
+
+    def shows_object(self, path, start: int) -> bool:
+        return bool(self.objects[self.rows[str(path)] + start])
 
     def batch(self, rng, starts) -> np.ndarray:
         """starts: (episode path, first frame) of each window -> (N, 384) float32."""
@@ -142,7 +149,7 @@ class MemoryWindows:
     (worldsim/memory.py). Episodes are held in memory."""
 
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
-                 match: float = 0.0, captions: WindowCaptions | None = None):
+                 match: float = 0.0, captions: WindowCaptions | None = None, object_share: float = 0.0):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses)."""
@@ -170,6 +177,7 @@ class MemoryWindows:
             for ep in self.episodes:
                 ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
+        self.object_share = object_share
         self.match = match or SAME_VIEW[key]  # below SAME_VIEW: returns from other poses count too
         self.match_share, self.drop_share = match_share, drop_share
         self.pose_model = None
@@ -192,12 +200,14 @@ class MemoryWindows:
             return view_overlap(poses[i], poses[frames], self.fov, self.reach)
         return ep["keys"][frames] @ ep["keys"][i]
 
-    def item(self, rng, want_match: bool, drop: bool):
+    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False):
         same = self.match
-        for _ in range(100):  # draws until a window that needs its memory, if one is wanted
+        for _ in range(100):  # draws until a window that needs its memory (and starts on an object), if wanted
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
             last = s + self.window - 1
+            if want_object and not self.captions.shows_object(ep["path"], s):
+                continue
             if not want_match or (self._likeness(ep, last, slice(0, s)).max() >= same and
                                   self._likeness(ep, last, slice(s, last)).max() < same):
                 break
@@ -214,7 +224,8 @@ class MemoryWindows:
     def batch(self, n, step, rank, device):
         rng = np.random.default_rng([self.seed, step, rank])
         drop = rng.random(n) < self.drop_share
-        items = [self.item(rng, i < n * self.match_share, drop[i]) for i in range(n)]
+        objects = rng.random(n) < self.object_share if self.object_share else np.zeros(n, bool)
+        items = [self.item(rng, i < n * self.match_share, drop[i], objects[i]) for i in range(n)]
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
         batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                  "terminated": stack("terminated"),
@@ -278,10 +289,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
+    if cfg.object_share and not (cfg.text and cfg.memory):
+        raise ValueError("--object-share draws windows by their captions: it needs --text and --memory")
     if cfg.memory:
         pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
-                             captions=captions)
+                             captions=captions, object_share=cfg.object_share)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions)

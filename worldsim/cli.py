@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="condition each window on the descriptive caption of its start (Rooms ground truth)")
     t.add_argument("--text-dropout", type=float, default=None,
                    help="share of windows trained with the null text, for text guidance (default 0.1)")
+    t.add_argument("--object-share", type=float, default=None,
+                   help="with --text --memory: share of windows that start with an object in view (default 0)")
     t = models.add_parser("recaptioner", help="the video-to-caption network, on exact Rooms captions")
     _run_args(t, "a Rooms dataset with ground truth; its test split is scored")
     t.add_argument("--clip", type=int, default=None, help="actions per captioned clip (default 8)")
