@@ -27,6 +27,7 @@ MIN_PIXELS = 8  # an object shows when at least this many of its pixels are on s
 NEAR = 2.0  # cells: closer is "close by"
 TURN = 30.0  # degrees of net turn over a clip that make it a turn
 STILL = 0.3  # cells of net displacement under which the camera stands still
+GT_KEYS = ("pose", "object_ids", "objects_xy", "room")  # the ground truth a caption is made from
 
 
 @dataclass

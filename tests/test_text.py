@@ -44,7 +44,7 @@ def test_training_with_captions_feeds_each_window_its_caption(pipeline):
     assert text.shape == (64, 384) and 0.25 < dropped.mean() < 0.75  # the null text, for guidance
     assert np.allclose(np.linalg.norm(text[~dropped], axis=1), 1, atol=1e-4)
     # Each kept row is the caption of its own window's start, drawn as the batch drew them.
-    from envs.rooms_captions import caption, clip_attributes
+    from envs.rooms_captions import GT_KEYS, caption, clip_attributes
     from worldsim.dataset import open_episode, read_array
     from worldsim.text import embed_texts
 
@@ -53,7 +53,7 @@ def test_training_with_captions_feeds_each_window_its_caption(pipeline):
     for i in np.nonzero(~dropped)[0][:6]:
         e, t = windows.index[int(idx[i])]
         with open_episode(windows.paths[e]) as f:  # a latent episode: latents in place of frames
-            gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
+            gt = {k: read_array(f, f"gt/{k}") for k in GT_KEYS}
         expected = embed_texts([caption(clip_attributes(gt, t, min(8, len(gt["pose"]) - 1 - t)))])[0]
         assert np.allclose(text[i], expected, atol=1e-5)
 

@@ -69,21 +69,22 @@ def as_tensors(array: np.ndarray, device):
 
 class WindowCaptions:
     """The sentence embedding of the descriptive caption of the clip starting at each
-    frame of each episode (exact captions from the Rooms ground truth). `get(path, s)`;
-    `dropout` of the windows get the null text (zeros), which text guidance contrasts."""
+    frame of each episode (exact captions from the Rooms ground truth), looked up by
+    `batch`; `dropout` of the windows get the null text (zeros), which text guidance
+    contrasts."""
 
     def __init__(self, paths, dropout: float, clip: int = 8):
-        from envs.rooms_captions import caption, clip_attributes
+        from envs.rooms_captions import GT_KEYS, caption, clip_attributes
         from worldsim.text import embed_texts
 
         texts, objects, self.rows, self.dropout = [], [], {}, dropout
         for path in paths:
             with open_episode(path) as f:
-                missing = [f"gt/{k}" for k in ("pose", "object_ids", "objects_xy", "room") if f"gt/{k}" not in f]
+                missing = [f"gt/{k}" for k in GT_KEYS if f"gt/{k}" not in f]
                 if missing:
                     raise ValueError(f"{path} lacks {', '.join(missing)}: --text captions windows from the Rooms "
                                      "ground truth (datasets from before gt/room: collect Rooms again and encode it)")
-                gt = {k: read_array(f, f"gt/{k}") for k in ("pose", "object_ids", "objects_xy", "room")}
+                gt = {k: read_array(f, f"gt/{k}") for k in GT_KEYS}
             n = len(gt["pose"])
             self.rows[str(path)] = len(texts)
             attrs = [clip_attributes(gt, s, min(clip, n - 1 - s)) for s in range(n)]

@@ -19,12 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from envs.rooms_captions import GT_KEYS, clip_attributes
 from training.loop import RunConfig, pick_device, run
-from envs.rooms_captions import clip_attributes
 from worldsim.dataset import DatasetError, episode_paths, read_episode
 from worldsim.recaptioner import Recaptioner, RecaptionerConfig, clip_frames
-
-GT_KEYS = ("pose", "object_ids", "objects_xy", "room")
 
 
 @dataclass(kw_only=True)

@@ -117,7 +117,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
 
     from tqdm import tqdm
 
-    from envs.rooms_captions import caption, clip_attributes
+    from envs.rooms_captions import GT_KEYS, caption, clip_attributes
     from worldsim.dataset import _atomic_write_bytes, episode_paths, read_episode
 
     model = Recaptioner.load(recaptioner) if recaptioner else None
@@ -126,7 +126,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
     for path in tqdm(episode_paths(data), desc="caption", unit="episode", disable=not progress):
         ep = read_episode(path)
         starts = list(range(0, len(ep.frames) - clip, every))
-        exact = all(k in ep.gt for k in ("pose", "object_ids", "objects_xy", "room"))
+        exact = all(k in ep.gt for k in GT_KEYS)
         if exact:
             texts = [caption(clip_attributes(ep.gt, t, clip)) for t in starts]
         elif model is None:
