@@ -38,7 +38,7 @@ def test_training_with_captions_feeds_each_window_its_caption(pipeline):
 
     root, _, _ = pipeline
     captions = WindowCaptions(episode_paths(root / "latents", "train"), dropout=0.5)
-    batch = LatentWindows(str(root / "latents"), 4, 0, captions=captions).batch(64, 0, 0, torch.device("cpu"))
+    batch = LatentWindows(str(root / "latents"), 4, 0, captions=captions).batch(64, 0, 0)
     text = batch["text"].numpy()
     dropped = np.abs(text).sum(1) == 0
     assert text.shape == (64, 384) and 0.25 < dropped.mean() < 0.75  # the null text, for guidance

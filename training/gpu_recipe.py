@@ -71,7 +71,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
     times, draws = [], []
     for k in range(trials + 1):  # the first step warms up kernels and allocators
         t0 = time.perf_counter()
-        batch = data.batch(cfg.batch_size, k, 0, torch.device("cpu"))
+        batch = data.batch(cfg.batch_size, k, 0)
         draws.append(time.perf_counter() - t0)
         batch = to_device(batch, device)
         t0 = time.perf_counter()

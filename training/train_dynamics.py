@@ -59,12 +59,12 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     object_share: float = 0.0  # with --text: share of windows starting with an object in view (rare in frames)
 
 
-def as_tensors(array: np.ndarray, device):
+def as_tensors(array: np.ndarray):
     """A batch array as a tensor; Dict actions (a structured array, one field per key) as a
     dict of tensors, the form the action encoder takes."""
     if array.dtype.names:
-        return {k: torch.from_numpy(np.ascontiguousarray(array[k])).to(device) for k in array.dtype.names}
-    return torch.from_numpy(array).to(device)
+        return {k: torch.from_numpy(np.ascontiguousarray(array[k])) for k in array.dtype.names}
+    return torch.from_numpy(array)
 
 
 class WindowCaptions:
@@ -126,19 +126,20 @@ class LatentWindows:
             if not self.ending:
                 raise ValueError(f"--end-share {end_share}: {root} has no terminated episode to draw from")
 
-    def batch(self, n, step, rank, device):
+    def batch(self, n, step, rank):
+        """A batch of CPU tensors (the training loop moves it to its device)."""
         rng = np.random.default_rng([self.seed, step, rank])
         idx = rng.integers(len(self.windows), size=n)
         ends = int(round(n * self.end_share))
         if ends:
             idx[:ends] = rng.choice(self.ending, size=ends)
         items = [self.windows[int(i)] for i in idx]
-        stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
+        stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                  "terminated": stack("terminated")}
         if self.captions:
             starts = [(self.windows.paths[e], t) for e, t in (self.windows.index[int(i)] for i in idx)]
-            batch["text"] = torch.from_numpy(self.captions.batch(rng, starts)).to(device)
+            batch["text"] = torch.from_numpy(self.captions.batch(rng, starts))
         return batch
 
 
@@ -222,17 +223,18 @@ class MemoryWindows:
                 "terminated": ep["terminated"][s:end - 1], "mem_z": z_mem.numpy(), "mem_pose": feats,
                 "mem_valid": valid, "start": (ep["path"], s)}
 
-    def batch(self, n, step, rank, device):
+    def batch(self, n, step, rank):
+        """A batch of CPU tensors (the training loop moves it to its device)."""
         rng = np.random.default_rng([self.seed, step, rank])
         drop = rng.random(n) < self.drop_share
         objects = rng.random(n) < self.object_share if self.object_share else np.zeros(n, bool)
         items = [self.item(rng, i < n * self.match_share, drop[i], objects[i]) for i in range(n)]
-        stack = lambda k: as_tensors(np.stack([it[k] for it in items]), device)  # noqa: E731
+        stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                  "terminated": stack("terminated"),
                  "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
         if self.captions:
-            batch["text"] = torch.from_numpy(self.captions.batch(rng, [it["start"] for it in items])).to(device)
+            batch["text"] = torch.from_numpy(self.captions.batch(rng, [it["start"] for it in items]))
         return batch
 
 
@@ -303,7 +305,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
-               batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank, torch.device("cpu")),
+               batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=lambda m, b: m.loss(**b, action_dropout=cfg.action_dropout),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

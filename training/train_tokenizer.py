@@ -156,7 +156,8 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
     from worldsim.dataset import _atomic_write_bytes, episode_paths, load_meta
 
     meta = load_meta(data)
-    model = _load_encoder(checkpoint, meta["frame_shape"][:2], device)
+    # With workers, each loads its own; this process only reads the config.
+    model = _load_encoder(checkpoint, meta["frame_shape"][:2], device if workers <= 1 else "cpu")
     if model.cfg.temporal != 1:
         raise ValueError("encode supports temporal=1 tokenizers; group frames at training time for temporal > 1")
     root = Path(out)
