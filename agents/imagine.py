@@ -22,19 +22,23 @@ import torch
 
 from worldsim.dataset import EVAL_SEEDS_START
 
-ALGOS = ("ppo", "a2c")
+ALGOS = ("ppo", "a2c", "cmaes")
 
 
 @dataclass
 class ImagineConfig:
     checkpoint: str | None = None  # world model (default: the shipped Rooms model)
     out: str = "runs/imagine"
-    algo: str = "ppo"
+    algo: str = "ppo"  # ppo | a2c (stable-baselines3) | cmaes (World Models' linear controller, agents/controller.py)
     steps: int = 50_000  # agent steps in the dream
-    obs: str = "rgb"  # rgb (CnnPolicy on decoded frames) | latent (MlpPolicy on latents)
-    num_envs: int = 16
+    obs: str = "rgb"  # rgb (CnnPolicy on decoded frames) | latent (MlpPolicy or controller on latents)
+    frame_stack: int = 1  # observations stacked over this many steps (SB3's VecFrameStack): the agent sees motion
+    num_envs: int = 16  # ppo/a2c: dream envs stepped together
+    population: int = 32  # cmaes: candidate controllers per generation
+    rollouts: int = 2  # cmaes: dream episodes each candidate is scored on
     horizon: int = 200  # episode length limit, in the dream and in the real env
     eval_episodes: int = 10
+    eval_every: int = 0  # score the agent in the real env every this many dream steps (0: only at the end)
     seed: int = 0
     memory: bool | None = None  # the dream's latent memory (None: on when the model has it)
     sample_ends: bool = False  # draw dream terminations from the head's probability (see dream_env)
@@ -67,8 +71,8 @@ def new_agent(algo: str, env, obs: str, seed: int, steps: int = 50_000, verbose:
     """PPO (rollouts of up to 128 steps per env, fewer for short runs) or A2C."""
     from stable_baselines3 import A2C, PPO
 
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algo {algo!r}; expected one of {ALGOS}")
+    if algo not in ("ppo", "a2c"):
+        raise ValueError(f"unknown stable-baselines3 algo {algo!r}; expected 'ppo' or 'a2c'")
     policy = "CnnPolicy" if obs == "rgb" else "MlpPolicy"
     if algo == "ppo":
         n_steps = int(np.clip(steps // (4 * env.num_envs), 8, 128))
@@ -77,15 +81,22 @@ def new_agent(algo: str, env, obs: str, seed: int, steps: int = 50_000, verbose:
     return A2C(policy, env, n_steps=8, ent_coef=0.01, seed=seed, verbose=verbose, device="cpu")
 
 
-def return_curve(bar=None):
+def return_curve(bar=None, every: int = 0, on_every=None):
     """An SB3 callback keeping (timestep, episode return) of finished episodes (from
-    VecMonitor) in `.points`, and showing the recent mean on a tqdm bar."""
+    VecMonitor) in `.points`, and showing the recent mean on a tqdm bar; calls
+    `on_every(timesteps, recent dream return, agent)` each time `every` more steps are done."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class ReturnCurve(BaseCallback):
         def __init__(self):
             super().__init__()
             self.points = []
+            self.next_call = every
+
+        def _on_rollout_end(self):
+            if every and on_every is not None and self.num_timesteps >= self.next_call:
+                self.next_call += every
+                on_every(int(self.num_timesteps), float(np.mean([r for _, r in self.points[-20:]] or [np.nan])), self.model)
 
         def _on_step(self):
             for info in self.locals.get("infos", []):
@@ -100,16 +111,19 @@ def return_curve(bar=None):
     return ReturnCurve()
 
 
-def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True, init_policy=None):
+def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True, init_policy=None, on_every=None):
     """PPO/A2C on the batched dream for cfg.steps steps; returns (agent, curve points).
-    Continues `agent` when given; a new agent may start from saved policy weights."""
-    from stable_baselines3.common.vec_env import VecMonitor
+    Continues `agent` when given; a new agent may start from saved policy weights.
+    `on_every(dream steps, recent dream return, agent)` runs every cfg.eval_every steps."""
+    from stable_baselines3.common.vec_env import VecFrameStack, VecMonitor
     from tqdm import tqdm
 
     from agents.sb3_vec_env import SB3DreamVecEnv
 
     venv = VecMonitor(SB3DreamVecEnv(cfg.num_envs, checkpoint=model, obs_type=cfg.obs, max_steps=cfg.horizon,
                                      memory=cfg.memory, sample_ends=cfg.sample_ends))
+    if cfg.frame_stack > 1:
+        venv = VecFrameStack(venv, cfg.frame_stack)
     venv.seed(cfg.seed)
     if agent is None:
         agent = new_agent(cfg.algo, venv, cfg.obs, cfg.seed, cfg.steps)
@@ -121,26 +135,39 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
     start = agent.num_timesteps
     with tqdm(total=start + cfg.steps, initial=start, desc="agent in the dream", unit="step",
               disable=not progress, mininterval=1) as bar:
-        curve = return_curve(bar)
+        curve = return_curve(bar, cfg.eval_every, on_every)
         agent.learn(cfg.steps, callback=curve, reset_num_timesteps=False, progress_bar=False)
     return agent, curve.points
 
 
-def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0):
-    """Returns of `act(obs) -> action` over real episodes; frames of the first `record`."""
+def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0, frame_stack: int = 1):
+    """Returns of `act(obs) -> action` over real episodes; frames of the first `record`.
+    With frame_stack > 1, `act` sees the last observations stacked as in training."""
+    from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+
+    stack = StackedObservations(1, frame_stack, env.observation_space) if frame_stack > 1 else None
     returns, lengths, frames = [], [], []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        view = stack.reset(obs[None])[0] if stack else obs
         done, total, n = False, 0.0, 0
         while not done:
             if k < record:
                 frames.append(getattr(env, "last_frame", obs))
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            obs, reward, terminated, truncated, _ = env.step(act(view))
             total, n, done = total + float(reward), n + 1, terminated or truncated
+            view = stack.update(obs[None], np.array([False]), [{}])[0][0] if stack else obs
         returns.append(total)
         lengths.append(n)
-    return {"returns": returns, "mean": float(np.mean(returns)), "std": float(np.std(returns)),
-            "length_mean": float(np.mean(lengths)), "episodes": episodes}, frames
+    return summary(returns) | {"length_mean": float(np.mean(lengths))}, frames
+
+
+def summary(returns) -> dict:
+    """Mean, spread and standard error of episode returns."""
+    returns = [float(r) for r in returns]
+    std = float(np.std(returns))
+    return {"returns": returns, "mean": float(np.mean(returns)), "std": std,
+            "stderr": std / np.sqrt(max(len(returns) - 1, 1)), "episodes": len(returns)}
 
 
 def agent_actor(agent, deterministic: bool = False):
@@ -154,12 +181,17 @@ def random_actor(space, seed: int = 0):
 
 def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
     """Train in the dream, score in the real env; writes the agent, report and videos to cfg.out."""
-    from agents.policies import save_agent
     from worldsim.dream_env import load_world_model
     from worldsim.dream_video import write_video
 
     if cfg.obs not in ("rgb", "latent"):
         raise ValueError(f"obs must be 'rgb' or 'latent', got {cfg.obs!r}")
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"unknown algo {cfg.algo!r}; expected one of {ALGOS}")
+    if cfg.algo == "cmaes" and cfg.obs != "latent":
+        raise ValueError("--algo cmaes evolves a linear controller on latents: pass --obs latent")
+    if cfg.frame_stack < 1:
+        raise ValueError(f"frame_stack must be at least 1, got {cfg.frame_stack}")
     model = load_world_model(cfg.checkpoint)
     env_id, env_kwargs = model.info.get("env_id"), model.info.get("env_kwargs") or {}
     if not env_id:
@@ -169,22 +201,50 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
     envs.resolve_env_id(env_id)  # the real env must exist before the agent trains for it
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    agent, curve = train_in_dream(model, cfg, progress=progress)
-    dream_seconds = time.perf_counter() - t0
-    save_agent(agent, out / "agent")
     env = real_env(env_id, env_kwargs, cfg.horizon, cfg.obs, model)
-    real, frames = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + cfg.seed, record=2)
-    rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + cfg.seed)
+    seed = EVAL_SEEDS_START + cfg.seed
+    gap = []  # (dream steps, dream return, real return): the exploitation gap over training
+
+    def score_now(steps, dream_return, act):
+        real = evaluate(act, env, cfg.eval_episodes, seed, frame_stack=cfg.frame_stack)[0]["mean"]
+        gap.append((steps, dream_return, real))
+
+    t0 = time.perf_counter()
+    if cfg.algo == "cmaes":
+        from agents.controller import train_cmaes
+
+        last = [0]
+
+        def on_generation(generation, steps, controller, fitness):
+            if cfg.eval_every and steps - last[0] >= cfg.eval_every:
+                last[0] = steps
+                score_now(steps, fitness, controller)
+        agent, curve = train_cmaes(model, cfg, progress, on_generation)
+        act, dream_steps = agent, curve[-1][0] if curve else 0
+        agent.save(out / "agent")
+    else:
+        from agents.policies import save_agent
+
+        agent, curve = train_in_dream(model, cfg, progress=progress,
+                                      on_every=lambda steps, dream, agent: score_now(steps, dream, agent_actor(agent)))
+        act, dream_steps = agent_actor(agent), agent.num_timesteps
+        save_agent(agent, out / "agent", frame_stack=cfg.frame_stack)
+    dream_seconds = time.perf_counter() - t0
+    real, frames = evaluate(act, env, cfg.eval_episodes, seed=seed, record=2, frame_stack=cfg.frame_stack)
+    rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=seed)
     env.close()
+    dream_return = float(np.mean([r for _, r in curve[-20:]])) if curve else None
+    gap.append((int(dream_steps), dream_return, real["mean"]))
     if frames:
         write_video(out / "real_episodes.mp4", np.stack(frames))
-    plot_curves(out / "dream_curve.png", {"dream return (per episode)": curve}, title=f"agent in the dream: {env_id}",
+    plot_curves(out / "dream_curve.png",
+                {"dream return (per episode)" if cfg.algo != "cmaes" else "dream return (generation mean)": curve,
+                 "real return of the agent so far": [(s, r) for s, _, r in gap]},
+                title=f"agent in the dream: {env_id}",
                 hlines={"real return of the agent": real["mean"], "real return of a random policy": rand["mean"]})
-    report = {"config": asdict(cfg), "env_id": env_id, "dream_steps": agent.num_timesteps,
-              "dream_seconds": round(dream_seconds, 1),
-              "dream_return_last_20": float(np.mean([r for _, r in curve[-20:]])) if curve else None,
-              "real": real, "random_policy_real": rand, "dream_curve": curve}
+    report = {"config": asdict(cfg), "env_id": env_id, "dream_steps": int(dream_steps),
+              "dream_seconds": round(dream_seconds, 1), "dream_return_last_20": dream_return,
+              "real": real, "random_policy_real": rand, "exploitation_gap": gap, "dream_curve": curve}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return {k: v for k, v in report.items() if k != "dream_curve"}
 

@@ -141,8 +141,9 @@ class AgentPolicy:
 _SB3_POLICIES = ("CnnPolicy", "MlpPolicy")
 
 
-def save_agent(model, path: str | Path):
-    """Save an SB3 model's policy as safetensors weights plus a JSON description.
+def save_agent(model, path: str | Path, frame_stack: int = 1):
+    """Save an SB3 model's policy as safetensors weights plus a JSON description (with
+    how many observations it sees stacked).
 
     SB3's own zip unpickles objects on load; this pair never runs code from a file.
     """
@@ -156,7 +157,8 @@ def save_agent(model, path: str | Path):
     if policy_name is None:
         raise ValueError(f"save_agent supports {_SB3_POLICIES}, got {type(model.policy).__name__}")
     obs = model.observation_space
-    desc = {"algo": type(model).__name__, "policy": policy_name, "action_space": space_to_dict(model.action_space),
+    desc = {"algo": type(model).__name__, "policy": policy_name, "frame_stack": frame_stack,
+            "action_space": space_to_dict(model.action_space),
             "observation_space": {"shape": list(obs.shape), "dtype": str(obs.dtype),
                                   "low": float(np.min(obs.low)), "high": float(np.max(obs.high))}}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -198,6 +200,12 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
                              "use --policy random")
         return ExplorePolicy(action_meanings(env), env.num_envs, turn_steps=optional_attr(env, "turn_steps", 24), seed=seed)
     if Path(spec).with_suffix(".safetensors").exists():
+        desc_path = Path(spec).with_suffix(".json")
+        desc = json.loads(desc_path.read_text()) if desc_path.exists() else {}
+        if desc.get("frame_stack", 1) > 1 or desc.get("policy") == "LinearController":
+            raise ValueError(f"{spec} acts on stacked latents (a frame-stacked agent or a CMA-ES controller); "
+                             "collecting with it is not supported yet: use an agent trained with --frame-stack 1 "
+                             "on rgb observations, 'random' or 'explore'")
         return AgentPolicy(load_agent(spec), env.num_envs)
     raise ValueError(f"unknown policy {spec!r}; expected 'random', 'explore' or the path of an agent saved by worldsim "
                      f"(PATH.safetensors with PATH.json)")

@@ -98,7 +98,9 @@ def main():
     for event in ("pickups", "ends"):
         d = heads[event]
         print(f"{event} head as a detector: {d['events']} real, {d['predicted']} predicted, "
-              f"precision {d['precision']}, recall {d['recall']}")
+              f"precision {d['precision']}, recall {d['recall']}"
+              + (f"; {d['expected']:.1f} expected (sum of probabilities), R-precision {d['r_precision']}"
+                 if "expected" in d else ""))
     for k, v in result.items():
         if not isinstance(v, (dict, list)):
             print(f"{k:<44} {v:.4g}" if isinstance(v, float) else f"{k:<44} {v}")

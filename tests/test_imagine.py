@@ -43,3 +43,68 @@ def test_loop_runs_end_to_end_and_resumes(tmp_path):
     assert (tmp_path / "loop" / "curves.png").stat().st_size > 10_000
     again = run_loop(cfg, progress=False)  # everything done: nothing reruns
     assert again["history"] == history
+
+
+class _PaysForAction(torch.nn.Module):
+    """A reward head that pays 1 for `action` and nothing else, and never ends an episode."""
+
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def forward(self, z_prev, z_next, actions):
+        return (actions == self.action).float(), torch.full((len(actions),), -20.0)
+
+
+def test_cmaes_controller_learns_what_the_dream_pays(pipeline, tmp_path):
+    from agents.controller import LinearController, train_cmaes
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    model.dynamics.heads = _PaysForAction(2)
+    cfg = ImagineConfig(algo="cmaes", obs="latent", frame_stack=2, population=8, rollouts=1, horizon=8, steps=8 * 8 * 12)
+    controller, curve = train_cmaes(model, cfg, progress=False)
+    assert len(curve) == 12 and curve[-1][0] == cfg.steps
+    assert curve[-1][1] > curve[0][1] and curve[-1][1] >= 7  # of 8 steps, nearly all paid
+    stacked = (*model.dynamics.cfg.latent_shape[:2], 2 * model.dynamics.cfg.latent_shape[2])
+    assert controller.obs_shape == stacked
+    obs = np.random.default_rng(0).normal(size=(32, *stacked)).astype(np.float32)
+    controller.save(tmp_path / "c")
+    again = LinearController.load(tmp_path / "c")
+    assert np.array_equal(again.act(obs), controller.act(obs))
+
+
+def test_frame_stacked_agents_see_the_last_observations_in_the_real_env():
+    from agents.imagine import evaluate, real_env
+
+    env = real_env("worldsim/Rooms-v0", {"max_steps": 20}, horizon=5)
+    views = []
+    result, _ = evaluate(lambda view: views.append(view) or 2, env, episodes=2, seed=0, frame_stack=3)
+    assert result["episodes"] == 2 and len(views) == 10 and views[0].shape == (64, 64, 9)
+    assert not views[0][..., :6].any() and views[0][..., 6:].any()  # an episode starts with zeros before its frame
+    assert np.array_equal(views[1][..., 3:6], views[0][..., 6:])  # the stack moves back by one frame per step
+    assert not views[5][..., :6].any()  # the second episode starts afresh
+    assert result["stderr"] == result["std"] / 1.0  # two episodes: the standard error is std / sqrt(1)
+
+
+def test_imagine_with_cmaes_reports_the_exploitation_gap(pipeline, tmp_path):
+    import pytest
+
+    import gymnasium as gym
+
+    from agents.policies import make_policy
+
+    cfg = ImagineConfig(checkpoint=str(pipeline[0] / "world.safetensors"), out=str(tmp_path / "run"), algo="cmaes",
+                        obs="latent", frame_stack=2, population=4, rollouts=1, horizon=6, steps=4 * 6 * 4,
+                        eval_every=40, eval_episodes=2)
+    report = imagine(cfg, progress=False)
+    gap = report["exploitation_gap"]
+    steps = [s for s, _, _ in gap]
+    assert len(gap) >= 2 and steps[-1] == report["dream_steps"] >= cfg.steps  # whole generations, then the final score
+    assert all(b - a >= 40 for a, b in zip(steps[:-2], steps[1:-1])) and steps[-2] <= steps[-1]  # every 40 steps
+    assert all(np.isfinite(r) for _, _, r in gap) and gap[-1][2] == report["real"]["mean"]
+    assert (tmp_path / "run" / "agent.safetensors").exists() and (tmp_path / "run" / "agent.json").exists()
+    with pytest.raises(ValueError, match="cmaes.*latent"):
+        imagine(ImagineConfig(checkpoint=cfg.checkpoint, algo="cmaes", obs="rgb"), progress=False)
+    with pytest.raises(ValueError, match="not supported"):
+        make_policy(str(tmp_path / "run" / "agent"), gym.make_vec("worldsim/Rooms-v0", 1, vectorization_mode="sync"))

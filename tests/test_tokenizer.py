@@ -112,10 +112,13 @@ def test_checkpoint_errors(rooms_dataset, tmp_path):
         Tokenizer.load(tmp_path / "missing.safetensors")
 
 
-def test_encode_dataset_keeps_actions_and_shapes(rooms_dataset, tmp_path):
+def test_encode_dataset_keeps_actions_and_shapes(rooms_dataset, tmp_path, monkeypatch):
     train(tiny(rooms_dataset, tmp_path / "run", 2), progress=False)
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # the bar redraws at every episode (it once skipped those it drew at)
     summary = encode_dataset(str(tmp_path / "run" / "latest.safetensors"), str(rooms_dataset), str(tmp_path / "lat"),
-                             progress=False)
+                             progress=True)
+    assert [p.name for p in episode_paths(tmp_path / "lat")] == [p.name for p in episode_paths(rooms_dataset)]
+    assert summary["frames"] == sum(len(read_episode(p)) + 1 for p in episode_paths(rooms_dataset))
     import h5py
     src = episode_paths(rooms_dataset)[0]
     with h5py.File(tmp_path / "lat" / src.parent.name / src.name) as f:

@@ -52,6 +52,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory_match: float = 0.0  # likeness that makes a window need its memory; 0 = SAME_VIEW (an exact return)
     init: str = ""  # start from this world model / dynamics checkpoint's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode
+    end_weight: float = 10.0  # weight of an end in the termination loss; 1 keeps its probability calibrated
     patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's default (2)
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
@@ -306,6 +307,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
-               loss_of=lambda m, b: m.loss(**b, action_dropout=cfg.action_dropout),
+               loss_of=lambda m, b: m.loss(**b, action_dropout=cfg.action_dropout, end_weight=cfg.end_weight),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

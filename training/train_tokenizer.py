@@ -165,15 +165,19 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
     if not paths:
         raise DatasetError(f"{data} has no episodes to encode")
     jobs = [(path, root / path.parent.name / path.name, batch_frames) for path in paths]
-    bar = tqdm(total=len(jobs), desc="encode", unit="episode", disable=not progress)
-    if workers > 1:  # spawned, not forked: each worker may start its own CUDA context
-        threads = max(1, torch.get_num_threads() // workers)
-        with multiprocessing.get_context("spawn").Pool(workers, _load_encoder,
-                                                       (checkpoint, meta["frame_shape"][:2], device, threads)) as pool:
-            counts = [bar.update(1) or n for n in pool.imap_unordered(_encode_episode, jobs)]
-    else:
-        counts = [bar.update(1) or _encode_episode(job) for job in jobs]
-    bar.close()
+    counts = []
+    with tqdm(total=len(jobs), desc="encode", unit="episode", disable=not progress) as bar:
+        if workers > 1:  # spawned, not forked: each worker may start its own CUDA context
+            threads = max(1, torch.get_num_threads() // workers)
+            with multiprocessing.get_context("spawn").Pool(workers, _load_encoder,
+                                                           (checkpoint, meta["frame_shape"][:2], device, threads)) as pool:
+                for n in pool.imap_unordered(_encode_episode, jobs):
+                    counts.append(n)
+                    bar.update(1)
+        else:
+            for job in jobs:
+                counts.append(_encode_episode(job))
+                bar.update(1)
     _atomic_write_bytes(root / "dataset.json", json.dumps(
         {**meta, "source": "encode", "tokenizer": str(Path(checkpoint).resolve()),
          "frames_dataset": str(Path(data).resolve()), "latent_shape": list(model.cfg.latent_shape)},

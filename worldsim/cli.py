@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latent cells per token side (default 2; 4 keeps a 16x16 latent at 16 tokens a frame)")
     t.add_argument("--end-share", type=float, default=None,
                    help="share of each batch from windows that end the episode (rare deaths; default 0)")
+    t.add_argument("--end-weight", type=float, default=None,
+                   help="weight of an episode's end in the termination loss (default 10: a detector that fires "
+                        "early; 1: calibrated probabilities, for a dream that draws its ends, --sample-ends)")
     t.add_argument("--action-dropout", type=float, default=None,
                    help="share of frames trained without their action, so that action guidance can be used (default 0)")
     t.add_argument("--text", action="store_true", default=None,
@@ -276,14 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("imagine", help="train an SB3 agent inside the dream, then score it in the real env")
+    p = sub.add_parser("imagine", help="train an agent inside the dream, then score it in the real env")
     p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
-    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c"])
+    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "cmaes"],
+                   help="stable-baselines3 PPO or A2C, or World Models' linear controller evolved by CMA-ES (--obs latent)")
     p.add_argument("--steps", type=int, default=50_000, help="agent steps in the dream")
-    p.add_argument("--obs", default="rgb", choices=["rgb", "latent"], help="decoded frames (CnnPolicy) or latents (MlpPolicy)")
-    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--obs", default="rgb", choices=["rgb", "latent"],
+                   help="decoded frames (CnnPolicy) or latents (MlpPolicy, or the controller)")
+    p.add_argument("--frame-stack", type=int, default=1, help="observations the agent sees at once, so it sees motion")
+    p.add_argument("--num-envs", type=int, default=16, help="ppo/a2c: dream envs stepped together")
+    p.add_argument("--population", type=int, default=32, help="cmaes: candidate controllers per generation")
+    p.add_argument("--rollouts", type=int, default=2, help="cmaes: dream episodes each candidate is scored on")
     p.add_argument("--horizon", type=int, default=200, help="episode length limit, in the dream and the real env")
     p.add_argument("--eval-episodes", type=int, default=10, help="real episodes the agent is scored on")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also score the agent in the real env every this many dream steps: the exploitation gap")
     p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
     p.add_argument("--sample-ends", action="store_true", help="draw dream terminations from the head's probability")
     p.add_argument("--seed", type=int, default=0)

@@ -71,9 +71,12 @@ def _detector(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "recall": hits / int(actual.sum()) if actual.any() else None}
 
 
-def heads_detection(model, data: str, split: str = "test", max_steps: int = 4000) -> dict:
+def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_000) -> dict:
     """The reward and termination heads on real consecutive latents of `split`, as
-    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5."""
+    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5. For ends also
+    `expected`, the sum of the probabilities (the ends a dream that draws them would
+    deal, against `events` real ones), and `r_precision`, the share of real ends among
+    the as many transitions the head rates most likely to end (threshold-free)."""
     preds, reals, end_p, end_r = [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
@@ -89,7 +92,13 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 4000
     p, r, ep, er = map(np.concatenate, (preds, reals, end_p, end_r))
     return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
             "reward_mse_always_zero": float((r ** 2).mean()),
-            "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5), "ends": _detector(ep > 0.5, er.astype(bool))}
+            "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5),
+            "ends": _detector(ep > 0.5, er.astype(bool)) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
+
+
+def _r_precision(scores: np.ndarray, actual: np.ndarray) -> float | None:
+    n = int(actual.sum())
+    return float(actual[np.argsort(-scores)[:n]].mean()) if n else None
 
 
 def plot_replay(result: dict, path, title: str):
