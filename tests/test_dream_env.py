@@ -123,22 +123,33 @@ def test_vector_env_batches_and_autoresets(world):
     assert info["final_obs"][0].dtype == np.uint8  # an array per env, even when all end together
     with pytest.raises(ValueError, match="batched action space"):
         same.step(np.array([0, 0, 0, 9]))
-    # A single env and row 0 of a batch agree on what they see after a reset from the same start.
-    assert obs.dtype == np.uint8
+    # SAME_STEP: the observation returned with an end is already the next episode's start frame.
+    starts = same.model.start_frames
+    assert all(any(np.array_equal(o, s) for s in starts) for o in obs)
+    assert not all(any(np.array_equal(f, s) for s in starts) for f in info["final_obs"])
 
 
 def test_ppo_learns_on_the_batched_dream(world):
+    import torch
     from stable_baselines3 import PPO
 
     from agents.sb3_vec_env import SB3DreamVecEnv
+    from worldsim.world_model import WorldModel
 
-    venv = SB3DreamVecEnv(num_envs=16, checkpoint=world, max_steps=50)
-    model = PPO("CnnPolicy", venv, n_steps=64, batch_size=256, n_epochs=1, seed=0, verbose=0)
-    model.learn(total_timesteps=3072)
-    assert model.num_timesteps >= 3072
-    obs = venv.reset()
-    actions, _ = model.predict(obs)
-    assert actions.shape == (16,)
+    class PaysForForward(torch.nn.Module):  # a dream that pays 1 for FORWARD (action 1) and never ends
+        def forward(self, z_prev, z_next, actions):
+            return (actions == 1).float(), torch.full((len(actions),), -20.0)
+
+    model = WorldModel.load(world)
+    model.dynamics.heads = PaysForForward()
+    venv = SB3DreamVecEnv(num_envs=16, checkpoint=model, obs_type="latent", max_steps=50)
+    agent = PPO("MlpPolicy", venv, n_steps=32, batch_size=128, n_epochs=4, learning_rate=1e-3, seed=0, verbose=0)
+    before = (agent.predict(venv.reset())[0] == 1).mean()
+    agent.learn(total_timesteps=3072)
+    assert agent.num_timesteps >= 3072
+    after = np.mean([(agent.predict(venv.reset())[0] == 1).mean() for _ in range(4)])
+    best = np.mean([(agent.predict(venv.reset(), deterministic=True)[0] == 1).mean() for _ in range(4)])
+    assert before < 0.4 and after > 0.5 and best > 0.9  # from about one in seven to its most likely action
 
 
 def test_play_without_display_records_a_session(world, tmp_path, monkeypatch):
