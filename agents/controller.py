@@ -1,7 +1,7 @@
 """World Models' controller: a linear map from the world model's latents to action
 scores, evolved by CMA-ES entirely inside the dream (Ha & Schmidhuber 2018, sec. 2.3, 4).
 
-    worldsim imagine --checkpoint worldsim/checkpoints/takecover.safetensors --algo cmaes --frame-stack 2 --steps 200000
+    worldsim imagine --checkpoint worldsim/checkpoints/takecover.safetensors --algo cmaes --obs latent --frame-stack 2 --steps 200000
 
 A controller this small (one weight per latent number and action) has little room to
 exploit flaws of the model that a deep policy finds. It acts on the last `frame_stack`
@@ -77,8 +77,10 @@ def batched_actions(params: np.ndarray, feats: np.ndarray) -> np.ndarray:
 
 def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
     """Evolve a LinearController in the dream until cfg.steps dream steps are spent.
-    Returns (controller, curve of (dream steps, mean fitness of the generation)).
-    `on_generation(generation, dream steps, controller, mean fitness)` may score the running mean."""
+    Dream steps count the steps the candidates' episodes lived (as an SB3 agent's count
+    its transitions). Returns (controller, curve of (dream steps, mean fitness of the
+    generation), mean_in_dream). `on_generation(generation, dream steps, controller, mean_in_dream)` may
+    score the running mean; mean_in_dream() is its mean return on dream episodes."""
     import cma
     from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
     from tqdm import tqdm
@@ -101,36 +103,45 @@ def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
                                   {"popsize": cfg.population, "seed": cfg.seed + 1, "CMA_diagonal": True,
                                    "verbose": -9})
     curve, steps, generation = [], 0, 0
+
+    def mean_in_dream() -> float:  # the kept controller (CMA-ES's mean) on as many dream episodes
+        fitness, _, _ = _score(env, stack, np.repeat(controller.params[None], cfg.population, 0), cfg,
+                               seed=cfg.seed * 100_003 + 50_000 + generation)  # episodes no generation drew
+        return float(fitness.mean())
+
     with tqdm(total=cfg.steps, desc="CMA-ES in the dream", unit="step", disable=not progress, mininterval=1) as bar:
         while steps < cfg.steps:
-            candidates = np.asarray(es.ask(), np.float32)
-            fitness, used = _score(env, stack, candidates, cfg, seed=cfg.seed * 100_003 + generation)
-            es.tell(list(candidates.astype(np.float64)), list(-fitness))  # CMA-ES minimises
-            steps, generation = steps + used, generation + 1
+            asked = es.ask()
+            fitness, lived, _ = _score(env, stack, np.asarray(asked, np.float32), cfg,
+                                       seed=cfg.seed * 100_003 + generation)
+            es.tell(asked, (-fitness).tolist())  # CMA-ES minimises
+            steps, generation = steps + lived, generation + 1
             curve.append((steps, float(fitness.mean())))
             controller.params = np.asarray(es.result.xfavorite, np.float32)
-            bar.update(min(used, cfg.steps - bar.n))
+            bar.update(min(lived, cfg.steps - bar.n))
             bar.set_postfix(generation=generation, fitness=f"{fitness.mean():.1f}", best=f"{fitness.max():.1f}",
                             refresh=False)
             if on_generation is not None:
-                on_generation(generation, steps, controller, float(fitness.mean()))
-    return controller, curve
+                on_generation(generation, steps, controller, mean_in_dream)
+    return controller, curve, mean_in_dream
 
 
 def _score(env, stack, candidates: np.ndarray, cfg, seed: int):
     """Mean dream return of each candidate over cfg.rollouts episodes (the first episode
-    of each of its rows); returns (fitness (P,), dream steps taken)."""
+    of each of its rows). Returns (fitness (P,), steps the episodes lived, row-steps
+    computed: a generation runs until its longest episode ends)."""
     p, m = len(candidates), cfg.rollouts
     obs, _ = env.reset(seed=seed)
     feats = stack.reset(obs)
     returns = np.zeros(p * m)
     alive = np.ones(p * m, dtype=bool)
-    steps = 0
+    lived = computed = 0
     while alive.any():
         actions = batched_actions(candidates, feats.reshape(p, m, -1)).reshape(-1)
         obs, rewards, terminated, truncated, _ = env.step(actions)
         returns += rewards * alive
+        lived, computed = lived + int(alive.sum()), computed + len(actions)
         alive &= ~(terminated | truncated)
-        steps += len(actions)
-        feats, _ = stack.update(obs, terminated | truncated, [{} for _ in range(len(obs))])
-    return returns.reshape(p, m).mean(1), steps
+        # Rows whose episode ended are masked from here on: their stacks need no reset.
+        feats, _ = stack.update(obs, np.zeros(len(obs), bool), [{} for _ in range(len(obs))])
+    return returns.reshape(p, m).mean(1), lived, computed

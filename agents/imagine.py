@@ -2,11 +2,13 @@
 
     worldsim imagine --checkpoint worldsim/checkpoints/rooms.safetensors --algo ppo --steps 50000 --out runs/imagine
 
-The agent (stable-baselines3) sees only the batched dream: pixels decoded from the world
-model (CnnPolicy) or its latents (MlpPolicy), rewards and ends from the model's heads.
-It is then scored over K episodes of the real env, which the dream never touches: the
-real env's own rewards are summed. With latent observations, real frames are encoded by
-the world model's tokenizer, so the agent sees the same kind of input in both.
+The agent (stable-baselines3 PPO or A2C, or World Models' linear controller evolved by
+CMA-ES, agents/controller.py) sees only the batched dream: pixels decoded from the world
+model (CnnPolicy) or its latents (MlpPolicy, controller), stacked over the last few steps
+if asked, rewards and ends from the model's heads. It is then scored over K episodes of
+the real env, which the dream never touches: the real env's own rewards are summed. With
+latent observations, real frames are encoded by the world model's tokenizer, so the
+agent sees the same kind of input in both.
 """
 
 from __future__ import annotations
@@ -93,10 +95,14 @@ def return_curve(bar=None, every: int = 0, on_every=None):
             self.points = []
             self.next_call = every
 
+        def _on_training_start(self):
+            self.next_call = self.num_timesteps + every  # a continued agent counts from where it is
+
         def _on_rollout_end(self):
             if every and on_every is not None and self.num_timesteps >= self.next_call:
                 self.next_call += every
-                on_every(int(self.num_timesteps), float(np.mean([r for _, r in self.points[-20:]] or [np.nan])), self.model)
+                recent = [r for _, r in self.points[-20:]]
+                on_every(int(self.num_timesteps), float(np.mean(recent)) if recent else None, self.model)
 
         def _on_step(self):
             for info in self.locals.get("infos", []):
@@ -167,7 +173,7 @@ def summary(returns) -> dict:
     returns = [float(r) for r in returns]
     std = float(np.std(returns))
     return {"returns": returns, "mean": float(np.mean(returns)), "std": std,
-            "stderr": std / np.sqrt(max(len(returns) - 1, 1)), "episodes": len(returns)}
+            "stderr": std / np.sqrt(len(returns) - 1) if len(returns) > 1 else None, "episodes": len(returns)}
 
 
 def agent_actor(agent, deterministic: bool = False):
@@ -215,12 +221,12 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
 
         last = [0]
 
-        def on_generation(generation, steps, controller, fitness):
+        def on_generation(generation, steps, controller, mean_in_dream):
             if cfg.eval_every and steps - last[0] >= cfg.eval_every:
                 last[0] = steps
-                score_now(steps, fitness, controller)
-        agent, curve = train_cmaes(model, cfg, progress, on_generation)
-        act, dream_steps = agent, curve[-1][0] if curve else 0
+                score_now(steps, mean_in_dream(), controller)
+        agent, curve, mean_in_dream = train_cmaes(model, cfg, progress, on_generation)
+        act, dream_steps, dream_return = agent, curve[-1][0] if curve else 0, mean_in_dream()
         agent.save(out / "agent")
     else:
         from agents.policies import save_agent
@@ -228,12 +234,12 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
         agent, curve = train_in_dream(model, cfg, progress=progress,
                                       on_every=lambda steps, dream, agent: score_now(steps, dream, agent_actor(agent)))
         act, dream_steps = agent_actor(agent), agent.num_timesteps
+        dream_return = float(np.mean([r for _, r in curve[-20:]])) if curve else None  # its last training episodes
         save_agent(agent, out / "agent", frame_stack=cfg.frame_stack)
     dream_seconds = time.perf_counter() - t0
     real, frames = evaluate(act, env, cfg.eval_episodes, seed=seed, record=2, frame_stack=cfg.frame_stack)
     rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=seed)
     env.close()
-    dream_return = float(np.mean([r for _, r in curve[-20:]])) if curve else None
     gap.append((int(dream_steps), dream_return, real["mean"]))
     if frames:
         write_video(out / "real_episodes.mp4", np.stack(frames))
@@ -243,7 +249,7 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
                 title=f"agent in the dream: {env_id}",
                 hlines={"real return of the agent": real["mean"], "real return of a random policy": rand["mean"]})
     report = {"config": asdict(cfg), "env_id": env_id, "dream_steps": int(dream_steps),
-              "dream_seconds": round(dream_seconds, 1), "dream_return_last_20": dream_return,
+              "dream_seconds": round(dream_seconds, 1), "dream_return": dream_return,
               "real": real, "random_policy_real": rand, "exploitation_gap": gap, "dream_curve": curve}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return {k: v for k, v in report.items() if k != "dream_curve"}

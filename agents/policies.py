@@ -202,10 +202,12 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
     if Path(spec).with_suffix(".safetensors").exists():
         desc_path = Path(spec).with_suffix(".json")
         desc = json.loads(desc_path.read_text()) if desc_path.exists() else {}
-        if desc.get("frame_stack", 1) > 1 or desc.get("policy") == "LinearController":
-            raise ValueError(f"{spec} acts on stacked latents (a frame-stacked agent or a CMA-ES controller); "
-                             "collecting with it is not supported yet: use an agent trained with --frame-stack 1 "
-                             "on rgb observations, 'random' or 'explore'")
+        seen = tuple(desc.get("observation_space", {}).get("shape", ()))
+        if desc.get("policy") == "LinearController" or seen != env.single_observation_space.shape:
+            raise ValueError(f"{spec} acts on observations of shape {seen or tuple(desc.get('obs_shape', ()))} "
+                             f"(frame stack {desc.get('frame_stack', 1)}), not the env's frames "
+                             f"{env.single_observation_space.shape}; collect plays only single-frame pixel agents "
+                             "(--obs rgb --frame-stack 1, algo ppo or a2c), 'random' or 'explore'")
         return AgentPolicy(load_agent(spec), env.num_envs)
     raise ValueError(f"unknown policy {spec!r}; expected 'random', 'explore' or the path of an agent saved by worldsim "
                      f"(PATH.safetensors with PATH.json)")

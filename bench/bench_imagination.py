@@ -1,7 +1,7 @@
 """Agents trained only in the dream, scored in the real env, beside a random policy and
 PPO trained in the real env on the same number of real steps and on many more.
 
-    python bench/bench_imagination.py --env takecover                 # every agent (about 2 h on two CPU cores)
+    python bench/bench_imagination.py --env takecover                 # every agent (hours on two CPU cores)
     python bench/bench_imagination.py --env takecover --agents dream_cmaes random   # some; the others' rows are kept
     python bench/bench_imagination.py --env rooms                     # Rooms: collect objects in 200 steps
 
@@ -98,12 +98,23 @@ def run(env_name, args):
     horizon, stack = preset["horizon"], preset["frame_stack"]
     work = ROOT / "runs" / "bench_imagination" / env_name
     out = Path(args.out or ROOT / "bench" / "results" / f"imagination_{env_name}.json")
-    old = json.loads(out.read_text()) if out.exists() else {}
-    rows = {k: v for k, v in old.get("results", {}).items() if k in AGENTS and k not in args.agents}
     info = WorldModel.load(checkpoint).info
     env_id, env_kwargs = info["env_id"], info.get("env_kwargs") or {}
     seed = EVAL_SEEDS_START + args.seed  # the same real episodes for every agent
-    stamp = {"measured": datetime.date.today().isoformat(), "eval_episodes": args.eval_episodes}
+    episodes = {"seed": args.seed, "horizon": horizon, "eval_episodes": args.eval_episodes}
+    stamp = {"measured": datetime.date.today().isoformat(), **episodes}
+    rows = {}
+    old = json.loads(out.read_text()) if out.exists() else {}
+    for name, row in old.get("results", {}).items():  # kept only if scored on the same episodes, for this model
+        if name in AGENTS and name not in args.agents:
+            same = all(row.get(k) == v for k, v in episodes.items()) and (
+                row.get("checkpoint") == checkpoint if name.startswith("dream_")
+                else row["real_steps"] == real_steps if name == "ppo_real_same_steps" else True)
+            if same:
+                rows[name] = row
+            else:
+                print(f"dropping the {name} row of {out}: measured on other episodes, model or real steps; "
+                      f"rerun it with --agents {name}", flush=True)
 
     for name in [a for a in AGENTS if a in args.agents]:
         print(f"--- {name}", flush=True)
@@ -116,7 +127,7 @@ def run(env_name, args):
                                 sample_ends=preset["sample_ends"], seed=args.seed)
             report = imagine(cfg)
             rows[name] = {**report["real"], "real_steps": real_steps, "dream_steps": report["dream_steps"],
-                          "dream_return": report["dream_return_last_20"],
+                          "dream_return": report["dream_return"],
                           "exploitation_gap": report["exploitation_gap"], "checkpoint": checkpoint,
                           "settings": {k: v for k, v in report["config"].items() if k not in ("checkpoint", "out")}}
         elif name == "random":
@@ -133,17 +144,26 @@ def run(env_name, args):
             env.close()
         rows[name].update(stamp, seconds=round(time.perf_counter() - t0))
         print(f"{name}: {rows[name]['mean']:.2f} ± {rows[name]['stderr']:.2f} (standard error)", flush=True)
+        _write(out, env_id, horizon, env_name, rows)  # each row as soon as it is measured
+    _write(out, env_id, horizon, env_name, rows, show=True)
 
+
+def _write(out, env_id, horizon, env_name, rows, show=False):
+    """Write the report (atomically) and its plot; with show, print the table."""
     report = {"env": env_id, "horizon": horizon, "references": REFERENCES.get(env_name, {}),
               "results": {a: rows[a] for a in AGENTS if a in rows}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
     _plot(report, out.with_suffix(".png"))
+    if not show:
+        return
     print(f"\n{env_id}: real-env return (horizon {horizon} steps), mean ± standard error")
     for name, r in report["results"].items():
         dream = f"   dream return {r['dream_return']:.1f}" if r.get("dream_return") is not None else ""
-        print(f"  {name:22s} {r['mean']:8.2f} ± {r.get('stderr', float('nan')):6.2f}  over {r['episodes']:>3} episodes"
-              f"   real steps {r['real_steps']:>9,}   measured {r.get('measured', '?')}{dream}")
+        print(f"  {name:22s} {r['mean']:8.2f} ± {r['stderr']:6.2f}  over {r['episodes']:>3} episodes"
+              f"   real steps {r['real_steps']:>9,}   measured {r['measured']}{dream}")
     for label, value in report["references"].items():
         print(f"  {label}: {value}")
     print(f"wrote {out}")
@@ -157,7 +177,7 @@ def _plot(report, path):
     rows = report["results"]
     names = list(rows)
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax.bar(range(len(names)), [rows[n]["mean"] for n in names], yerr=[rows[n].get("stderr", 0) for n in names],
+    ax.bar(range(len(names)), [rows[n]["mean"] for n in names], yerr=[rows[n]["stderr"] for n in names],
            capsize=4, color=[COLORS[n] for n in names])
     ax.set_xticks(range(len(names)), [f"{n}\n{rows[n]['real_steps']:,} real steps" for n in names], fontsize=7)
     for (label, value), style in zip(report["references"].items(), ("--", ":", "-.")):
