@@ -299,3 +299,26 @@ def test_loader_processes_train_the_same_weights_as_one_thread(pipeline, tmp_pat
         model.load_state_dict(with_prefix(tensors, "model/"))
         digests.append(weights_digest(model))
     assert digests[0] == digests[1]
+
+
+def test_calibrated_end_head_expects_as_many_ends_as_the_data_has(pipeline, rooms_dataset, tmp_path):
+    from worldsim.dataset import DatasetWriter, episode_paths, load_meta, read_episode
+    from worldsim.replay import calibrate_ends, head_outputs
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    with pytest.raises(ValueError, match="no episode end"):  # Rooms episodes are cut by time, never ended
+        calibrate_ends(model, rooms_dataset, split="train")
+    ended = DatasetWriter(tmp_path / "ended", load_meta(rooms_dataset))
+    for path in episode_paths(rooms_dataset):  # the same footage, each episode ended at its last step
+        e = read_episode(path)
+        e.terminated[-1], e.truncated[-1] = True, False
+        ended.write(e)
+    _, _, logits, ends = head_outputs(model, tmp_path / "ended", "val")
+    before = float((1 / (1 + np.exp(-logits))).sum())
+    report = calibrate_ends(model, tmp_path / "ended", split="val")
+    _, _, shifted, _ = head_outputs(model, tmp_path / "ended", "val")
+    after = float((1 / (1 + np.exp(-shifted))).sum())
+    assert report["real_ends"] == int(ends.sum()) > 0 and report["expected_before"] == pytest.approx(before, rel=1e-4)
+    assert after == pytest.approx(report["real_ends"], rel=0.02) and abs(after - before) > 0.5
+    np.testing.assert_array_equal(np.argsort(shifted), np.argsort(logits))  # the ranking of steps is kept

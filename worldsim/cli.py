@@ -105,9 +105,19 @@ def cmd_export(args):
 
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":
-        return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
-                                  memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
-                                  text_guidance=args.text_guidance)
+        result = export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
+                                    memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
+                                    text_guidance=args.text_guidance)
+        if args.calibrate_ends:
+            from worldsim.replay import calibrate_ends
+            from worldsim.world_model import WorldModel
+
+            model = WorldModel.load(args.out)
+            model.info["end_calibration"] = result["end_calibration"] = calibrate_ends(model, args.calibrate_ends)
+            model.save(args.out)
+        return result
+    if args.calibrate_ends:
+        raise SystemExit("--calibrate-ends goes with a dynamics run's checkpoint")
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
     if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
@@ -339,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a dynamics run with memory: the world model's default guidance weight (default: the run's)")
     p.add_argument("--action-guidance", type=float, default=None,
                    help="for a dynamics run trained with --action-dropout: the default action guidance weight (default 0)")
+    p.add_argument("--calibrate-ends", default=None, metavar="DATA",
+                   help="shift the termination head so that on the val split of this frames dataset it expects as "
+                        "many ends as there are (for dreams that draw their ends, --sample-ends)")
     p.add_argument("--text-guidance", type=float, default=None,
                    help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
     p.add_argument("--out", required=True)

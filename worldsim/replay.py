@@ -71,29 +71,57 @@ def _detector(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "recall": hits / int(actual.sum()) if actual.any() else None}
 
 
-def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_000) -> dict:
-    """The reward and termination heads on real consecutive latents of `split`, as
-    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5. For ends also
-    `expected`, the sum of the probabilities (the ends a dream that draws them would
-    deal, against `events` real ones), and `r_precision`, the share of real ends among
-    the as many transitions the head rates most likely to end (threshold-free)."""
-    preds, reals, end_p, end_r = [], [], [], []
+def head_outputs(model, data: str, split: str = "test", max_steps: int = 20_000):
+    """The heads on real consecutive latents of `split` (whole episodes, until max_steps
+    transitions): predicted and real rewards, end logits and real ends."""
+    preds, reals, end_logits, ends = [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
         e = read_episode(path)
         with torch.no_grad():
             z = torch.cat([model.encode(e.frames[None, s:s + 256])[0] for s in range(0, len(e.frames), 256)])
             r, end = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
-        preds.append(r.cpu().numpy()), reals.append(e.rewards)
-        end_p.append(torch.sigmoid(end).cpu().numpy()), end_r.append(e.terminated)
+        preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
+        end_logits.append(end.float().cpu().numpy()), ends.append(e.terminated.astype(bool))
         seen += len(e)
         if seen >= max_steps:
             break
-    p, r, ep, er = map(np.concatenate, (preds, reals, end_p, end_r))
+    return tuple(map(np.concatenate, (preds, reals, end_logits, ends)))
+
+
+def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_000) -> dict:
+    """The reward and termination heads on real consecutive latents of `split`, as
+    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5. For ends also
+    `expected`, the sum of the probabilities (the ends a dream that draws them would
+    deal, against `events` real ones), and `r_precision`, the share of real ends among
+    the as many transitions the head rates most likely to end (threshold-free)."""
+    p, r, logits, er = head_outputs(model, data, split, max_steps)
+    ep = 1 / (1 + np.exp(-logits))
     return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
             "reward_mse_always_zero": float((r ** 2).mean()),
             "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5),
-            "ends": _detector(ep > 0.5, er.astype(bool)) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
+            "ends": _detector(ep > 0.5, er) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
+
+
+def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000) -> dict:
+    """Shift the termination head's logit so that on `split` it expects as many ends as
+    there are: training windows see an episode's last step less often than its others
+    (and --end-share, --end-weight skew it on purpose), so a dream that draws its ends
+    would deal too few or too many. The ranking of steps, and so R-precision, is kept."""
+    _, _, logits, ends = head_outputs(model, data, split, max_steps)
+    real = int(ends.sum())
+    if not real:
+        raise ValueError(f"the {split} split of {data} has no episode end to calibrate the termination head on")
+    expected = lambda shift: float((1 / (1 + np.exp(-(logits + shift)))).sum())  # noqa: E731
+    low, high = -20.0, 20.0
+    for _ in range(60):  # expected() rises with the shift: bisect for expected == real
+        mid = (low + high) / 2
+        low, high = (mid, high) if expected(mid) < real else (low, mid)
+    shift = (low + high) / 2
+    with torch.no_grad():
+        model.dynamics.heads.out[-1].bias[1] += shift
+    return {"data": str(data), "split": split, "transitions": int(len(ends)), "real_ends": real,
+            "expected_before": expected(0.0), "logit_shift": shift}
 
 
 def _r_precision(scores: np.ndarray, actual: np.ndarray) -> float | None:
