@@ -301,9 +301,9 @@ def test_loader_processes_train_the_same_weights_as_one_thread(pipeline, tmp_pat
     assert digests[0] == digests[1]
 
 
-def test_calibrated_end_head_expects_as_many_ends_as_the_data_has(pipeline, rooms_dataset, tmp_path):
+def test_calibrated_end_head_ends_dreamed_replays_as_often_as_the_data(pipeline, rooms_dataset, tmp_path):
     from worldsim.dataset import DatasetWriter, episode_paths, load_meta, read_episode
-    from worldsim.replay import calibrate_ends, head_outputs
+    from worldsim.replay import calibrate_ends
     from worldsim.world_model import WorldModel
 
     model = WorldModel.load(pipeline[0] / "world.safetensors")
@@ -314,11 +314,12 @@ def test_calibrated_end_head_expects_as_many_ends_as_the_data_has(pipeline, room
         e = read_episode(path)
         e.terminated[-1], e.truncated[-1] = True, False
         ended.write(e)
-    _, _, logits, ends = head_outputs(model, tmp_path / "ended", "val")
-    before = float((1 / (1 + np.exp(-logits))).sum())
-    report = calibrate_ends(model, tmp_path / "ended", split="val")
-    _, _, shifted, _ = head_outputs(model, tmp_path / "ended", "val")
-    after = float((1 / (1 + np.exp(-shifted))).sum())
-    assert report["real_ends"] == int(ends.sum()) > 0 and report["expected_before"] == pytest.approx(before, rel=1e-4)
-    assert after == pytest.approx(report["real_ends"], rel=0.02) and abs(after - before) > 0.5
-    np.testing.assert_array_equal(np.argsort(shifted), np.argsort(logits))  # the ranking of steps is kept
+    bias = float(model.dynamics.heads.out[-1].bias[1])
+    report = calibrate_ends(model, tmp_path / "ended", split="train", seed=3)
+    episodes = [read_episode(p) for p in episode_paths(tmp_path / "ended", "train")]
+    assert report["real_ends"] == len(episodes) and report["dreamed_steps"] == sum(len(e) for e in episodes)
+    assert float(model.dynamics.heads.out[-1].bias[1]) == pytest.approx(bias + report["logit_shift"], abs=1e-5)
+    # Replayed again in the dream (same seed, same samples), the shifted head ends as often as the data.
+    again = calibrate_ends(model, tmp_path / "ended", split="train", seed=3)
+    assert again["dream_ends_per_step_before"] == pytest.approx(report["real_ends_per_step"], rel=0.01)
+    assert abs(again["logit_shift"]) < 0.01 and abs(report["logit_shift"]) > 0.1

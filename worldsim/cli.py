@@ -350,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-guidance", type=float, default=None,
                    help="for a dynamics run trained with --action-dropout: the default action guidance weight (default 0)")
     p.add_argument("--calibrate-ends", default=None, metavar="DATA",
-                   help="shift the termination head so that on the val split of this frames dataset it expects as "
-                        "many ends as there are (for dreams that draw their ends, --sample-ends)")
+                   help="shift the termination head so that the val episodes of this frames dataset, replayed in "
+                        "the dream with their own actions, end as often per step as they did (for dreams that draw "
+                        "their ends, --sample-ends)")
     p.add_argument("--text-guidance", type=float, default=None,
                    help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
     p.add_argument("--out", required=True)

@@ -103,25 +103,52 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
             "ends": _detector(ep > 0.5, er) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
 
 
-def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000) -> dict:
-    """Shift the termination head's logit so that on `split` it expects as many ends as
-    there are: training windows see an episode's last step less often than its others
-    (and --end-share, --end-weight skew it on purpose), so a dream that draws its ends
-    would deal too few or too many. The ranking of steps, and so R-precision, is kept."""
-    _, _, logits, ends = head_outputs(model, data, split, max_steps)
-    real = int(ends.sum())
+def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000, batch: int = 64,
+                   seed: int = 0) -> dict:
+    """Shift the termination head's logit so that the dream ends episodes as often as the
+    data did: each episode of `split` is replayed in the dream from its first frame with
+    its own actions, and the shift makes the mean end probability per dreamed step equal
+    the data's ends per step. A dream that draws its ends (--sample-ends) then kills the
+    data's own policy as often as the real env did. Without it, it need not: training
+    windows see an episode's last step less often than its others, and the dream renders
+    what kills (a fireball up close) less often than the game shows it. A shift scales
+    small probabilities alike, so the head's ranking of steps is kept."""
+    from worldsim.world_model import DreamCore
+
+    episodes, seen = [], 0
+    for path in episode_paths(data, split):
+        episodes.append(read_episode(path))
+        seen += len(episodes[-1])
+        if seen >= max_steps:
+            break
+    real = int(sum(e.terminated.sum() for e in episodes))
     if not real:
         raise ValueError(f"the {split} split of {data} has no episode end to calibrate the termination head on")
-    expected = lambda shift: float((1 / (1 + np.exp(-(logits + shift)))).sum())  # noqa: E731
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    probs = []
+    for i in range(0, len(episodes), batch):
+        chunk = episodes[i:i + batch]
+        core = DreamCore(model, len(chunk))
+        core.reset_rows(range(len(chunk)), [(e.frames[:1], e.actions[:0]) for e in chunk], generator)
+        for t in range(max(len(e) for e in chunk)):
+            lived = np.array([t < len(e) for e in chunk])
+            actions = np.stack([e.actions[min(t, len(e) - 1)] for e in chunk])
+            _, _, p = core.step(actions, generator)
+            probs.append(p[lived])
+    p = np.clip(np.concatenate(probs).astype(np.float64), 1e-12, 1 - 1e-12)
+    logits = np.log(p / (1 - p))
+    rate = real / len(p)
+    mean_prob = lambda shift: float((1 / (1 + np.exp(-(logits + shift)))).mean())  # noqa: E731
     low, high = -20.0, 20.0
-    for _ in range(60):  # expected() rises with the shift: bisect for expected == real
+    for _ in range(60):  # mean_prob() rises with the shift: bisect for mean_prob == rate
         mid = (low + high) / 2
-        low, high = (mid, high) if expected(mid) < real else (low, mid)
+        low, high = (mid, high) if mean_prob(mid) < rate else (low, mid)
     shift = (low + high) / 2
     with torch.no_grad():
         model.dynamics.heads.out[-1].bias[1] += shift
-    return {"data": str(data), "split": split, "transitions": int(len(ends)), "real_ends": real,
-            "expected_before": expected(0.0), "logit_shift": shift}
+    return {"data": str(data), "split": split, "episodes": len(episodes), "dreamed_steps": int(len(p)),
+            "real_ends": real, "real_ends_per_step": rate, "dream_ends_per_step_before": mean_prob(0.0),
+            "logit_shift": shift}
 
 
 def _r_precision(scores: np.ndarray, actual: np.ndarray) -> float | None:
