@@ -203,7 +203,9 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
         desc_path = Path(spec).with_suffix(".json")
         desc = json.loads(desc_path.read_text()) if desc_path.exists() else {}
         seen = tuple(desc.get("observation_space", {}).get("shape", ()))
-        if desc.get("policy") == "LinearController" or seen != env.single_observation_space.shape:
+        frames = env.single_observation_space.shape
+        channels_first = (frames[-1], *frames[:-1])  # how SB3's CnnPolicy sees images
+        if desc.get("policy") == "LinearController" or seen not in (frames, channels_first):
             raise ValueError(f"{spec} acts on observations of shape {seen or tuple(desc.get('obs_shape', ()))} "
                              f"(frame stack {desc.get('frame_stack', 1)}), not the env's frames "
                              f"{env.single_observation_space.shape}; collect plays only single-frame pixel agents "
