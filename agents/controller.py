@@ -79,8 +79,9 @@ def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
     """Evolve a LinearController in the dream until cfg.steps dream steps are spent.
     Dream steps count the steps the candidates' episodes lived (as an SB3 agent's count
     its transitions). Returns (controller, curve of (dream steps, mean fitness of the
-    generation), mean_in_dream). `on_generation(generation, dream steps, controller, mean_in_dream)` may
-    score the running mean; mean_in_dream() is its mean return on dream episodes."""
+    generation), mean_in_dream), where mean_in_dream() is the controller's mean return on
+    as many dream episodes as a generation has. `on_generation(generation, dream steps,
+    controller, mean_in_dream)` is called after each generation."""
     import cma
     from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
     from tqdm import tqdm
