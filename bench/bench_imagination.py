@@ -43,8 +43,9 @@ ROOT = Path(__file__).parents[1]
 AGENTS = ("dream_ppo", "dream_cmaes", "random", "ppo_real_same_steps", "ppo_real_long")
 COLORS = dict(zip(AGENTS, ("tab:green", "tab:olive", "tab:gray", "tab:orange", "tab:blue")))
 PRESETS = {
-    # Rooms: 100,000 explore steps behind the shipped model (see RESULTS.md).
-    "rooms": {"checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 100_000, "horizon": 200,
+    # Rooms: 40,000 + 60,000 explore steps on map 0, then 300,000 and 60,000 on new maps behind the shipped
+    # model (RESULTS.md, "How the shipped checkpoints were made").
+    "rooms": {"checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 460_000, "horizon": 200,
               "long_factor": 4, "obs": "rgb", "frame_stack": 1, "sample_ends": False},
     # TakeCover: 10,000 + 300,000 random steps (4,193 episodes, under World Models' 10,000 rollouts).
     # Ends are drawn from the head's calibrated probability: deaths hang on health the frames do not show.
