@@ -106,15 +106,15 @@ def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
     curve, steps, generation = [], 0, 0
 
     def mean_in_dream() -> float:  # the kept controller (CMA-ES's mean) on as many dream episodes
-        fitness, _, _ = _score(env, stack, np.repeat(controller.params[None], cfg.population, 0), cfg,
+        fitness, _ = _score(env, stack, np.repeat(controller.params[None], cfg.population, 0), cfg,
                                seed=cfg.seed * 100_003 + 50_000 + generation)  # episodes no generation drew
         return float(fitness.mean())
 
     with tqdm(total=cfg.steps, desc="CMA-ES in the dream", unit="step", disable=not progress, mininterval=1) as bar:
         while steps < cfg.steps:
             asked = es.ask()
-            fitness, lived, _ = _score(env, stack, np.asarray(asked, np.float32), cfg,
-                                       seed=cfg.seed * 100_003 + generation)
+            fitness, lived = _score(env, stack, np.asarray(asked, np.float32), cfg,
+                                    seed=cfg.seed * 100_003 + generation)
             es.tell(asked, (-fitness).tolist())  # CMA-ES minimises
             steps, generation = steps + lived, generation + 1
             curve.append((steps, float(fitness.mean())))
@@ -129,20 +129,20 @@ def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
 
 def _score(env, stack, candidates: np.ndarray, cfg, seed: int):
     """Mean dream return of each candidate over cfg.rollouts episodes (the first episode
-    of each of its rows). Returns (fitness (P,), steps the episodes lived, row-steps
-    computed: a generation runs until its longest episode ends)."""
+    of each of its rows). Returns (fitness (P,), steps the episodes lived); the batch
+    steps on until its longest episode ends, so it computes more steps than that."""
     p, m = len(candidates), cfg.rollouts
     obs, _ = env.reset(seed=seed)
     feats = stack.reset(obs)
     returns = np.zeros(p * m)
     alive = np.ones(p * m, dtype=bool)
-    lived = computed = 0
+    lived = 0
     while alive.any():
         actions = batched_actions(candidates, feats.reshape(p, m, -1)).reshape(-1)
         obs, rewards, terminated, truncated, _ = env.step(actions)
         returns += rewards * alive
-        lived, computed = lived + int(alive.sum()), computed + len(actions)
+        lived += int(alive.sum())
         alive &= ~(terminated | truncated)
         # Rows whose episode ended are masked from here on: their stacks need no reset.
         feats, _ = stack.update(obs, np.zeros(len(obs), bool), [{} for _ in range(len(obs))])
-    return returns.reshape(p, m).mean(1), lived, computed
+    return returns.reshape(p, m).mean(1), lived

@@ -149,9 +149,11 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
 def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0, frame_stack: int = 1):
     """Returns of `act(obs) -> action` over real episodes; frames of the first `record`.
     With frame_stack > 1, `act` sees the last observations stacked as in training."""
-    from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+    stack = None
+    if frame_stack > 1:
+        from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
-    stack = StackedObservations(1, frame_stack, env.observation_space) if frame_stack > 1 else None
+        stack = StackedObservations(1, frame_stack, env.observation_space)
     returns, lengths, frames = [], [], []
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
@@ -194,8 +196,6 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
         raise ValueError(f"obs must be 'rgb' or 'latent', got {cfg.obs!r}")
     if cfg.algo not in ALGOS:
         raise ValueError(f"unknown algo {cfg.algo!r}; expected one of {ALGOS}")
-    if cfg.algo == "cmaes" and cfg.obs != "latent":
-        raise ValueError("--algo cmaes evolves a linear controller on latents: pass --obs latent")
     if cfg.frame_stack < 1:
         raise ValueError(f"frame_stack must be at least 1, got {cfg.frame_stack}")
     model = load_world_model(cfg.checkpoint)

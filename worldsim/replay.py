@@ -71,10 +71,14 @@ def _detector(predicted: np.ndarray, actual: np.ndarray) -> dict:
             "recall": hits / int(actual.sum()) if actual.any() else None}
 
 
-def head_outputs(model, data: str, split: str = "test", max_steps: int = 20_000):
-    """The heads on real consecutive latents of `split` (whole episodes, until max_steps
-    transitions): predicted and real rewards, end logits and real ends."""
-    preds, reals, end_logits, ends = [], [], [], []
+def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_000) -> dict:
+    """The reward and termination heads on real consecutive latents of `split` (whole
+    episodes, until max_steps transitions), as detectors: a pickup is |reward| > 0.5, an
+    end a probability above 0.5. For ends also `expected`, the sum of the probabilities
+    (the ends a dream that draws them would deal, against `events` real ones), and
+    `r_precision`, the share of real ends among the as many transitions the head rates
+    most likely to end (threshold-free)."""
+    preds, reals, end_p, end_r = [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
         e = read_episode(path)
@@ -82,21 +86,11 @@ def head_outputs(model, data: str, split: str = "test", max_steps: int = 20_000)
             z = torch.cat([model.encode(e.frames[None, s:s + 256])[0] for s in range(0, len(e.frames), 256)])
             r, end = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
-        end_logits.append(end.float().cpu().numpy()), ends.append(e.terminated.astype(bool))
+        end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
         seen += len(e)
         if seen >= max_steps:
             break
-    return tuple(map(np.concatenate, (preds, reals, end_logits, ends)))
-
-
-def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_000) -> dict:
-    """The reward and termination heads on real consecutive latents of `split`, as
-    detectors: a pickup is |reward| > 0.5, an end a probability above 0.5. For ends also
-    `expected`, the sum of the probabilities (the ends a dream that draws them would
-    deal, against `events` real ones), and `r_precision`, the share of real ends among
-    the as many transitions the head rates most likely to end (threshold-free)."""
-    p, r, logits, er = head_outputs(model, data, split, max_steps)
-    ep = 1 / (1 + np.exp(-logits))
+    p, r, ep, er = map(np.concatenate, (preds, reals, end_p, end_r))
     return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
             "reward_mse_always_zero": float((r ** 2).mean()),
             "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5),
