@@ -189,3 +189,44 @@ def test_sample_ends_draws_terminations_from_the_head(pipeline, tmp_path):
         lengths[sample] = (steps, terminated)
     assert lengths[False] == (40, False)  # below the 0.5 threshold: never ends
     assert lengths[True][1] and lengths[True][0] < 40  # drawn: ends early (0.7 ** 40 < 1e-6)
+
+
+def test_a_forked_state_replays_the_same_frames(memory_world):
+    """get_state / set_state: the KV cache, memory, clocks and random state all come back,
+    in the env that saved them and in a fresh one; the vector env draws its ends and
+    autoresets on the way."""
+    import torch
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(memory_world[0])
+    with torch.no_grad():  # a single env's episode must outlast the plan: this model never ends one
+        model.dynamics.heads.out[-1].bias[1] = -30.0
+
+    def run(env, actions):
+        out = [env.step(a) for a in actions]
+        return [np.stack([o[i] for o in out]) for i in range(4)] + [[o[4]["memory_frames"] for o in out]]
+
+    for make, rows in ((lambda: DreamEnv(checkpoint=model, max_steps=50), None),
+                       (lambda: DreamVectorEnv(3, checkpoint=memory_world[0], max_steps=4, sample_ends=True), 3)):
+        env = make()
+        env.reset(seed=1)
+        plan = [t % 4 if rows is None else np.array([t % 4, (t + 1) % 4, 2]) for t in range(8)]
+        other = [3 - a for a in plan]
+        run(env, plan[:3])
+        state = env.get_state()
+        first = run(env, plan)
+        assert np.max(first[4]) > 0  # memory was recalled along the way
+        diverged = run(env, other)
+        env.set_state(state)
+        again = run(env, plan)
+        fresh = make()
+        fresh.set_state(state)
+        for a, b, c in zip(first, again, run(fresh, plan)):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
+        assert not np.array_equal(diverged[0], first[0])  # the actions matter: equality above is not trivial
+    assert first[2].any() and first[3].any()  # the vector env ended episodes (drawn and at max_steps) and went on
+    with pytest.raises(ValueError, match="holds 3 rows"):
+        DreamEnv(checkpoint=model).set_state(state)
+    with pytest.raises(RuntimeError, match="reset"):
+        DreamEnv(checkpoint=model).get_state()

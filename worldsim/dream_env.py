@@ -22,6 +22,7 @@ they end, which leaves an agent less room to exploit it.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import gymnasium as gym
@@ -183,6 +184,32 @@ class _DreamBase:
         """latents (N, C, h, w) -> observations (N, ...)."""
         return z.cpu().numpy().astype(np.float32) if self.obs_type == "latent" else self._decode(z)
 
+    def get_state(self) -> dict:
+        """A copy of the dream's whole state (the model's KV cache, memory, clocks, the
+        env's step counts and random state): `set_state` of it, then the same actions,
+        gives the same frames. For planners that branch in the dream (CEM, MPC, tree search)."""
+        if self.core is None:
+            raise RuntimeError("get_state() needs a running dream; call reset() first")
+        return {"core": self.core.get_state(), "env": copy.deepcopy(self._env_state()),
+                "generator": self._generator.get_state(), "np_random": copy.deepcopy(self.np_random.bit_generator.state)}
+
+    def set_state(self, state: dict):
+        """Continue from a `get_state()` of a dream env with the same model (and as many
+        sub-envs); the state stays valid, so it can be restored again."""
+        if not (isinstance(state, dict) and {"core", "env", "generator", "np_random"} <= state.keys()):
+            raise ValueError("set_state expects a dict from get_state() (keys core, env, generator, np_random)")
+        if self.core is None:
+            self.core = self._new_core()
+            self._generator = torch.Generator(device=self.model.device)
+        self.core.set_state(state["core"])
+        for name, value in copy.deepcopy(state["env"]).items():
+            setattr(self, name, value)
+        self._generator.set_state(state["generator"])
+        self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
+
+    def _new_core(self) -> DreamCore:
+        return DreamCore(self.model, self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
+
     def _info(self, row: int, prob: float, steps: int) -> dict:
         """One env's info (the vector env batches them as gymnasium does)."""
         return {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.cache.frames,
@@ -203,6 +230,7 @@ class DreamEnv(_DreamBase, gym.Env):
     """A single dream env (a batch of one)."""
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
+    _rows = 1
 
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
@@ -218,7 +246,7 @@ class DreamEnv(_DreamBase, gym.Env):
         super().reset(seed=seed)
         frames, actions, *text = self._context(options, self.np_random)
         self._generator = torch.Generator(device=self.model.device).manual_seed(int(self.np_random.integers(2**31)))
-        self.core = DreamCore(self.model, 1, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
+        self.core = self._new_core()
         self.core.reset_rows([0], [(frames, actions, *text)], self._generator)
         self._steps, self._done, self._frame = 0, False, frames[-1]
         obs = frames[-1].copy() if self.obs_type == "rgb" else self.core.last[0].cpu().numpy().astype(np.float32)
@@ -228,6 +256,9 @@ class DreamEnv(_DreamBase, gym.Env):
         if text:  # the rewritten prompt the world was made from
             info.update(text[1])
         return obs, info
+
+    def _env_state(self) -> dict:
+        return {"_steps": self._steps, "_done": self._done, "_frame": self._frame}
 
     def step(self, action):
         if self.core is None:
@@ -279,7 +310,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
                  memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None):
         self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance)
-        self.num_envs, self.render_mode = num_envs, render_mode
+        self.num_envs, self._rows, self.render_mode = num_envs, num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
@@ -299,11 +330,13 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
         contexts = [self._context(options, self.np_random) for _ in rows]  # checked before anything changes
         self._generator = generator
         if mask is None:
-            self.core = DreamCore(self.model, self.num_envs, self.sample_steps, self.memory,
-                                  memory_guidance=self.memory_guidance)
+            self.core = self._new_core()
             self._obs = np.zeros(self.observation_space.shape, self.observation_space.dtype)
         self._obs[rows], infos = self._reset_rows(rows, contexts)
         return self._obs.copy(), self._batch_infos({}, rows, infos)
+
+    def _env_state(self) -> dict:
+        return {"_steps": self._steps, "_ended": self._ended, "_obs": self._obs}
 
     def _mask_rows(self, mask) -> np.ndarray:
         """The rows a reset_mask names, checked as gymnasium checks it."""

@@ -5,6 +5,7 @@ holds a few real start frames (the DreamEnv's default reset).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from pathlib import Path
 
@@ -180,6 +181,20 @@ class DreamCore:
         # Each row's text (a prompt's embedding); zeros, the null text, for rows started otherwise.
         text_dim = self.dyn.cfg.text_dim
         self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
+
+    SHARED = ("model", "dyn")  # the network: every fork of a state uses the same one
+
+    def get_state(self) -> dict:
+        """A copy of everything a step reads and writes (KV cache, clocks, last latents,
+        poses, memories, text); the network is not part of it."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in self.SHARED})
+
+    def set_state(self, state: dict):
+        """Continue from a `get_state()` of a core with the same model and rows (copied:
+        the state can be restored again)."""
+        if state.get("n") != self.n:
+            raise ValueError(f"this dream state holds {state.get('n')} rows; this dream has {self.n}")
+        vars(self).update(copy.deepcopy(state))
 
     def _context_cache(self, z, actions, frames_held: int, generator, text=None):
         """A one-row cache holding `frames_held` frames: the context, front-padded."""
