@@ -441,3 +441,26 @@ def test_a_world_model_trains_on_imported_minecraft_data(tmp_path):
                   "--config", "tiny", "--window", "3", "--steps", "2", "--batch-size", "2"]):
         assert cli([*argv, "--quiet"]) == 0, argv
     assert (tmp_path / "dyn" / "latest.safetensors").exists()
+
+
+def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_came_back(crafter):
+    from worldsim import probes as P
+
+    scenarios = P.walkback_scenarios("worldsim/Crafter-v0", {}, count=4, context=4)
+    assert [s.meta["kind"] for s in scenarios] == ["within context", "beyond context"] * 2
+    for s in scenarios:
+        ret = s.meta["return"]
+        assert len(s.frames) == ret + 1 and s.meta["gap"] == ret - s.meta["start"]
+        cells = 4 * (7 if s.meta["way"] in ("move_left", "move_right") else 9)  # 4 columns of 7 cells or rows of 9
+        assert s.gt["returned"].sum() == cells * 7 * 7  # 7x7 px each
+        far = s.meta["start"] + 4
+        m = s.gt["returned"]  # those cells held something the far view does not show in their place
+        assert np.abs(s.frames[far][m].astype(int) - s.frames[s.meta["start"]][m]).mean() >= 10
+    left = P._returned_cells("move_left", 4, (9, 7), (64, 64))
+    assert left[:49, 35:63].all() and left.sum() == 28 * 49  # moving left, the right-hand cells leave the view
+    down = P._returned_cells("move_down", 2, (9, 7), (64, 64))
+    assert down[:14, :63].all() and down.sum() == 14 * 63
+    real = P.score_walkback(scenarios, P.ground_truth(scenarios))
+    last = P.score_walkback(scenarios, P.copy_last(scenarios))
+    assert real["returned_cells_psnr_db"] == 99.0 and last["returned_cells_psnr_db"] < 40
+    assert set(last["returned_cells_by_kind"]) == {"within context", "beyond context"}

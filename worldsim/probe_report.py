@@ -24,7 +24,7 @@ import numpy as np
 from worldsim import probes as P
 from worldsim.dataset import _atomic_write_bytes
 
-PROBES = ("loop", "objects", "revisit", "control", "drift", "lookback")
+PROBES = ("loop", "objects", "revisit", "control", "drift", "lookback", "walkback")
 ROOMS_ONLY = ("loop", "objects", "revisit", "control")
 REVISIT_GOAL_DB = 5.0  # issue 15: object region from a new pose, memory on at least this far above memory off
 
@@ -40,8 +40,12 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
 
     model = load_world_model(checkpoint, env_id)
     env_id = env_id or model.info.get("env_id")
-    if probes is None:  # lookback repeats what loop measures on Rooms
-        probes = [p for p in PROBES if p != "lookback"] if env_id == P.ROOMS_ID else ["drift", "lookback"]
+    names = list(model.info.get("action_meanings") or [])
+    if not names and model.info["action_space"]["type"] == "Discrete":
+        names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
+    if probes is None:  # lookback repeats what loop measures on Rooms; grid worlds walk instead of turning
+        probes = ([p for p in PROBES if p not in ("lookback", "walkback")] if env_id == P.ROOMS_ID
+                  else ["drift", "walkback" if set(P.GRID_MOVES) <= set(names) else "lookback"])
     unknown = set(probes) - set(PROBES)
     if unknown:
         raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {PROBES}")
@@ -68,11 +72,9 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
         "control": lambda: P.control_scenarios(rooms, count, context, seed=seed),
         "drift": lambda: P.drift_scenarios(env_id, real_kwargs, drift_episodes, context, drift_steps, seed),
         "lookback": lambda: P.lookback_scenarios(env_id, real_kwargs, count, context, seed),
+        "walkback": lambda: P.walkback_scenarios(env_id, real_kwargs, count, context, seed),
     }
-    names = list(model.info.get("action_meanings") or [])
-    if not names and model.info["action_space"]["type"] == "Discrete":
-        names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
-    scorers = {"loop": P.score_loop, "lookback": P.score_loop, "revisit": P.score_revisit,
+    scorers = {"loop": P.score_loop, "lookback": P.score_loop, "walkback": P.score_walkback, "revisit": P.score_revisit,
                "control": lambda s, p: P.score_control(s, p, names), "drift": P.score_drift}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,8 +138,13 @@ def _gain_line(gain: dict) -> str:
 
 
 def _headline(probe: str, score: dict) -> str:
-    if probe in ("loop", "lookback"):
-        return f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
+    if probe in ("loop", "lookback", "walkback"):
+        text = f"returned view {score['psnr_vs_real_db']:.2f} dB vs real ({score['psnr_vs_own_start_db']:.2f} vs own start)"
+        if probe == "walkback":
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in score["returned_cells_by_kind"].items())
+            text += (f"; cells that left and came back {score['returned_cells_psnr_db']:.2f} ± "
+                     f"{score['returned_cells_psnr_db_stderr']:.2f} dB ({kinds})")
+        return text
     if probe == "objects":
         gaps = ", ".join(f"{g}:{r:.2f}" for g, r in score["recall_all_by_gap"].items())
         sizes = ", ".join(f"{b}: {r:.2f} of {score['objects_by_size'][b]}" for b, r in score["recall_all_by_size"].items())
@@ -181,19 +188,21 @@ def _summary_plot(report: dict, path):
                "tokenizer_ceiling": "tab:blue"}
     fig, axes = plt.subplots(2, 3, figsize=(17.5, 8.5))
     ax = axes[0, 0]
-    loop = "loop" if "loop" in results else "lookback"  # the same score: lookback is loop closure for any env
+    loop = next((p for p in ("loop", "lookback", "walkback") if p in results), "loop")  # loop closure, for each kind of env
+    by_kind = "returned_cells_by_kind" if loop == "walkback" else "by_kind"  # a walk scores the cells that came back
     if loop in results:
-        kinds = sorted(results[loop][report["predictors"][0]]["by_kind"])
+        kinds = sorted(results[loop][report["predictors"][0]][by_kind])
         names = [n for n in report["predictors"] if n in results[loop]]
         for i, name in enumerate(names):
-            vals = [results[loop][name]["by_kind"][k] for k in kinds]
+            vals = [results[loop][name][by_kind][k] for k in kinds]
             ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names), vals, 0.8 / len(names),
                    label=name, color=colours[name])
         ax.axhline(25, ls="--", c="k", lw=1, label="goal 25 dB")
         ax.set_xticks(range(len(kinds)), kinds)
-        ax.set_ylabel("returned view PSNR vs real (dB)")
+        ax.set_ylabel("returned cells PSNR vs real (dB)" if loop == "walkback" else "returned view PSNR vs real (dB)")
         ax.legend(fontsize=8)
-    ax.set_title(f"{'loop closure' if loop == 'loop' else 'lookback'} (gap > context window)")
+    ax.set_title({"loop": "loop closure (gap > context window)", "lookback": "lookback (gap > context window)",
+                  "walkback": "walk out and back: the cells that left the view"}[loop])
     ax = axes[0, 1]
     if "objects" in results:
         for name in report["predictors"]:

@@ -615,6 +615,104 @@ def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     return out
 
 
+GRID_MOVES = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
+BACK = {"move_left": "move_right", "move_right": "move_left", "move_up": "move_down", "move_down": "move_up"}
+
+
+def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0, steps: int = 4,
+                       view=(9, 7), min_change: float = 10.0) -> list[Scenario]:
+    """Top-down grid worlds (Crafter: move_left/right/up/down, info["gt"]["player_pos"], a
+    `view` of cells around the player in the frame's top rows): after a context of random
+    actions (as the data was collected), walk `steps` cells one way, wait (half the scripts
+    no steps, half a context window of noops), and walk back. Cells at the far edge of the
+    start view leave it and return: the scenario's gt["returned"] masks them in the
+    returned frame. Kept only where the real walk moved every step and came back to its
+    start cell, and where those cells held something the far view does not show in their
+    place (a walk over open grass would test nothing). Scored by `score_walkback`."""
+    import envs  # noqa: F401  (registers the gameplay ids)
+    from envs import action_meanings
+
+    env = gym.make(env_id, **env_kwargs)
+    names = list(action_meanings(env))
+    if not set(GRID_MOVES) | {"noop"} <= set(names):
+        env.close()
+        raise ValueError(f"the walkback probe walks a grid: {env_id} has actions {names}, expected "
+                         f"{', '.join(GRID_MOVES)} and noop among them")
+    out, s = [], first_env_seed(seed)
+    for _ in range(count * 50):  # tries: a walk may be blocked, cross open grass, or the episode may end
+        if len(out) == count:
+            break
+        rng = np.random.default_rng(s)
+        way = str(rng.choice(list(GRID_MOVES)))
+        wait = 0 if len(out) % 2 == 0 else context
+        start = context - 1
+        plan = ([int(a) for a in rng.integers(len(names), size=context - 1)] + [names.index(way)] * steps
+                + [names.index("noop")] * wait + [names.index(BACK[way])] * steps)
+        frames, gt, ended = _grid_replay(env, s, plan)
+        s += 1
+        if ended:
+            continue
+        pos, far = gt["player_pos"], start + steps
+        if not (np.array_equal(pos[far] - pos[start], np.multiply(GRID_MOVES[way], steps))
+                and np.array_equal(pos[-1], pos[start])):
+            continue
+        mask = _returned_cells(way, steps, view, frames.shape[1:3])
+        if np.abs(frames[far][mask].astype(int) - frames[start][mask]).mean() < min_change:
+            continue
+        out.append(Scenario("walkback", frames, np.array(plan), {"returned": mask}, context,
+                            {"kind": "beyond context" if wait else "within context", "start": start,
+                             "return": len(plan), "gap": len(plan) - start, "way": way, "seed": s - 1}))
+    env.close()
+    if len(out) < count:
+        raise ValueError(f"walkback: only {len(out)} of {count} scripts in {env_id} walked out and back unblocked "
+                         "past something to remember")
+    return out
+
+
+def _grid_replay(env, seed: int, actions):
+    """Frames (T+1, ...) and ground truth of `actions` from reset(seed); whether it ended."""
+    frame, info = env.reset(seed=seed)
+    frames, gts = [frame], [info["gt"]]
+    for a in actions:
+        frame, _, terminated, truncated, info = env.step(a)
+        frames.append(frame)
+        gts.append(info["gt"])
+        if terminated or truncated:
+            return np.stack(frames), {}, True
+    return np.stack(frames), {"player_pos": np.stack([g["player_pos"] for g in gts])}, False
+
+
+def _returned_cells(way: str, steps: int, view, frame_hw) -> np.ndarray:
+    """Pixels of the start view's cells that leave it on a walk of `steps` cells `way`
+    (the view's far edge) and come back when the walk returns."""
+    cols, rows = view
+    unit = frame_hw[1] // cols  # square cells from the left and top edges, as crafter draws them
+    mask = np.zeros(frame_hw, bool)
+    dx, dy = GRID_MOVES[way]
+    if dx:
+        c0, c1 = (cols - steps, cols) if dx < 0 else (0, steps)
+        mask[:rows * unit, c0 * unit:c1 * unit] = True
+    else:
+        r0, r1 = (rows - steps, rows) if dy < 0 else (0, steps)
+        mask[r0 * unit:r1 * unit, :cols * unit] = True
+    return mask
+
+
+def score_walkback(scenarios, predictions) -> dict:
+    """Loop closure of the returned view (`score_loop`), plus the PSNR of the cells that
+    left the view and came back, by kind (within or beyond the context window)."""
+    out = score_loop(scenarios, predictions)
+    for s, p, row in zip(scenarios, predictions, out["scenarios"]):
+        j = s.meta["return"] - s.context
+        row["returned_cells_psnr_db"] = masked_psnr(p[j], s.frames[s.meta["return"]], s.gt["returned"])
+    region = [r["returned_cells_psnr_db"] for r in out["scenarios"]]
+    out["returned_cells_psnr_db"] = float(np.mean(region))
+    out["returned_cells_psnr_db_stderr"] = float(np.std(region) / np.sqrt(len(region)))
+    out["returned_cells_by_kind"] = {k: float(np.mean([r["returned_cells_psnr_db"] for r in out["scenarios"]
+                                                       if r["kind"] == k])) for k in out["by_kind"]}
+    return out
+
+
 def score_drift(scenarios, predictions, horizons=(1, 10, 100, 1000)) -> dict:
     """Mean PSNR and SSIM per step after the context, and at the given horizons, over the
     steps every replay reached (an env may end its episodes sooner than asked: `steps`
