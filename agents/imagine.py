@@ -154,20 +154,41 @@ def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0, frame_stac
         from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
         stack = StackedObservations(1, frame_stack, env.observation_space)
-    returns, lengths, frames = [], [], []
+    returns, lengths, frames, unlocked = [], [], [], []
     for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
+        obs, info = env.reset(seed=seed + k)
         view = stack.reset(obs[None])[0] if stack else obs
         done, total, n = False, 0.0, 0
         while not done:
             if k < record:
                 frames.append(getattr(env, "last_frame", obs))
-            obs, reward, terminated, truncated, _ = env.step(act(view))
+            obs, reward, terminated, truncated, info = env.step(act(view))
             total, n, done = total + float(reward), n + 1, terminated or truncated
             view = stack.update(obs[None], np.array([False]), [{}])[0][0] if stack else obs
         returns.append(total)
         lengths.append(n)
-    return summary(returns) | {"length_mean": float(np.mean(lengths))}, frames
+        if "achievements" in info.get("gt", {}):
+            unlocked.append(np.asarray(info["gt"]["achievements"]) > 0)
+    report = summary(returns) | {"length_mean": float(np.mean(lengths))}
+    return (report | achievement_score(unlocked) if unlocked else report), frames
+
+
+def achievement_score(unlocked) -> dict:
+    """For envs whose ground truth counts achievements (Crafter): each one's success rate
+    (the share of episodes that unlocked it, in percent) and Crafter's score (Hafner
+    2021), their geometric mean with 1 added to each so that one never unlocked does not
+    zero it: exp(mean(ln(1 + rate))) - 1; its standard error by bootstrap over episodes."""
+    from envs.crafter_env import ACHIEVEMENTS
+
+    unlocked = np.asarray(unlocked, bool)
+
+    def score(episodes):
+        return float(np.exp(np.log1p(100 * episodes.mean(0)).mean()) - 1)
+
+    rng = np.random.default_rng(0)  # its standard error: the spread of the score over resampled episodes
+    resampled = [score(unlocked[rng.integers(len(unlocked), size=len(unlocked))]) for _ in range(1000)]
+    return {"achievement_score": score(unlocked), "achievement_score_stderr": float(np.std(resampled)),
+            "success_rates": dict(zip(ACHIEVEMENTS, (100 * unlocked.mean(0)).round(2).tolist()))}
 
 
 def summary(returns) -> dict:

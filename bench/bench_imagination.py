@@ -4,6 +4,7 @@ PPO trained in the real env on the same number of real steps and on many more.
     python bench/bench_imagination.py --env takecover                 # every agent (hours on two CPU cores)
     python bench/bench_imagination.py --env takecover --agents dream_cmaes random   # some; the others' rows are kept
     python bench/bench_imagination.py --env rooms                     # Rooms: collect objects in 200 steps
+    python bench/bench_imagination.py --env crafter                   # Crafter: its score, from achievements
 
 Agents:
   dream_ppo     PPO trained only in the dream (the preset's observations and frame stack)
@@ -51,11 +52,19 @@ PRESETS = {
     # Ends are drawn from the head's calibrated probability: deaths hang on health the frames do not show.
     "takecover": {"checkpoint": "worldsim/checkpoints/takecover.safetensors", "real_steps": 310_000, "horizon": 525,
                   "long_factor": 3, "obs": "latent", "frame_stack": 4, "sample_ends": True},
+    # Crafter: 200,000 random steps. Scored as Crafter is, by its achievements (the return also counts health);
+    # episodes end at death or crafter's own 10,000 steps.
+    "crafter": {"checkpoint": "worldsim/checkpoints/crafter.safetensors", "real_steps": 200_000, "horizon": 10_000,
+                "long_factor": 5, "obs": "latent", "frame_stack": 1, "sample_ends": True,
+                "metric": "achievement_score"},
 }
 # Published figures, for reference (not measured here): World Models, Ha & Schmidhuber 2018, table 3.
+# Crafter: Hafner 2021 (human experts, random) and DreamerV3 (Hafner et al. 2023), scores at 1M steps.
 REFERENCES = {"takecover": {"World Models, agent trained in its dream (published)": 1092,
                             "World Models, random policy (published)": 210,
-                            "solved (published threshold)": 750}}
+                            "solved (published threshold)": 750},
+              "crafter": {"human experts (published)": 50.5, "DreamerV3, 1M steps (published)": 14.5,
+                          "random policy (published)": 1.6}}
 
 
 def ppo_in_real_env(env_id, env_kwargs, horizon, steps, seed, frame_stack, num_envs=16):
@@ -144,15 +153,23 @@ def run(env_name, args):
             rows[name].update(real_steps=steps, settings={"algo": "ppo", "policy": "CnnPolicy", "frame_stack": stack})
             env.close()
         rows[name].update(stamp, seconds=round(time.perf_counter() - t0))
-        print(f"{name}: {rows[name]['mean']:.2f} ± {rows[name]['stderr']:.2f} (standard error)", flush=True)
+        print(f"{name}: {_figure(rows[name])}", flush=True)
         _write(out, env_id, horizon, env_name, rows)  # each row as soon as it is measured
     _write(out, env_id, horizon, env_name, rows, show=True)
 
 
+def _figure(row) -> str:
+    """A row's return, and its achievement score where the env counts achievements."""
+    text = f"return {row['mean']:8.2f} ± {row['stderr']:6.2f}"
+    if "achievement_score" in row:
+        text += f"   score {row['achievement_score']:5.2f} ± {row['achievement_score_stderr']:4.2f} %"
+    return text
+
+
 def _write(out, env_id, horizon, env_name, rows, show=False):
     """Write the report (atomically) and its plot; with show, print the table."""
-    report = {"env": env_id, "horizon": horizon, "references": REFERENCES.get(env_name, {}),
-              "results": {a: rows[a] for a in AGENTS if a in rows}}
+    report = {"env": env_id, "horizon": horizon, "metric": PRESETS[env_name].get("metric", "mean"),
+              "references": REFERENCES.get(env_name, {}), "results": {a: rows[a] for a in AGENTS if a in rows}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1))
@@ -163,7 +180,7 @@ def _write(out, env_id, horizon, env_name, rows, show=False):
     print(f"\n{env_id}: real-env return (horizon {horizon} steps), mean ± standard error")
     for name, r in report["results"].items():
         dream = f"   dream return {r['dream_return']:.1f}" if r.get("dream_return") is not None else ""
-        print(f"  {name:22s} {r['mean']:8.2f} ± {r['stderr']:6.2f}  over {r['episodes']:>3} episodes"
+        print(f"  {name:22s} {_figure(r)}  over {r['episodes']:>3} episodes"
               f"   real steps {r['real_steps']:>9,}   measured {r['measured']}{dream}")
     for label, value in report["references"].items():
         print(f"  {label}: {value}")
@@ -175,17 +192,19 @@ def _plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["results"]
+    rows, metric = report["results"], report["metric"]
     names = list(rows)
     fig, (ax, gap) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax.bar(range(len(names)), [rows[n]["mean"] for n in names], yerr=[rows[n]["stderr"] for n in names],
+    ax.bar(range(len(names)), [rows[n][metric] for n in names],
+           yerr=[rows[n]["stderr" if metric == "mean" else f"{metric}_stderr"] for n in names],
            capsize=4, color=[COLORS[n] for n in names])
     ax.set_xticks(range(len(names)), [f"{n}\n{rows[n]['real_steps']:,} real steps" for n in names], fontsize=7)
     for (label, value), style in zip(report["references"].items(), ("--", ":", "-.")):
         ax.axhline(value, ls=style, c="k", lw=1, label=f"{label}: {value}")
     if report["references"]:
         ax.legend(fontsize=7)
-    ax.set_ylabel("real-env return (mean ± standard error)")
+    ax.set_ylabel("real-env return (mean ± standard error)" if metric == "mean"
+                  else "Crafter score, % (geometric mean of achievement success rates; ± bootstrap s.e.)")
     ax.set_title(f"{report['env']}: agents trained in the dream vs real-env baselines", fontsize=9)
     for n in names:
         points = rows[n].get("exploitation_gap")

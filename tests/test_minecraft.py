@@ -464,3 +464,17 @@ def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_c
     last = P.score_walkback(scenarios, P.copy_last(scenarios))
     assert real["returned_cells_psnr_db"] == 99.0 and last["returned_cells_psnr_db"] < 40
     assert set(last["returned_cells_by_kind"]) == {"within context", "beyond context"}
+
+
+def test_crafter_agents_are_scored_by_achievements(crafter):
+    from agents.imagine import achievement_score, evaluate, random_actor, real_env
+
+    unlocked = np.zeros((2, 22), bool)
+    unlocked[0, 3] = True  # one achievement, in one of two episodes: 50%
+    score = achievement_score(unlocked)
+    assert score["achievement_score"] == pytest.approx(np.exp(np.log(51) / 22) - 1)
+    assert list(score["success_rates"].values()).count(50.0) == 1 and score["achievement_score_stderr"] > 0
+    env = real_env("worldsim/Crafter-v0", {}, horizon=10_000)
+    report, _ = evaluate(random_actor(env.action_space, 0), env, episodes=2, seed=0)
+    assert 0 <= report["achievement_score"] <= 100 and len(report["success_rates"]) == 22
+    assert max(report["success_rates"].values()) > 0  # a random player unlocks something (collect_sapling, wake_up...)
