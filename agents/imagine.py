@@ -161,7 +161,7 @@ def evaluate(act, env, episodes: int, seed: int = 0, record: int = 0, frame_stac
         done, total, n = False, 0.0, 0
         while not done:
             if k < record:
-                frames.append(getattr(env, "last_frame", obs))
+                frames.append(env.last_frame if isinstance(env, LatentObservation) else obs)
             obs, reward, terminated, truncated, info = env.step(act(view))
             total, n, done = total + float(reward), n + 1, terminated or truncated
             view = stack.update(obs[None], np.array([False]), [{}])[0][0] if stack else obs

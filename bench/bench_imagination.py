@@ -46,15 +46,18 @@ COLORS = dict(zip(AGENTS, ("tab:green", "tab:olive", "tab:gray", "tab:orange", "
 PRESETS = {
     # Rooms: 40,000 + 60,000 explore steps on map 0, then 300,000 and 60,000 on new maps behind the shipped
     # model (RESULTS.md, "How the shipped checkpoints were made").
-    "rooms": {"checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 460_000, "horizon": 200,
+    "rooms": {"env_id": "worldsim/Rooms-v0", "env_kwargs": {"world_seed": None},
+              "checkpoint": "worldsim/checkpoints/rooms.safetensors", "real_steps": 460_000, "horizon": 200,
               "long_factor": 4, "obs": "rgb", "frame_stack": 1, "sample_ends": False},
     # TakeCover: 10,000 + 300,000 random steps (4,193 episodes, under World Models' 10,000 rollouts).
     # Ends are drawn from the head's calibrated probability: deaths hang on health the frames do not show.
-    "takecover": {"checkpoint": "worldsim/checkpoints/takecover.safetensors", "real_steps": 310_000, "horizon": 525,
+    "takecover": {"env_id": "worldsim/Vizdoom-TakeCover-v0", "env_kwargs": {},
+                  "checkpoint": "worldsim/checkpoints/takecover.safetensors", "real_steps": 310_000, "horizon": 525,
                   "long_factor": 3, "obs": "latent", "frame_stack": 4, "sample_ends": True},
     # Crafter: 200,000 random steps. Scored as Crafter is, by its achievements (the return also counts health);
     # episodes end at death or crafter's own 10,000 steps.
-    "crafter": {"checkpoint": "worldsim/checkpoints/crafter.safetensors", "real_steps": 200_000, "horizon": 10_000,
+    "crafter": {"env_id": "worldsim/Crafter-v0", "env_kwargs": {},
+                "checkpoint": "worldsim/checkpoints/crafter.safetensors", "real_steps": 200_000, "horizon": 10_000,
                 "long_factor": 5, "obs": "latent", "frame_stack": 1, "sample_ends": True,
                 "metric": "achievement_score"},
 }
@@ -108,8 +111,11 @@ def run(env_name, args):
     horizon, stack = preset["horizon"], preset["frame_stack"]
     work = ROOT / "runs" / "bench_imagination" / env_name
     out = Path(args.out or ROOT / "bench" / "results" / f"imagination_{env_name}.json")
-    info = WorldModel.load(checkpoint).info
-    env_id, env_kwargs = info["env_id"], info.get("env_kwargs") or {}
+    env_id, env_kwargs = preset["env_id"], preset["env_kwargs"]
+    if any(a.startswith("dream_") for a in args.agents):  # the real-env agents need no world model
+        info = WorldModel.load(checkpoint).info
+        if info["env_id"] != env_id:
+            raise ValueError(f"{checkpoint} was trained on {info['env_id']}, not the --env {env_name} game {env_id}")
     seed = EVAL_SEEDS_START + args.seed  # the same real episodes for every agent
     episodes = {"seed": args.seed, "horizon": horizon, "eval_episodes": args.eval_episodes}
     stamp = {"measured": datetime.date.today().isoformat(), **episodes}

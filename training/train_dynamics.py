@@ -24,7 +24,7 @@ fresh.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -46,7 +46,6 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.01
-    overrides: dict = field(default_factory=dict)  # extra DynamicsConfig fields
     memory: int = 0  # memory frames per window (0: no memory)
     memory_key: str = "auto"  # pose | latent | auto: pose when every episode has gt/pose, else latent
     memory_match: float = 0.0  # likeness that makes a window need its memory; 0 = SAME_VIEW (an exact return)
@@ -245,7 +244,7 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
                              **{**CONFIGS[cfg.config], "memory": cfg.memory,
                                 **({"patch": cfg.patch} if cfg.patch else {}),
-                                **({"text_dim": TEXT_DIM} if cfg.text else {}), **cfg.overrides})
+                                **({"text_dim": TEXT_DIM} if cfg.text else {})})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Dynamics(dyn_cfg)
     if cfg.init:

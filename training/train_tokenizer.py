@@ -16,7 +16,7 @@ the same command again resumes from `latest.safetensors`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,6 @@ class TrainConfig(RunConfig):
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    overrides: dict = field(default_factory=dict)  # extra TokenizerConfig fields
     init: str = ""  # start from this tokenizer's weights (its architecture, not the fields above)
     decoder_only: bool = False  # train the decoder alone: encoder and latent stats stay those of --init
     detail_weight: float = 0.0  # > 0: errors at edges and small objects weigh more (Tokenizer.loss)
@@ -75,7 +74,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     else:
         tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
                                   downsample=cfg.downsample, temporal=cfg.temporal,
-                                  **{**size_preset(cfg.config, cfg.downsample), **cfg.overrides})
+                                  **size_preset(cfg.config, cfg.downsample))
         model = Tokenizer(tok_cfg)
     if cfg.decoder_only:
         model.encoder.requires_grad_(False)

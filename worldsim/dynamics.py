@@ -208,10 +208,6 @@ class KVCache:
             self.layers = [(k[:, :, -keep:], v[:, :, -keep:]) for k, v in self.layers]
             self.frames = self.max_frames - 1
 
-    def select(self, index: torch.Tensor):
-        """Keep only the batch rows in `index` (for vector envs that drop a sub-env)."""
-        self.layers = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.layers]
-
 
 class RewardEndHead(nn.Module):
     """Reward and termination of the step (z_prev, action) -> z_next, from clean latents."""

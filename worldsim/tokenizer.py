@@ -213,7 +213,6 @@ class Tokenizer(nn.Module):
             model.load_state_dict(weights)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
-        model.checkpoint_config = config
         return model.to(map_location).eval()
 
 

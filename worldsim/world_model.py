@@ -140,6 +140,9 @@ class WorldModel(nn.Module):
         return self.decode(z[:, None])[0, 0].cpu().numpy()
 
 
+MEMORY_CAPACITY = 256  # latent frames each dream row remembers beyond its context window
+
+
 class DreamCore:
     """Batched dream state: one KV cache for all rows, each row with its own clock, and,
     when the model has memory, its own pose and latent memory.
@@ -158,7 +161,7 @@ class DreamCore:
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
-                 memory_capacity: int = 256, memory_guidance: float | None = None):
+                 memory_guidance: float | None = None):
         self.model, self.dyn, self.n = model, model.dynamics, num_rows
         self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
@@ -169,7 +172,7 @@ class DreamCore:
         self.memory = model.use_memory(memory)
         self.by_pose = model.memory_key == "pose"
         if self.memory:
-            self.memory_args = dict(latent_shape=self.dyn.cfg.latent_shape, capacity=memory_capacity,
+            self.memory_args = dict(latent_shape=self.dyn.cfg.latent_shape, capacity=MEMORY_CAPACITY,
                                     key=model.memory_key)
             if self.by_pose:
                 pose_model = model.info["pose_model"]
