@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.replay import heads_detection, plot_replay, replay_scores
+from worldsim.replay import heads_detection, plot_replay, replay_scores, uncertainty_vs_error
 from worldsim.world_model import WorldModel
 
 
@@ -72,6 +72,8 @@ def main():
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=None)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = WorldModel.load(args.checkpoint)
@@ -81,6 +83,8 @@ def main():
                               args.sample_steps)}
     result["dream_beats_copy_last_frame_at_every_horizon"] = all(v > 0 for v in result["dream_minus_copy_last_frame_db"].values())
     result["heads"] = heads_detection(model, args.data, args.split)
+    if args.uncertainty:
+        result["uncertainty"] = uncertainty_vs_error(model, args.data, args.context, 16, args.windows, args.split)
     for b in (1, 16):
         result[f"cpu_sampling_fps_pixels_batch{b}"] = sampling_fps(model, b)
         result[f"cpu_sampling_fps_latents_batch{b}"] = sampling_fps(model, b, pixels=False)
@@ -101,6 +105,11 @@ def main():
               f"precision {d['precision']}, recall {d['recall']}"
               + (f"; {d['expected']:.1f} expected (sum of probabilities), R-precision {d['r_precision']}"
                  if "expected" in d else ""))
+    if args.uncertainty:
+        u = result["uncertainty"]
+        print(f"uncertainty (sample disagreement) against error, {u['windows']} windows x {u['steps']} steps: "
+              f"Spearman {u['spearman_within_step']:.3f} within a step, {u['spearman_pooled']:.3f} pooled; "
+              f"the most uncertain quarter holds {u['worst_quarter_caught']:.2f} of the worst quarter (chance 0.25)")
     for k, v in result.items():
         if not isinstance(v, (dict, list)):
             print(f"{k:<44} {v:.4g}" if isinstance(v, float) else f"{k:<44} {v}")

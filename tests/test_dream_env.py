@@ -230,3 +230,26 @@ def test_a_forked_state_replays_the_same_frames(memory_world):
         DreamEnv(checkpoint=model).set_state(state)
     with pytest.raises(RuntimeError, match="reset"):
         DreamEnv(checkpoint=model).get_state()
+
+
+def test_uncertainty_reports_sample_disagreement(world, pipeline, rooms_dataset):
+    import torch
+    from worldsim.replay import uncertainty_vs_error
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(world)
+    with torch.no_grad():  # an episode that outlasts the test: this model never ends one
+        model.dynamics.heads.out[-1].bias[1] = -30.0
+    env = DreamEnv(checkpoint=model, uncertainty=True)
+    _, info = env.reset(seed=0)
+    assert info["uncertainty"] == 0.0  # nothing dreamed yet
+    spreads = [env.step(a)[4]["uncertainty"] for a in (1, 2, 3)]
+    assert all(s > 0 for s in spreads)
+    assert env.core.cache.frames == 4  # the second sample's fork of the cache was dropped
+    assert "uncertainty" not in DreamEnv(checkpoint=model).reset(seed=0)[1]
+    vec = DreamVectorEnv(2, checkpoint=model, uncertainty=True)
+    vec.reset(seed=0)
+    assert (vec.step(np.array([1, 2]))[4]["uncertainty"] > 0).all()
+    u = uncertainty_vs_error(model, str(rooms_dataset), context=2, length=3, count=4)
+    assert u["windows"] == 4 and -1 <= u["spearman_within_step"] <= 1 and 0 <= u["worst_quarter_caught"] <= 1
+    assert u["spread_mean"] > 0 and u["error_mean"] > 0

@@ -17,7 +17,9 @@ were taken there. Reward and termination come from the model's heads, truncation
 `memory_guidance` overrides how strongly recalled views are followed (worldsim/dynamics.py).
 `sample_ends=True` draws each step's termination from the head's probability instead of
 thresholding it at 0.5: an uncertain model then ends episodes as often as it believes
-they end, which leaves an agent less room to exploit it.
+they end, which leaves an agent less room to exploit it. `uncertainty=True` samples each
+frame twice and puts the samples' disagreement in info["uncertainty"] (DreamCore): a
+researcher can penalise or end the steps where the model does not know what comes next.
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ class _DreamBase:
     """What the single and the vector env share: loading, spaces, contexts, observations."""
 
     def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends,
-               memory_guidance):
+               memory_guidance, uncertainty):
         if obs_type not in ("rgb", "latent"):
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
         self.obs_type, self.max_steps, self.memory, self.sample_ends = obs_type, max_steps, memory, sample_ends
         self.model.use_memory(memory)  # fails now, not at reset, if memory is asked of a model without it
-        self.memory_guidance = memory_guidance
+        self.memory_guidance, self.uncertainty = memory_guidance, uncertainty
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
         self.action_meanings = tuple(self.model.info.get("action_meanings") or ())
@@ -208,12 +210,16 @@ class _DreamBase:
         self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
 
     def _new_core(self) -> DreamCore:
-        return DreamCore(self.model, self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance)
+        return DreamCore(self.model, self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance,
+                         uncertainty=self.uncertainty)
 
     def _info(self, row: int, prob: float, steps: int) -> dict:
         """One env's info (the vector env batches them as gymnasium does)."""
-        return {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.cache.frames,
+        info = {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.cache.frames,
                 "steps": steps, "memory_frames": int(self.core.retrieved[row])}
+        if self.uncertainty:
+            info["uncertainty"] = float(self.core.spread[row]) if steps else 0.0
+        return info
 
 
 def in_space(space: gym.Space, a) -> bool:
@@ -234,10 +240,12 @@ class DreamEnv(_DreamBase, gym.Env):
 
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
-                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None):
+                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
+                 uncertainty: bool = False):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance)
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
+                    uncertainty)
         self.action_space, self.observation_space = self.single_action_space, self.single_observation_space
         self.render_mode = render_mode
         self.core, self._steps, self._done, self._frame = None, None, False, None
@@ -308,8 +316,10 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
     def __init__(self, num_envs: int = 1, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500,
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
-                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None):
-        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance)
+                 memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
+                 uncertainty: bool = False):
+        self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
+                    uncertainty)
         self.num_envs, self._rows, self.render_mode = num_envs, num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}

@@ -201,6 +201,13 @@ class KVCache:
         old = self.layers[i]
         self.layers[i] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
 
+    def fork(self) -> "KVCache":
+        """A cache holding this one's frames: what is added to it leaves this one as it is
+        (appending makes new tensors, never writes into the shared ones)."""
+        other = KVCache(len(self.layers), self.tokens_per_frame, self.max_frames)
+        other.layers, other.frames = list(self.layers), self.frames
+        return other
+
     def commit(self, frames: int):
         self.frames += frames
         keep = (self.max_frames - 1) * self.tokens_per_frame

@@ -64,6 +64,49 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
     return result
 
 
+def uncertainty_vs_error(model, data: str, context: int = 4, length: int = 16, count: int = 32, split: str = "test",
+                         batch: int = 8) -> dict:
+    """Does the dream know where it is wrong? Windows of `split` are replayed with their
+    real actions and uncertainty on (DreamCore: two samples per step); at each step, each
+    window's sample disagreement is set against its error, the RMS distance of the dream's
+    latent from the real frame's. Spearman rank correlations: within each step (error and
+    disagreement both grow with the horizon, so pooling steps would credit that alone),
+    averaged over steps, and pooled; and how many of the worst quarter of steps by error
+    the most uncertain quarter holds (chance 0.25)."""
+    from worldsim.world_model import DreamCore
+
+    ws = replay_windows(data, context, length, count, split)
+    if not ws:
+        raise ValueError(f"{data}: no {split} episode is long enough for {context} + {length} frames")
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    spread, error = [], []
+    for i in range(0, len(ws), batch):
+        chunk = ws[i:i + batch]
+        core = DreamCore(model, len(chunk), uncertainty=True)
+        core.reset_rows(range(len(chunk)), [(f[:context], a[:context - 1]) for f, a in chunk], generator)
+        with torch.no_grad():
+            real = model.encode(np.stack([f[context:] for f, _ in chunk]))
+        s, e = [], []
+        for t in range(length):
+            nxt, _, _ = core.step(np.stack([a[context - 1 + t] for _, a in chunk]), generator)
+            s.append(core.spread)
+            e.append((nxt - real[:, t]).pow(2).mean(dim=(1, 2, 3)).sqrt().float().cpu().numpy())
+        spread.append(np.stack(s, 1))
+        error.append(np.stack(e, 1))
+    spread, error = np.concatenate(spread), np.concatenate(error)  # (windows, steps)
+    per_step = [_spearman(spread[:, t], error[:, t]) for t in range(length)]
+    worst, unsure = error >= np.quantile(error, 0.75), spread >= np.quantile(spread, 0.75)
+    return {"windows": len(ws), "steps": length, "spearman_within_step": float(np.mean(per_step)),
+            "spearman_pooled": _spearman(spread.ravel(), error.ravel()),
+            "worst_quarter_caught": float((worst & unsure).sum() / worst.sum()),
+            "spread_mean": float(spread.mean()), "error_mean": float(error.mean())}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _detector(predicted: np.ndarray, actual: np.ndarray) -> dict:
     hits = int((predicted & actual).sum())
     return {"events": int(actual.sum()), "predicted": int(predicted.sum()),

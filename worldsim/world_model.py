@@ -158,10 +158,16 @@ class DreamCore:
     beyond the context window. A model keyed by latents (an env without a pose) retrieves
     the frames from before the context window most like the newest frame instead. memory=False turns it off (ablation); memory_guidance
     overrides the model's guidance weight (worldsim/dynamics.py; 0 turns it off).
+
+    uncertainty=True samples every frame twice, from two noises, and keeps in
+    `self.spread` each row's disagreement: the RMS difference of the two samples' latents
+    over sqrt(2), an estimate of the spread of what the model would dream there. It is
+    large where the model does not know what comes next (what an agent that exploits the
+    dream seeks out), at the cost of a second sample per step.
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
-                 memory_guidance: float | None = None):
+                 memory_guidance: float | None = None, uncertainty: bool = False):
         self.model, self.dyn, self.n = model, model.dynamics, num_rows
         self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
@@ -181,6 +187,8 @@ class DreamCore:
                 self.poses = np.zeros((num_rows, 3))
             self.memories = [LatentMemory(**self.memory_args) for _ in range(num_rows)]
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
+        self.uncertainty = uncertainty
+        self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
         # Each row's text (a prompt's embedding); zeros, the null text, for rows started otherwise.
         text_dim = self.dyn.cfg.text_dim
         self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
@@ -279,8 +287,14 @@ class DreamCore:
             a = torch.as_tensor(np.asarray(actions)).to(self.device)
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
-            nxt = self.dyn.sample_next(self.cache, a, self.clock.clone(), self.sample_steps, generator, text=self.text,
-                                       memory=memory, guidance=self.memory_guidance)
+            sample = lambda cache: self.dyn.sample_next(cache, a, self.clock.clone(), self.sample_steps,  # noqa: E731
+                                                        generator, text=self.text, memory=memory,
+                                                        guidance=self.memory_guidance)
+            if self.uncertainty:  # the same step from another noise, in a fork of the cache that is then dropped
+                other = sample(self.cache.fork())
+            nxt = sample(self.cache)
+            if self.uncertainty:
+                self.spread = ((nxt - other).pow(2).mean(dim=(1, 2, 3)) / 2).sqrt().float().cpu().numpy()
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:
