@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# One GPU chunk of the Rooms campaign on a lent device, inside the device's time limit:
+# One GPU chunk of a training campaign on a lent device, inside the device's time limit:
 #
 #     bash training/gpu_chunk.sh OUT SECONDS [training.gpu_recipe options ...]
 #
 # The device image has PyTorch but not gymnasium: put its wheels in .whl/ first (README,
 # "Continuing the Rooms training campaign") and carry that folder. The recipe runs under
 # `timeout SECONDS`; if the time runs out, the run's last checkpoint is exported anyway,
-# so the device time is not lost. OUT gets rooms.safetensors, metrics.csv, figures.json
-# (when scoring finished) and log.txt.
+# so the device time is not lost. OUT gets GAME.safetensors (--game, default rooms),
+# metrics.csv, figures.json (when scoring finished) and log.txt.
 set -u
 out=$1
 seconds=$2
@@ -21,11 +21,9 @@ fi
 work=${WORK:-/tmp/worldsim_recipe}
 timeout "$seconds" python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" > "$out/log.txt" 2>&1
 rc=$?
-if [ ! -f "$out/rooms.safetensors" ] && [ -f "$work/run/latest.safetensors" ]; then
+if [ ! -f "$out/figures.json" ] && [ -f "$work/run/latest.safetensors" ] && ! ls "$out"/*.safetensors >/dev/null 2>&1; then
     echo "gpu_chunk: the recipe stopped (exit $rc) before exporting; exporting the last checkpoint"
-    python3 -m worldsim.cli export --checkpoint "$work/run/latest.safetensors" \
-        --tokenizer worldsim/checkpoints/rooms_tokenizer.safetensors --out "$out/rooms.safetensors" > /dev/null
-    cp "$work/run/metrics.csv" "$out/"
+    python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" --salvage
 fi
 tr '\r' '\n' < "$out/log.txt" | grep -E "^\[recipe\]|Error|Traceback|^\{" | tail -20
 exit $rc

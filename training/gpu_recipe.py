@@ -1,17 +1,23 @@
-"""Rooms on one GPU in one command: collect on procedurally generated maps, train the
-largest dynamics config that fits the time budget, export it, and score it on maps it
-never saw.
+"""A world model on one GPU in one command: collect real play, train the largest
+dynamics config that fits the time budget, export it, and score it on held-out episodes.
 
-    python -m training.gpu_recipe --out OUT [--minutes 20] [--init worldsim/checkpoints/rooms.safetensors]
+    python -m training.gpu_recipe --out OUT [--game rooms|takecover|crafter] [--minutes 20] [--init worldsim/checkpoints/GAME.safetensors]
 
-OUT receives the world model (`rooms.safetensors`, fp16), `metrics.csv` of the run,
-`figures.json` (replay PSNR/SSIM by horizon on unseen maps beside copy-last-frame and the
-tokenizer ceiling, the heads as detectors, the compute spent) and `replay.png`. Data and
-the run directory go to `--work` (large; not meant to come back). The shipped Rooms
-tokenizer encodes the frames: its encoder is shared with every Rooms dynamics model, so
-the result drops into `worldsim/checkpoints/` beside it. Every option is a field of
-RecipeConfig. tests/test_gpu_recipe.py runs it end to end on CPU with a tiny config, so a
-session that gets a GPU spends it training, not debugging.
+The game (`GAMES`) decides the env, the collecting policy, the shipped tokenizer that
+encodes the frames (its encoder is shared with every dynamics model of that game, so the
+result drops into `worldsim/checkpoints/` beside it), memory and patch size, and how the
+termination head is trained: Rooms on procedurally generated maps (held-out episodes are
+maps the model never saw), with pose-keyed memory; TakeCover and Crafter from random
+play, with calibrated ends (`--end-weight 1`, then `export --calibrate-ends`).
+
+OUT receives the world model (`GAME.safetensors`, fp16), `metrics.csv` of the run,
+`figures.json` (replay PSNR/SSIM by horizon on held-out episodes beside copy-last-frame
+and the tokenizer ceiling, the heads as detectors, the compute spent) and `replay.png`.
+Data and the run directory go to `--work` (large; not meant to come back). Every option
+is a field of RecipeConfig; `--salvage` exports the run's last checkpoint when the recipe
+was stopped before it exported (training/gpu_chunk.sh does that at its time limit).
+tests/test_gpu_recipe.py runs it end to end on CPU with a tiny config, so a session that
+gets a GPU spends it training, not debugging.
 """
 
 from __future__ import annotations
@@ -28,31 +34,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOMS = "worldsim/Rooms-v0"
-SHIPPED_TOKENIZER = str(Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints" / "rooms_tokenizer.safetensors")
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints"  # GAME_tokenizer.safetensors
+GAMES = {
+    # memory: pose-keyed memory frames; patch: latent cells per token side (16 tokens a frame with each
+    # game's tokenizer); end_weight 1 and calibrated ends for a dream that draws its ends (--sample-ends).
+    "rooms": {"env_id": "worldsim/Rooms-v0", "env_kwargs": {"world_seed": None}, "policy": "explore",
+              "memory": 4, "patch": 4, "end_weight": 10.0, "calibrate_ends": False},
+    "takecover": {"env_id": "worldsim/Vizdoom-TakeCover-v0", "env_kwargs": {}, "policy": "random",
+                  "memory": 0, "patch": 2, "end_weight": 1.0, "calibrate_ends": True},
+    "crafter": {"env_id": "worldsim/Crafter-v0", "env_kwargs": {}, "policy": "random",
+                "memory": 0, "patch": 4, "end_weight": 1.0, "calibrate_ends": True},
+}
 
 
 @dataclass
 class RecipeConfig:
     out: str  # the world model, its figures and its training log land here
+    game: str = "rooms"  # rooms | takecover | crafter (GAMES)
     work: str = "/tmp/worldsim_recipe"  # datasets and the run directory
     minutes: float = 20.0  # training budget, wall-clock
-    collect_steps: int = 400_000  # real Rooms transitions, a new map per episode
+    collect_steps: int = 400_000  # real transitions (Rooms: a new map per episode)
     num_envs: int = 16  # sub-envs, over all collectors
     collectors: int = 8  # collects side by side into one dataset: one process steps and writes only ~2,000 frames/s
     configs: str = "B,S,XS"  # candidates, largest first: the first that fits min_steps in the budget is trained
     min_steps: int = 3000  # fewest optimizer steps worth training a config for
     batch_size: int = 64
     loader_workers: int = 12  # processes that encode episodes and draw memory windows: one core feeds no GPU
-    memory: int = 4  # memory frames (pose-keyed)
-    patch: int = 4  # the 4x tokenizer's 16x16x4 latents in 4x4 patches: 16 tokens a frame
     lr: float = 3e-4
     action_dropout: float = 0.15  # trains the action-free prediction that action guidance contrasts
     text: bool = False  # condition on captions (needed to continue a text-conditioned model such as the shipped one)
     action_guidance: float = 2.0  # exported default, when trained with action dropout (picked on the control probe)
     text_guidance: float = 3.0  # exported default, when trained with --text (picked on bench/bench_prompts.py)
     init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
-    tokenizer: str = SHIPPED_TOKENIZER
     eval_windows: int = 64
     horizons: str = "1,4,16,64"
     seed: int = 0
@@ -65,7 +78,8 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
     from training.loop import to_device
     from training.train_dynamics import TrainConfig, build
 
-    model = build(TrainConfig(data="", out="", config=config, memory=cfg.memory, patch=cfg.patch), meta).to(device)
+    game = GAMES[cfg.game]
+    model = build(TrainConfig(data="", out="", config=config, memory=game["memory"], patch=game["patch"]), meta).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     times, draws = [], []
@@ -89,11 +103,13 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
 def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
     """`cfg.collectors` collect processes into one dataset (concurrent collects claim their
     own seeds and episode numbers), each with its share of steps and sub-envs."""
+    game = GAMES[cfg.game]
     n = max(1, min(cfg.collectors, cfg.num_envs))
     envs, steps = cfg.num_envs // n, cfg.collect_steps // n
-    procs = [subprocess.Popen([sys.executable, "-m", "worldsim.cli", "collect", "--env", ROOMS, "--policy", "explore",
-                               "--steps", str(steps), "--out", str(out), "--num-envs", str(envs),
-                               "--seed", str(cfg.seed + k * envs), "--env-kwargs", json.dumps({"world_seed": None})]
+    procs = [subprocess.Popen([sys.executable, "-m", "worldsim.cli", "collect", "--env", game["env_id"],
+                               "--policy", game["policy"], "--steps", str(steps), "--out", str(out),
+                               "--num-envs", str(envs), "--seed", str(cfg.seed + k * envs),
+                               "--env-kwargs", json.dumps(game["env_kwargs"])]
                               + ([] if progress and k == 0 else ["--quiet"]))
              for k in range(n)]
     failed = [k for k, p in enumerate(procs) if p.wait() != 0]
@@ -101,72 +117,107 @@ def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
         raise RuntimeError(f"collects {failed} of {n} into {out} failed (their messages are above)")
 
 
+def paths(cfg: RecipeConfig) -> dict:
+    """Where the recipe keeps what it makes: datasets and run under --work, the model in --out."""
+    work = Path(cfg.work)
+    return {"frames": work / cfg.game, "latents": work / f"{cfg.game}_latents", "run": work / "run",
+            "model": Path(cfg.out) / f"{cfg.game}.safetensors",
+            "tokenizer": CHECKPOINTS / f"{cfg.game}_tokenizer.safetensors"}
+
+
+def export(cfg: RecipeConfig) -> Path:
+    """The run's last checkpoint as the game's world model in --out (ends calibrated on the
+    val split where the game draws its ends)."""
+    from worldsim.replay import calibrate_ends
+    from worldsim.world_model import WorldModel, export_world_model
+
+    where, game = paths(cfg), GAMES[cfg.game]
+    export_world_model(str(where["run"] / "latest.safetensors"), str(where["model"]), str(where["tokenizer"]),
+                       action_guidance=cfg.action_guidance if cfg.action_dropout else None,
+                       text_guidance=cfg.text_guidance if cfg.text else None)
+    if game["calibrate_ends"]:
+        model = WorldModel.load(where["model"])
+        model.info["end_calibration"] = calibrate_ends(model, str(where["frames"]))
+        model.save(where["model"])
+    shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")
+    return where["model"]
+
+
 def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     from envs import env_pose_model
     from training.loop import pick_device
-    from training.train_dynamics import MemoryWindows, TrainConfig, train
+    from training.train_dynamics import LatentWindows, MemoryWindows, TrainConfig, train
     from training.train_tokenizer import encode_dataset
     from worldsim.dataset import load_meta
     from worldsim.dynamics import CONFIGS, DynamicsConfig
     from worldsim.replay import heads_detection, plot_replay, replay_scores
-    from worldsim.world_model import WorldModel, export_world_model
+    from worldsim.world_model import WorldModel
 
+    if cfg.game not in GAMES:
+        raise ValueError(f"unknown game {cfg.game!r}; expected one of {', '.join(GAMES)}")
+    game, where = GAMES[cfg.game], paths(cfg)
+    if not where["tokenizer"].exists():
+        raise FileNotFoundError(f"{where['tokenizer']} is missing: the recipe encodes {cfg.game} with its shipped tokenizer")
     say = print if progress else (lambda *a, **k: None)
-    out, work = Path(cfg.out), Path(cfg.work)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+    Path(cfg.work).mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     t_start = time.perf_counter()
-    frames, latents, run_dir = work / "rooms", work / "rooms_latents", work / "run"
+    frames, latents, run_dir = where["frames"], where["latents"], where["run"]
 
     if not (frames / "dataset.json").exists():
-        say(f"[recipe] collect {cfg.collect_steps} Rooms steps on new maps, {cfg.collectors} collects side by side")
+        say(f"[recipe] collect {cfg.collect_steps} {game['env_id']} steps ({game['policy']} policy), "
+            f"{cfg.collectors} collects side by side")
         collect_side_by_side(cfg, frames, progress)
     if not (latents / "dataset.json").exists():
-        say("[recipe] encode with the Rooms tokenizer")
-        encode_dataset(cfg.tokenizer, str(frames), str(latents), progress=progress, device=cfg.device,
+        say(f"[recipe] encode with {where['tokenizer'].name}")
+        encode_dataset(str(where["tokenizer"]), str(frames), str(latents), progress=progress, device=cfg.device,
                        workers=cfg.loader_workers)
 
     meta = load_meta(latents)
-    data = MemoryWindows(str(latents), 0, cfg.seed, cfg.memory, env_pose_model(ROOMS, {"world_seed": None}))
+    memory_windows = (MemoryWindows(str(latents), 0, cfg.seed, game["memory"],
+                                    env_pose_model(game["env_id"], game["env_kwargs"])) if game["memory"] else None)
     budget = cfg.minutes * 60
     chosen, timing = None, {}
     candidates = [c.strip() for c in cfg.configs.split(",") if c.strip()]
-    for config in candidates:
-        data.window = CONFIGS[config].get("max_frames", DynamicsConfig.max_frames)
+    for config in candidates:  # time a step of each on the batches it would train on
+        window = CONFIGS[config].get("max_frames", DynamicsConfig.max_frames)
+        if memory_windows:
+            memory_windows.window = window
+        data = memory_windows or LatentWindows(str(latents), window, cfg.seed)
         timing[config] = seconds_per_step(cfg, config, data, meta, device)
         steps = int(0.9 * budget / timing[config])
         say(f"[recipe] {config}: {timing[config]:.3f} s/step -> {steps} steps in {cfg.minutes:g} min")
         if steps >= cfg.min_steps or config == candidates[-1]:
             chosen = (config, max(steps, 1))
             break
-    del data
+    del data, memory_windows
     config, steps = chosen
     say(f"[recipe] train {config} for {steps} steps on {device}")
     t_train = time.perf_counter()
     train(TrainConfig(data=str(latents), out=str(run_dir), config=config, steps=steps, batch_size=cfg.batch_size,
-                      lr=cfg.lr, memory=cfg.memory, patch=cfg.patch, init=cfg.init, seed=cfg.seed,
-                      device=cfg.device, warmup=min(200, max(1, steps // 10)), loader_workers=cfg.loader_workers,
-                      action_dropout=cfg.action_dropout, text=cfg.text),
+                      lr=cfg.lr, memory=game["memory"], patch=game["patch"], end_weight=game["end_weight"],
+                      init=cfg.init, seed=cfg.seed, device=cfg.device, warmup=min(200, max(1, steps // 10)),
+                      loader_workers=cfg.loader_workers, action_dropout=cfg.action_dropout, text=cfg.text),
           progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
-    export_world_model(str(run_dir / "latest.safetensors"), str(out / "rooms.safetensors"), cfg.tokenizer,
-                       action_guidance=cfg.action_guidance if cfg.action_dropout else None,
-                       text_guidance=cfg.text_guidance if cfg.text else None)
-    shutil.copy(run_dir / "metrics.csv", out / "metrics.csv")
+    export(cfg)
 
-    say("[recipe] score on unseen maps (the test split)")
-    model = WorldModel.load(out / "rooms.safetensors", device=device)
+    held_out = "unseen maps" if cfg.game == "rooms" else "held-out episodes"
+    say(f"[recipe] score on {held_out} (the test split)")
+    model = WorldModel.load(where["model"], device=device)
     horizons = [int(h) for h in cfg.horizons.split(",")]
     scores = replay_scores(model, str(frames), 4, horizons, cfg.eval_windows, "test")
     figures = {"recipe": asdict(cfg), "config": config, "steps": steps, "seconds_per_step": timing,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "train_minutes": round(train_minutes, 2), "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
-               "frames_seen": steps * cfg.batch_size * (model.dynamics.cfg.max_frames + cfg.memory),
+               "frames_seen": steps * cfg.batch_size * (model.dynamics.cfg.max_frames + game["memory"]),
                "parameters": sum(p.numel() for p in model.dynamics.parameters()),
-               "unseen_maps": scores, "heads": heads_detection(model, str(frames), "test")}
+               "held_out": scores, "heads": heads_detection(model, str(frames), "test"),
+               "end_calibration": model.info.get("end_calibration")}
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
-    plot_replay(scores, out / "replay.png", f"Rooms, unseen maps: {config} after {steps} steps")
+    plot_replay(scores, out / "replay.png", f"{game['env_id']}, {held_out}: {config} after {steps} steps")
     say(json.dumps({k: figures[k] for k in ("config", "steps", "train_minutes", "device")}))
     return figures
 
@@ -181,8 +232,13 @@ def main(argv=None):
             parser.add_argument(flag, type=type(f.default) if f.name != "out" else str,
                                 default=f.default if f.name != "out" else None, required=f.name == "out")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--salvage", action="store_true",
+                        help="only export the run's last checkpoint (for a recipe stopped before it exported)")
     args = vars(parser.parse_args(argv))
-    quiet = args.pop("quiet")
+    quiet, salvage = args.pop("quiet"), args.pop("salvage")
+    if salvage:
+        print(f"gpu_recipe: exported the last checkpoint to {export(RecipeConfig(**args))}")
+        return
     recipe(RecipeConfig(**args), progress=not quiet)
 
 
