@@ -1,7 +1,8 @@
 """DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), each as a share of
 the limit this machine sets (its float32 matmul throughput, measured in the same run,
 over the model's FLOPs per frame), one-step latency, 16 envs without memory guidance and
-without memory, beside the real env's frames/s, and memory over a long rollout.
+without memory, the cost of forking the dream's state, beside the real env's frames/s,
+and memory over a long rollout.
 
     python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
 """
@@ -61,6 +62,23 @@ def flops_per_frame(checkpoint, obs_type, n: int = 16) -> float:
     return counter.get_total_flops() / n
 
 
+def fork_ms(checkpoint, n: int = 16, steps: int = 20, repeats: int = 10) -> tuple[float, float]:
+    """Milliseconds to save and to restore the state of `n` dream envs after `steps`
+    steps (a full context and memory): what a planner pays per branch."""
+    envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type="latent", max_steps=10**9)
+    envs_.reset(seed=0)
+    for k in range(steps):
+        envs_.step(np.full(n, k % envs_.single_action_space.n))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        state = envs_.get_state()
+    t1 = time.perf_counter()
+    for _ in range(repeats):
+        envs_.set_state(state)
+    t2 = time.perf_counter()
+    return 1000 * (t1 - t0) / repeats, 1000 * (t2 - t1) / repeats
+
+
 def latency_ms(checkpoint, obs_type, steps=30) -> float:
     env = DreamEnv(checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9)
     env.reset(seed=0)
@@ -103,6 +121,10 @@ def main():
             report(f"dream_fps_16_envs_{obs_type}_guidance_0",
                    vector_fps(args.checkpoint, 16, obs_type, args.steps, memory_guidance=0.0))
             report(f"dream_fps_16_envs_{obs_type}_memory_off", vector_fps(args.checkpoint, 16, obs_type, args.steps, False))
+    save, restore = fork_ms(args.checkpoint)
+    report("fork_get_state_ms_16_envs", save, "after 20 steps: cache, memory, clocks; a planner pays it per branch")
+    report("fork_set_state_ms_16_envs", restore, f"one batched step of 16 envs: "
+           f"{1000 * 16 / r['dream_fps_16_envs_latent']:.1f} ms")
     real = gym.make("worldsim/Rooms-v0")
     real.reset(seed=0)
     t0 = time.perf_counter()
