@@ -26,25 +26,25 @@ from worldsim.dataset import EVAL_SEEDS_START, _atomic_write_bytes
 
 @dataclass
 class LoopConfig:
-    env: str = "worldsim/Rooms-v0"
-    out: str = "runs/loop"
+    env: str = "worldsim/Rooms-v0"  # gymnasium id (see `worldsim envs`)
+    out: str = "runs/loop"  # loop.json, curves.png, each iteration's data, model and agent
     real_steps: int = 40_000  # real env steps over all iterations
     iterations: int = 4
-    env_kwargs: dict = field(default_factory=dict)
+    env_kwargs: dict = field(default_factory=dict)  # JSON keyword arguments for the env, e.g. '{"max_steps": 200}'
     first_policy: str = "explore"  # random | explore: the first collection, before any agent exists
-    tokenizer: str | None = None  # a trained tokenizer; None trains one on the first iteration's data
-    tokenizer_config: str = "small"
+    tokenizer: str | None = None  # a trained tokenizer; none: train one on the first iteration's data
+    tokenizer_config: str = "small"  # tiny | small | base
     tokenizer_steps: int = 2000
-    init: str | None = None  # a world model or dynamics run to start the dynamics from
-    config: str = "XS"
-    memory: int = 0  # memory frames (train dynamics --memory); the env needs a pose model
-    dynamics_steps: int = 2000  # per iteration
+    init: str | None = None  # start the dynamics from this world model or dynamics run
+    config: str = "XS"  # dynamics size: tiny | XS | S | B | L
+    memory: int = 0  # memory frames of the dynamics model (the env needs a pose model)
+    dynamics_steps: int = 2000  # world-model updates per iteration
     batch_size: int = 32
-    agent_steps: int = 50_000  # per iteration, in the dream
-    algo: str = "ppo"
-    num_envs: int = 16
-    horizon: int = 200
-    eval_episodes: int = 10
+    agent_steps: int = 50_000  # agent steps in the dream per iteration
+    algo: str = "ppo"  # ppo | a2c
+    num_envs: int = 16  # dream envs stepped together
+    horizon: int = 200  # episode length limit, in the dream and the real env
+    eval_episodes: int = 10  # real episodes the agent is scored on each iteration
     seed: int = 0
 
 

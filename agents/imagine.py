@@ -30,7 +30,7 @@ ALGOS = ("ppo", "a2c", "cmaes")
 @dataclass
 class ImagineConfig:
     checkpoint: str | None = None  # world model (default: the shipped Rooms model)
-    out: str = "runs/imagine"
+    out: str = "runs/imagine"  # report.json, the agent, plots and videos
     algo: str = "ppo"  # ppo | a2c (stable-baselines3) | cmaes (World Models' linear controller, agents/controller.py)
     steps: int = 50_000  # agent steps in the dream
     obs: str = "rgb"  # rgb (CnnPolicy on decoded frames) | latent (MlpPolicy or controller on latents)
@@ -39,10 +39,10 @@ class ImagineConfig:
     population: int = 32  # cmaes: candidate controllers per generation
     rollouts: int = 2  # cmaes: dream episodes each candidate is scored on
     horizon: int = 200  # episode length limit, in the dream and in the real env
-    eval_episodes: int = 10
-    eval_every: int = 0  # score the agent in the real env every this many dream steps (0: only at the end)
+    eval_episodes: int = 10  # real episodes the agent is scored on
+    eval_every: int = 0  # also score it in the real env every this many dream steps, the exploitation gap (0: only at the end)
     seed: int = 0
-    memory: bool | None = None  # the dream's latent memory (None: on when the model has it)
+    memory: bool | None = None  # the dream's latent memory on or off (neither: on when the model has one)
     sample_ends: bool = False  # draw dream terminations from the head's probability (see dream_env)
 
 

@@ -35,16 +35,16 @@ class LoopConfig:
     """The loop's hyper-parameters; each model's TrainConfig extends it (through RunConfig)
     with its data, its architecture fields and its own defaults."""
 
-    out: str
-    steps: int = 1000
-    lr: float = 1e-3
-    warmup: int = 100
+    out: str  # run directory: checkpoint, metrics.csv, TensorBoard; resumes if present
+    steps: int = 1000  # optimizer steps (the learning-rate schedule spans them)
+    lr: float = 1e-3  # peak learning rate
+    warmup: int = 100  # steps of linear warm-up
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ckpt_every: int = 250
-    log_every: int = 25
+    grad_clip: float = 1.0  # gradient norm clip
+    ckpt_every: int = 250  # steps between checkpoints
+    log_every: int = 25  # steps between metrics.csv rows
     seed: int = 0
-    stop_at: int | None = None  # end this run early (time-boxed jobs); rerun to resume and finish the schedule
+    stop_at: int | None = None  # end this run early at this step (time-boxed jobs); rerun to resume and finish the schedule
     loader_workers: int = 0  # processes drawing batches ahead; 0 = one thread (a GPU outruns one core's numpy)
 
 
@@ -52,8 +52,8 @@ class LoopConfig:
 class RunConfig(LoopConfig):
     """What every `worldsim train MODEL` run has besides the loop's settings."""
 
-    data: str
-    device: str = "auto"
+    data: str  # dataset directory: frames (tokenizer, recaptioner) or latents from `worldsim encode` (dynamics)
+    device: str = "auto"  # auto, cpu or cuda
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:

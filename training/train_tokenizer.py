@@ -30,16 +30,16 @@ from worldsim.tokenizer import Tokenizer, TokenizerConfig, size_preset
 @dataclass(kw_only=True)
 class TrainConfig(RunConfig):
     config: str = "small"  # tokenizer size: tiny | small | base
-    latent_channels: int = 8
-    downsample: int = 8
-    temporal: int = 1
+    latent_channels: int = 8  # 4 to 16
+    downsample: int = 8  # spatial factor: 4 or 8
+    temporal: int = 1  # frames per latent frame, = the env's frame-skip
     steps: int = 4000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    init: str = ""  # start from this tokenizer's weights (its architecture, not the fields above)
-    decoder_only: bool = False  # train the decoder alone: encoder and latent stats stay those of --init
-    detail_weight: float = 0.0  # > 0: errors at edges and small objects weigh more (Tokenizer.loss)
+    init: str = ""  # start from this tokenizer's weights (and its architecture, not the fields above)
+    decoder_only: bool = False  # with --init: train only the decoder; the latents (and dynamics trained on them) stay valid
+    detail_weight: float = 0.0  # weigh errors at edges and small objects up to this much more (0: plain MSE + L1)
 
 
 class FrameSampler:

@@ -7,17 +7,8 @@ import json
 import os
 import sys
 
+from worldsim.options import add_fields, from_args, json_object
 from worldsim.probe_report import PROBES
-
-
-def _json_arg(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"size\": 96}}': {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def cmd_collect(args):
@@ -47,11 +38,7 @@ def cmd_dataset(args):
 
 
 def cmd_train(args):
-    import importlib
-
-    module = importlib.import_module(f"training.train_{args.model}")
-    fields = {k: v for k, v in vars(args).items() if k in module.TrainConfig.__dataclass_fields__ and v is not None}
-    return module.train(module.TrainConfig(**fields), progress=not args.quiet)
+    return args.module.train(from_args(args, args.module.TrainConfig), progress=not args.quiet)
 
 
 def cmd_probe(args):
@@ -66,15 +53,13 @@ def cmd_probe(args):
 def cmd_imagine(args):
     from agents.imagine import ImagineConfig, imagine
 
-    fields = {k: v for k, v in vars(args).items() if k in ImagineConfig.__dataclass_fields__}
-    return imagine(ImagineConfig(**fields), progress=not args.quiet)
+    return imagine(from_args(args, ImagineConfig), progress=not args.quiet)
 
 
 def cmd_loop(args):
     from agents.dream_loop import LoopConfig, run_loop
 
-    fields = {k: v for k, v in vars(args).items() if k in LoopConfig.__dataclass_fields__ and v is not None}
-    return run_loop(LoopConfig(**fields), progress=not args.quiet)
+    return run_loop(from_args(args, LoopConfig), progress=not args.quiet)
 
 
 def cmd_encode(args):
@@ -151,25 +136,6 @@ def cmd_envs(args):
     return {"envs": envs.gameplay_ids()}
 
 
-def _run_args(p, data_help: str, configs: list[str] | None = None, default: str = ""):
-    """The arguments every `worldsim train MODEL` takes (None = the model's default)."""
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--out", required=True, help="run directory: checkpoint, metrics.csv, TensorBoard; resumes if present")
-    if configs:
-        p.add_argument("--config", choices=configs, default=None, help=f"model size (default {default})")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--stop-at", type=int, default=None, help="stop early at this step; rerun to resume")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--ckpt-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--loader-workers", type=int, default=None,
-                   help="processes drawing batches ahead (default 0: one thread); a GPU needs several")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldsim", description="A generative world model behind the Gymnasium API.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset directory (created; appended to if it exists)")
     p.add_argument("--num-envs", type=int, default=2, help="sub-envs stepped together (processes when > 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--env-kwargs", type=_json_arg, default={}, help="JSON keyword arguments for the env")
+    p.add_argument("--env-kwargs", type=json_object, default={}, help="JSON keyword arguments for the env")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
@@ -207,47 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("train", help="train a model")
+    import agents.dream_loop
+    import agents.imagine
+    import training.train_dynamics
+    import training.train_recaptioner
+    import training.train_tokenizer
+
+    p = sub.add_parser("train", help="train a model (every option is a field of the module's TrainConfig)")
     models = p.add_subparsers(dest="model", required=True)
-    t = models.add_parser("tokenizer", help="the video compression network (frames <-> latents)")
-    _run_args(t, "dataset directory (from collect or import-video)", ["tiny", "small", "base"], "small")
-    t.add_argument("--latent-channels", type=int, default=None, help="4 to 16 (default 8)")
-    t.add_argument("--downsample", type=int, default=None, help="spatial factor: 4 or 8 (default 8)")
-    t.add_argument("--temporal", type=int, default=None, help="frames per latent frame, = the env's frame-skip (default 1)")
-    t.add_argument("--init", default=None, help="start from this tokenizer's weights (and architecture)")
-    t.add_argument("--decoder-only", action="store_true",
-                   help="with --init: train only the decoder; the latents (and dynamics trained on them) stay valid")
-    t.add_argument("--detail-weight", type=float, default=None,
-                   help="weigh errors at edges and small objects up to this much more (default 0: plain MSE + L1)")
-    t = models.add_parser("dynamics", help="the action-conditioned diffusion transformer, on encoded latents")
-    _run_args(t, "latent dataset from `worldsim encode`", ["tiny", "XS", "S", "B", "L"], "XS")
-    t.add_argument("--window", type=int, default=None, help="frames per training window (default: the context)")
-    t.add_argument("--memory", type=int, default=None, help="memory frames the generated frame attends to (default 0)")
-    t.add_argument("--memory-key", default=None, choices=["auto", "pose", "latent"],
-                   help="what memory is keyed by: the pose in info['gt']['pose'], or, for envs without one, the latents")
-    t.add_argument("--memory-match", type=float, default=None,
-                   help="view overlap (0-1) that makes half of each batch need its memory: an earlier frame sees this "
-                        "much of the last view and no window frame does (default 0.9: exact returns; lower: returns "
-                        "from other poses too)")
-    t.add_argument("--init", default=None, help="start from this world model's or dynamics run's weights")
-    t.add_argument("--patch", type=int, default=None,
-                   help="latent cells per token side (default 2; 4 keeps a 16x16 latent at 16 tokens a frame)")
-    t.add_argument("--end-share", type=float, default=None,
-                   help="share of each batch from windows that end the episode (rare deaths; default 0)")
-    t.add_argument("--end-weight", type=float, default=None,
-                   help="weight of an episode's end in the termination loss (default 10: a detector that fires "
-                        "early; 1: calibrated probabilities, for a dream that draws its ends, --sample-ends)")
-    t.add_argument("--action-dropout", type=float, default=None,
-                   help="share of frames trained without their action, so that action guidance can be used (default 0)")
-    t.add_argument("--text", action="store_true", default=None,
-                   help="condition each window on the descriptive caption of its start (Rooms ground truth)")
-    t.add_argument("--text-dropout", type=float, default=None,
-                   help="share of windows trained with the null text, for text guidance (default 0.1)")
-    t.add_argument("--object-share", type=float, default=None,
-                   help="with --text --memory: share of windows that start with an object in view (default 0)")
-    t = models.add_parser("recaptioner", help="the video-to-caption network, on exact Rooms captions")
-    _run_args(t, "a Rooms dataset with ground truth; its test split is scored")
-    t.add_argument("--clip", type=int, default=None, help="actions per captioned clip (default 8)")
+    for name, module, text in (
+            ("tokenizer", training.train_tokenizer, "the video compression network (frames <-> latents)"),
+            ("dynamics", training.train_dynamics, "the action-conditioned diffusion transformer, on encoded latents"),
+            ("recaptioner", training.train_recaptioner, "the video-to-caption network, on exact Rooms captions")):
+        t = models.add_parser(name, help=text)
+        add_fields(t, module.TrainConfig)
+        t.add_argument("--quiet", action="store_true", help="no progress bar")
+        t.set_defaults(func=cmd_train, module=module)
 
     p = sub.add_parser("dream", help="replay a real episode's actions in the dream (writes real | dream side by side), "
                                      "or dream a world from a text prompt")
@@ -276,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", default=None, help=f"comma-separated, of {','.join(PROBES)} "
                    "(default: all but lookback on Rooms; drift,lookback on other envs)")
     p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
-    p.add_argument("--env-kwargs", type=_json_arg, default=None,
+    p.add_argument("--env-kwargs", type=json_object, default=None,
                    help='JSON keyword arguments for the real env over the model\'s, e.g. \'{"world_seed": null}\' '
                         '(a new map per script: unseen maps) or \'{"world_seed": 7}\'')
     p.add_argument("--drift-episodes", type=int, default=4)
@@ -290,48 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("imagine", help="train an agent inside the dream, then score it in the real env")
-    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
-    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "cmaes"],
-                   help="stable-baselines3 PPO or A2C, or World Models' linear controller evolved by CMA-ES (--obs latent)")
-    p.add_argument("--steps", type=int, default=50_000, help="agent steps in the dream")
-    p.add_argument("--obs", default="rgb", choices=["rgb", "latent"],
-                   help="decoded frames (CnnPolicy) or latents (MlpPolicy, or the controller)")
-    p.add_argument("--frame-stack", type=int, default=1, help="observations the agent sees at once, so it sees motion")
-    p.add_argument("--num-envs", type=int, default=16, help="ppo/a2c: dream envs stepped together")
-    p.add_argument("--population", type=int, default=32, help="cmaes: candidate controllers per generation")
-    p.add_argument("--rollouts", type=int, default=2, help="cmaes: dream episodes each candidate is scored on")
-    p.add_argument("--horizon", type=int, default=200, help="episode length limit, in the dream and the real env")
-    p.add_argument("--eval-episodes", type=int, default=10, help="real episodes the agent is scored on")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="also score the agent in the real env every this many dream steps: the exploitation gap")
-    p.add_argument("--no-memory", dest="memory", action="store_const", const=False, default=None)
-    p.add_argument("--sample-ends", action="store_true", help="draw dream terminations from the head's probability")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/imagine")
+    add_fields(p, agents.imagine.ImagineConfig)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_imagine)
 
     p = sub.add_parser("loop", help="collect -> update the world model -> train the agent in the dream, on a real-step budget")
-    p.add_argument("--env", default="worldsim/Rooms-v0")
-    p.add_argument("--out", default="runs/loop")
-    p.add_argument("--real-steps", type=int, default=None, help="real env steps over all iterations (default 40000)")
-    p.add_argument("--iterations", type=int, default=None, help="default 4")
-    p.add_argument("--env-kwargs", type=_json_arg, default=None, help="JSON keyword arguments for the env, e.g. '{\"max_steps\": 200}'")
-    p.add_argument("--first-policy", default=None, choices=["random", "explore"])
-    p.add_argument("--tokenizer", default=None, help="a trained tokenizer (default: train one on the first data)")
-    p.add_argument("--tokenizer-config", default=None, choices=["tiny", "small", "base"])
-    p.add_argument("--tokenizer-steps", type=int, default=None)
-    p.add_argument("--init", default=None, help="start the dynamics from this world model or dynamics run")
-    p.add_argument("--config", default=None, choices=["tiny", "XS", "S", "B", "L"], help="dynamics size (default XS)")
-    p.add_argument("--memory", type=int, default=None, help="memory frames of the dynamics model (default 0)")
-    p.add_argument("--dynamics-steps", type=int, default=None, help="world-model updates per iteration")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--agent-steps", type=int, default=None, help="agent steps in the dream per iteration")
-    p.add_argument("--algo", default=None, choices=["ppo", "a2c"])
-    p.add_argument("--num-envs", type=int, default=None)
-    p.add_argument("--horizon", type=int, default=None)
-    p.add_argument("--eval-episodes", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    add_fields(p, agents.dream_loop.LoopConfig)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_loop)
 

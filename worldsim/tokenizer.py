@@ -65,6 +65,8 @@ def halvings(downsample: int) -> int:
 
 def size_preset(name: str, downsample: int) -> dict:
     """A CONFIGS entry for this downsample factor: fewer halvings than 8x take the first widths."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown tokenizer size {name!r}; expected one of {', '.join(CONFIGS)}")
     preset = {"channels": TokenizerConfig.channels, **CONFIGS[name]}
     return {**preset, "channels": tuple(preset["channels"])[:halvings(downsample)]}
 
