@@ -54,7 +54,7 @@ def add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if f.name in skip or not f.init:
             continue
         flag, text = f"--{f.name.replace('_', '-')}", comments.get(f.name, "")
-        kind = str(f.type).replace(" ", "")
+        kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).replace(" ", "")
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = (f.default if f.default is not dataclasses.MISSING
                    else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
