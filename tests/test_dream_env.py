@@ -193,8 +193,8 @@ def test_sample_ends_draws_terminations_from_the_head(pipeline, tmp_path):
 
 def test_a_forked_state_replays_the_same_frames(memory_world):
     """get_state / set_state: the KV cache, memory, clocks and random state all come back,
-    in the env that saved them and in a fresh one; the vector env draws its ends and
-    autoresets on the way."""
+    in the env that saved them and in a fresh one; the vector env draws its ends,
+    autoresets and samples twice for its uncertainty on the way."""
     import torch
     from worldsim.world_model import WorldModel
 
@@ -204,10 +204,12 @@ def test_a_forked_state_replays_the_same_frames(memory_world):
 
     def run(env, actions):
         out = [env.step(a) for a in actions]
-        return [np.stack([o[i] for o in out]) for i in range(4)] + [[o[4]["memory_frames"] for o in out]]
+        return ([np.stack([o[i] for o in out]) for i in range(4)] + [[o[4]["memory_frames"] for o in out]]
+                + [np.array([o[4].get("uncertainty", 0.0) for o in out])])
 
     for make, rows in ((lambda: DreamEnv(checkpoint=model, max_steps=50), None),
-                       (lambda: DreamVectorEnv(3, checkpoint=memory_world[0], max_steps=4, sample_ends=True), 3)):
+                       (lambda: DreamVectorEnv(3, checkpoint=memory_world[0], max_steps=4, sample_ends=True,
+                                               uncertainty=True), 3)):
         env = make()
         env.reset(seed=1)
         plan = [t % 4 if rows is None else np.array([t % 4, (t + 1) % 4, 2]) for t in range(8)]
@@ -216,6 +218,7 @@ def test_a_forked_state_replays_the_same_frames(memory_world):
         state = env.get_state()
         first = run(env, plan)
         assert np.max(first[4]) > 0  # memory was recalled along the way
+        env.set_state(state)
         diverged = run(env, other)
         env.set_state(state)
         again = run(env, plan)
@@ -224,7 +227,7 @@ def test_a_forked_state_replays_the_same_frames(memory_world):
         for a, b, c in zip(first, again, run(fresh, plan)):
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(a, c)
-        assert not np.array_equal(diverged[0], first[0])  # the actions matter: equality above is not trivial
+        assert not np.array_equal(diverged[0], first[0])  # from the same state other actions differ: equality is not trivial
     assert first[2].any() and first[3].any()  # the vector env ended episodes (drawn and at max_steps) and went on
     with pytest.raises(ValueError, match="holds 3 rows"):
         DreamEnv(checkpoint=model).set_state(state)
@@ -245,7 +248,13 @@ def test_uncertainty_reports_sample_disagreement(world, pipeline, rooms_dataset)
     assert info["uncertainty"] == 0.0  # nothing dreamed yet
     spreads = [env.step(a)[4]["uncertainty"] for a in (1, 2, 3)]
     assert all(s > 0 for s in spreads)
-    assert env.core.cache.frames == 4  # the second sample's fork of the cache was dropped
+    assert env.core.cache.frames == 4  # the second sample left the cache as it was
+    plain = DreamEnv(checkpoint=model)
+    plain.reset(seed=0)
+    same = DreamEnv(checkpoint=model, uncertainty=True)
+    same.reset(seed=0)
+    for a in (1, 2, 3):  # the second sample has its own noise: the dream is the same with or without it
+        np.testing.assert_array_equal(plain.step(a)[0], same.step(a)[0])
     assert "uncertainty" not in DreamEnv(checkpoint=model).reset(seed=0)[1]
     vec = DreamVectorEnv(2, checkpoint=model, uncertainty=True)
     vec.reset(seed=0)

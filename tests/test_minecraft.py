@@ -446,20 +446,23 @@ def test_a_world_model_trains_on_imported_minecraft_data(tmp_path):
 def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_came_back(crafter):
     from worldsim import probes as P
 
-    scenarios = P.walkback_scenarios("worldsim/Crafter-v0", {}, count=4, context=4)
-    assert [s.meta["kind"] for s in scenarios] == ["within context", "beyond context"] * 2
+    scenarios = P.walkback_scenarios("worldsim/Crafter-v0", {}, count=4, context=10)
+    assert [s.meta["kind"] for s in scenarios] == ["within context", "beyond context"] * 2  # gaps 8 and 18
     for s in scenarios:
-        ret = s.meta["return"]
-        assert len(s.frames) == ret + 1 and s.meta["gap"] == ret - s.meta["start"]
-        cells = 4 * (7 if s.meta["way"] in ("move_left", "move_right") else 9)  # 4 columns of 7 cells or rows of 9
+        ret, start = s.meta["return"], s.meta["start"]
+        assert start == s.context + 1 and len(s.frames) == ret + 1 and s.meta["gap"] == ret - start
+        cells = 4 * 7 if s.meta["way"] in ("move_left", "move_right") else 4 * 9 - 1  # columns, or rows less the player
         assert s.gt["returned"].sum() == cells * 7 * 7  # 7x7 px each
-        far = s.meta["start"] + 4
         m = s.gt["returned"]  # those cells held something the far view does not show in their place
-        assert np.abs(s.frames[far][m].astype(int) - s.frames[s.meta["start"]][m]).mean() >= 10
+        assert np.abs(s.frames[start + 4][m].astype(int) - s.frames[start][m]).mean() >= 10
     left = P._returned_cells("move_left", 4, (9, 7), (64, 64))
     assert left[:49, 35:63].all() and left.sum() == 28 * 49  # moving left, the right-hand cells leave the view
     down = P._returned_cells("move_down", 2, (9, 7), (64, 64))
-    assert down[:14, :63].all() and down.sum() == 14 * 63
+    assert down[:14, :63].sum() == 14 * 63 - 0 and down.sum() == 14 * 63  # rows 0-1: the player (row 3) is not in them
+    up = P._returned_cells("move_up", 4, (9, 7), (64, 64))
+    assert not up[21:28, 28:35].any() and up[21:28, :28].all()  # the player's cell, row 3 column 4, is left out
+    big = P._returned_cells("move_right", 1, (9, 7), (96, 96))  # at 96 px crafter draws 10 px cells inside a 3 px border
+    assert big[3:73, 3:13].all() and big.sum() == 70 * 10
     real = P.score_walkback(scenarios, P.ground_truth(scenarios))
     last = P.score_walkback(scenarios, P.copy_last(scenarios))
     assert real["returned_cells_psnr_db"] == 99.0 and last["returned_cells_psnr_db"] < 40

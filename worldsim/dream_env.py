@@ -200,6 +200,10 @@ class _DreamBase:
         sub-envs); the state stays valid, so it can be restored again."""
         if not (isinstance(state, dict) and {"core", "env", "generator", "np_random"} <= state.keys()):
             raise ValueError("set_state expects a dict from get_state() (keys core, env, generator, np_random)")
+        rows, same_kind = state["core"].get("rows"), set(state["env"]) == set(self._env_state())
+        if rows != self._rows or not same_kind:
+            source = f"{rows} rows" + ("" if same_kind else " of the other kind of dream env")
+            raise ValueError(f"this dream state holds {source}; this {type(self).__name__} has {self._rows}")
         if self.core is None:
             self.core = self._new_core()
             self._generator = torch.Generator(device=self.model.device)

@@ -201,13 +201,6 @@ class KVCache:
         old = self.layers[i]
         self.layers[i] = kv if old is None else (torch.cat([old[0], kv[0]], 2), torch.cat([old[1], kv[1]], 2))
 
-    def fork(self) -> "KVCache":
-        """A cache holding this one's frames: what is added to it leaves this one as it is
-        (appending makes new tensors, never writes into the shared ones)."""
-        other = KVCache(len(self.layers), self.tokens_per_frame, self.max_frames)
-        other.layers, other.frames = list(self.layers), self.frames
-        return other
-
     def commit(self, frames: int):
         self.frames += frames
         keep = (self.max_frames - 1) * self.tokens_per_frame
@@ -407,12 +400,13 @@ class Dynamics(nn.Module):
     @torch.no_grad()
     def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None,
                     memory=None, guidance: float | None = None, action_guidance: float | None = None,
-                    text_guidance: float | None = None, has_action: bool = True):
+                    text_guidance: float | None = None, has_action: bool = True, write_cache: bool = True):
         """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
         that leads into it and optional memory (clean latents, pose features, valid; as in
         forward), with memory guidance w = `guidance` (default cfg.memory_guidance; 0 is
         none), action guidance and text guidance (defaults: the config's); then add the frame
-        to the cache. has_action=False: no action led here (a world's first frame)."""
+        to the cache (unless write_cache=False, which leaves the cache as it was). has_action=False:
+        no action led here (a world's first frame)."""
         steps = steps or self.cfg.sample_steps
         guidance = self.cfg.memory_guidance if guidance is None else guidance
         action_guidance = self.cfg.action_guidance if action_guidance is None else action_guidance
@@ -444,6 +438,7 @@ class Dynamics(nn.Module):
             if i + 1 < steps:  # DDIM-like step along the straight path
                 eps = (x - (1 - taus[i]) * x0) / taus[i]
                 x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps
-        tau_ctx = torch.full((b, 1), self.cfg.ctx_noise, device=device)
-        self(self.noisy_context(x0, generator), tau_ctx, act, has, pos, text, cache, write_cache=True)
+        if write_cache:
+            tau_ctx = torch.full((b, 1), self.cfg.ctx_noise, device=device)
+            self(self.noisy_context(x0, generator), tau_ctx, act, has, pos, text, cache, write_cache=True)
         return x0[:, 0]

@@ -620,14 +620,19 @@ BACK = {"move_left": "move_right", "move_right": "move_left", "move_up": "move_d
 
 
 def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0, steps: int = 4,
-                       view=(9, 7), min_change: float = 10.0) -> list[Scenario]:
+                       view=(9, 7), min_change: float = 10.0, max_scan: int = 300) -> list[Scenario]:
     """Top-down grid worlds (Crafter: move_left/right/up/down, info["gt"]["player_pos"], a
-    `view` of cells around the player in the frame's top rows): after a context of random
-    actions (as the data was collected), walk `steps` cells one way, wait (half the scripts
-    no steps, half a context window of noops), and walk back. Cells at the far edge of the
-    start view leave it and return: the scenario's gt["returned"] masks them in the
-    returned frame. Kept only where the real walk moved every step and came back to its
-    start cell, and where those cells held something the far view does not show in their
+    `view` of cells around the player in the frame's top rows, drawn as crafter draws
+    them): random play (as the data was collected) until a walk would show something (at
+    most `max_scan` steps), its last frames the context; two noops (so the start view is
+    not a context frame); walk `steps` cells one way, wait (half the scripts no steps,
+    half a context window of noops), and walk back. Cells at the far
+    edge of the start view leave it and return: the scenario's gt["returned"] masks them
+    in the returned frame (the player's own cell aside: it is drawn facing the way it last
+    moved). The kind says whether the return comes within the context window or beyond.
+    The way is one whose path the world map (gt["semantic"]) shows open and whose leaving
+    cells differ from what replaces them (`_open_ways`); kept only where the real walk moved every step and came back to its start cell,
+    and where the cells that left held something the far view does not show in their
     place (a walk over open grass would test nothing). Scored by `score_walkback`."""
     import envs  # noqa: F401  (registers the gameplay ids)
     from envs import action_meanings
@@ -639,62 +644,106 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
         raise ValueError(f"the walkback probe walks a grid: {env_id} has actions {names}, expected "
                          f"{', '.join(GRID_MOVES)} and noop among them")
     out, s = [], first_env_seed(seed)
-    for _ in range(count * 50):  # tries: a walk may be blocked, cross open grass, or the episode may end
+    for _ in range(count * 20):  # tries: a walk may be blocked, cross open grass, or the episode may end
         if len(out) == count:
             break
         rng = np.random.default_rng(s)
-        way = str(rng.choice(list(GRID_MOVES)))
-        wait = 0 if len(out) % 2 == 0 else context
-        start = context - 1
-        plan = ([int(a) for a in rng.integers(len(names), size=context - 1)] + [names.index(way)] * steps
-                + [names.index("noop")] * wait + [names.index(BACK[way])] * steps)
-        frames, gt, ended = _grid_replay(env, s, plan)
         s += 1
-        if ended:
+        wait = 0 if len(out) % 2 == 0 else context
+        walk, ways = _GridWalk(env, s - 1), []
+        while not ways and len(walk.actions) < max_scan:  # random play until a walk would show something
+            if not walk.take([int(rng.integers(len(names)))]):
+                break
+            ways = _open_ways(walk.gt, steps, view) if len(walk.actions) >= context - 1 else []
+        if not ways:
             continue
-        pos, far = gt["player_pos"], start + steps
+        way, first = str(rng.choice(ways)), len(walk.actions) - (context - 1)  # the context: the last frames before
+        if not walk.take([names.index("noop")] * 2 + [names.index(way)] * steps + [names.index("noop")] * wait
+                         + [names.index(BACK[way])] * steps):
+            continue
+        frames, actions, pos = (np.stack(x[first:]) for x in (walk.frames, walk.actions, walk.positions))
+        start, far = context + 1, context + 1 + steps
         if not (np.array_equal(pos[far] - pos[start], np.multiply(GRID_MOVES[way], steps))
                 and np.array_equal(pos[-1], pos[start])):
             continue
         mask = _returned_cells(way, steps, view, frames.shape[1:3])
         if np.abs(frames[far][mask].astype(int) - frames[start][mask]).mean() < min_change:
             continue
-        out.append(Scenario("walkback", frames, np.array(plan), {"returned": mask}, context,
-                            {"kind": "beyond context" if wait else "within context", "start": start,
-                             "return": len(plan), "gap": len(plan) - start, "way": way, "seed": s - 1}))
+        gap = len(actions) - start
+        out.append(Scenario("walkback", frames, actions, {"returned": mask}, context,
+                            {"kind": "within context" if gap < context else "beyond context", "start": start,
+                             "return": len(actions), "gap": gap, "way": way, "seed": s - 1, "from_step": first}))
     env.close()
     if len(out) < count:
         raise ValueError(f"walkback: only {len(out)} of {count} scripts in {env_id} walked out and back unblocked "
-                         "past something to remember")
+                         "past something to remember (it reads the world map from info['gt']['semantic'])")
     return out
 
 
-def _grid_replay(env, seed: int, actions):
-    """Frames (T+1, ...) and ground truth of `actions` from reset(seed); whether it ended."""
-    frame, info = env.reset(seed=seed)
-    frames, gts = [frame], [info["gt"]]
-    for a in actions:
-        frame, _, terminated, truncated, info = env.step(a)
-        frames.append(frame)
-        gts.append(info["gt"])
-        if terminated or truncated:
-            return np.stack(frames), {}, True
-    return np.stack(frames), {"player_pos": np.stack([g["player_pos"] for g in gts])}, False
+class _GridWalk:
+    """A real episode stepped a plan at a time: its frames, actions, player positions."""
+
+    def __init__(self, env, seed: int):
+        self.env = env
+        frame, info = env.reset(seed=seed)
+        self.frames, self.actions, self.gt = [frame], [], info["gt"]
+        self.positions = [info["gt"]["player_pos"]]
+
+    def take(self, actions) -> bool:
+        """Step `actions`; False if the episode ended on the way."""
+        for a in actions:
+            frame, _, terminated, truncated, info = self.env.step(a)
+            self.frames.append(frame)
+            self.actions.append(a)
+            self.gt = info["gt"]
+            self.positions.append(info["gt"]["player_pos"])
+            if terminated or truncated:
+                return False
+        return True
+
+
+def _open_ways(gt: dict, steps: int, view) -> list[str]:
+    """The ways whose next `steps` cells the world map shows walkable (Crafter's semantic
+    map, indexed [x, y]: grass, sand or path, no creature) and along which the cells that
+    leave the view differ from those that take their place on screen in at least a
+    quarter of them (else a walk would show nothing to remember); [] without a map."""
+    from envs.crafter_env import SEMANTIC_IDS
+
+    if "semantic" not in gt:
+        return []
+    world, (x, y) = gt["semantic"], gt["player_pos"]
+    cols, rows = view
+    inside = lambda cx, cy: 0 <= cx < world.shape[0] and 0 <= cy < world.shape[1]  # noqa: E731
+    walkable = [SEMANTIC_IDS.index(n) for n in ("grass", "sand", "path")]
+    ways = []
+    for way, (dx, dy) in GRID_MOVES.items():
+        path = [(x + dx * k, y + dy * k) for k in range(1, steps + 1)]
+        if not all(inside(cx, cy) and world[cx, cy] in walkable for cx, cy in path):
+            continue
+        cells = np.argwhere(_returned_cells(way, steps, view, (rows, cols)))  # one pixel per cell: (row, col)
+        leaving = [(x + c - cols // 2, y + r - rows // 2) for r, c in cells]
+        pairs = [(a, (a[0] + dx * steps, a[1] + dy * steps)) for a in leaving]
+        pairs = [(a, b) for a, b in pairs if inside(*a) and inside(*b)]
+        if pairs and np.mean([world[a] != world[b] for a, b in pairs]) >= 0.25:
+            ways.append(way)
+    return ways
 
 
 def _returned_cells(way: str, steps: int, view, frame_hw) -> np.ndarray:
     """Pixels of the start view's cells that leave it on a walk of `steps` cells `way`
     (the view's far edge) and come back when the walk returns."""
     cols, rows = view
-    unit = frame_hw[1] // cols  # square cells from the left and top edges, as crafter draws them
-    mask = np.zeros(frame_hw, bool)
+    unit = frame_hw[1] // cols  # square cells, centred in the frame as crafter draws them (a border at sizes
+    border = (frame_hw[1] - unit * cols) // 2  # that are not a multiple of the columns)
+    cells = np.zeros((rows, cols), bool)
     dx, dy = GRID_MOVES[way]
     if dx:
-        c0, c1 = (cols - steps, cols) if dx < 0 else (0, steps)
-        mask[:rows * unit, c0 * unit:c1 * unit] = True
+        cells[:, slice(cols - steps, cols) if dx < 0 else slice(0, steps)] = True
     else:
-        r0, r1 = (rows - steps, rows) if dy < 0 else (0, steps)
-        mask[r0 * unit:r1 * unit, :cols * unit] = True
+        cells[slice(rows - steps, rows) if dy < 0 else slice(0, steps)] = True
+    cells[rows // 2, cols // 2] = False  # the player's cell
+    mask = np.zeros(frame_hw, bool)
+    mask[border:border + rows * unit, border:border + cols * unit] = np.kron(cells, np.ones((unit, unit), bool))
     return mask
 
 

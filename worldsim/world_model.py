@@ -189,23 +189,27 @@ class DreamCore:
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
         self.uncertainty = uncertainty
         self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
+        self.spread_generator = None  # the second sample's own noise: the dream itself is the same with or without it
         # Each row's text (a prompt's embedding); zeros, the null text, for rows started otherwise.
         text_dim = self.dyn.cfg.text_dim
         self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
 
-    SHARED = ("model", "dyn")  # the network: every fork of a state uses the same one
+    # What a step reads and writes; the network and the settings are not part of a state.
+    STATE = ("cache", "clock", "last", "poses", "memories", "retrieved", "spread", "spread_generator", "text")
 
     def get_state(self) -> dict:
-        """A copy of everything a step reads and writes (KV cache, clocks, last latents,
-        poses, memories, text); the network is not part of it."""
-        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in self.SHARED})
+        """A copy of the dream's state: KV cache, clocks, last latents, poses, memories,
+        text, the second sample's noise (uncertainty)."""
+        return copy.deepcopy({"rows": self.n, **{k: getattr(self, k) for k in self.STATE if hasattr(self, k)}})
 
     def set_state(self, state: dict):
         """Continue from a `get_state()` of a core with the same model and rows (copied:
         the state can be restored again)."""
-        if state.get("n") != self.n:
-            raise ValueError(f"this dream state holds {state.get('n')} rows; this dream has {self.n}")
-        vars(self).update(copy.deepcopy(state))
+        if state.get("rows") != self.n:
+            raise ValueError(f"this dream state holds {state.get('rows')} rows; this dream has {self.n}")
+        for k, v in copy.deepcopy(state).items():
+            if k in self.STATE:
+                setattr(self, k, v)
 
     def _context_cache(self, z, actions, frames_held: int, generator, text=None):
         """A one-row cache holding `frames_held` frames: the context, front-padded."""
@@ -287,12 +291,14 @@ class DreamCore:
             a = torch.as_tensor(np.asarray(actions)).to(self.device)
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
-            sample = lambda cache: self.dyn.sample_next(cache, a, self.clock.clone(), self.sample_steps,  # noqa: E731
-                                                        generator, text=self.text, memory=memory,
-                                                        guidance=self.memory_guidance)
-            if self.uncertainty:  # the same step from another noise, in a fork of the cache that is then dropped
-                other = sample(self.cache.fork())
-            nxt = sample(self.cache)
+            sample = lambda noise, write: self.dyn.sample_next(  # noqa: E731
+                self.cache, a, self.clock.clone(), self.sample_steps, noise, text=self.text, memory=memory,
+                guidance=self.memory_guidance, write_cache=write)
+            if self.uncertainty:  # the same step from its own noise, first, as it leaves the cache as it was
+                if self.spread_generator is None:
+                    self.spread_generator = torch.Generator(device=self.device).manual_seed(generator.initial_seed() + 1)
+                other = sample(self.spread_generator, False)
+            nxt = sample(generator, True)
             if self.uncertainty:
                 self.spread = ((nxt - other).pow(2).mean(dim=(1, 2, 3)) / 2).sqrt().float().cpu().numpy()
             reward, end = self.dyn.heads(self.last, nxt, a)
