@@ -53,12 +53,18 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
     from training.collect import check_env_id, collect
     from training.train_dynamics import TrainConfig as DynamicsConfig, train as train_dynamics
     from training.train_tokenizer import TrainConfig as TokenizerConfig, encode_dataset, train as train_tokenizer
-    from worldsim.tokenizer import Tokenizer
+    from worldsim.dynamics import CONFIGS as DYNAMICS_SIZES
+    from worldsim.tokenizer import CONFIGS as TOKENIZER_SIZES, Tokenizer
     from worldsim.world_model import WorldModel, export_world_model
 
     check_env_id(cfg.env)
     if cfg.iterations < 1 or cfg.real_steps < cfg.iterations:
         raise ValueError(f"expected iterations >= 1 and real_steps >= iterations, got {cfg.iterations}, {cfg.real_steps}")
+    for name, value, allowed in (("first_policy", cfg.first_policy, ("random", "explore")), ("algo", cfg.algo, ("ppo", "a2c")),
+                                 ("config", cfg.config, tuple(DYNAMICS_SIZES)),
+                                 ("tokenizer_config", cfg.tokenizer_config, tuple(TOKENIZER_SIZES))):
+        if value not in allowed:  # checked before the first collect, not an iteration later
+            raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "loop.json"

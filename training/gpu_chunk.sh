@@ -21,8 +21,7 @@ fi
 work=${WORK:-/tmp/worldsim_recipe}
 timeout "$seconds" python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" > "$out/log.txt" 2>&1
 rc=$?
-if [ ! -f "$out/figures.json" ] && [ -f "$work/run/latest.safetensors" ] && ! ls "$out"/*.safetensors >/dev/null 2>&1; then
-    echo "gpu_chunk: the recipe stopped (exit $rc) before exporting; exporting the last checkpoint"
+if [ $rc -ne 0 ]; then  # stopped early: export the run's last checkpoint unless the model was exported already
     python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" --salvage
 fi
 tr '\r' '\n' < "$out/log.txt" | grep -E "^\[recipe\]|Error|Traceback|^\{" | tail -20

@@ -120,26 +120,30 @@ def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
 def paths(cfg: RecipeConfig) -> dict:
     """Where the recipe keeps what it makes: datasets and run under --work, the model in --out."""
     work = Path(cfg.work)
-    return {"frames": work / cfg.game, "latents": work / f"{cfg.game}_latents", "run": work / "run",
+    return {"frames": work / cfg.game, "latents": work / f"{cfg.game}_latents", "run": work / f"{cfg.game}_run",
             "model": Path(cfg.out) / f"{cfg.game}.safetensors",
             "tokenizer": CHECKPOINTS / f"{cfg.game}_tokenizer.safetensors"}
 
 
 def export(cfg: RecipeConfig) -> Path:
     """The run's last checkpoint as the game's world model in --out (ends calibrated on the
-    val split where the game draws its ends)."""
+    val split, on the training device, where the game draws its ends). The model file
+    appears only once it is complete: a time limit striking before leaves none."""
+    from training.loop import pick_device
     from worldsim.replay import calibrate_ends
     from worldsim.world_model import WorldModel, export_world_model
 
     where, game = paths(cfg), GAMES[cfg.game]
-    export_world_model(str(where["run"] / "latest.safetensors"), str(where["model"]), str(where["tokenizer"]),
+    shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")
+    draft = where["model"].with_name(f".{where['model'].name}.draft")
+    export_world_model(str(where["run"] / "latest.safetensors"), str(draft), str(where["tokenizer"]),
                        action_guidance=cfg.action_guidance if cfg.action_dropout else None,
                        text_guidance=cfg.text_guidance if cfg.text else None)
     if game["calibrate_ends"]:
-        model = WorldModel.load(where["model"])
+        model = WorldModel.load(draft, device=pick_device(cfg.device))
         model.info["end_calibration"] = calibrate_ends(model, str(where["frames"]))
-        model.save(where["model"])
-    shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")
+        model.save(draft)
+    draft.replace(where["model"])
     return where["model"]
 
 
@@ -237,7 +241,13 @@ def main(argv=None):
     args = vars(parser.parse_args(argv))
     quiet, salvage = args.pop("quiet"), args.pop("salvage")
     if salvage:
-        print(f"gpu_recipe: exported the last checkpoint to {export(RecipeConfig(**args))}")
+        cfg = RecipeConfig(**args)
+        if paths(cfg)["model"].exists():
+            print(f"gpu_recipe: {paths(cfg)['model']} was exported already; nothing to salvage")
+        elif not (paths(cfg)["run"] / "latest.safetensors").exists():
+            print(f"gpu_recipe: no run to salvage in {paths(cfg)['run']}")
+        else:
+            print(f"gpu_recipe: exported the last checkpoint to {export(cfg)}")
         return
     recipe(RecipeConfig(**args), progress=not quiet)
 

@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="the real env to score against (default: the model's)")
     p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
     p.add_argument("--probes", default=None, help=f"comma-separated, of {','.join(PROBES)} "
-                   "(default: all but lookback on Rooms; drift,lookback on other envs)")
+                   "(default: all but lookback and walkback on Rooms; drift,walkback on grid worlds such as Crafter; "
+                   "drift,lookback on other envs)")
     p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
     p.add_argument("--env-kwargs", type=json_object, default=None,
                    help='JSON keyword arguments for the real env over the model\'s, e.g. \'{"world_seed": null}\' '

@@ -51,7 +51,7 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
         raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {PROBES}")
     if env_id != P.ROOMS_ID and set(probes) & set(ROOMS_ONLY):
         raise ValueError(f"the {'/'.join(ROOMS_ONLY)} probes need {P.ROOMS_ID}'s exact ground truth (object masks, "
-                         f"a state that can be copied); for {env_id} run --probes drift,lookback")
+                         f"a state that can be copied); for {env_id} run --probes drift and lookback or walkback")
     context = model.dynamics.cfg.max_frames - 1
     object_gaps = object_gaps or [context // 2, context, 2 * context, 4 * context]
     has_memory = model.has_memory
