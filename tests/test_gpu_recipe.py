@@ -4,6 +4,7 @@ gets a GPU runs first, so it must work before a GPU is at hand."""
 import json
 
 import gymnasium as gym
+import pytest
 
 from training.gpu_recipe import main
 
@@ -31,3 +32,18 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
     (out / "rooms.safetensors").unlink()  # as if the time limit struck before the export: --salvage exports the run
     main(["--out", str(out), "--work", str(tmp_path / "work"), "--text", "--salvage"])
     assert gym.make("worldsim/Dream-v0", checkpoint=str(out / "rooms.safetensors")).unwrapped.model.has_memory
+
+
+def test_gpu_recipe_for_crafter_calibrates_the_ends_of_random_play(tmp_path):
+    pytest.importorskip("crafter")
+    out = tmp_path / "out"
+    main(["--game", "crafter", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "4000",
+          "--num-envs", "2", "--collectors", "2", "--configs", "tiny", "--minutes", "0.05", "--min-steps", "1",
+          "--batch-size", "2", "--eval-windows", "2", "--horizons", "1,4", "--loader-workers", "2", "--quiet"])
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["held_out"]["windows"] == 2 and figures["held_out"]["split"] == "test"
+    calibration = figures["end_calibration"]
+    assert calibration["split"] == "val" and calibration["real_ends"] > 0  # random play dies; the dream is shifted to match
+    model = gym.make("worldsim/Dream-v0", checkpoint=str(out / "crafter.safetensors")).unwrapped.model
+    assert model.info["env_id"] == "worldsim/Crafter-v0" and not model.has_memory
+    assert model.info["train"]["end_weight"] == 1.0 and model.dynamics.cfg.patch == 4
