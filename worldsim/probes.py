@@ -624,9 +624,10 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     """Top-down grid worlds (Crafter: move_left/right/up/down, info["gt"]["player_pos"], a
     `view` of cells around the player in the frame's top rows, drawn as crafter draws
     them): random play (as the data was collected) until a walk would show something (at
-    most `max_scan` steps), its last frames the context; two noops (so the start view is
-    not a context frame); walk `steps` cells one way, wait (half the scripts no steps,
-    half a context window of noops), and walk back. Cells at the far
+    most `max_scan` steps), its last frames the context; two cells one way (so that the
+    start view is no context frame, and copying the last one does not restore it); walk
+    `steps` cells further, wait (half the scripts no steps, half a context window of
+    noops), and walk back to the start. Cells at the far
     edge of the start view leave it and return: the scenario's gt["returned"] masks them
     in the returned frame (the player's own cell aside: it is drawn facing the way it last
     moved). The kind says whether the return comes within the context window or beyond.
@@ -654,16 +655,17 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
         while not ways and len(walk.actions) < max_scan:  # random play until a walk would show something
             if not walk.take([int(rng.integers(len(names)))]):
                 break
-            ways = _open_ways(walk.gt, steps, view) if len(walk.actions) >= context - 1 else []
+            ways = _open_ways(walk.gt, steps, view, lead=2) if len(walk.actions) >= context - 1 else []
         if not ways:
             continue
         way, first = str(rng.choice(ways)), len(walk.actions) - (context - 1)  # the context: the last frames before
-        if not walk.take([names.index("noop")] * 2 + [names.index(way)] * steps + [names.index("noop")] * wait
+        if not walk.take([names.index(way)] * (2 + steps) + [names.index("noop")] * wait
                          + [names.index(BACK[way])] * steps):
             continue
         frames, actions, pos = (np.stack(x[first:]) for x in (walk.frames, walk.actions, walk.positions))
         start, far = context + 1, context + 1 + steps
-        if not (np.array_equal(pos[far] - pos[start], np.multiply(GRID_MOVES[way], steps))
+        if not (np.array_equal(pos[start] - pos[context - 1], np.multiply(GRID_MOVES[way], 2))
+                and np.array_equal(pos[far] - pos[start], np.multiply(GRID_MOVES[way], steps))
                 and np.array_equal(pos[-1], pos[start])):
             continue
         mask = _returned_cells(way, steps, view, frames.shape[1:3])
@@ -702,11 +704,12 @@ class _GridWalk:
         return True
 
 
-def _open_ways(gt: dict, steps: int, view) -> list[str]:
-    """The ways whose next `steps` cells the world map shows walkable (Crafter's semantic
-    map, indexed [x, y]: grass, sand or path, no creature) and along which the cells that
-    leave the view differ from those that take their place on screen in at least a
-    quarter of them (else a walk would show nothing to remember); [] without a map."""
+def _open_ways(gt: dict, steps: int, view, lead: int = 0) -> list[str]:
+    """The ways whose next `lead + steps` cells the world map shows walkable (Crafter's
+    semantic map, indexed [x, y]: grass, sand or path, no creature) and along which, from
+    `lead` cells on, the cells that leave the view differ from those that take their place
+    on screen in at least a quarter of them (else a walk would show nothing to remember);
+    [] without a map."""
     from envs.crafter_env import SEMANTIC_IDS
 
     if "semantic" not in gt:
@@ -717,11 +720,11 @@ def _open_ways(gt: dict, steps: int, view) -> list[str]:
     walkable = [SEMANTIC_IDS.index(n) for n in ("grass", "sand", "path")]
     ways = []
     for way, (dx, dy) in GRID_MOVES.items():
-        path = [(x + dx * k, y + dy * k) for k in range(1, steps + 1)]
+        path = [(x + dx * k, y + dy * k) for k in range(1, lead + steps + 1)]
         if not all(inside(cx, cy) and world[cx, cy] in walkable for cx, cy in path):
             continue
         cells = np.argwhere(_returned_cells(way, steps, view, (rows, cols)))  # one pixel per cell: (row, col)
-        leaving = [(x + c - cols // 2, y + r - rows // 2) for r, c in cells]
+        leaving = [(x + dx * lead + c - cols // 2, y + dy * lead + r - rows // 2) for r, c in cells]
         pairs = [(a, (a[0] + dx * steps, a[1] + dy * steps)) for a in leaving]
         pairs = [(a, b) for a, b in pairs if inside(*a) and inside(*b)]
         if pairs and np.mean([world[a] != world[b] for a, b in pairs]) >= 0.25:
