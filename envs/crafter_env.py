@@ -56,6 +56,8 @@ drawing a new one.
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 import numpy as np
 
@@ -81,6 +83,23 @@ INVENTORY = tuple(_names("items"))
 SEMANTIC_IDS = ("none", *_names("materials"), "player", "cow", "zombie", "skeleton", "arrow", "plant")
 
 
+@functools.cache
+def _ordered_world_class():
+    import crafter.engine
+
+    class OrderedWorld(crafter.engine.World):
+        """crafter's world, with each chunk's creatures in the order of their cells: crafter
+        keeps them in sets, whose order follows memory addresses, and spawns and despawns
+        by drawing from that order, so the same seed and actions gave other creatures in
+        another process."""
+
+        @property
+        def chunks(self):
+            return {key: sorted(objs, key=lambda obj: tuple(obj.pos)) for key, objs in self._chunks.items()}
+
+    return OrderedWorld
+
+
 class CrafterEnv(gym.Env):
     """Crafter behind the gymnasium API, with its ground truth in ``info["gt"]``."""
 
@@ -99,6 +118,7 @@ class CrafterEnv(gym.Env):
             raise ValueError(f"render_mode {render_mode!r}: expected None or one of {self.metadata['render_modes']}")
         self.render_mode, self.length = render_mode, int(length)
         self._game = crafter.Env(area=(area, area), view=(view, view), size=(size, size), length=self.length, seed=0)
+        self._game._world.__class__ = _ordered_world_class()
         self.action_meanings = tuple(constants.actions)
         self.action_space = gym.spaces.Discrete(len(self.action_meanings))
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)

@@ -481,3 +481,22 @@ def test_crafter_agents_are_scored_by_achievements(crafter):
     report, _ = evaluate(random_actor(env.action_space, 0), env, episodes=2, seed=0)
     assert 0 <= report["achievement_score"] <= 100 and len(report["success_rates"]) == 22
     assert max(report["success_rates"].values()) > 0  # a random player unlocks something (collect_sapling, wake_up...)
+
+
+def test_crafter_replays_the_same_in_another_process(crafter):
+    """Same seed and actions, same frames, in separate processes (crafter alone draws its
+    creatures in an order set by memory addresses)."""
+    import subprocess
+    import sys
+
+    script = ("import hashlib, gymnasium as gym, envs\n"
+              "e = gym.make('worldsim/Crafter-v0'); h = hashlib.md5()\n"
+              "for s in (5, 7):\n"
+              "    o, _ = e.reset(seed=s)\n"
+              "    for a in [1, 2, 3, 4, 5, 0, 0, 0, 1, 1] * 20:\n"
+              "        o, r, t, tr, _ = e.step(a); h.update(o.tobytes())\n"
+              "        if t or tr: break\n"
+              "print(h.hexdigest())\n")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 32
