@@ -130,20 +130,15 @@ def export(cfg: RecipeConfig) -> Path:
     val split, on the training device, where the game draws its ends). The model file
     appears only once it is complete: a time limit striking before leaves none."""
     from training.loop import pick_device
-    from worldsim.replay import calibrate_ends
-    from worldsim.world_model import WorldModel, export_world_model
+    from worldsim.world_model import export_world_model
 
     where, game = paths(cfg), GAMES[cfg.game]
     shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")
-    draft = where["model"].with_name(f".{where['model'].name}.draft")
-    export_world_model(str(where["run"] / "latest.safetensors"), str(draft), str(where["tokenizer"]),
+    export_world_model(str(where["run"] / "latest.safetensors"), str(where["model"]), str(where["tokenizer"]),
                        action_guidance=cfg.action_guidance if cfg.action_dropout else None,
-                       text_guidance=cfg.text_guidance if cfg.text else None)
-    if game["calibrate_ends"]:
-        model = WorldModel.load(draft, device=pick_device(cfg.device))
-        model.info["end_calibration"] = calibrate_ends(model, str(where["frames"]))
-        model.save(draft)
-    draft.replace(where["model"])
+                       text_guidance=cfg.text_guidance if cfg.text else None,
+                       calibrate_ends=str(where["frames"]) if game["calibrate_ends"] else None,
+                       device=pick_device(cfg.device))
     return where["model"]
 
 

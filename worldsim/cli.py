@@ -90,17 +90,9 @@ def cmd_export(args):
 
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":
-        result = export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
-                                    memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
-                                    text_guidance=args.text_guidance)
-        if args.calibrate_ends:
-            from worldsim.replay import calibrate_ends
-            from worldsim.world_model import WorldModel
-
-            model = WorldModel.load(args.out)
-            model.info["end_calibration"] = result["end_calibration"] = calibrate_ends(model, args.calibrate_ends)
-            model.save(args.out)
-        return result
+        return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
+                                  memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
+                                  text_guidance=args.text_guidance, calibrate_ends=args.calibrate_ends)
     if args.calibrate_ends:
         raise SystemExit("--calibrate-ends goes with a dynamics run's checkpoint")
     if config.get("kind") != "tokenizer":

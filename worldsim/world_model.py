@@ -328,10 +328,13 @@ def training_compute(config: dict) -> dict:
 
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
                        half: bool = True, memory_guidance: float | None = None,
-                       action_guidance: float | None = None, text_guidance: float | None = None) -> dict:
+                       action_guidance: float | None = None, text_guidance: float | None = None,
+                       calibrate_ends: str | None = None, device: str = "cpu") -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
-    guidance weights (picked on the probes and benches)."""
+    guidance weights (picked on the probes and benches). `calibrate_ends` (a frames
+    dataset) shifts the termination head before the file is written, on `device`
+    (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model."""
     from worldsim.dataset import episode_paths, read_episode
 
     tensors, config = load_checkpoint(dynamics_ckpt)
@@ -365,6 +368,14 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
             "memory_key": meta.get("memory_key", "pose"),
             "train": config.get("train")}
     model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
+    calibration = {}
+    if calibrate_ends:
+        from worldsim.replay import calibrate_ends as calibrate
+
+        if half:  # calibrate the weights that ship: rounded to float16, as a reload would give them
+            model.half().float()
+        model.to(device).eval()
+        model.info["end_calibration"] = calibration["end_calibration"] = calibrate(model, calibrate_ends)
     model.save(out, half=half)
-    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts),
+    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts), **calibration,
             "parameters": sum(p.numel() for p in model.parameters())}
