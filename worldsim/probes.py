@@ -627,14 +627,15 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     most `max_scan` steps), its last frames the context; two cells one way (so that the
     start view is no context frame, and copying the last one does not restore it); walk
     `steps` cells further, wait (half the scripts no steps, half a context window of
-    noops), and walk back to the start. Cells at the far
-    edge of the start view leave it and return: the scenario's gt["returned"] masks them
-    in the returned frame (the player's own cell aside: it is drawn facing the way it last
-    moved). The kind says whether the return comes within the context window or beyond.
-    The way is one whose path the world map (gt["semantic"]) shows open and whose leaving
-    cells differ from what replaces them (`_open_ways`); kept only where the real walk moved every step and came back to its start cell,
-    and where the cells that left held something the far view does not show in their
-    place (a walk over open grass would test nothing). Scored by `score_walkback`."""
+    noops), and walk back to the start. Cells at the far edge of the start view leave it
+    and return: the scenario's gt["returned"] masks them in the returned frame (the
+    player's own cell aside: it is drawn facing the way it last moved). The kind says
+    whether the return comes within the context window or beyond. The way is one whose
+    path the world map (gt["semantic"]) shows open and whose leaving cells differ from
+    what replaces them (`_open_ways`); kept only where the real walk moved every step and
+    came back to its start cell, and where the cells that left held something the far view
+    does not show in their place (a walk over open grass would test nothing). Scored by
+    `score_walkback`."""
     import envs  # noqa: F401  (registers the gameplay ids)
     from envs import action_meanings
 
