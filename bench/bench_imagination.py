@@ -210,7 +210,7 @@ def _plot(report, path):
     if report["references"]:
         ax.legend(fontsize=7)
     ax.set_ylabel("real-env return (mean ± standard error)" if metric == "mean"
-                  else "Crafter score, % (geometric mean of achievement success rates; ± bootstrap s.e.)")
+                  else "Crafter score, % (± bootstrap s.e.)")
     ax.set_title(f"{report['env']}: agents trained in the dream vs real-env baselines", fontsize=9)
     for n in names:
         points = rows[n].get("exploitation_gap")
