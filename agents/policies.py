@@ -12,6 +12,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from envs import GRID_MOVES
+
 
 class RandomPolicy:
     """Uniform random actions from the single-env action space."""
@@ -39,6 +41,14 @@ class ExplorePolicy:
       out_and_back walk out, turn half a circle, walk back, turn again (leave and return)
       wander       sticky random actions, including strafes and back-steps
 
+    In a top-down grid world (move_left/right/up/down among the actions, as Crafter) the
+    routines walk cells instead, so the data crosses terrain that random play near the
+    spawn rarely reaches:
+      stride       walk three to twelve cells one way
+      out_and_back walk out, wait up to a dozen noops (or none), walk the same cells back
+      work         step to face a neighbour cell, then act on it ("do") a few times
+      wander       sticky random actions (all of them: crafting, placing, sleeping)
+
     What it uses of the env, each optional (any Gymnasium env with Discrete actions works):
       action_meanings  names of the actions (attribute, through wrappers); the walking
                        routines need FORWARD (or MOVE_FORWARD), TURN_LEFT and TURN_RIGHT,
@@ -57,6 +67,8 @@ class ExplorePolicy:
         self.forward = self._first("FORWARD", "MOVE_FORWARD")
         self.left, self.right = self._first("TURN_LEFT"), self._first("TURN_RIGHT")
         self.can_walk = None not in (self.forward, self.left, self.right)
+        self.grid = [self.names[n] for n in GRID_MOVES if n in self.names]
+        self.grid = self.grid if len(self.grid) == len(GRID_MOVES) else None
         self.turn_steps, self.num_envs = turn_steps, num_envs
         self.rng = np.random.default_rng(seed)
         self.plans = [[] for _ in range(num_envs)]
@@ -74,6 +86,8 @@ class ExplorePolicy:
     def _routine(self) -> list:
         rng, half = self.rng, max(1, self.turn_steps // 2)
         sticky = lambda n: [int(a) for a in rng.integers(self.n_actions, size=n // 3 + 1) for _ in range(3)][:n]  # noqa: E731
+        if self.grid:
+            return self._grid_routine(sticky)
         if not self.can_walk:
             return [int(rng.integers(self.n_actions))] * int(rng.integers(2, 9))
         kind = rng.choice(["circle", "look_back", "corridor", "out_and_back", "wander"], p=[0.2, 0.15, 0.3, 0.2, 0.15])
@@ -89,6 +103,21 @@ class ExplorePolicy:
         if kind == "out_and_back":
             k = int(rng.integers(4, 13))
             return [self.forward] * k + [turn] * half + [self.forward] * k + [turn] * half
+        return sticky(int(rng.integers(5, 16)))
+
+    def _grid_routine(self, sticky) -> list:
+        rng = self.rng
+        kind = rng.choice(["stride", "out_and_back", "work", "wander"], p=[0.35, 0.25, 0.2, 0.2])
+        way = int(rng.integers(4))
+        there, back = self.grid[way], self.grid[way ^ 1]  # GRID_MOVES pairs opposites: left/right, up/down
+        if kind == "stride":
+            return [there] * int(rng.integers(3, 13))
+        if kind == "out_and_back":
+            k, noop = int(rng.integers(2, 9)), self.names.get("noop", self.names.get("NOOP"))
+            wait = [noop] * int(rng.integers(0, 13)) if noop is not None and rng.random() < 0.5 else []
+            return [there] * k + wait + [back] * k
+        if kind == "work" and "do" in self.names:
+            return [there] * int(rng.integers(1, 4)) + [self.names["do"]] * int(rng.integers(2, 7))
         return sticky(int(rng.integers(5, 16)))
 
     def _blocked(self, i: int, pose, frame) -> bool:

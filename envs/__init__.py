@@ -85,6 +85,10 @@ def make_minerl(task="Treechop", size=64, frame_skip=1, actions="dict", render_m
     return ResizeFrame(FrameSkip(env, frame_skip) if frame_skip > 1 else env, size)
 
 
+# Top-down grid worlds (Crafter): each move action steps one cell, (dx, dy) in cells.
+GRID_MOVES = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
+
+
 def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
     """Names of a Discrete env's actions ('FORWARD', 'TURN_LEFT', ...), through wrappers."""
     names = optional_attr(env, "action_meanings")

@@ -110,6 +110,33 @@ def test_crafter_collect_writes_its_ground_truth(crafter, tmp_path):
     assert ep.actions.max() < 17
 
 
+def test_explore_walks_crafter_cells_farther_than_random_play(crafter):
+    """On a grid the explore policy walks strides and out-and-back walks, so its data
+    reaches cells random play near the spawn never does."""
+    from agents.policies import make_policy
+
+    def cells_visited(policy: str) -> int:
+        env = gym.make_vec("worldsim/Crafter-v0", num_envs=1, vectorization_mode="sync")
+        obs, info = env.reset(seed=3)
+        agent, seen = make_policy(policy, env, seed=0), set()
+        for _ in range(400):
+            obs, _, term, trunc, info = env.step(agent.act(obs, info))
+            seen.add(tuple(info["gt"]["player_pos"][0]))
+            if term[0] or trunc[0]:
+                break
+        env.close()
+        return len(seen)
+
+    walked, random = cells_visited("explore"), cells_visited("random")
+    assert walked > 2 * random, (walked, random)
+    policy = make_policy("explore", gym.make_vec("worldsim/Crafter-v0", num_envs=1, vectorization_mode="sync"))
+    moves = {policy.names[n]: np.array(d) for n, d in envs.GRID_MOVES.items()}
+    for _ in range(50):  # every out-and-back walk ends where it started
+        plan = policy._grid_routine(lambda n: [0] * n)
+        if len(set(plan) & set(moves)) == 2:
+            assert not np.any(sum(moves[a] for a in plan if a in moves))
+
+
 # ------------------------------------------------------------------ MineRL adapter
 def test_without_minerl_import_works_and_make_says_how_to_install(monkeypatch):
     _forget_minerl()

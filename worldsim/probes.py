@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from envs import GRID_MOVES
 from worldsim.dataset import PROBE_SEEDS_START
 from worldsim.tokenizer import psnr, ssim
 
@@ -615,7 +616,6 @@ def lookback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     return out
 
 
-GRID_MOVES = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
 BACK = {"move_left": "move_right", "move_right": "move_left", "move_up": "move_down", "move_down": "move_up"}
 
 
