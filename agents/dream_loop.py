@@ -55,7 +55,8 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
     from training.train_tokenizer import TrainConfig as TokenizerConfig, encode_dataset, train as train_tokenizer
     from worldsim.dynamics import CONFIGS as DYNAMICS_SIZES
     from worldsim.tokenizer import CONFIGS as TOKENIZER_SIZES, Tokenizer
-    from worldsim.world_model import WorldModel, export_world_model
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
 
     check_env_id(cfg.env)
     if cfg.iterations < 1 or cfg.real_steps < cfg.iterations:

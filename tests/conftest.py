@@ -24,7 +24,7 @@ def pipeline(rooms_dataset, tmp_path_factory):
     """collect -> tiny tokenizer -> encode -> tiny dynamics -> export: the real pipeline, small."""
     from training.train_dynamics import TrainConfig as DynCfg, train as train_dyn
     from training.train_tokenizer import TrainConfig as TokCfg, encode_dataset, train as train_tok
-    from worldsim.world_model import export_world_model
+    from worldsim.export import export_world_model
 
     root = tmp_path_factory.mktemp("pipeline")
     train_tok(TokCfg(data=str(rooms_dataset), out=str(root / "tok"), config="tiny", steps=40, batch_size=8, warmup=5,
@@ -41,7 +41,7 @@ def pipeline(rooms_dataset, tmp_path_factory):
 def memory_world(pipeline, tmp_path_factory):
     """The pipeline's tiny dynamics fine-tuned with 2 memory frames, exported."""
     from training.train_dynamics import TrainConfig, train
-    from worldsim.world_model import export_world_model
+    from worldsim.export import export_world_model
 
     root, _, _ = pipeline
     out = tmp_path_factory.mktemp("memory")

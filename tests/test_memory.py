@@ -165,7 +165,8 @@ def test_dream_env_memory_switch(memory_world, pipeline):
 
 
 def test_export_sets_the_memory_guidance_weight(memory_world, tmp_path):
-    from worldsim.world_model import WorldModel, export_world_model
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
 
     world, _ = memory_world
     run = world.parent / "dyn" / "latest.safetensors"

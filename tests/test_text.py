@@ -10,7 +10,7 @@ import torch
 @pytest.fixture(scope="module")
 def text_world(pipeline, tmp_path_factory):
     from training.train_dynamics import TrainConfig, train
-    from worldsim.world_model import export_world_model
+    from worldsim.export import export_world_model
 
     root, _, _ = pipeline
     out = tmp_path_factory.mktemp("text")
@@ -131,7 +131,8 @@ def test_vector_env_worlds_from_prompts_say_their_captions(text_world):
 
 def test_export_refuses_guidance_a_run_never_learnt(pipeline, text_world, tmp_path):
     from worldsim.checkpoint import CheckpointError
-    from worldsim.world_model import WorldModel, export_world_model
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
 
     root, _, _ = pipeline
     plain = str(root / "dyn" / "latest.safetensors")

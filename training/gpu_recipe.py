@@ -130,7 +130,7 @@ def export(cfg: RecipeConfig) -> Path:
     val split, on the training device, where the game draws its ends). The model file
     appears only once it is complete: a time limit striking before leaves none."""
     from training.loop import pick_device
-    from worldsim.world_model import export_world_model
+    from worldsim.export import export_world_model
 
     where, game = paths(cfg), GAMES[cfg.game]
     shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")

@@ -86,7 +86,7 @@ def cmd_export(args):
     A dynamics run becomes a world model (with its tokenizer and real start frames)."""
     from worldsim.checkpoint import load_checkpoint
     from worldsim.tokenizer import Tokenizer
-    from worldsim.world_model import export_world_model
+    from worldsim.export import export_world_model
 
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "dynamics":

@@ -16,6 +16,7 @@ import torch
 
 from worldsim.dataset import episode_paths, read_episode
 from worldsim.tokenizer import psnr_pooled, ssim
+from worldsim.world_model import DreamCore
 
 
 def replay_windows(data: str, context: int, length: int, count: int, split: str = "test"):
@@ -73,8 +74,6 @@ def uncertainty_vs_error(model, data: str, context: int = 4, length: int = 16, c
     disagreement both grow with the horizon, so pooling steps would credit that alone),
     averaged over steps, and pooled; and how many of the worst quarter of steps by error
     the most uncertain quarter holds (chance 0.25)."""
-    from worldsim.world_model import DreamCore
-
     ws = replay_windows(data, context, length, count, split)
     if not ws:
         raise ValueError(f"{data}: no {split} episode is long enough for {context} + {length} frames")
@@ -150,8 +149,6 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     windows see an episode's last step less often than its others, and the dream renders
     what kills (a fireball up close) less often than the game shows it. A shift scales
     small probabilities alike, so the head's ranking of steps is kept."""
-    from worldsim.world_model import DreamCore
-
     episodes, seen = [], 0
     for path in episode_paths(data, split):
         episodes.append(read_episode(path))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -307,75 +306,3 @@ class DreamCore:
                 for row in range(self.n):
                     self.memories[row].add(nxt[row], self.poses[row] if self.by_pose else None, int(self.clock[row]))
         return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()
-
-
-def training_compute(config: dict) -> dict:
-    """What a dynamics run cost (steps, windows, wall-clock, device), with the compute of
-    the world model it started from (`--init`) when that file still says."""
-    train = config.get("train") or {}
-    own = {"steps": config.get("step"), "batch_size": train.get("batch_size"), "config": train.get("config"),
-           "train_seconds": round(config["train_seconds"], 1) if "train_seconds" in config else None,
-           "device": config.get("device"), "processes": config.get("world_size")}
-    init = train.get("init")
-    if init and Path(init).exists():
-        try:
-            before = load_checkpoint(init)[1].get("compute")
-        except CheckpointError:
-            before = None
-        own["init"] = {"path": str(init), "compute": before}
-    return own
-
-
-def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
-                       half: bool = True, memory_guidance: float | None = None,
-                       action_guidance: float | None = None, text_guidance: float | None = None,
-                       calibrate_ends: str | None = None, device: str = "cpu") -> dict:
-    """Bundle a trained dynamics run with its tokenizer and real start frames;
-    `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
-    guidance weights (picked on the probes and benches). `calibrate_ends` (a frames
-    dataset) shifts the termination head before the file is written, on `device`
-    (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model."""
-    from worldsim.dataset import episode_paths, read_episode
-
-    tensors, config = load_checkpoint(dynamics_ckpt)
-    if config.get("kind") != "dynamics":
-        raise CheckpointError(f"{dynamics_ckpt} is a {config.get('kind')!r} checkpoint; expected a dynamics run")
-    meta = config["dataset"]
-    tokenizer_ckpt = tokenizer_ckpt or meta.get("tokenizer")
-    if not tokenizer_ckpt or not Path(tokenizer_ckpt).exists():
-        raise CheckpointError(f"tokenizer {tokenizer_ckpt!r} not found; pass --tokenizer")
-    tokenizer = Tokenizer.load(tokenizer_ckpt)
-    train = config.get("train") or {}
-    if action_guidance and not train.get("action_dropout"):
-        raise CheckpointError(f"{dynamics_ckpt} was trained without --action-dropout: it never learnt the action-free "
-                              "prediction that action guidance contrasts")
-    if text_guidance and not (train.get("text") and train.get("text_dropout")):
-        raise CheckpointError(f"{dynamics_ckpt} was not trained with --text and a --text-dropout above 0: it never "
-                              "learnt the null-text prediction that text guidance contrasts")
-    overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance),
-                                          ("text_guidance", text_guidance)) if v is not None}
-    dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
-    dynamics.load_state_dict(with_prefix(tensors, "model/"))
-    firsts = []
-    frames_dataset = meta.get("frames_dataset")
-    if frames_dataset and Path(frames_dataset).exists():
-        for path in episode_paths(frames_dataset, "train")[:start_frames]:
-            firsts.append(read_episode(path).frames[0])
-    info = {"env_id": meta.get("env_id"), "env_kwargs": meta.get("env_kwargs", {}),
-            "action_space": meta["action_space"], "action_meanings": meta.get("action_meanings"),
-            "frame_shape": meta["frame_shape"], "trained_steps": config.get("step"), "pose_model": meta.get("pose_model"),
-            "compute": training_compute(config),
-            "memory_key": meta.get("memory_key", "pose"),
-            "train": config.get("train")}
-    model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
-    calibration = {}
-    if calibrate_ends:
-        from worldsim.replay import calibrate_ends as calibrate
-
-        if half:  # calibrate the weights that ship: rounded to float16, as a reload would give them
-            model.half().float()
-        model.to(device).eval()
-        model.info["end_calibration"] = calibration["end_calibration"] = calibrate(model, calibrate_ends)
-    model.save(out, half=half)
-    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts), **calibration,
-            "parameters": sum(p.numel() for p in model.parameters())}
