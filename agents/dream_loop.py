@@ -25,7 +25,7 @@ from worldsim.dataset import EVAL_SEEDS_START, _atomic_write_bytes
 
 
 @dataclass
-class LoopConfig:
+class DreamLoopConfig:
     env: str = "worldsim/Rooms-v0"  # gymnasium id (see `worldsim envs`)
     out: str = "runs/loop"  # loop.json, curves.png, each iteration's data, model and agent
     real_steps: int = 40_000  # real env steps over all iterations
@@ -48,11 +48,11 @@ class LoopConfig:
     seed: int = 0
 
 
-def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
+def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:
     from agents.policies import save_agent
     from training.collect import check_env_id, collect
-    from training.train_dynamics import TrainConfig as DynamicsConfig, train as train_dynamics
-    from training.train_tokenizer import TrainConfig as TokenizerConfig, encode_dataset, train as train_tokenizer
+    from training.train_dynamics import TrainConfig as DynamicsTrainConfig, train as train_dynamics
+    from training.train_tokenizer import TrainConfig as TokenizerTrainConfig, encode_dataset, train as train_tokenizer
     from worldsim.dynamics import CONFIGS as DYNAMICS_SIZES
     from worldsim.tokenizer import CONFIGS as TOKENIZER_SIZES, Tokenizer
     from worldsim.export import export_world_model
@@ -83,12 +83,12 @@ def run_loop(cfg: LoopConfig, progress: bool = True) -> dict:
                 progress=progress)
         if not Path(tokenizer).exists():
             say("train the tokenizer")
-            train_tokenizer(TokenizerConfig(data=str(out / "data"), out=str(out / "tok"), config=cfg.tokenizer_config,
+            train_tokenizer(TokenizerTrainConfig(data=str(out / "data"), out=str(out / "tok"), config=cfg.tokenizer_config,
                                             steps=cfg.tokenizer_steps, seed=cfg.seed), progress=progress)
             Tokenizer.load(out / "tok" / "latest.safetensors").save(tokenizer)
         encode_dataset(tokenizer, str(out / "data"), str(out / "latents"), progress=progress)
         say("update the world model")
-        train_dynamics(DynamicsConfig(data=str(out / "latents"), out=str(out / "dyn"), config=cfg.config,
+        train_dynamics(DynamicsTrainConfig(data=str(out / "latents"), out=str(out / "dyn"), config=cfg.config,
                                       steps=(i + 1) * cfg.dynamics_steps, batch_size=cfg.batch_size,
                                       memory=cfg.memory, init=cfg.init or "", seed=cfg.seed), progress=progress)
         export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"), tokenizer)

@@ -112,19 +112,55 @@ def generate_world(rng: np.random.Generator, rooms: int = 3, room_size: int = 5,
 
 
 class RoomsEnv(gym.Env):
-    """First-person rooms world; collect every object before the step limit.
+    """First-person rooms world: walk a grid of rooms and collect every object.
 
-    Args:
-        size: (height, width) of the RGB observation.
-        world_seed: an int fixes the map (a game level, the default); None draws a new
+    ## Description
+    A `rooms` x `rooms` grid of square rooms joined by doorways (a random spanning tree
+    plus a few loops), walls tinted per room, billboard objects of distinct colours and
+    shapes on a checkered floor, seen through a raycaster. Made to be learnt by a world
+    model: every frame comes with exact ground truth, and turning a full circle returns
+    the exact first frame.
+
+    ## Action Space
+    `Discrete(7)`, named in `env.action_meanings`:
+
+    | 0 NOOP | 1 FORWARD | 2 BACK | 3 TURN_LEFT | 4 TURN_RIGHT | 5 STRAFE_LEFT | 6 STRAFE_RIGHT |
+
+    Moves go `move_step` cells (walls stop them); turns go 360 / `turn_steps` degrees.
+
+    ## Observation Space
+    `Box(0, 255, (height, width, 3), uint8)`: the RGB view. `info["gt"]` holds the ground
+    truth: `pose` (x, y, yaw in cells and radians), `objects_xy`, `objects_alive`,
+    `objects_in_view`, `objects_column` (screen column), `depth` (per column),
+    `object_ids` (per pixel, -1 for none), `room` (index into `ROOM_COLOURS`).
+
+    ## Rewards
+    +1 for each object reached (walked within 0.2 cells of); 0 otherwise. With
+    `collectible=False` objects stay forever and nothing is paid.
+
+    ## Starting State
+    A random free cell and yaw, drawn from the reset seed, on the map of `world_seed`
+    (or, with `world_seed=None`, on a map drawn from the reset seed).
+
+    ## Episode End
+    Terminated when every object is collected; truncated at `max_steps`. A step after the
+    end raises.
+
+    ## Arguments
+        size: (height, width) of the RGB observation (at least 8x8).
+        world_seed: an int fixes the map (a game level, the default 0); None draws a new
             map from the reset seed on every reset.
-        rooms, room_size, n_objects: map generation.
-        turn_steps: turn actions per full circle (360 / turn_steps degrees each).
+        rooms, room_size, n_objects: map generation (n_objects at most 8).
+        turn_steps: turn actions per full circle.
         move_step: distance per forward/back/strafe step, in cells.
         fov_deg: horizontal field of view.
         max_steps: truncation limit.
         collectible: objects vanish with +1 reward when reached; False keeps them
             forever (used by persistence probes).
+        render_mode: "rgb_array" or "human" (a window).
+
+    ## Version History
+    * v0: the first and only version.
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}

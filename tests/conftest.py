@@ -22,15 +22,15 @@ def rng():
 @pytest.fixture(scope="session")
 def pipeline(rooms_dataset, tmp_path_factory):
     """collect -> tiny tokenizer -> encode -> tiny dynamics -> export: the real pipeline, small."""
-    from training.train_dynamics import TrainConfig as DynCfg, train as train_dyn
-    from training.train_tokenizer import TrainConfig as TokCfg, encode_dataset, train as train_tok
+    from training.train_dynamics import TrainConfig as DynamicsTrainConfig, train as train_dyn
+    from training.train_tokenizer import TrainConfig as TokenizerTrainConfig, encode_dataset, train as train_tok
     from worldsim.export import export_world_model
 
     root = tmp_path_factory.mktemp("pipeline")
-    train_tok(TokCfg(data=str(rooms_dataset), out=str(root / "tok"), config="tiny", steps=40, batch_size=8, warmup=5,
+    train_tok(TokenizerTrainConfig(data=str(rooms_dataset), out=str(root / "tok"), config="tiny", steps=40, batch_size=8, warmup=5,
                      ckpt_every=40), progress=False)
     encode_dataset(str(root / "tok" / "latest.safetensors"), str(rooms_dataset), str(root / "latents"), progress=False)
-    dyn = DynCfg(data=str(root / "latents"), out=str(root / "dyn"), config="tiny", steps=40, batch_size=4, warmup=5,
+    dyn = DynamicsTrainConfig(data=str(root / "latents"), out=str(root / "dyn"), config="tiny", steps=40, batch_size=4, warmup=5,
                  ckpt_every=20, log_every=5)
     summary = train_dyn(dyn, progress=False)
     export_world_model(str(root / "dyn" / "latest.safetensors"), str(root / "world.safetensors"))

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from agents.dream_loop import LoopConfig, run_loop
+from agents.dream_loop import DreamLoopConfig, run_loop
 from agents.imagine import ImagineConfig, imagine
 from worldsim.dataset import episode_paths, open_episode
 
@@ -27,7 +27,7 @@ def test_real_score_comes_from_the_real_env_not_the_dream(pipeline, tmp_path):
 
 
 def test_loop_runs_end_to_end_and_resumes(tmp_path):
-    cfg = LoopConfig(out=str(tmp_path / "loop"), real_steps=400, iterations=2, env_kwargs={"max_steps": 60},
+    cfg = DreamLoopConfig(out=str(tmp_path / "loop"), real_steps=400, iterations=2, env_kwargs={"max_steps": 60},
                      tokenizer_config="tiny", tokenizer_steps=20, config="tiny", dynamics_steps=20, batch_size=4,
                      agent_steps=64, num_envs=2, horizon=12, eval_episodes=2)
     result = run_loop(cfg, progress=False)

@@ -63,8 +63,8 @@ class RecipeConfig:
     lr: float = 3e-4
     action_dropout: float = 0.15  # trains the action-free prediction that action guidance contrasts
     text: bool = False  # condition on captions (needed to continue a text-conditioned model such as the shipped one)
-    action_guidance: float = 2.0  # exported default, when trained with action dropout (picked on the control probe)
-    text_guidance: float = 3.0  # exported default, when trained with --text (picked on bench/bench_prompts.py)
+    action_guidance: float = 2.0  # exported default, when trained with action dropout: the dream follows the action more often
+    text_guidance: float = 3.0  # exported default, when trained with --text
     init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
     eval_windows: int = 64
     horizons: str = "1,4,16,64"

@@ -57,9 +57,9 @@ def cmd_imagine(args):
 
 
 def cmd_loop(args):
-    from agents.dream_loop import LoopConfig, run_loop
+    from agents.dream_loop import DreamLoopConfig, run_loop
 
-    return run_loop(from_args(args, LoopConfig), progress=not args.quiet)
+    return run_loop(from_args(args, DreamLoopConfig), progress=not args.quiet)
 
 
 def cmd_encode(args):
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_imagine)
 
     p = sub.add_parser("loop", help="collect -> update the world model -> train the agent in the dream, on a real-step budget")
-    add_fields(p, agents.dream_loop.LoopConfig)
+    add_fields(p, agents.dream_loop.DreamLoopConfig)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_loop)
 

@@ -237,7 +237,61 @@ def in_space(space: gym.Space, a) -> bool:
 
 
 class DreamEnv(_DreamBase, gym.Env):
-    """A single dream env (a batch of one)."""
+    """A world model stepped as a Gymnasium env: `gymnasium.make("worldsim/Dream-v0")`.
+
+    ## Description
+    Each step the diffusion transformer generates the next frame's latent from the
+    context (the last frames, in its KV cache), the action and, where the model has
+    one, the latent memory of views that left the context; the tokenizer decodes it.
+    The vector env (`DreamVectorEnv`) steps many such dreams in one batched pass.
+
+    ## Action Space
+    The action space of the env the model was trained on (`model.info["action_space"]`:
+    `Discrete(7)` for the shipped Rooms model, a Dict for MineRL).
+
+    ## Observation Space
+    `obs_type="rgb"`: `Box(0, 255, frame_shape, uint8)`, the decoded frame.
+    `obs_type="latent"`: `Box(-inf, inf, (C, h, w), float32)`, the tokenizer's latent,
+    never decoded (fast agents; `render()` still decodes).
+
+    ## Rewards
+    The model's reward head on each transition (Rooms: about 1 where an object is
+    reached).
+
+    ## Starting State
+    `reset(options=...)`: a real start frame held with the checkpoint (default), a dataset
+    episode (`{"episode": path}` or `(path, start)`), given context (`{"context":
+    {"frames", "actions"}}`), or, for a text-conditioned model, a prompt (`{"prompt":
+    str}`; the rewritten caption comes back in `info["caption"]`).
+
+    ## Episode End
+    Terminated when the termination head's probability passes 0.5 (or, with
+    `sample_ends=True`, when a draw from it says so); truncated at `max_steps`.
+
+    ## Info
+    `termination_prob`, `steps`, `context_frames`, `memory_frames` (views recalled for this
+    frame), `denoising_steps`, and with `uncertainty=True` `uncertainty` (the disagreement
+    of two samples of the frame).
+
+    ## Arguments
+        checkpoint: world model file or a loaded WorldModel (default: the shipped Rooms model).
+        obs_type: "rgb" or "latent".
+        max_steps: truncation limit.
+        sample_steps: denoising steps per frame (default: the model's).
+        env_id: the env the model must have been trained on (checked when given).
+        device: where the model runs ("cpu", "cuda").
+        render_mode: "rgb_array" or "human".
+        memory: False turns a trained memory off; None keeps the model's.
+        sample_ends: draw terminations instead of thresholding them.
+        memory_guidance: overrides how strongly recalled views are followed.
+        uncertainty: sample each frame twice and report the spread.
+
+    `get_state()` / `set_state()` fork the dream: the same state, actions and seed give
+    the same frames.
+
+    ## Version History
+    * v0: the first and only version.
+    """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
     _rows = 1

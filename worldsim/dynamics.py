@@ -50,7 +50,7 @@ class DynamicsConfig:
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
     text_guidance: float = 0.0  # w_t: x0 += w_t (x0 - x0_null_text) when a text is given (zeros are the null text)
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
-    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: picked on the Rooms probes, RESULTS.md)
+    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: no extrapolation)
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
@@ -196,6 +196,18 @@ class KVCache:
 
     def get(self, i):
         return self.layers[i]
+
+    def fill_empty(self, batch: int, frames: int, n_heads: int, head_dim: int, device):
+        """Zero keys and values for `frames` frames of `batch` rows, to be overwritten row by
+        row (`write_rows`) when rows start from contexts of different lengths."""
+        shape = (batch, n_heads, frames * self.tokens_per_frame, head_dim)
+        self.layers = [(torch.zeros(shape, device=device),) * 2 for _ in self.layers]
+        self.frames = frames
+
+    def write_rows(self, rows: torch.Tensor, other: "KVCache"):
+        """Rows `rows` of this cache become `other`'s rows, in order (same frames held)."""
+        self.layers = [(k.index_copy(0, rows, k1), v.index_copy(0, rows, v1))
+                       for (k, v), (k1, v1) in zip(self.layers, other.layers)]
 
     def append(self, i, kv):
         old = self.layers[i]

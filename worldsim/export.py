@@ -40,7 +40,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
                        calibrate_ends: str | None = None, device: str = "cpu") -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
-    guidance weights (picked on the probes and benches). `calibrate_ends` (a frames
+    guidance weights. `calibrate_ends` (a frames
     dataset) shifts the termination head before the file is written, on `device`
     (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model."""
     tensors, config = load_checkpoint(dynamics_ckpt)

@@ -1,7 +1,7 @@
 """`worldsim probe`: run the probes on a world model, memory on beside memory off, with
 the baselines, and write report.json, a summary plot and side-by-side videos.
 
-    worldsim probe --checkpoint worldsim/checkpoints/rooms_memory.safetensors --out probes/
+    worldsim probe --checkpoint worldsim/checkpoints/rooms.safetensors --out probes/
 
 DIR/report.json    every score, per probe and predictor (and per scenario)
 DIR/summary.png    loop closure, object recall by gap, action agreement, drift curves, and
@@ -26,7 +26,7 @@ from worldsim.dataset import _atomic_write_bytes
 
 PROBES = ("loop", "objects", "revisit", "control", "drift", "lookback", "walkback")
 ROOMS_ONLY = ("loop", "objects", "revisit", "control")
-REVISIT_GOAL_DB = 5.0  # issue 15: object region from a new pose, memory on at least this far above memory off
+REVISIT_GOAL_DB = 5.0  # memory should bring a returned object's region back at least this far above memory off
 
 
 def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=None, count: int = 24,
@@ -197,7 +197,7 @@ def _summary_plot(report: dict, path):
             vals = [results[loop][name][by_kind][k] for k in kinds]
             ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names), vals, 0.8 / len(names),
                    label=name, color=colours[name])
-        if loop != "walkback":  # issue 15's loop-closure goal; the walk has none of its own
+        if loop != "walkback":  # the loop-closure goal; the walk has none of its own
             ax.axhline(25, ls="--", c="k", lw=1, label="goal 25 dB")
         ax.set_xticks(range(len(kinds)), kinds)
         ax.set_ylabel("returned cells PSNR vs real (dB)" if loop == "walkback" else "returned view PSNR vs real (dB)")

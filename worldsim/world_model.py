@@ -233,10 +233,8 @@ class DreamCore:
         if self.cache is None:  # first reset: all rows at once, the longest context decides the length
             hold = min(max(len(context[0]) for context in contexts), max_hold)
             self.cache = self.dyn.new_cache()
-            self.cache.layers = [(torch.zeros(self.n, self.dyn.cfg.n_heads, hold * self.dyn.cfg.tokens_per_frame,
-                                              self.dyn.cfg.d_model // self.dyn.cfg.n_heads, device=self.device),) * 2
-                                 for _ in range(self.dyn.cfg.n_layers)]
-            self.cache.frames = hold
+            self.cache.fill_empty(self.n, hold, self.dyn.cfg.n_heads, self.dyn.cfg.d_model // self.dyn.cfg.n_heads,
+                                  self.device)
         hold = self.cache.frames
         with torch.no_grad():
             for row, (frames, actions, *text) in zip(rows, contexts):
@@ -248,8 +246,7 @@ class DreamCore:
                 at = torch.tensor([row], device=self.device)
                 one = self._context_cache(z, acts, hold, generator,
                                           None if self.text is None else self.text[row:row + 1])
-                self.cache.layers = [(k.index_copy(0, at, k1), v.index_copy(0, at, v1))
-                                     for (k, v), (k1, v1) in zip(self.cache.layers, one.layers)]
+                self.cache.write_rows(at, one)
                 self.clock[row] = hold - 1
                 self.last[row] = z[0, -1]
                 if self.memory:  # the whole context goes to memory
