@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from worldsim.replay import heads_detection, plot_replay, replay_scores, uncertainty_vs_error
+from worldsim.objective import diffusion_forcing_loss
+from worldsim.sampler import prime, sample_next
 from worldsim.world_model import WorldModel
 
 
@@ -31,12 +33,12 @@ def sampling_fps(model: WorldModel, batch: int, steps: int = 16, pixels: bool = 
     z = model.encode(frames)
     cache = dyn.new_cache()
     into, has = dyn.actions_into_frames(torch.zeros(batch, 0, dtype=torch.long), batch, 1, "cpu")
-    dyn.prime(cache, z, into, has, torch.zeros(batch, 1, dtype=torch.long))
+    prime(dyn, cache, z, into, has, torch.zeros(batch, 1, dtype=torch.long))
     a = torch.zeros(batch, dtype=torch.long)
     with torch.no_grad():
         t0 = time.perf_counter()
         for k in range(steps):
-            nxt = dyn.sample_next(cache, a, torch.full((batch,), 1 + k))
+            nxt = sample_next(dyn, cache, a, torch.full((batch,), 1 + k))
             dyn.heads(z[:, 0], nxt, a)
             if pixels:
                 model.decode(nxt[:, None])
@@ -50,10 +52,10 @@ def training_tokens_per_s(model: WorldModel, batch: int = 8, steps: int = 3) -> 
     z = torch.randn(batch, t, *dyn.cfg.latent_shape)
     a = torch.zeros(batch, t - 1, dtype=torch.long)
     opt = torch.optim.AdamW(dyn.parameters(), lr=0.0)
-    dyn.loss(z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))[0].backward()
+    diffusion_forcing_loss(dyn, z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))[0].backward()
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss, _ = dyn.loss(z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))
+        loss, _ = diffusion_forcing_loss(dyn, z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from worldsim.dynamics import Dynamics, DynamicsConfig
+from worldsim.objective import diffusion_forcing_loss
+from worldsim.sampler import prime, sample_next
 
 ROOT = Path(__file__).parents[1]
 
@@ -64,9 +66,9 @@ def test_cache_slides_within_the_context_window():
     cache = model.new_cache()
     z = torch.randn(1, 2, *model.cfg.latent_shape)
     into, has = model.actions_into_frames(torch.zeros(1, 1, dtype=torch.long), 1, 2, "cpu")
-    model.prime(cache, z, into, has, torch.arange(2)[None])
+    prime(model, cache, z, into, has, torch.arange(2)[None])
     for k in range(20):
-        out = model.sample_next(cache, torch.tensor([k % 7]), torch.tensor([2 + k]), steps=2)
+        out = sample_next(model, cache, torch.tensor([k % 7]), torch.tensor([2 + k]), steps=2)
         assert out.shape == (1, *model.cfg.latent_shape) and torch.isfinite(out).all()
         assert cache.frames <= model.cfg.max_frames - 1
     assert cache.get(0)[0].shape[2] == (model.cfg.max_frames - 1) * model.cfg.tokens_per_frame
@@ -86,17 +88,17 @@ def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_f
     z = torch.randn(2, 5, *model.cfg.latent_shape)
     acts, zeros = torch.randint(0, 7, (2, 4)), torch.zeros(2, 4)
     torch.manual_seed(1)
-    dropped, _ = model.loss(z, acts, zeros, zeros.bool(), action_dropout=1.0)
+    dropped, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), action_dropout=1.0)
     torch.manual_seed(1)
-    no_actions, _ = model.loss(z, acts, zeros, zeros.bool(), has_action=torch.zeros(2, dtype=torch.bool))
+    no_actions, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), has_action=torch.zeros(2, dtype=torch.bool))
     torch.manual_seed(1)
-    kept, _ = model.loss(z, acts, zeros, zeros.bool())
+    kept, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
     assert torch.allclose(dropped, no_actions) and not torch.allclose(dropped, kept)
 
     def sample(action, w):
         cache = model.new_cache()
-        model.prime(cache, z[:, :3], *model.actions_into_frames(acts[:, :2], 2, 3, "cpu"), torch.arange(3).expand(2, 3))
-        return model.sample_next(cache, action, torch.full((2,), 3), 2, torch.Generator().manual_seed(0),
+        prime(model, cache, z[:, :3], *model.actions_into_frames(acts[:, :2], 2, 3, "cpu"), torch.arange(3).expand(2, 3))
+        return sample_next(model, cache, action, torch.full((2,), 3), 2, torch.Generator().manual_seed(0),
                                  action_guidance=w)
     a, b = torch.zeros(2, dtype=torch.long), torch.full((2,), 3)
     # Guidance moves the sample along (with action - without action): the gap between two
@@ -116,7 +118,7 @@ def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_f
 def test_action_spaces(space, make):
     model = tiny_model(space)
     z = torch.randn(2, 4, *model.cfg.latent_shape)
-    loss, stats = model.loss(z, make(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    loss, stats = diffusion_forcing_loss(model, z, make(2, 3), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
     loss.backward()
     assert np.isfinite(stats["loss"])
 
@@ -144,7 +146,7 @@ def test_loss_falls_and_heads_learn_rewards():
 
     history = []
     for step in range(150):
-        loss, stats = model.loss(*batch())
+        loss, stats = diffusion_forcing_loss(model, *batch())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -7,6 +7,7 @@ import torch
 
 from envs.rooms import ACTIONS, RoomsEnv
 from worldsim.memory import LatentMemory, PoseTracker, pose_features, relative_poses, view_overlap
+from worldsim.sampler import prime, sample_next
 
 
 def test_view_overlap_is_one_for_the_same_view_and_zero_for_disjoint_ones():
@@ -136,10 +137,10 @@ def test_memory_guidance_extrapolates_from_the_prediction_without_memory():
 
     def sample(valid=(True, True), memory=True, guidance=0.0):
         cache = model.new_cache()
-        model.prime(cache, ctx, actions, torch.ones(1, 3, dtype=torch.bool), torch.arange(3)[None],
+        prime(model, cache, ctx, actions, torch.ones(1, 3, dtype=torch.bool), torch.arange(3)[None],
                     torch.Generator().manual_seed(2))
         mem = (z_mem, feats, torch.tensor([valid])) if memory else None
-        return model.sample_next(cache, torch.tensor([2]), torch.tensor([3]), steps=1, memory=mem, guidance=guidance,
+        return sample_next(model, cache, torch.tensor([2]), torch.tensor([3]), steps=1, memory=mem, guidance=guidance,
                                  generator=torch.Generator().manual_seed(0))
 
     plain, with_memory = sample(memory=False), sample()

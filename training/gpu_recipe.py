@@ -77,6 +77,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
     itself and drawing its batch, shared among the loader processes."""
     from training.loop import to_device
     from training.train_dynamics import TrainConfig, build
+    from worldsim.objective import diffusion_forcing_loss
 
     game = GAMES[cfg.game]
     model = build(TrainConfig(data="", out="", config=config, memory=game["memory"], patch=game["patch"]), meta).to(device)
@@ -90,7 +91,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
         batch = to_device(batch, device)
         t0 = time.perf_counter()
         with autocast:
-            loss, _ = model.loss(**batch)
+            loss, _ = diffusion_forcing_loss(model, **batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -35,6 +35,7 @@ from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
+from worldsim.objective import diffusion_forcing_loss
 from worldsim.text import TEXT_DIM
 
 
@@ -308,6 +309,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
-               loss_of=lambda m, b: m.loss(**b, action_dropout=cfg.action_dropout, end_weight=cfg.end_weight),
+               loss_of=lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout, end_weight=cfg.end_weight),
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

@@ -14,7 +14,7 @@ says what was used; a vector env's autoreset starts from a start frame and the n
 were taken there. Reward and termination come from the model's heads, truncation from
 `max_steps`. The vector env advances all sub-envs in one batched forward pass.
 `memory=False` turns off the latent memory of a model trained with one (on by default);
-`memory_guidance` overrides how strongly recalled views are followed (worldsim/dynamics.py).
+`memory_guidance` overrides how strongly recalled views are followed (worldsim/sampler.py).
 `sample_ends=True` draws each step's termination from the head's probability instead of
 thresholding it at 0.5: an uncertain model then ends episodes as often as it believes
 they end, which leaves an agent less room to exploit it. `uncertainty=True` samples each

@@ -1,25 +1,18 @@
-"""The action-conditioned diffusion transformer over spacetime latent patches.
+"""The dynamics network: an action-conditioned diffusion transformer over spacetime
+latent patches.
 
 Read top to bottom: action and noise-level embeddings, adaLN-Zero transformer blocks
 with block-causal attention over frames (a frame's tokens see their own frame and the
-past), rotary time positions so a sliding KV cache stays valid, a final layer, and the
-reward/termination head.
-
-Training is diffusion forcing on a rectified-flow path: every frame of a window gets its
-own noise level tau ~ U(0, 1), x_tau = (1 - tau) x0 + tau * eps, and the model predicts the
-clean x0 of every frame from the noisy window. Sampling the next frame starts from pure
-noise and takes 1 to 4 deterministic (DDIM-like) steps, attending to past frames kept in
-the KV cache at a small noise level `ctx_noise`, which keeps long rollouts from drifting.
+past), rotary time positions so a sliding KV cache stays valid, the KV cache, the
+reward/termination head and the network, which predicts the clean latents of a window
+of noisy ones. How it is trained is worldsim/objective.py; how frames are sampled from
+it, with guidance, worldsim/sampler.py.
 
 With `memory` > 0, the frame being generated also attends to retrieved memory frames,
 each conditioned on its pose relative to that frame (worldsim/memory.py). Memory frames
 enter clean, see only themselves (one pass gives their keys and values for every
 denoising step) and are seen only by the newest frame, so the KV cache never depends on
 what was retrieved.
-Memory guidance, classifier-free guidance with the memory as the condition (as History
-Guidance does with the past frames), pushes each denoising step away from the prediction
-without memory: recalled views come back sharp instead of faded towards what the recent
-frames suggest. It costs one more forward pass per step when memory was retrieved.
 """
 
 from __future__ import annotations
@@ -50,7 +43,7 @@ class DynamicsConfig:
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
     text_guidance: float = 0.0  # w_t: x0 += w_t (x0 - x0_null_text) when a text is given (zeros are the null text)
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
-    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory (1: no extrapolation)
+    memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory; 0 turns it off
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
@@ -345,43 +338,6 @@ class Dynamics(nn.Module):
         return torch.cat([torch.ones(b, t * n, cached, dtype=torch.bool, device=device), sees_memory,
                           causal.expand(b, -1, -1)], 2)[:, None]  # B, 1 (heads), queries, keys
 
-    # -------------------------------------------------------------- training
-    def loss(self, z, actions, rewards, terminated, has_action=None, text=None, end_weight: float = 10.0,
-             memory=None, action_dropout: float = 0.0):
-        """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
-
-        actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
-        likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
-        retrieved for the last frame, whose error then counts twice; with a text (B, text_dim),
-        the first frame's error counts twice. `action_dropout` hides
-        each frame's action with this probability, teaching the model the action-free
-        prediction that action guidance steers away from. Returns (loss, metrics)."""
-        b, t = z.shape[:2]
-        tau = torch.rand(b, t, device=z.device)
-        eps = torch.randn_like(z)
-        x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
-        into, has = self.actions_into_frames(actions, b, t, z.device, has_action)
-        if action_dropout:
-            has = has & (torch.rand(b, t, device=z.device) >= action_dropout)
-        if memory is not None:
-            memory = self.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
-        pred = self(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
-        denoise = F.mse_loss(pred.float(), z.float())
-        last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
-        if memory is not None:
-            denoise = denoise + last
-        if text is not None:  # the first frame has only the text to go on: a world's start from a prompt
-            denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
-        # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
-        flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
-        reward, end = self.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
-        reward_loss = F.mse_loss(reward, rewards.flatten().float())
-        end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(),
-                                                      pos_weight=torch.tensor(end_weight, device=z.device))
-        total = denoise + reward_loss + 0.1 * end_loss
-        return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
-                       "end_bce": end_loss.item(), "last_mse": last.item()}
-
     @staticmethod
     def actions_into_frames(actions, b, t, device, has_action=None):
         """Shift step actions (B, T-1, ...) to per-frame 'action that led here' (B, T, ...)."""
@@ -394,63 +350,5 @@ class Dynamics(nn.Module):
             has &= has_action[:, None]
         return into, has
 
-    # -------------------------------------------------------------- sampling
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layers, self.cfg.tokens_per_frame, self.cfg.max_frames)
-
-    def noisy_context(self, z, generator=None):
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        return (1 - self.cfg.ctx_noise) * z + self.cfg.ctx_noise * noise
-
-    @torch.no_grad()
-    def prime(self, cache: KVCache, z, actions_into, has_action, frame_index, generator=None, text=None):
-        """Put context frames z (B, T, C, h, w) into the cache at the context noise level."""
-        b, t = z.shape[:2]
-        tau = torch.full((b, t), self.cfg.ctx_noise, device=z.device)
-        self(self.noisy_context(z, generator), tau, actions_into, has_action, frame_index, text, cache, write_cache=True)
-
-    @torch.no_grad()
-    def sample_next(self, cache: KVCache, action, frame_index, steps: int | None = None, generator=None, text=None,
-                    memory=None, guidance: float | None = None, action_guidance: float | None = None,
-                    text_guidance: float | None = None, has_action: bool = True, write_cache: bool = True):
-        """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
-        that leads into it and optional memory (clean latents, pose features, valid; as in
-        forward), with memory guidance w = `guidance` (default cfg.memory_guidance; 0 is
-        none), action guidance and text guidance (defaults: the config's); then add the frame
-        to the cache (unless write_cache=False, which leaves the cache as it was). has_action=False:
-        no action led here (a world's first frame)."""
-        steps = steps or self.cfg.sample_steps
-        guidance = self.cfg.memory_guidance if guidance is None else guidance
-        action_guidance = self.cfg.action_guidance if action_guidance is None else action_guidance
-        text_guidance = self.cfg.text_guidance if text_guidance is None else text_guidance
-        if text is None or not bool(text.any()):  # the null text everywhere: nothing to steer by
-            text_guidance = 0.0
-        b = frame_index.shape[0]
-        shape = (b, 1, *self.cfg.latent_shape)
-        device = frame_index.device
-        act = action[:, None] if not isinstance(action, dict) else {k: v[:, None] for k, v in action.items()}
-        has = torch.full((b, 1), has_action, dtype=torch.bool, device=device)
-        if not has_action:
-            action_guidance = 0.0
-        pos = frame_index[:, None]
-        x = torch.randn(shape, generator=generator, device=device)
-        if memory is not None:
-            memory = self.encode_memory(memory[0], memory[1], memory[2], frame_index)
-        taus = torch.linspace(1, 0, steps + 1, device=device)
-        for i in range(steps):
-            tau = taus[i].expand(b, 1)
-            x0 = cond = self(x, tau, act, has, pos, text, cache, memory=memory)
-            if memory is not None and guidance:
-                x0 = x0 + guidance * (cond - self(x, tau, act, has, pos, text, cache))
-            if action_guidance:
-                x0 = x0 + action_guidance * (cond - self(x, tau, act, ~has, pos, text, cache, memory=memory))
-            if text_guidance:
-                x0 = x0 + text_guidance * (cond - self(x, tau, act, has, pos, torch.zeros_like(text), cache,
-                                                       memory=memory))
-            if i + 1 < steps:  # DDIM-like step along the straight path
-                eps = (x - (1 - taus[i]) * x0) / taus[i]
-                x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps
-        if write_cache:
-            tau_ctx = torch.full((b, 1), self.cfg.ctx_noise, device=device)
-            self(self.noisy_context(x0, generator), tau_ctx, act, has, pos, text, cache, write_cache=True)
-        return x0[:, 0]

@@ -15,6 +15,7 @@ import torch.nn as nn
 from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint, with_prefix
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.memory import LatentMemory, PoseTracker
+from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -135,7 +136,7 @@ class WorldModel(nn.Module):
             raise ValueError("this world model has no text conditioning (text_dim=0); train one with --text")
         text = torch.as_tensor(np.asarray(text), dtype=torch.float32, device=self.device).reshape(1, -1)
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
-        z = dyn.sample_next(dyn.new_cache(), zero, zero, steps, generator, text=text, has_action=False)
+        z = sample_next(dyn, dyn.new_cache(), zero, zero, steps, generator, text=text, has_action=False)
         return self.decode(z[:, None])[0, 0].cpu().numpy()
 
 
@@ -156,7 +157,7 @@ class DreamCore:
     views overlap its own most, kept for as long as the bounded memory holds them, far
     beyond the context window. A model keyed by latents (an env without a pose) retrieves
     the frames from before the context window most like the newest frame instead. memory=False turns it off (ablation); memory_guidance
-    overrides the model's guidance weight (worldsim/dynamics.py; 0 turns it off).
+    overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
 
     uncertainty=True samples every frame twice, from two noises, and keeps in
     `self.spread` each row's disagreement: the RMS difference of the two samples' latents
@@ -222,7 +223,7 @@ class DreamCore:
             has = torch.cat([torch.zeros(1, pad, dtype=torch.bool, device=z.device), has], 1)
         z, into, has = z[:, -frames_held:], into[:, -frames_held:], has[:, -frames_held:]
         cache = dyn.new_cache()
-        dyn.prime(cache, z, into, has, torch.arange(frames_held, device=z.device)[None], generator, text)
+        prime(dyn, cache, z, into, has, torch.arange(frames_held, device=z.device)[None], generator, text)
         return cache
 
     def reset_rows(self, rows, contexts, generator):
@@ -287,8 +288,8 @@ class DreamCore:
             a = torch.as_tensor(np.asarray(actions)).to(self.device)
             memory = self._recall(np.asarray(actions)) if self.memory else None
             self.clock += 1
-            sample = lambda noise, write: self.dyn.sample_next(  # noqa: E731
-                self.cache, a, self.clock.clone(), self.sample_steps, noise, text=self.text, memory=memory,
+            sample = lambda noise, write: sample_next(  # noqa: E731
+                self.dyn, self.cache, a, self.clock.clone(), self.sample_steps, noise, text=self.text, memory=memory,
                 guidance=self.memory_guidance, write_cache=write)
             if self.uncertainty:  # the same step from its own noise, first, as it leaves the cache as it was
                 if self.spread_generator is None:

@@ -1,0 +1,51 @@
+"""The training objective of the dynamics network: diffusion forcing on a rectified-flow
+path. Every frame of a window gets its own noise level tau ~ U(0, 1),
+x_tau = (1 - tau) x0 + tau * eps, and the network predicts the clean x0 of every frame
+from the noisy window, so one network learns both to denoise the newest frame and to
+read past frames at any noise level (worldsim/sampler.py keeps them at `ctx_noise`).
+The reward/termination head learns beside it, on clean latents.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from worldsim.dynamics import Dynamics
+
+
+def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
+                           end_weight: float = 10.0, memory=None, action_dropout: float = 0.0):
+    """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
+
+    actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
+    likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
+    retrieved for the last frame, whose error then counts twice; with a text (B, text_dim),
+    the first frame's error counts twice. `action_dropout` hides
+    each frame's action with this probability, teaching the model the action-free
+    prediction that action guidance steers away from. Returns (loss, metrics)."""
+    b, t = z.shape[:2]
+    tau = torch.rand(b, t, device=z.device)
+    eps = torch.randn_like(z)
+    x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
+    into, has = model.actions_into_frames(actions, b, t, z.device, has_action)
+    if action_dropout:
+        has = has & (torch.rand(b, t, device=z.device) >= action_dropout)
+    if memory is not None:
+        memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
+    pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
+    denoise = F.mse_loss(pred.float(), z.float())
+    last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
+    if memory is not None:
+        denoise = denoise + last
+    if text is not None:  # the first frame has only the text to go on: a world's start from a prompt
+        denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
+    # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
+    flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
+    reward, end = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
+    reward_loss = F.mse_loss(reward, rewards.flatten().float())
+    end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(),
+                                                  pos_weight=torch.tensor(end_weight, device=z.device))
+    total = denoise + reward_loss + 0.1 * end_loss
+    return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
+                   "end_bce": end_loss.item(), "last_mse": last.item()}
