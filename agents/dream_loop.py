@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.imagine import ImagineConfig, agent_actor, evaluate, plot_curves, random_actor, real_env, train_in_dream
-from worldsim.dataset import EVAL_SEEDS_START, _atomic_write_bytes
+from worldsim.dataset import EVAL_SEEDS_START, atomic_write_bytes
 
 
 @dataclass
@@ -109,7 +109,7 @@ def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:
             "real_return": real["mean"], "real_return_std": real["std"], "random_real_return": rand["mean"]})
         say(f"dream return {state['history'][-1]['dream_return']}, real return {real['mean']:.2f} ± {real['std']:.2f} "
             f"(random {rand['mean']:.2f})")
-        _atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
+        atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())
         _plot(state, out / "curves.png", cfg.env)
     return {"out": str(out), "history": state["history"]}
 

@@ -15,7 +15,7 @@ LAYERS = (
     ("agents.policies", "agents.controller", "agents.sb3_vec_env"),  # acting in an env or a dream
     ("training",),  # collection and the training pipelines
     ("agents.imagine", "agents.dream_loop"),  # agents trained in the dream, the collect/imagine loop
-    ("worldsim.probes", "worldsim.probe_report", "worldsim.cli"),  # applications: script real games, parse flags
+    ("worldsim.probes", "worldsim.cli"),  # applications: script real games, parse flags
 )
 
 

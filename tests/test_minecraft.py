@@ -472,6 +472,7 @@ def test_a_world_model_trains_on_imported_minecraft_data(tmp_path):
 
 def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_came_back(crafter):
     from worldsim import probes as P
+    from worldsim.probes.walkback import returned_cells
 
     scenarios = P.walkback_scenarios("worldsim/Crafter-v0", {}, count=4, context=10)
     assert [s.meta["kind"] for s in scenarios] == ["within context", "beyond context"] * 2  # gaps 8 and 18
@@ -482,13 +483,13 @@ def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_c
         assert s.gt["returned"].sum() == cells * 7 * 7  # 7x7 px each
         m = s.gt["returned"]  # those cells held something the far view does not show in their place
         assert np.abs(s.frames[start + 4][m].astype(int) - s.frames[start][m]).mean() >= 10
-    left = P._returned_cells("move_left", 4, (9, 7), (64, 64))
+    left = returned_cells("move_left", 4, (9, 7), (64, 64))
     assert left[:49, 35:63].all() and left.sum() == 28 * 49  # moving left, the right-hand cells leave the view
-    down = P._returned_cells("move_down", 2, (9, 7), (64, 64))
+    down = returned_cells("move_down", 2, (9, 7), (64, 64))
     assert down[:14, :63].sum() == 14 * 63 - 0 and down.sum() == 14 * 63  # rows 0-1: the player (row 3) is not in them
-    up = P._returned_cells("move_up", 4, (9, 7), (64, 64))
+    up = returned_cells("move_up", 4, (9, 7), (64, 64))
     assert not up[21:28, 28:35].any() and up[21:28, :28].all()  # the player's cell, row 3 column 4, is left out
-    big = P._returned_cells("move_right", 1, (9, 7), (96, 96))  # at 96 px crafter draws 10 px cells inside a 3 px border
+    big = returned_cells("move_right", 1, (9, 7), (96, 96))  # at 96 px crafter draws 10 px cells inside a 3 px border
     assert big[3:73, 3:13].all() and big.sum() == 70 * 10
     real = P.score_walkback(scenarios, P.ground_truth(scenarios))
     last = P.score_walkback(scenarios, P.copy_last(scenarios))

@@ -164,7 +164,7 @@ def test_probe_command_writes_report_plots_and_videos(memory_world, tmp_path, ca
 
 
 def test_probe_env_kwargs_choose_the_maps(memory_world, tmp_path):
-    from worldsim.probe_report import run_probes
+    from worldsim.probes.report import run_probes
 
     world, _ = memory_world
     run_probes(world, tmp_path, probes=["revisit"], count=1, env_kwargs={"world_seed": None}, seed=2, progress=False)
@@ -176,7 +176,7 @@ def test_probe_env_kwargs_choose_the_maps(memory_world, tmp_path):
 
 def test_probe_refuses_what_it_cannot_score(memory_world, tmp_path):
     from worldsim.checkpoint import CheckpointError
-    from worldsim.probe_report import run_probes
+    from worldsim.probes.report import run_probes
 
     world, _ = memory_world
     with pytest.raises(ValueError, match="unknown probes"):

@@ -152,7 +152,7 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
 
     from tqdm import tqdm
 
-    from worldsim.dataset import _atomic_write_bytes, episode_paths, load_meta
+    from worldsim.dataset import atomic_write_bytes, episode_paths, load_meta
 
     meta = load_meta(data)
     # With workers, each loads its own; this process only reads the config.
@@ -177,7 +177,7 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
             for job in jobs:
                 counts.append(_encode_episode(job))
                 bar.update(1)
-    _atomic_write_bytes(root / "dataset.json", json.dumps(
+    atomic_write_bytes(root / "dataset.json", json.dumps(
         {**meta, "source": "encode", "tokenizer": str(Path(checkpoint).resolve()),
          "frames_dataset": str(Path(data).resolve()), "latent_shape": list(model.cfg.latent_shape)},
         indent=2).encode())

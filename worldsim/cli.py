@@ -8,7 +8,7 @@ import os
 import sys
 
 from worldsim.options import add_fields, from_args, json_object
-from worldsim.probe_report import PROBES
+from worldsim.probes import PROBES
 
 
 def cmd_collect(args):
@@ -42,7 +42,7 @@ def cmd_train(args):
 
 
 def cmd_probe(args):
-    from worldsim.probe_report import run_probes
+    from worldsim.probes.report import run_probes
 
     return run_probes(args.checkpoint, args.out, args.env, args.probes and [p for p in args.probes.split(",") if p], args.count,
                       drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,

@@ -112,7 +112,7 @@ def _is_stale(tmp: Path) -> bool:
     return False
 
 
-def _atomic_write_bytes(path: Path, data: bytes):
+def atomic_write_bytes(path: Path, data: bytes):
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
@@ -148,7 +148,7 @@ class DatasetWriter:
                         raise DatasetError(f"{self.root} holds a dataset with {key}={old[key]!r}, not {meta[key]!r}; "
                                            "expected an empty directory or one from the same env")
             else:
-                _atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
+                atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
         self.count = sum(1 for _ in self.root.glob("*/ep_*.h5"))  # the first episode number to try
 
     @contextmanager
@@ -170,7 +170,7 @@ class DatasetWriter:
             while used.intersection(range(first, first + count)):
                 first += 1
             meta["collects"] = [*collects, {**record, "seed": first, "num_envs": count}]
-            _atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
+            atomic_write_bytes(self.root / "dataset.json", json.dumps(meta, indent=2).encode())
         return first
 
     def write(self, episode: Episode) -> Path:

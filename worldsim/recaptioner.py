@@ -118,7 +118,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
     from tqdm import tqdm
 
     from envs.rooms_captions import GT_KEYS, caption, clip_attributes
-    from worldsim.dataset import _atomic_write_bytes, episode_paths, read_episode
+    from worldsim.dataset import atomic_write_bytes, episode_paths, read_episode
 
     model = Recaptioner.load(recaptioner) if recaptioner else None
     clip = model.cfg.clip if model else clip
@@ -139,5 +139,5 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
         sources[source] += len(texts)
         lines += [json.dumps({"episode": str(path), "t": t, "caption": text, "source": source})
                   for t, text in zip(starts, texts)]
-    _atomic_write_bytes(Path(out), ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(Path(out), ("\n".join(lines) + "\n").encode())
     return {"out": out, "clips": len(lines), **sources}

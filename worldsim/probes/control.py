@@ -1,0 +1,76 @@
+"""Action control: at each step the real env renders what every action would have shown
+from the real state; the dream agrees when its frame is nearest the render of the action
+it was given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worldsim.probes.common import Probe, Scenario, context_walk, first_env_seed, replay
+
+
+def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int = 0) -> list[Scenario]:
+    """Uniformly random actions after a context walk, with the counterfactual renders of
+    every action from each real state."""
+    out = []
+    for s in range(first_env_seed(seed), first_env_seed(seed) + count):
+        rng = np.random.default_rng(s)
+        actions = context_walk(rng, context - 1) + [int(a) for a in rng.integers(env.action_space.n, size=horizon)]
+        frames, gt, candidates = replay(env, s, actions, counterfactual_from=context - 1)
+        out.append(Scenario("control", frames, np.array(actions), gt, context, {"candidates": candidates, "seed": s}))
+    return out
+
+
+def score_control(scenarios, predictions, names) -> dict:
+    """Agreement: the predicted frame is nearest the real render of the given action (ties
+    between actions with the same render count as agreement). Also a confusion matrix."""
+    n = len(names)
+    confusion = np.zeros((n, n), int)
+    hits = []  # (steps dreamed, agreed)
+    for s, p in zip(scenarios, predictions):
+        cands = s.meta["candidates"]
+        for t in range(len(cands)):
+            given = int(s.actions[s.context - 1 + t])
+            err = ((cands[t].astype(float) - p[t].astype(float)) ** 2).mean(axis=(1, 2, 3))
+            nearest = int(err.argmin())
+            hits.append((t, err[given] <= err[nearest] + 1e-9 or np.array_equal(cands[t][given], cands[t][nearest])))
+            confusion[given, nearest] += 1
+    steps, agreed = np.array(hits, float).T
+    # The first step starts from the real state; later ones from the dream's own, so
+    # they measure control and drift together.
+    return {"agreement": float(agreed.mean()), "steps": len(hits), "chance": 1.0 / n,
+            "agreement_by_step": [float(agreed[steps == t].mean()) for t in range(int(steps.max()) + 1)],
+            "confusion": confusion.tolist(), "action_names": list(names)}
+
+
+def control_headline(score: dict) -> str:
+    return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
+
+
+def confusion_plot(cases, views: dict, control: dict, path):
+    """Given action against the action whose real render the dream's frame is nearest."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dreams = [n for n in ("dream_memory_on", "dream_memory_off") if n in control]
+    fig, axes = plt.subplots(1, len(dreams), figsize=(5.5 * len(dreams), 5), squeeze=False)
+    for ax, name in zip(axes[0], dreams):
+        m = np.array(control[name]["confusion"], float)
+        labels = control[name]["action_names"]
+        ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Greens", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("action whose real render is nearest the dream")
+        ax.set_ylabel("action given")
+        ax.set_title(f"{name}: agreement {control[name]['agreement']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+PROBE = Probe("control", lambda setup: control_scenarios(setup.rooms, setup.count, setup.context, seed=setup.seed),
+              lambda cases, predictions, reference, setup: score_control(cases, predictions, setup.names),
+              control_headline, rooms_only=True, figure=confusion_plot,
+              figure_file="control_confusion.png")
