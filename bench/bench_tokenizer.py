@@ -79,7 +79,7 @@ def main():
         for s in range(0, len(frames), 128):
             recon.append(model.decode(model.encode(torch.from_numpy(frames[s:s + 128])[:, None]))[:, 0].numpy())
     recon = np.concatenate(recon)
-    latent_elements = int(np.prod(model.cfg.latent_shape)) / model.cfg.temporal
+    latent_elements = int(np.prod(model.cfg.latent_shape))
     frame_elements = int(np.prod(frames.shape[1:]))
     resized = resize_baseline(frames, int(latent_elements))
     r = {

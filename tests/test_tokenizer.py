@@ -34,15 +34,24 @@ def test_patch_positions_are_frame_major_and_errors_name_the_shape():
         patchify(torch.zeros(1, 2, 3, 5, 4), (1, 2, 2))
 
 
-@pytest.mark.parametrize("down,channels,temporal", [(8, 8, 1), (4, 4, 1), (8, 16, 2)])
-def test_latent_shapes_and_compression(down, channels, temporal):
+@pytest.mark.parametrize("down,channels", [(8, 8), (4, 4), (8, 16)])
+def test_latent_shapes_and_compression(down, channels):
     stages = {8: (8, 16, 16), 4: (8, 16)}[down]
-    model = Tokenizer(TokenizerConfig(latent_channels=channels, downsample=down, temporal=temporal, channels=stages,
-                                      stem_channels=8))
+    model = Tokenizer(TokenizerConfig(latent_channels=channels, downsample=down, channels=stages, stem_channels=8))
     frames = torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8)
     z = model.encode(frames)
-    assert z.shape == (2, 4 // temporal, channels, 64 // down, 64 // down)
+    assert z.shape == (2, 4, channels, 64 // down, 64 // down)
     assert model.decode(z).shape == frames.shape
+
+
+def test_a_retired_setting_loads_at_its_one_value_and_is_refused_at_any_other(tmp_path):
+    from worldsim.checkpoint import CheckpointError, config_from
+
+    cfg = {"tokenizer": {"latent_channels": 4, "downsample": 4, "channels": [8, 16], "temporal": 1}}
+    assert config_from(TokenizerConfig, cfg, "tokenizer", "old.safetensors").latent_shape == (4, 16, 16)
+    cfg["tokenizer"]["temporal"] = 2
+    with pytest.raises(CheckpointError, match=r"old.safetensors.*temporal=2.*no longer reads"):
+        config_from(TokenizerConfig, cfg, "tokenizer", "old.safetensors")
 
 
 def test_bad_frames_give_clear_errors():

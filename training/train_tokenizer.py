@@ -32,7 +32,6 @@ class TrainConfig(RunConfig):
     config: str = "small"  # tokenizer size: tiny | small | base
     latent_channels: int = 8  # 4 to 16
     downsample: int = 8  # spatial factor: 4 or 8
-    temporal: int = 1  # frames per latent frame, = the env's frame-skip
     steps: int = 4000
     batch_size: int = 32
     lr: float = 1e-3
@@ -43,13 +42,13 @@ class TrainConfig(RunConfig):
 
 
 class FrameSampler:
-    """Random groups of `temporal` consecutive frames from a dataset split.
+    """Random frames from a dataset split.
 
     The draw for a step depends only on (seed, step), so a resumed run sees the same
     batches as one that never stopped."""
 
-    def __init__(self, root, split, temporal, seed):
-        self.windows = WindowDataset(root, split=split, context=temporal, horizon=0)
+    def __init__(self, root, split, seed):
+        self.windows = WindowDataset(root, split=split, context=1, horizon=0)
         self.seed = seed
 
     def batch(self, n, step: int) -> torch.Tensor:
@@ -58,7 +57,7 @@ class FrameSampler:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    sampler = FrameSampler(cfg.data, "train", cfg.temporal, cfg.seed)
+    sampler = FrameSampler(cfg.data, "train", cfg.seed)
     frame_shape = sampler.windows.meta["frame_shape"]
     if cfg.decoder_only and not cfg.init:
         raise ValueError("--decoder-only fine-tunes a trained tokenizer's decoder; pass it with --init")
@@ -66,14 +65,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.init:
         model = Tokenizer.load(cfg.init, frame_size=tuple(frame_shape[:2])).train()
         tok_cfg = model.cfg
-        clash = {k: getattr(cfg, k) for k in ("latent_channels", "downsample", "temporal")
+        clash = {k: getattr(cfg, k) for k in ("latent_channels", "downsample")
                  if getattr(cfg, k) != TrainConfig.__dataclass_fields__[k].default and getattr(cfg, k) != getattr(tok_cfg, k)}
         if clash:
             raise ValueError(f"--init {cfg.init} is a tokenizer with latent_channels={tok_cfg.latent_channels}, "
-                             f"downsample={tok_cfg.downsample}, temporal={tok_cfg.temporal}; it cannot become {clash}")
+                             f"downsample={tok_cfg.downsample}; it cannot become {clash}")
     else:
         tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
-                                  downsample=cfg.downsample, temporal=cfg.temporal,
+                                  downsample=cfg.downsample,
                                   **size_preset(cfg.config, cfg.downsample))
         model = Tokenizer(tok_cfg)
     if cfg.decoder_only:
@@ -157,8 +156,6 @@ def encode_dataset(checkpoint: str, data: str, out: str, batch_frames: int = 256
     meta = load_meta(data)
     # With workers, each loads its own; this process only reads the config.
     model = _load_encoder(checkpoint, meta["frame_shape"][:2], device if workers <= 1 else "cpu")
-    if model.cfg.temporal != 1:
-        raise ValueError("encode supports temporal=1 tokenizers; group frames at training time for temporal > 1")
     root = Path(out)
     paths = episode_paths(data)
     if not paths:

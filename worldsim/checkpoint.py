@@ -79,6 +79,12 @@ def config_from(cls, config: dict, section: str, path):
                                   f"{cls.__name__} settings")
         raise CheckpointError(f"{where} is a JSON {type(data).__name__}; expected an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    retired = getattr(cls, "RETIRED", {})  # settings older files carry, with the one value still readable
+    for name in set(data) & set(retired):
+        if data[name] != retired[name]:
+            raise CheckpointError(f"{where} has {name}={data[name]!r}, which this version no longer reads "
+                                  f"(only {retired[name]!r})")
+    data = {k: v for k, v in data.items() if k not in retired}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise CheckpointError(f"{where} has unknown setting(s) {unknown}; expected some of {sorted(fields)}")

@@ -1,10 +1,8 @@
-"""The video compression network: frames <-> a compact latent, per frame or per group.
+"""The video compression network: frames <-> a compact latent, frame by frame.
 
 A small KL-regularised convolutional autoencoder (Stable-Diffusion style): each stage
 halves the resolution, so `downsample` 8 maps a 64x64 RGB frame to an 8x8 latent of
-`latent_channels`. With `temporal` = k > 1, k consecutive frames are encoded together
-into one latent frame (causal: a group never sees later groups), which is meant to
-match an env's frame-skip so that every latent frame still has its own action(s).
+`latent_channels`, one latent frame per frame (every latent frame has its own action).
 
 Latents come out normalised by a per-channel shift and scale measured on training data
 and stored with the checkpoint, so the dynamics model sees roughly unit-variance inputs.
@@ -14,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,10 +27,11 @@ class TokenizerConfig:
     frame_size: tuple[int, int] = (64, 64)
     latent_channels: int = 8
     downsample: int = 8  # 4 or 8 (any power of two works)
-    temporal: int = 1  # frames per latent frame
     channels: tuple[int, ...] = (48, 96, 128)  # width after each downsampling stage
     stem_channels: int = 24  # width at full resolution
     kl_weight: float = 1e-6
+    # Settings older files carry, with the one value this version still reads.
+    RETIRED: ClassVar[dict] = {"temporal": 1}  # frames per latent frame
 
     def __post_init__(self):
         self.frame_size = tuple(self.frame_size)
@@ -42,8 +42,8 @@ class TokenizerConfig:
                              f"downsample={self.downsample}, channels={self.channels}")
         if any(s % self.downsample for s in self.frame_size):
             raise ValueError(f"frame_size {self.frame_size} must be divisible by downsample {self.downsample}")
-        if not 1 <= self.latent_channels <= 64 or self.temporal < 1:
-            raise ValueError(f"expected 1 <= latent_channels <= 64 and temporal >= 1, got {self.latent_channels}, {self.temporal}")
+        if not 1 <= self.latent_channels <= 64:
+            raise ValueError(f"expected 1 <= latent_channels <= 64, got {self.latent_channels}")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -88,7 +88,7 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        layers = [nn.Conv2d(3 * cfg.temporal, cfg.stem_channels, 3, padding=1)]
+        layers = [nn.Conv2d(3, cfg.stem_channels, 3, padding=1)]
         width = cfg.stem_channels
         for c in cfg.channels:
             layers += [nn.SiLU(), nn.Conv2d(width, c, 4, stride=2, padding=1), ResBlock(c)]
@@ -110,7 +110,7 @@ class Decoder(nn.Module):
             out = widths[i + 1] if i + 1 < len(widths) else cfg.stem_channels
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, out, 3, padding=1)]
             layers += [ResBlock(out)] if i + 1 < len(widths) else []
-        layers += [_norm(cfg.stem_channels), nn.SiLU(), nn.Conv2d(cfg.stem_channels, 3 * cfg.temporal, 3, padding=1)]
+        layers += [_norm(cfg.stem_channels), nn.SiLU(), nn.Conv2d(cfg.stem_channels, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -118,7 +118,7 @@ class Decoder(nn.Module):
 
 
 class Tokenizer(nn.Module):
-    """frames (B, T, H, W, 3) uint8 <-> latents (B, T / temporal, C, h, w) float, normalised."""
+    """frames (B, T, H, W, 3) uint8 <-> latents (B, T, C, h, w) float, normalised."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
@@ -135,20 +135,18 @@ class Tokenizer(nn.Module):
         if frames.dtype != torch.uint8 or frames.ndim != 5 or tuple(frames.shape[2:]) != (h, w, 3):
             raise ValueError(f"expected uint8 frames (B, T, {h}, {w}, 3) for this tokenizer, "
                              f"got {frames.dtype} {tuple(frames.shape)}")
-        if frames.shape[1] % self.cfg.temporal:
-            raise ValueError(f"expected a number of frames divisible by temporal={self.cfg.temporal}, got {frames.shape[1]}")
         return frames
 
     def to_input(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3) -> float (B * T/k, 3k, H, W) in [-1, 1]."""
+        """uint8 (B, T, H, W, 3) -> float (B * T, 3, H, W) in [-1, 1]."""
         b, t, h, w, _ = frames.shape
         x = frames.to(self.latent_shift.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        return x.reshape(b * t // self.cfg.temporal, 3 * self.cfg.temporal, h, w)
+        return x.reshape(b * t, 3, h, w)
 
     def from_output(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """float (B * T/k, 3k, H, W) -> uint8 (B, T, H, W, 3)."""
-        n, ck, h, w = x.shape
-        x = x.reshape(batch, n // batch * self.cfg.temporal, 3, h, w).permute(0, 1, 3, 4, 2)
+        """float (B * T, 3, H, W) -> uint8 (B, T, H, W, 3)."""
+        n, _, h, w = x.shape
+        x = x.reshape(batch, n // batch, 3, h, w).permute(0, 1, 3, 4, 2)
         return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
     # ---------------------------------------------------------------- latents
@@ -160,7 +158,7 @@ class Tokenizer(nn.Module):
         return z.reshape(frames.shape[0], -1, *z.shape[1:])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, T', C, h, w) normalised latents -> uint8 frames (B, T' * temporal, H, W, 3)."""
+        """(B, T, C, h, w) normalised latents -> uint8 frames (B, T, H, W, 3)."""
         if latents.ndim != 5 or tuple(latents.shape[2:]) != self.cfg.latent_shape:
             raise ValueError(f"expected latents (B, T, {', '.join(map(str, self.cfg.latent_shape))}), got {tuple(latents.shape)}")
         b = latents.shape[0]
