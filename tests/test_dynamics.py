@@ -88,12 +88,13 @@ def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_f
     z = torch.randn(2, 5, *model.cfg.latent_shape)
     acts, zeros = torch.randint(0, 7, (2, 4)), torch.zeros(2, 4)
     torch.manual_seed(1)
-    dropped, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), action_dropout=1.0)
+    _, dropped = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), action_dropout=1.0)
     torch.manual_seed(1)
-    no_actions, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), has_action=torch.zeros(2, dtype=torch.bool))
+    _, no_actions = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), has_action=torch.zeros(2, dtype=torch.bool))
     torch.manual_seed(1)
-    kept, _ = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
-    assert torch.allclose(dropped, no_actions) and not torch.allclose(dropped, kept)
+    _, kept = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
+    assert dropped["denoise_mse"] == pytest.approx(no_actions["denoise_mse"], rel=1e-6)
+    assert dropped["denoise_mse"] != pytest.approx(kept["denoise_mse"], rel=1e-4)
 
     def sample(action, w):
         cache = model.new_cache()
@@ -233,6 +234,38 @@ def _json_objects(text):
             if depth == 0:
                 blocks.append(text[start:i + 1])
     return blocks
+
+
+def test_footage_windows_train_without_actions_and_leave_the_heads_to_the_labelled(pipeline, tmp_path):
+    """--footage: a share of each batch is action-free footage (has_action False, null
+    actions, rewards and ends); the heads learn only from the labelled windows."""
+    from training.train_dynamics import FootageWindows, LatentWindows, TrainConfig, train
+
+    root, _, _ = pipeline
+    latents = str(root / "latents")
+    data = FootageWindows(LatentWindows(latents, 4, seed=0), latents, 4, seed=0, share=0.25)
+    batch = data.batch(8, step=3, rank=0)
+    assert batch["has_action"].tolist() == [True] * 6 + [False] * 2
+    assert batch["z"].shape[:2] == (8, 4) and not batch["actions"][6:].any() and not batch["rewards"][6:].any()
+    assert torch.equal(data.batch(8, 3, 0)["z"], batch["z"])  # the draw depends only on (seed, step, rank)
+
+    model = tiny_model()
+    z, acts = torch.randn(2, 4, *model.cfg.latent_shape), torch.randint(0, 7, (2, 3))
+    rewards, ends, has = torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), torch.tensor([True, False])
+    torch.manual_seed(0)
+    _, base = diffusion_forcing_loss(model, z, acts, rewards, ends, has_action=has)
+    torch.manual_seed(0)
+    _, footage_paid = diffusion_forcing_loss(model, z, acts, rewards + torch.tensor([[0.0], [5.0]]), ends, has_action=has)
+    torch.manual_seed(0)
+    _, labelled_paid = diffusion_forcing_loss(model, z, acts, rewards + torch.tensor([[5.0], [0.0]]), ends, has_action=has)
+    assert footage_paid["reward_mse"] == base["reward_mse"] < labelled_paid["reward_mse"]
+
+    summary = train(TrainConfig(data=latents, out=str(tmp_path / "f"), config="tiny", steps=3, batch_size=4, warmup=1,
+                                footage=latents, footage_share=0.5), progress=False)
+    assert summary["step"] == 3
+    with pytest.raises(ValueError, match="do not combine"):
+        train(TrainConfig(data=latents, out=str(tmp_path / "g"), config="tiny", steps=1, batch_size=2, memory=2,
+                          footage=latents), progress=False)
 
 
 def test_training_options_that_cannot_work_say_why(pipeline, tmp_path):

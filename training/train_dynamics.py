@@ -32,7 +32,7 @@ import torch
 from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
-from worldsim.dataset import WindowDataset, episode_paths, open_episode, read_array
+from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
 from worldsim.objective import diffusion_forcing_loss
@@ -58,6 +58,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
     object_share: float = 0.0  # with --text: share of windows starting with an object in view (rare in frames)
+    footage: str = ""  # a latent dataset of the same world trained on without its actions (imported video, gameplay with its actions removed)
+    footage_share: float = 0.5  # with --footage: share of each batch drawn from it
 
 
 def as_tensors(array: np.ndarray):
@@ -142,6 +144,34 @@ class LatentWindows:
             starts = [(self.windows.paths[e], t) for e, t in (self.windows.index[int(i)] for i in idx)]
             batch["text"] = torch.from_numpy(self.captions.batch(rng, starts))
         return batch
+
+
+class FootageWindows:
+    """Windows of action-free footage beside the action-labelled `labelled` windows:
+    `share` of each batch comes from `root` (actions, if it has any, are not read), with
+    `has_action` False, so the model learns what the world looks like and how it moves
+    from the footage, and what actions do only from the labelled windows. The heads are
+    trained on the labelled windows alone (footage has no rewards or ends to learn from)."""
+
+    def __init__(self, labelled, root, window, seed, share: float):
+        if not 0 < share < 1:
+            raise ValueError(f"--footage-share must be between 0 and 1 (exclusive), got {share}")
+        self.labelled, self.share, self.seed = labelled, share, seed
+        self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
+
+    def batch(self, n, step, rank):
+        k = int(round(n * self.share))
+        batch = self.labelled.batch(n - k, step, rank)
+        rng = np.random.default_rng([self.seed, step, rank, 1])
+        z = torch.from_numpy(np.stack([self.windows[int(i)]["context"] for i in rng.integers(len(self.windows), size=k)]))
+        zeros = lambda t: t.new_zeros((k, *t.shape[1:]))  # noqa: E731
+        footage = {key: ({a: zeros(v) for a, v in value.items()} if isinstance(value, dict) else zeros(value))
+                   for key, value in batch.items()}  # no action, reward, end or text: the null of each
+        footage["z"] = z.float()
+        cat = lambda a, b: torch.cat([a, b]) if not isinstance(a, dict) else {x: torch.cat([a[x], b[x]]) for x in a}  # noqa: E731
+        mixed = {key: cat(batch[key], footage[key]) for key in batch}
+        mixed["has_action"] = torch.arange(n) < n - k
+        return mixed
 
 
 class MemoryWindows:
@@ -304,6 +334,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions)
+    if cfg.footage:
+        if cfg.memory:
+            raise ValueError("--footage and --memory do not combine yet: memory windows are drawn by pose, which "
+                             "footage does not have")
+        footage_meta = load_meta(cfg.footage)
+        if footage_meta.get("latent_shape") != meta.get("latent_shape"):
+            raise ValueError(f"--footage {cfg.footage} holds latents of shape {footage_meta.get('latent_shape')}; "
+                             f"{cfg.data} has {meta.get('latent_shape')}: encode both with the same tokenizer")
+        data = FootageWindows(data, cfg.footage, window, cfg.seed, cfg.footage_share)
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame

@@ -21,7 +21,9 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
     likewise. memory = (clean z (B, K, C, h, w), pose features (B, K, 4), valid (B, K))
     retrieved for the last frame, whose error then counts twice; with a text (B, text_dim),
-    the first frame's error counts twice. `action_dropout` hides
+    the first frame's error counts twice. `has_action` (B,) False marks action-free windows
+    (footage): no action conditions them, and the heads learn only from the others.
+    `action_dropout` hides
     each frame's action with this probability, teaching the model the action-free
     prediction that action guidance steers away from. Returns (loss, metrics)."""
     b, t = z.shape[:2]
@@ -43,9 +45,13 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
     flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
     reward, end = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
-    reward_loss = F.mse_loss(reward, rewards.flatten().float())
-    end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(),
-                                                  pos_weight=torch.tensor(end_weight, device=z.device))
+    labelled = torch.ones(b, t - 1, device=z.device) if has_action is None else \
+        has_action[:, None].float().expand(b, t - 1)
+    labelled = labelled.flatten() / labelled.sum().clamp(min=1)  # a mean over the labelled steps
+    reward_loss = (F.mse_loss(reward, rewards.flatten().float(), reduction="none") * labelled).sum()
+    end_loss = (F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction="none",
+                                                   pos_weight=torch.tensor(end_weight, device=z.device))
+                * labelled).sum()
     total = denoise + reward_loss + 0.1 * end_loss
     return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
                    "end_bce": end_loss.item(), "last_mse": last.item()}
