@@ -164,10 +164,11 @@ def test_probe_command_writes_report_plots_and_videos(memory_world, tmp_path, ca
 
 
 def test_probe_env_kwargs_choose_the_maps(memory_world, tmp_path):
-    from worldsim.probes.report import run_probes
+    from worldsim.probes.report import ProbeConfig, run_probes
 
     world, _ = memory_world
-    run_probes(world, tmp_path, probes=["revisit"], count=1, env_kwargs={"world_seed": None}, seed=2, progress=False)
+    run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), probes="revisit", count=1,
+                           env_kwargs={"world_seed": None}, seed=2), progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["env_kwargs"]["world_seed"] is None
     maps = report["probes"]["revisit"]["maps"]
@@ -176,10 +177,10 @@ def test_probe_env_kwargs_choose_the_maps(memory_world, tmp_path):
 
 def test_probe_refuses_what_it_cannot_score(memory_world, tmp_path):
     from worldsim.checkpoint import CheckpointError
-    from worldsim.probes.report import run_probes
+    from worldsim.probes.report import ProbeConfig, run_probes
 
     world, _ = memory_world
     with pytest.raises(ValueError, match="unknown probes"):
-        run_probes(world, tmp_path, probes=["loops"])
+        run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), probes="loops"))
     with pytest.raises(CheckpointError, match="trained on"):
-        run_probes(world, tmp_path, env_id="worldsim/Vizdoom-TakeCover-v0", probes=["drift"])
+        run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), env="worldsim/Vizdoom-TakeCover-v0", probes="drift"))

@@ -8,7 +8,7 @@ import os
 import sys
 
 from worldsim.options import add_fields, from_args, json_object
-from worldsim.probes import PROBES
+from worldsim.probes.report import ProbeConfig, run_probes
 
 
 def cmd_collect(args):
@@ -42,12 +42,7 @@ def cmd_train(args):
 
 
 def cmd_probe(args):
-    from worldsim.probes.report import run_probes
-
-    return run_probes(args.checkpoint, args.out, args.env, args.probes and [p for p in args.probes.split(",") if p], args.count,
-                      drift_episodes=args.drift_episodes, drift_steps=args.drift_steps, seed=args.seed,
-                      sample_steps=args.sample_steps, memory_guidance=args.memory_guidance, env_kwargs=args.env_kwargs,
-                      progress=not args.quiet)
+    return run_probes(from_args(args, ProbeConfig), progress=not args.quiet)
 
 
 def cmd_imagine(args):
@@ -203,23 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("probe", help="3D consistency, object persistence, action control and drift against the real env")
-    p.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
-    p.add_argument("--env", default=None, help="the real env to score against (default: the model's)")
-    p.add_argument("--out", required=True, help="directory for report.json, summary.png and videos")
-    p.add_argument("--probes", default=None, help=f"comma-separated, of {','.join(PROBES)} "
-                   "(default: all but lookback and walkback on Rooms; drift,walkback on grid worlds such as Crafter; "
-                   "drift,lookback on other envs)")
-    p.add_argument("--count", type=int, default=24, help="scenarios per probe (objects: per gap; default 24)")
-    p.add_argument("--env-kwargs", type=json_object, default=None,
-                   help='JSON keyword arguments for the real env over the model\'s, e.g. \'{"world_seed": null}\' '
-                        '(a new map per script: unseen maps) or \'{"world_seed": 7}\'')
-    p.add_argument("--drift-episodes", type=int, default=4)
-    p.add_argument("--drift-steps", type=int, default=1000)
-    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
-    p.add_argument("--memory-guidance", type=float, default=None,
-                   help="memory guidance weight w, 0 for none (default: the model's)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="scripts and sampling noise; each seed scripts episodes no other seed does (default 0)")
+    add_fields(p, ProbeConfig)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
 

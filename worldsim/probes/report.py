@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +40,34 @@ def default_probes(env_id: str, action_names) -> list[str]:
     return ["drift", "walkback" if set(GRID_MOVES) <= set(action_names) else "lookback"]
 
 
-def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=None, count: int = 24,
-               object_gaps=None, drift_episodes: int = 4, drift_steps: int = 1000, seed: int = 0,
-               sample_steps: int | None = None, memory_guidance: float | None = None, progress: bool = True,
-               env_kwargs: dict | None = None) -> dict:
-    """`env_kwargs` go to the real env over the model's own, e.g. {"world_seed": None}: a
-    new map per script, drawn from the script's env seed (so from the probe seed), maps the
-    model never saw; {"world_seed": 7}: that map. The report records the maps run on."""
+@dataclass(kw_only=True)
+class ProbeConfig:
+    out: str  # directory for report.json, summary.png and videos
+    checkpoint: str | None = None  # world model (default: the shipped Rooms model)
+    env: str | None = None  # the real env to score against (default: the model's)
+    probes: str = ""  # comma-separated names (worldsim/probes/: loop, objects, revisit, control, drift, lookback, walkback); empty: all but lookback and walkback on Rooms, drift,walkback on grid worlds such as Crafter, drift,lookback on other envs
+    count: int = 24  # scripts per probe (objects: per gap)
+    env_kwargs: dict = field(default_factory=dict)  # JSON keyword arguments for the real env over the model's, e.g. '{"world_seed": null}' (a new map per script: unseen maps) or '{"world_seed": 7}'
+    drift_episodes: int = 4  # real replays the drift probe scores
+    drift_steps: int = 1000  # steps of each drift replay
+    sample_steps: int | None = None  # denoising steps per frame (default: the model's)
+    memory_guidance: float | None = None  # memory guidance weight w, 0 for none (default: the model's)
+    seed: int = 0  # scripts and sampling noise; each seed scripts episodes no other seed does
+
+
+def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
+    """Every probe asked for, on the world model, memory on beside memory off, with the
+    baselines. `cfg.env_kwargs` go to the real env over the model's own, e.g.
+    {"world_seed": None}: a new map per script, drawn from the script's env seed (so from
+    the probe seed), maps the model never saw. The report records the maps run on."""
+    checkpoint, seed, sample_steps, memory_guidance = cfg.checkpoint, cfg.seed, cfg.sample_steps, cfg.memory_guidance
+    env_id = cfg.env
     model = load_world_model(checkpoint, env_id)
     env_id = env_id or model.info.get("env_id")
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
-    probes = default_probes(env_id, names) if probes is None else probes
+    probes = [p for p in cfg.probes.split(",") if p] or default_probes(env_id, names)
     unknown = set(probes) - set(PROBES)
     if unknown:
         raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {tuple(PROBES)}")
@@ -67,12 +83,11 @@ def run_probes(checkpoint=None, out="probes", env_id: str | None = None, probes=
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
 
-    real_kwargs = {**(model.info.get("env_kwargs") or {}), **(env_kwargs or {})}
+    real_kwargs = {**(model.info.get("env_kwargs") or {}), **cfg.env_kwargs}
     rooms = make_rooms(real_kwargs, collectible=False) if env_id == ROOMS_ID else None
-    setup = ProbeSetup(env_id, real_kwargs, rooms, names, count, context, seed,
-                       object_gaps or [context // 2, context, 2 * context, 4 * context], drift_episodes, drift_steps,
-                       progress)
-    out = Path(out)
+    setup = ProbeSetup(env_id, real_kwargs, rooms, names, cfg.count, context, seed,
+                       [context // 2, context, 2 * context, 4 * context], cfg.drift_episodes, cfg.drift_steps, progress)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "env_kwargs": real_kwargs,
               "context_frames": context,
