@@ -15,17 +15,29 @@ plots them, and rerunning the same command resumes after the last finished itera
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from agents.imagine import ImagineConfig, agent_actor, evaluate, plot_curves, random_actor, real_env, train_in_dream
+from agents.policies import save_agent
+from training.collect import check_env_id, collect
+from training.train_dynamics import TrainConfig as DynamicsTrainConfig, train as train_dynamics
+from training.train_tokenizer import TrainConfig as TokenizerTrainConfig, encode_dataset, train as train_tokenizer
 from worldsim.dataset import EVAL_SEEDS_START, atomic_write_bytes
+from worldsim.dynamics import CONFIGS as DYNAMICS_SIZES
+from worldsim.export import export_world_model
+from worldsim.options import nested
+from worldsim.tokenizer import CONFIGS as TOKENIZER_SIZES, Tokenizer
+from worldsim.world_model import WorldModel
 
 
 @dataclass
 class DreamLoopConfig:
+    """The loop's own settings, and the configs of what it runs each iteration (flags
+    --tokenizer-*, --dynamics-*, --agent-*; the loop fills in their data, folders and seeds)."""
+
     env: str = "worldsim/Rooms-v0"  # gymnasium id (see `worldsim envs`)
     out: str = "runs/loop"  # loop.json, curves.png, each iteration's data, model and agent
     real_steps: int = 40_000  # real env steps over all iterations
@@ -33,37 +45,28 @@ class DreamLoopConfig:
     env_kwargs: dict = field(default_factory=dict)  # JSON keyword arguments for the env, e.g. '{"max_steps": 200}'
     first_policy: str = "explore"  # random | explore: the first collection, before any agent exists
     tokenizer: str | None = None  # a trained tokenizer; none: train one on the first iteration's data
-    tokenizer_config: str = "small"  # tiny | small | base
-    tokenizer_steps: int = 2000
     init: str | None = None  # start the dynamics from this world model or dynamics run
-    config: str = "XS"  # dynamics size: tiny | XS | S | B | L
-    memory: int = 0  # memory frames of the dynamics model (the env needs a pose model)
-    dynamics_steps: int = 2000  # world-model updates per iteration
-    batch_size: int = 32
-    agent_steps: int = 50_000  # agent steps in the dream per iteration
-    algo: str = "ppo"  # ppo | a2c
-    num_envs: int = 16  # dream envs stepped together
-    horizon: int = 200  # episode length limit, in the dream and the real env
-    eval_episodes: int = 10  # real episodes the agent is scored on each iteration
     seed: int = 0
+    tokenizer_training: TokenizerTrainConfig = field(
+        default_factory=lambda: TokenizerTrainConfig(data="", out="", steps=2000),
+        metadata=nested("tokenizer", set_here=("data", "out", "init", "decoder_only", "seed")))
+    dynamics: DynamicsTrainConfig = field(  # steps: world-model updates per iteration
+        default_factory=lambda: DynamicsTrainConfig(data="", out="", steps=2000, batch_size=32),
+        metadata=nested("dynamics", set_here=("data", "out", "init", "seed")))
+    agent: ImagineConfig = field(  # steps: agent steps in the dream per iteration
+        default_factory=ImagineConfig,
+        metadata=nested("agent", set_here=("checkpoint", "out", "seed", "obs", "frame_stack", "population", "rollouts",
+                                           "eval_every")))
 
 
 def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:
-    from agents.policies import save_agent
-    from training.collect import check_env_id, collect
-    from training.train_dynamics import TrainConfig as DynamicsTrainConfig, train as train_dynamics
-    from training.train_tokenizer import TrainConfig as TokenizerTrainConfig, encode_dataset, train as train_tokenizer
-    from worldsim.dynamics import CONFIGS as DYNAMICS_SIZES
-    from worldsim.tokenizer import CONFIGS as TOKENIZER_SIZES, Tokenizer
-    from worldsim.export import export_world_model
-    from worldsim.world_model import WorldModel
-
     check_env_id(cfg.env)
     if cfg.iterations < 1 or cfg.real_steps < cfg.iterations:
         raise ValueError(f"expected iterations >= 1 and real_steps >= iterations, got {cfg.iterations}, {cfg.real_steps}")
-    for name, value, allowed in (("first_policy", cfg.first_policy, ("random", "explore")), ("algo", cfg.algo, ("ppo", "a2c")),
-                                 ("config", cfg.config, tuple(DYNAMICS_SIZES)),
-                                 ("tokenizer_config", cfg.tokenizer_config, tuple(TOKENIZER_SIZES))):
+    for name, value, allowed in (("first_policy", cfg.first_policy, ("random", "explore")),
+                                 ("agent algo", cfg.agent.algo, ("ppo", "a2c")),  # agents that collect the next data
+                                 ("dynamics config", cfg.dynamics.config, tuple(DYNAMICS_SIZES)),
+                                 ("tokenizer config", cfg.tokenizer_training.config, tuple(TOKENIZER_SIZES))):
         if value not in allowed:  # checked before the first collect, not an iteration later
             raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
     out = Path(cfg.out)
@@ -83,25 +86,24 @@ def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:
                 progress=progress)
         if not Path(tokenizer).exists():
             say("train the tokenizer")
-            train_tokenizer(TokenizerTrainConfig(data=str(out / "data"), out=str(out / "tok"), config=cfg.tokenizer_config,
-                                            steps=cfg.tokenizer_steps, seed=cfg.seed), progress=progress)
+            train_tokenizer(replace(cfg.tokenizer_training, data=str(out / "data"), out=str(out / "tok"),
+                                    seed=cfg.seed), progress=progress)
             Tokenizer.load(out / "tok" / "latest.safetensors").save(tokenizer)
         encode_dataset(tokenizer, str(out / "data"), str(out / "latents"), progress=progress)
         say("update the world model")
-        train_dynamics(DynamicsTrainConfig(data=str(out / "latents"), out=str(out / "dyn"), config=cfg.config,
-                                      steps=(i + 1) * cfg.dynamics_steps, batch_size=cfg.batch_size,
-                                      memory=cfg.memory, init=cfg.init or "", seed=cfg.seed), progress=progress)
+        train_dynamics(replace(cfg.dynamics, data=str(out / "latents"), out=str(out / "dyn"), init=cfg.init or "",
+                               steps=(i + 1) * cfg.dynamics.steps, seed=cfg.seed), progress=progress)
         export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"), tokenizer)
         model = WorldModel.load(out / "world.safetensors")
         say("train the agent in the dream")
-        dream_cfg = ImagineConfig(out=str(out), algo=cfg.algo, steps=cfg.agent_steps, num_envs=cfg.num_envs,
-                                  horizon=cfg.horizon, seed=cfg.seed + i)
+        dream_cfg = replace(cfg.agent, out=str(out), seed=cfg.seed + i)
         resumed = out / "agent" if agent is None and i > 0 else None  # its optimizer starts afresh
         agent, curve = train_in_dream(model, dream_cfg, agent, progress=progress, init_policy=resumed)
         save_agent(agent, out / "agent")
-        env = real_env(cfg.env, cfg.env_kwargs, cfg.horizon)
-        real, _ = evaluate(agent_actor(agent), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + i)
-        rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.eval_episodes, seed=EVAL_SEEDS_START + i)
+        env = real_env(cfg.env, cfg.env_kwargs, cfg.agent.horizon)
+        real, _ = evaluate(agent_actor(agent), env, cfg.agent.eval_episodes, seed=EVAL_SEEDS_START + i)
+        rand, _ = evaluate(random_actor(env.action_space, cfg.seed), env, cfg.agent.eval_episodes,
+                           seed=EVAL_SEEDS_START + i)
         env.close()
         state["history"].append({
             "iteration": i + 1, "real_steps": (i + 1) * per_iteration, "agent_steps": int(agent.num_timesteps),

@@ -5,6 +5,8 @@ import torch
 
 from agents.dream_loop import DreamLoopConfig, run_loop
 from agents.imagine import ImagineConfig, imagine
+from training.train_dynamics import TrainConfig as DynamicsTrainConfig
+from training.train_tokenizer import TrainConfig as TokenizerTrainConfig
 from worldsim.dataset import episode_paths, open_episode
 
 
@@ -28,8 +30,9 @@ def test_real_score_comes_from_the_real_env_not_the_dream(pipeline, tmp_path):
 
 def test_loop_runs_end_to_end_and_resumes(tmp_path):
     cfg = DreamLoopConfig(out=str(tmp_path / "loop"), real_steps=400, iterations=2, env_kwargs={"max_steps": 60},
-                     tokenizer_config="tiny", tokenizer_steps=20, config="tiny", dynamics_steps=20, batch_size=4,
-                     agent_steps=64, num_envs=2, horizon=12, eval_episodes=2)
+                          tokenizer_training=TokenizerTrainConfig(data="", out="", config="tiny", steps=20),
+                          dynamics=DynamicsTrainConfig(data="", out="", config="tiny", steps=20, batch_size=4),
+                          agent=ImagineConfig(steps=64, num_envs=2, horizon=12, eval_episodes=2))
     result = run_loop(cfg, progress=False)
     history = result["history"]
     assert [h["real_steps"] for h in history] == [200, 400] and [h["iteration"] for h in history] == [1, 2]

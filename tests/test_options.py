@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worldsim.options import add_fields, from_args
+from worldsim.options import add_fields, from_args, nested
 
 
 @dataclass
@@ -53,3 +53,24 @@ def test_a_field_type_without_a_flag_form_is_refused():
 
     with pytest.raises(TypeError, match="Odd.shape"):
         add_fields(argparse.ArgumentParser(), Odd)
+
+
+@dataclass
+class Composite:
+    out: str  # the composite's own folder
+    iterations: int = 2
+    inner: Options = field(default_factory=lambda: Options(out="", steps=7),
+                           metadata=nested("inner", set_here=("out", "init")))
+    plain: Base = field(default_factory=lambda: Base(out=""), metadata=nested("", set_here=("out",)))
+
+
+def test_a_composite_nests_the_configs_it_runs_under_a_prefix():
+    parser = argparse.ArgumentParser()
+    add_fields(parser, Composite)
+    text = parser.format_help()
+    assert "--inner-steps" in text and "--inner-init" not in text and "--inner-out" not in text
+    assert "how long (default 7)" in text  # the nested instance's default, with the field's own help
+    assert "--steps" in text  # prefix "": the nested field keeps its own name
+    cfg = from_args(parser.parse_args(["--out", "o", "--inner-steps", "3", "--inner-text", "--steps", "5"]), Composite)
+    assert cfg == Composite(out="o", inner=Options(out="", steps=3, text=True), plain=Base(out="", steps=5))
+    assert from_args(parser.parse_args(["--out", "o"]), Composite) == Composite(out="o")

@@ -28,11 +28,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from training.train_dynamics import TrainConfig
+from worldsim.options import add_fields, from_args, nested
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints"  # GAME_tokenizer.safetensors
 GAMES = {
@@ -58,25 +61,21 @@ class RecipeConfig:
     collectors: int = 8  # collects side by side into one dataset: one process steps and writes only ~2,000 frames/s
     configs: str = "B,S,XS"  # candidates, largest first: the first that fits min_steps in the budget is trained
     min_steps: int = 3000  # fewest optimizer steps worth training a config for
-    batch_size: int = 64
-    loader_workers: int = 12  # processes that encode episodes and draw memory windows: one core feeds no GPU
-    lr: float = 3e-4
-    action_dropout: float = 0.15  # trains the action-free prediction that action guidance contrasts
-    text: bool = False  # condition on captions (needed to continue a text-conditioned model such as the shipped one)
     action_guidance: float = 2.0  # exported default, when trained with action dropout: the dream follows the action more often
     text_guidance: float = 3.0  # exported default, when trained with --text
-    init: str = ""  # continue from these weights (a world model of the same config), e.g. the shipped one
-    eval_windows: int = 64
-    horizons: str = "1,4,16,64"
-    seed: int = 0
-    device: str = "auto"
+    eval_windows: int = 64  # held-out windows the model is scored on
+    horizons: str = "1,4,16,64"  # dreamed steps the replay PSNR is reported at
+    # The dynamics run's own options keep their flags (--batch-size, --lr, --text, --init, ...); the recipe sets the rest.
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(data="", out="", batch_size=64, lr=3e-4, action_dropout=0.15, loader_workers=12),
+        metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "patch", "end_weight", "warmup")))
 
 
 def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: torch.device, trials: int = 3) -> float:
     """Measured time of one optimizer step of `config` on `device`: the longer of the step
     itself and drawing its batch, shared among the loader processes."""
     from training.loop import to_device
-    from training.train_dynamics import TrainConfig, build
+    from training.train_dynamics import build
     from worldsim.objective import diffusion_forcing_loss
 
     game = GAMES[cfg.game]
@@ -86,7 +85,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
     times, draws = [], []
     for k in range(trials + 1):  # the first step warms up kernels and allocators
         t0 = time.perf_counter()
-        batch = data.batch(cfg.batch_size, k, 0)
+        batch = data.batch(cfg.train.batch_size, k, 0)
         draws.append(time.perf_counter() - t0)
         batch = to_device(batch, device)
         t0 = time.perf_counter()
@@ -98,7 +97,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.loader_workers))
+    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.train.loader_workers))
 
 
 def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
@@ -109,7 +108,7 @@ def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
     envs, steps = cfg.num_envs // n, cfg.collect_steps // n
     procs = [subprocess.Popen([sys.executable, "-m", "worldsim.cli", "collect", "--env", game["env_id"],
                                "--policy", game["policy"], "--steps", str(steps), "--out", str(out),
-                               "--num-envs", str(envs), "--seed", str(cfg.seed + k * envs),
+                               "--num-envs", str(envs), "--seed", str(cfg.train.seed + k * envs),
                                "--env-kwargs", json.dumps(game["env_kwargs"])]
                               + ([] if progress and k == 0 else ["--quiet"]))
              for k in range(n)]
@@ -136,17 +135,17 @@ def export(cfg: RecipeConfig) -> Path:
     where, game = paths(cfg), GAMES[cfg.game]
     shutil.copy(where["run"] / "metrics.csv", Path(cfg.out) / "metrics.csv")
     export_world_model(str(where["run"] / "latest.safetensors"), str(where["model"]), str(where["tokenizer"]),
-                       action_guidance=cfg.action_guidance if cfg.action_dropout else None,
-                       text_guidance=cfg.text_guidance if cfg.text else None,
+                       action_guidance=cfg.action_guidance if cfg.train.action_dropout else None,
+                       text_guidance=cfg.text_guidance if cfg.train.text else None,
                        calibrate_ends=str(where["frames"]) if game["calibrate_ends"] else None,
-                       device=pick_device(cfg.device))
+                       device=pick_device(cfg.train.device))
     return where["model"]
 
 
 def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     from envs import env_pose_model
     from training.loop import pick_device
-    from training.train_dynamics import LatentWindows, MemoryWindows, TrainConfig, train
+    from training.train_dynamics import LatentWindows, MemoryWindows, train
     from training.train_tokenizer import encode_dataset
     from worldsim.dataset import load_meta
     from worldsim.dynamics import CONFIGS, DynamicsConfig
@@ -162,7 +161,7 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(cfg.work).mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.train.device)
     t_start = time.perf_counter()
     frames, latents, run_dir = where["frames"], where["latents"], where["run"]
 
@@ -172,11 +171,11 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
         collect_side_by_side(cfg, frames, progress)
     if not (latents / "dataset.json").exists():
         say(f"[recipe] encode with {where['tokenizer'].name}")
-        encode_dataset(str(where["tokenizer"]), str(frames), str(latents), progress=progress, device=cfg.device,
-                       workers=cfg.loader_workers)
+        encode_dataset(str(where["tokenizer"]), str(frames), str(latents), progress=progress, device=cfg.train.device,
+                       workers=cfg.train.loader_workers)
 
     meta = load_meta(latents)
-    memory_windows = (MemoryWindows(str(latents), 0, cfg.seed, game["memory"],
+    memory_windows = (MemoryWindows(str(latents), 0, cfg.train.seed, game["memory"],
                                     env_pose_model(game["env_id"], game["env_kwargs"])) if game["memory"] else None)
     budget = cfg.minutes * 60
     chosen, timing = None, {}
@@ -185,7 +184,7 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
         window = CONFIGS[config].get("max_frames", DynamicsConfig.max_frames)
         if memory_windows:
             memory_windows.window = window
-        data = memory_windows or LatentWindows(str(latents), window, cfg.seed)
+        data = memory_windows or LatentWindows(str(latents), window, cfg.train.seed)
         timing[config] = seconds_per_step(cfg, config, data, meta, device)
         steps = int(0.9 * budget / timing[config])
         say(f"[recipe] {config}: {timing[config]:.3f} s/step -> {steps} steps in {cfg.minutes:g} min")
@@ -196,10 +195,8 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     config, steps = chosen
     say(f"[recipe] train {config} for {steps} steps on {device}")
     t_train = time.perf_counter()
-    train(TrainConfig(data=str(latents), out=str(run_dir), config=config, steps=steps, batch_size=cfg.batch_size,
-                      lr=cfg.lr, memory=game["memory"], patch=game["patch"], end_weight=game["end_weight"],
-                      init=cfg.init, seed=cfg.seed, device=cfg.device, warmup=min(200, max(1, steps // 10)),
-                      loader_workers=cfg.loader_workers, action_dropout=cfg.action_dropout, text=cfg.text),
+    train(replace(cfg.train, data=str(latents), out=str(run_dir), config=config, steps=steps, memory=game["memory"],
+                  patch=game["patch"], end_weight=game["end_weight"], warmup=min(200, max(1, steps // 10))),
           progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
     export(cfg)
@@ -212,7 +209,7 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     figures = {"recipe": asdict(cfg), "config": config, "steps": steps, "seconds_per_step": timing,
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "train_minutes": round(train_minutes, 2), "total_minutes": round((time.perf_counter() - t_start) / 60, 2),
-               "frames_seen": steps * cfg.batch_size * (model.dynamics.cfg.max_frames + game["memory"]),
+               "frames_seen": steps * cfg.train.batch_size * (model.dynamics.cfg.max_frames + game["memory"]),
                "parameters": sum(p.numel() for p in model.dynamics.parameters()),
                "held_out": scores, "heads": heads_detection(model, str(frames), "test"),
                "end_calibration": model.info.get("end_calibration")}
@@ -224,20 +221,13 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for f in fields(RecipeConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):  # a switch: bool("False") would be True
-            parser.add_argument(flag, action="store_true", default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default) if f.name != "out" else str,
-                                default=f.default if f.name != "out" else None, required=f.name == "out")
+    add_fields(parser, RecipeConfig)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--salvage", action="store_true",
                         help="only export the run's last checkpoint (for a recipe stopped before it exported)")
-    args = vars(parser.parse_args(argv))
-    quiet, salvage = args.pop("quiet"), args.pop("salvage")
-    if salvage:
-        cfg = RecipeConfig(**args)
+    args = parser.parse_args(argv)
+    cfg = from_args(args, RecipeConfig)
+    if args.salvage:
         if paths(cfg)["model"].exists():
             print(f"gpu_recipe: {paths(cfg)['model']} was exported already; nothing to salvage")
         elif not (paths(cfg)["run"] / "latest.safetensors").exists():
@@ -245,7 +235,7 @@ def main(argv=None):
         else:
             print(f"gpu_recipe: exported the last checkpoint to {export(cfg)}")
         return
-    recipe(RecipeConfig(**args), progress=not quiet)
+    recipe(cfg, progress=not args.quiet)
 
 
 if __name__ == "__main__":

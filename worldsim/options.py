@@ -11,6 +11,14 @@ with its default and a comment, and becomes `--field-name` with that comment as 
 A field without a default is a required flag; a bool is a switch (`--no-NAME` when it
 defaults to True; `bool | None`, where None lets the code decide, offers both); a dict
 is JSON; `str | None` and `int | None` take a value or stay None.
+
+A composite config nests the configs it runs instead of declaring their fields again:
+
+    agent: ImagineConfig = field(default_factory=ImagineConfig, metadata=nested("agent", set_here=("out",)))
+
+gives `--agent-steps`, `--agent-algo`, ... (prefix "" keeps the fields' own names), with
+the nested instance's values as defaults, and leaves out the fields the outer config sets
+itself.
 """
 
 from __future__ import annotations
@@ -47,22 +55,45 @@ def field_comments(cls) -> dict[str, str]:
     return comments
 
 
-def add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One flag per field of dataclass `cls`, except those in `skip`."""
+def nested(prefix: str, set_here: tuple[str, ...] = ()) -> dict:
+    """Metadata of a field that holds a config of its own: its fields become flags
+    `--PREFIX-NAME`, except `set_here`, the ones the outer config fills in itself."""
+    return {"flag_prefix": prefix, "set_here": tuple(set_here)}
+
+
+def _dest(prefix: str, name: str) -> str:
+    return f"{prefix}_{name}" if prefix else name
+
+
+def _default(f: dataclasses.Field, defaults):
+    if defaults is not None:
+        return getattr(defaults, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def add_fields(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "", defaults=None) -> None:
+    """One flag per field of dataclass `cls`, except those in `skip`; nested configs (see
+    `nested`) add theirs under their prefix, their defaults those of `defaults`' instance."""
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
-        flag, text = f"--{f.name.replace('_', '-')}", comments.get(f.name, "")
+        default = _default(f, defaults)
+        if "flag_prefix" in f.metadata:
+            add_fields(parser, type(default), f.metadata["set_here"], _dest(prefix, f.metadata["flag_prefix"]), default)
+            continue
+        dest = _dest(prefix, f.name)
+        flag, text = f"--{dest.replace('_', '-')}", comments.get(f.name, "")
         kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).replace(" ", "")
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = (f.default if f.default is not dataclasses.MISSING
-                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        has_default = default is not dataclasses.MISSING
+        default = default if has_default else None
         if kind in ("bool", "bool|None"):
             if default is not True:
-                parser.add_argument(flag, dest=f.name, action="store_true", default=default, help=text or None)
+                parser.add_argument(flag, dest=dest, action="store_true", default=default, help=text or None)
             if default is not False:
-                parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                parser.add_argument(f"--no-{dest.replace('_', '-')}", dest=dest, action="store_false",
                                     default=default, help=f"switch off {flag}" + (f": {text}" if text else ""))
             continue
         base = kind.removesuffix("|None")
@@ -70,11 +101,21 @@ def add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if convert is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for type {f.type!r}")
         shown = f" (default {json.dumps(default) if base == 'dict' else default})" if has_default and default not in ("", None) else ""
-        parser.add_argument(flag, dest=f.name, type=convert, default=default, required=not has_default,
-                            metavar=f.name.upper(), help=(text + shown).strip() or None)
+        parser.add_argument(flag, dest=dest, type=convert, default=default, required=not has_default,
+                            metavar=dest.upper(), help=(text + shown).strip() or None)
 
 
-def from_args(args: argparse.Namespace, cls):
-    """The dataclass `cls` from parsed arguments (the fields `add_fields` declared)."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+def from_args(args: argparse.Namespace, cls, prefix: str = "", defaults=None, skip=()):
+    """The dataclass `cls` from parsed arguments (the flags `add_fields` declared); nested
+    configs are their default instances with the flags given applied."""
+    given, values = vars(args), {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        if "flag_prefix" in f.metadata:
+            inner = _default(f, defaults)
+            values[f.name] = from_args(args, type(inner), _dest(prefix, f.metadata["flag_prefix"]), inner,
+                                       f.metadata["set_here"])
+        elif _dest(prefix, f.name) in given:
+            values[f.name] = given[_dest(prefix, f.name)]
+    return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
