@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from worldsim.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint, with_prefix
+from worldsim.checkpoint import (MODEL, load_checkpoint, optimizer_tensors, prefixed, restore_optimizer, save_checkpoint,
+                                 with_prefix)
 
 
 @dataclass
@@ -185,7 +186,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if meta.get(kind) != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")
-        model.load_state_dict(with_prefix(tensors, "model/"))
+        model.load_state_dict(with_prefix(tensors, MODEL))
         restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
         step = meta["step"]
         seconds_before = meta.get("train_seconds", 0.0)
@@ -201,7 +202,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if rank != 0:
             return
         opt_tensors, opt_info = optimizer_tensors(opt)
-        tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **opt_tensors,
+        tensors = {**prefixed(model.state_dict(), MODEL), **opt_tensors,
                    "rng/torch0": torch.get_rng_state()}
         save_checkpoint(ckpt, tensors, {**config, "step": step, "optimizer": opt_info, "device": device.type,
                                         "world_size": world,

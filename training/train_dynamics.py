@@ -31,7 +31,7 @@ import torch
 
 from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
-from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
+from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
@@ -299,7 +299,7 @@ def init_from(model: Dynamics, path: str):
     parts only `model` has (the memory's pose embedding) keep their initial values, and so
     do the latent input/output layers when the latent shape or patch size changed."""
     tensors, config = load_checkpoint(path)
-    prefix = {"world_model": "dynamics/", "dynamics": "model/"}.get(config.get("kind"))
+    prefix = NETWORK_OF_KIND.get(config.get("kind"))
     if prefix is None:
         raise CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint; --init takes a world model or a dynamics run")
     own = model.state_dict()

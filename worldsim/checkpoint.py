@@ -63,9 +63,21 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, config
 
 
+# Where each part's tensors sit in a checkpoint: a training run's model and optimizer
+# (`worldsim train`, `Tokenizer.save`), and a world model's two networks (`WorldModel.save`).
+MODEL, OPTIMIZER, TOKENIZER, DYNAMICS = "model/", "optim/", "tokenizer/", "dynamics/"
+# The prefix of the network a checkpoint of each kind continues from (`--init`).
+NETWORK_OF_KIND = {"dynamics": MODEL, "world_model": DYNAMICS}
+
+
 def with_prefix(tensors: dict, prefix: str) -> dict:
-    """The tensors whose names start with `prefix` ("model/", "dynamics/"), named without it."""
+    """The tensors whose names start with `prefix` (MODEL, DYNAMICS, ...), named without it."""
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    """A state dict's tensors named under `prefix`, as a checkpoint holds them."""
+    return {prefix + k: v for k, v in state.items()}
 
 
 def config_from(cls, config: dict, section: str, path):
@@ -121,7 +133,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     for pid, entries in state["state"].items():
         for name, value in entries.items():
             if torch.is_tensor(value):
-                tensors[f"optim/{pid}/{name}"] = value
+                tensors[f"{OPTIMIZER}{pid}/{name}"] = value
             else:
                 scalars[f"{pid}/{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -130,8 +142,8 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict):
     state: dict = {}
     for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, pid, name = key.split("/", 2)
+        if key.startswith(OPTIMIZER):
+            pid, name = key[len(OPTIMIZER):].split("/", 1)
             state.setdefault(int(pid), {})[name] = value
     for key, value in info["scalars"].items():
         pid, name = key.split("/", 1)

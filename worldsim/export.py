@@ -1,5 +1,5 @@
 """Export: a trained dynamics run (the checkpoint `worldsim train dynamics` writes, its
-weights under "model/") bundled with its tokenizer and real start frames into the world
+weights under checkpoint.MODEL) bundled with its tokenizer and real start frames into the world
 model file the dream env loads (`WorldModel.save`), ends calibrated before it is written.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldsim.checkpoint import CheckpointError, load_checkpoint, with_prefix
+from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import episode_paths, read_episode
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.replay import calibrate_ends as calibrate
@@ -61,7 +61,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance),
                                           ("text_guidance", text_guidance)) if v is not None}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
-    dynamics.load_state_dict(with_prefix(tensors, "model/"))
+    dynamics.load_state_dict(with_prefix(tensors, MODEL))
     firsts = []
     frames_dataset = meta.get("frames_dataset")
     if frames_dataset and Path(frames_dataset).exists():

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint, with_prefix
+from worldsim.checkpoint import (MODEL, CheckpointError, config_from, load_checkpoint, prefixed, save_checkpoint,
+                                 with_prefix)
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Tokenizer(nn.Module):
     # ---------------------------------------------------------------- files
     def save(self, path, extra: dict | None = None, tensors: dict | None = None):
         config = {"kind": "tokenizer", "tokenizer": asdict(self.cfg), **(extra or {})}
-        save_checkpoint(path, {**{f"model/{k}": v for k, v in self.state_dict().items()}, **(tensors or {})}, config)
+        save_checkpoint(path, {**prefixed(self.state_dict(), MODEL), **(tensors or {})}, config)
 
     @classmethod
     def load(cls, path, frame_size=None, map_location="cpu") -> "Tokenizer":
@@ -208,7 +209,7 @@ class Tokenizer(nn.Module):
         if frame_size is not None and tuple(frame_size) != model.cfg.frame_size:
             raise CheckpointError(f"{path} is a tokenizer for {model.cfg.frame_size[0]}x{model.cfg.frame_size[1]} frames; "
                                   f"expected one for {frame_size[0]}x{frame_size[1]}")
-        weights = with_prefix(tensors, "model/")
+        weights = with_prefix(tensors, MODEL)
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:

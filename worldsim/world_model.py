@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from worldsim.checkpoint import CheckpointError, config_from, load_checkpoint, save_checkpoint, with_prefix
+from worldsim.checkpoint import (DYNAMICS, TOKENIZER, CheckpointError, config_from, load_checkpoint, prefixed,
+                                 save_checkpoint, with_prefix)
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.memory import LatentMemory, PoseTracker
 from worldsim.sampler import prime, sample_next
@@ -51,8 +52,7 @@ class WorldModel(nn.Module):
     # -------------------------------------------------------------- files
     def save(self, path, half: bool = True):
         """One safetensors file; `half` stores weights as float16 (loaded back as float32)."""
-        tensors = {f"tokenizer/{k}": v for k, v in self.tokenizer.state_dict().items()}
-        tensors |= {f"dynamics/{k}": v for k, v in self.dynamics.state_dict().items()}
+        tensors = prefixed(self.tokenizer.state_dict(), TOKENIZER) | prefixed(self.dynamics.state_dict(), DYNAMICS)
         if half:
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         tensors["start_frames"] = torch.from_numpy(self.start_frames)
@@ -72,8 +72,8 @@ class WorldModel(nn.Module):
         except (KeyError, TypeError, ValueError) as e:  # e.g. an action space the encoder cannot embed
             raise CheckpointError(f"{path}: cannot build the model its config describes ({e!r})") from e
         try:
-            tokenizer.load_state_dict({k: v.float() for k, v in with_prefix(tensors, "tokenizer/").items()})
-            dynamics.load_state_dict({k: v.float() for k, v in with_prefix(tensors, "dynamics/").items()})
+            tokenizer.load_state_dict({k: v.float() for k, v in with_prefix(tensors, TOKENIZER).items()})
+            dynamics.load_state_dict({k: v.float() for k, v in with_prefix(tensors, DYNAMICS).items()})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
         info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics")}
