@@ -50,13 +50,15 @@ class DreamLoopConfig:
     tokenizer_training: TokenizerTrainConfig = field(
         default_factory=lambda: TokenizerTrainConfig(data="", out="", steps=2000),
         metadata=nested("tokenizer", set_here=("data", "out", "init", "decoder_only", "seed")))
-    dynamics: DynamicsTrainConfig = field(  # steps: world-model updates per iteration
+    dynamics: DynamicsTrainConfig = field(
         default_factory=lambda: DynamicsTrainConfig(data="", out="", steps=2000, batch_size=32),
-        metadata=nested("dynamics", set_here=("data", "out", "init", "seed")))
-    agent: ImagineConfig = field(  # steps: agent steps in the dream per iteration
+        metadata=nested("dynamics", set_here=("data", "out", "init", "seed"),
+                        help={"steps": "world-model updates per iteration (the run resumes: iteration i trains to i times this)"}))
+    agent: ImagineConfig = field(
         default_factory=ImagineConfig,
         metadata=nested("agent", set_here=("checkpoint", "out", "seed", "obs", "frame_stack", "population", "rollouts",
-                                           "eval_every")))
+                                           "eval_every"),
+                     help={"steps": "agent steps in the dream per iteration"}))
 
 
 def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:

@@ -126,7 +126,8 @@ class RoomsEnv(gym.Env):
 
     | 0 NOOP | 1 FORWARD | 2 BACK | 3 TURN_LEFT | 4 TURN_RIGHT | 5 STRAFE_LEFT | 6 STRAFE_RIGHT |
 
-    Moves go `move_step` cells (walls stop them); turns go 360 / `turn_steps` degrees.
+    Moves go `move_step` cells (a wall stops the move along each axis on its own, so moves
+    slide along walls); turns go 360 / `turn_steps` degrees.
 
     ## Observation Space
     `Box(0, 255, (height, width, 3), uint8)`: the RGB view. `info["gt"]` holds the ground
@@ -135,7 +136,7 @@ class RoomsEnv(gym.Env):
     `object_ids` (per pixel, -1 for none), `room` (index into `ROOM_COLOURS`).
 
     ## Rewards
-    +1 for each object reached (walked within 0.2 cells of); 0 otherwise. With
+    +1 for each object reached (walked within 0.5 cells of); 0 otherwise. With
     `collectible=False` objects stay forever and nothing is paid.
 
     ## Starting State

@@ -248,6 +248,9 @@ def test_footage_windows_train_without_actions_and_leave_the_heads_to_the_labell
     assert batch["has_action"].tolist() == [True] * 6 + [False] * 2
     assert batch["z"].shape[:2] == (8, 4) and not batch["actions"][6:].any() and not batch["rewards"][6:].any()
     assert torch.equal(data.batch(8, 3, 0)["z"], batch["z"])  # the draw depends only on (seed, step, rank)
+    assert data.batch(2, 0, 0)["has_action"].tolist() == [True, False]  # both kinds, however small the batch
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        data.batch(1, 0, 0)
 
     model = tiny_model()
     z, acts = torch.randn(2, 4, *model.cfg.latent_shape), torch.randint(0, 7, (2, 3))

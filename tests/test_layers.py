@@ -31,16 +31,18 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def project_imports(path: Path) -> set[str]:
-    """Every project module `path` imports, wherever the import statement sits."""
+def project_imports(path: Path, package: str = "") -> set[str]:
+    """Every project module `path` imports, wherever the import statement sits; relative
+    imports are resolved against `package`, the package `path` is in."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
             # `from worldsim import probes` imports the module worldsim.probes
-            found |= {f"{node.module}.{a.name}" if module_exists(f"{node.module}.{a.name}") else node.module
-                      for a in node.names}
+            found |= {f"{module}.{a.name}" if module_exists(f"{module}.{a.name}") else module for a in node.names}
     return {m for m in found if m.split(".")[0] in PACKAGES}
 
 
@@ -49,8 +51,14 @@ def module_exists(module: str) -> bool:
     return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
 
 
+def package_of(path: Path) -> str:
+    name = module_name(path)
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
 def import_graph() -> dict[str, set[str]]:
-    return {module_name(p): project_imports(p) for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    return {module_name(p): project_imports(p, package_of(p))
+            for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
@@ -85,7 +93,9 @@ def test_no_import_cycles():
 
 def test_the_check_sees_an_upward_import_inside_a_function(tmp_path):
     module = tmp_path / "envs_module.py"
-    module.write_text("import numpy\nfrom envs import rooms\n\n\ndef f():\n    from worldsim.cli import main\n    return main\n")
-    graph = {"envs.some_game": project_imports(module)}
-    assert graph["envs.some_game"] == {"envs.rooms", "worldsim.cli"}
+    module.write_text("import numpy\nfrom envs import rooms\nfrom . import wrappers\n\n\n"
+                      "def f():\n    from worldsim.cli import main\n    return main\n")
+    graph = {"envs.some_game": project_imports(module, "envs")}
+    assert graph["envs.some_game"] == {"envs.rooms", "envs.wrappers", "worldsim.cli"}
+    assert project_imports(module, "worldsim.probes") >= {"worldsim.probes"}  # `from . import` of a package's own
     assert upward(graph) == ["envs.some_game (layer 1) imports worldsim.cli (layer 6)"]

@@ -74,3 +74,19 @@ def test_a_composite_nests_the_configs_it_runs_under_a_prefix():
     cfg = from_args(parser.parse_args(["--out", "o", "--inner-steps", "3", "--inner-text", "--steps", "5"]), Composite)
     assert cfg == Composite(out="o", inner=Options(out="", steps=3, text=True), plain=Base(out="", steps=5))
     assert from_args(parser.parse_args(["--out", "o"]), Composite) == Composite(out="o")
+
+
+def test_nested_flags_that_would_collide_or_name_no_field_are_refused():
+    @dataclass
+    class Clash:
+        inner_steps: int = 1
+        inner: Base = field(default_factory=lambda: Base(out=""), metadata=nested("inner", set_here=("out",)))
+
+    @dataclass
+    class Typo:
+        inner: Base = field(default_factory=lambda: Base(out=""), metadata=nested("inner", set_here=("ouT",)))
+
+    with pytest.raises(TypeError, match="--inner-steps is declared twice"):
+        add_fields(argparse.ArgumentParser(), Clash)
+    with pytest.raises(TypeError, match=r"no fields \['ouT'\]"):
+        add_fields(argparse.ArgumentParser(), Typo)

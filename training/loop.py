@@ -183,7 +183,9 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     if ckpt.exists():
         tensors, meta = load_checkpoint(ckpt)
         kind = config["kind"]
-        if meta.get(kind) != json.loads(json.dumps(config[kind])):
+        retired = getattr(getattr(model, "cfg", None), "RETIRED", {})  # settings older runs saved, at their one value
+        saved = {k: v for k, v in (meta.get(kind) or {}).items() if not (k in retired and v == retired[k])}
+        if saved != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")
         model.load_state_dict(with_prefix(tensors, MODEL))

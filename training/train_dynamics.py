@@ -160,7 +160,9 @@ class FootageWindows:
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
 
     def batch(self, n, step, rank):
-        k = int(round(n * self.share))
+        if n < 2:
+            raise ValueError(f"--footage needs a batch of at least 2 windows (labelled and footage), got {n}")
+        k = min(max(int(round(n * self.share)), 1), n - 1)  # both kinds in every batch
         batch = self.labelled.batch(n - k, step, rank)
         rng = np.random.default_rng([self.seed, step, rank, 1])
         z = torch.from_numpy(np.stack([self.windows[int(i)]["context"] for i in rng.integers(len(self.windows), size=k)]))

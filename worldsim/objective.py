@@ -45,13 +45,14 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
     flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
     reward, end = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
-    labelled = torch.ones(b, t - 1, device=z.device) if has_action is None else \
-        has_action[:, None].float().expand(b, t - 1)
-    labelled = labelled.flatten() / labelled.sum().clamp(min=1)  # a mean over the labelled steps
-    reward_loss = (F.mse_loss(reward, rewards.flatten().float(), reduction="none") * labelled).sum()
-    end_loss = (F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction="none",
-                                                   pos_weight=torch.tensor(end_weight, device=z.device))
-                * labelled).sum()
+    reduction = "mean" if has_action is None else "none"
+    reward_loss = F.mse_loss(reward, rewards.flatten().float(), reduction=reduction)
+    end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction=reduction,
+                                                  pos_weight=torch.tensor(end_weight, device=z.device))
+    if has_action is not None:  # a mean over the labelled steps only
+        labelled = has_action[:, None].float().expand(b, t - 1).flatten()
+        labelled = labelled / labelled.sum().clamp(min=1)
+        reward_loss, end_loss = (reward_loss * labelled).sum(), (end_loss * labelled).sum()
     total = denoise + reward_loss + 0.1 * end_loss
     return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
                    "end_bce": end_loss.item(), "last_mse": last.item()}

@@ -55,14 +55,15 @@ def field_comments(cls) -> dict[str, str]:
     return comments
 
 
-def nested(prefix: str, set_here: tuple[str, ...] = ()) -> dict:
+def nested(prefix: str, set_here: tuple[str, ...] = (), help: dict[str, str] | None = None) -> dict:
     """Metadata of a field that holds a config of its own: its fields become flags
-    `--PREFIX-NAME`, except `set_here`, the ones the outer config fills in itself."""
-    return {"flag_prefix": prefix, "set_here": tuple(set_here)}
+    `--PREFIX-NAME`, except `set_here`, the ones the outer config fills in itself; `help`
+    replaces a field's own help where the outer config gives it another meaning."""
+    return {"flag_prefix": prefix, "set_here": tuple(set_here), "help": dict(help or {})}
 
 
 def _dest(prefix: str, name: str) -> str:
-    return f"{prefix}_{name}" if prefix else name
+    return "_".join(part for part in (prefix, name) if part)
 
 
 def _default(f: dataclasses.Field, defaults):
@@ -73,18 +74,27 @@ def _default(f: dataclasses.Field, defaults):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
-def add_fields(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "", defaults=None) -> None:
+def add_fields(parser: argparse.ArgumentParser, cls, skip=(), prefix: str = "", defaults=None, helps=None,
+               taken: set | None = None) -> None:
     """One flag per field of dataclass `cls`, except those in `skip`; nested configs (see
     `nested`) add theirs under their prefix, their defaults those of `defaults`' instance."""
-    comments = field_comments(cls)
+    comments = {**field_comments(cls), **(helps or {})}
+    taken = set() if taken is None else taken  # dests of every level: two fields never share a flag
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(skip) - names:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(set(skip) - names)} to set")
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
         default = _default(f, defaults)
         if "flag_prefix" in f.metadata:
-            add_fields(parser, type(default), f.metadata["set_here"], _dest(prefix, f.metadata["flag_prefix"]), default)
+            add_fields(parser, type(default), f.metadata["set_here"], _dest(prefix, f.metadata["flag_prefix"]), default,
+                       f.metadata["help"], taken)
             continue
         dest = _dest(prefix, f.name)
+        if dest in taken:
+            raise TypeError(f"{cls.__name__}.{f.name}: flag --{dest.replace('_', '-')} is declared twice")
+        taken.add(dest)
         flag, text = f"--{dest.replace('_', '-')}", comments.get(f.name, "")
         kind = (f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))).replace(" ", "")
         has_default = default is not dataclasses.MISSING
