@@ -89,6 +89,20 @@ def make_minerl(task="Treechop", size=64, frame_skip=1, actions="dict", render_m
 GRID_MOVES = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
 
 
+def caption_module(env_id: str | None):
+    """The module that captions this env's clips exactly from their ground truth (GT_KEYS,
+    clip_attributes, caption), or None for an env without one."""
+    if env_id == "worldsim/Rooms-v0":
+        from envs import rooms_captions
+
+        return rooms_captions
+    if env_id and env_id.startswith("worldsim/Vizdoom-"):
+        from envs import vizdoom_captions
+
+        return vizdoom_captions
+    return None
+
+
 def action_meanings(env: gym.Env | gym.vector.VectorEnv) -> tuple[str, ...]:
     """Names of a Discrete env's actions ('FORWARD', 'TURN_LEFT', ...), through wrappers."""
     names = optional_attr(env, "action_meanings")

@@ -4,7 +4,8 @@ The raw env exposes the scenario's buttons as MultiBinary and RGB frames at 160x
 the registered ids add the shared wrappers (discrete action table, frame-skip, resize).
 Ground truth per frame, in ``info["gt"]``: the player's pose (x, y, angle in radians),
 the depth buffer, the label buffer, and up to MAX_LABELS labelled objects with their map
-position and their screen box in fractions of the frame (so it survives resizing).
+position, their screen box in fractions of the frame (so it survives resizing) and what
+they are (an OBJECT_CLASSES index: envs/vizdoom_captions.py describes them in words).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import numpy as np
 from envs.wrappers import check_action, check_can_step
 
 MAX_LABELS = 16
+# The Doom actors the ground truth names (engine object names); index 0 is any other.
+OBJECT_CLASSES = ("other", "DoomPlayer", "DoomImp", "DoomImpBall", "Zombieman", "ShotgunGuy", "ChaingunGuy",
+                  "Demon", "Spectre", "Cacodemon", "CacodemonBall", "LostSoul", "HellKnight", "BaronOfHell",
+                  "BaronBall", "Revenant", "RevenantTracer", "Fatso", "FatShot", "Arachnotron", "ArachnotronPlasma",
+                  "Rocket", "PlasmaBall", "Medikit", "CustomMedikit", "Stimpack", "HealthBonus", "ArmorBonus",
+                  "GreenArmor", "BlueArmor", "Clip", "ClipBox", "Shell", "ShellBox", "RocketAmmo", "Cell", "Shotgun",
+                  "Chaingun", "RocketLauncher", "PlasmaRifle", "Chainsaw", "BFG9000", "Poison")
+_CLASS_INDEX = {name: i for i, name in enumerate(OBJECT_CLASSES)}
 
 # Our names for scenarios: (config file, buttons to override the config's, or None).
 SCENARIOS = {
@@ -97,11 +106,13 @@ class VizdoomEnv(gym.Env):
         frame = np.ascontiguousarray(state.screen_buffer)
         h, w = frame.shape[:2]
         variables = np.asarray(state.game_variables, dtype=np.float32)
-        # Per label: valid, object id, map x, map y, screen box x, y, width, height (fractions).
-        objects = np.zeros((MAX_LABELS, 8), dtype=np.float32)
+        # Per label: valid, object id, map x, map y, screen box x, y, width, height (fractions),
+        # class (OBJECT_CLASSES index).
+        objects = np.zeros((MAX_LABELS, 9), dtype=np.float32)
         for i, label in enumerate(state.labels[:MAX_LABELS]):
             objects[i] = (1, label.object_id, label.object_position_x, label.object_position_y,
-                          label.x / w, label.y / h, label.width / w, label.height / h)
+                          label.x / w, label.y / h, label.width / w, label.height / h,
+                          _CLASS_INDEX.get(label.object_name, 0))
         gt = {
             "pose": np.array([variables[0], variables[1], np.radians(variables[2])], dtype=np.float32),
             "depth": np.ascontiguousarray(state.depth_buffer),

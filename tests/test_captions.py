@@ -110,3 +110,48 @@ def test_camera_motion_is_the_net_move_in_the_starting_view():
                       ((2.1, 2.1, np.pi / 2), "stands still"), ((2.0, 2.0, np.pi), "turns to the left"),
                       ((2.0, 2.0, 0.1), "turns to the right"), ((2.0, 2.0, -np.pi + 0.2), "turns to the left")]:
         assert MOTIONS[camera_motion(np.array(facing_y), np.array(end))] == said, (end, said)
+
+
+def test_vizdoom_captions_name_what_the_engine_labels_and_how_the_player_moved():
+    """TakeCover, scripted: strafes left, right, and waits, eight steps each. The motion
+    in each caption comes from the poses and is checked against the script's actions (the
+    player keeps sliding a little after a strafe, so only the opposite direction is wrong);
+    the imps and their fireballs, and fireballs closing in, come from the engine's labels."""
+    pytest.importorskip("vizdoom")
+    import envs
+    from envs.vizdoom_captions import caption, clip_attributes
+
+    env = gym.make("worldsim/Vizdoom-TakeCover-v0")
+    _, info = env.reset(seed=5)
+    left, right, noop = (envs.action_meanings(env).index(n) for n in ("MOVE_LEFT", "MOVE_RIGHT", "NOOP"))
+    gts = [info["gt"]]
+    for a in ([left] * 8 + [right] * 8 + [noop] * 8) * 4:
+        _, _, terminated, truncated, info = env.step(a)
+        gts.append(info["gt"])
+        if terminated or truncated:
+            break
+    env.close()
+    gt = {k: np.stack([g[k] for g in gts]) for k in ("pose", "objects")}
+    texts = {t: caption(clip_attributes(gt, t, 8)) for t in range(0, len(gts) - 8, 8)}
+    lefts = [text for t, text in texts.items() if (t // 8) % 3 == 0]
+    rights = [text for t, text in texts.items() if (t // 8) % 3 == 1]
+    assert not any("strafes to the right" in x for x in lefts) and not any("strafes to the left" in x for x in rights)
+    assert any("strafes to the left" in x for x in lefts) and any("strafes to the right" in x for x in rights)
+    joined = " ".join(texts.values())
+    assert "imp" in joined and "fireball" in joined and "flying at the player" in joined
+    old = {"pose": gt["pose"], "objects": gt["objects"][..., :8]}  # recorded before classes were kept
+    with pytest.raises(ValueError, match="collect them again"):
+        clip_attributes(old, 0, 8)
+
+
+def test_worldsim_caption_writes_exact_vizdoom_captions(tmp_path):
+    pytest.importorskip("vizdoom")
+    from training.collect import collect
+    from worldsim.recaptioner import caption_dataset
+
+    collect("worldsim/Vizdoom-TakeCover-v0", "random", steps=120, out=str(tmp_path / "tc"), num_envs=1, seed=3,
+            progress=False)
+    summary = caption_dataset(str(tmp_path / "tc"), str(tmp_path / "c.jsonl"), every=16, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert summary["exact"] == len(lines) > 0 and all(x["caption"].startswith("A first-person view in Doom.")
+                                                      for x in lines)

@@ -20,7 +20,7 @@ def test_vizdoom_take_cover_passes_checker_with_ground_truth():
     gt = info["gt"]
     assert gt["pose"].shape == (3,)
     assert gt["depth"].shape == (64, 64) and gt["labels"].shape == (64, 64)  # resized with the frame
-    assert gt["objects"].shape == (16, 8)
+    assert gt["objects"].shape == (16, 9)
     assert envs.action_meanings(env) == ("NOOP", "MOVE_LEFT", "MOVE_RIGHT")
     # Moving right changes the player's position in the direction the engine reports.
     x0 = gt["pose"][:2].copy()

@@ -110,27 +110,29 @@ def clip_frames(frames: np.ndarray, t: int, clip: int) -> np.ndarray:
 def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: int = 8, every: int = 8,
                     progress: bool = True) -> dict:
     """Caption every `every`-th clip of every episode of a dataset into a JSON-lines file:
-    exact captions from the ground truth where the episode has it (Rooms), else the
-    recaptioner's (`recaptioner`: its checkpoint; footage without ground truth needs
+    exact captions from the ground truth where the episode has it (Rooms, ViZDoom:
+    `envs.caption_module`), else the recaptioner's (`recaptioner`: its checkpoint; footage without ground truth needs
     one). Each line: episode file, first frame, caption, and which of the two wrote it."""
     import json
 
     from tqdm import tqdm
 
-    from envs.rooms_captions import GT_KEYS, caption, clip_attributes
-    from worldsim.dataset import atomic_write_bytes, episode_paths, read_episode
+    from envs import caption_module
+    from worldsim.dataset import atomic_write_bytes, episode_paths, load_meta, read_episode
 
     model = Recaptioner.load(recaptioner) if recaptioner else None
     clip = model.cfg.clip if model else clip
+    captions = caption_module(load_meta(data).get("env_id"))
     lines, sources = [], {"exact": 0, "recaptioner": 0}
     for path in tqdm(episode_paths(data), desc="caption", unit="episode", disable=not progress):
         ep = read_episode(path)
         starts = list(range(0, len(ep.frames) - clip, every))
-        exact = all(k in ep.gt for k in GT_KEYS)
+        exact = captions is not None and all(k in ep.gt for k in captions.GT_KEYS)
         if exact:
-            texts = [caption(clip_attributes(ep.gt, t, clip)) for t in starts]
+            texts = [captions.caption(captions.clip_attributes(ep.gt, t, clip)) for t in starts]
         elif model is None:
-            raise ValueError(f"{path} has no Rooms ground truth to caption from; pass --recaptioner CHECKPOINT "
+            raise ValueError(f"{path} has no ground truth to caption from (Rooms, ViZDoom); pass --recaptioner "
+                             "CHECKPOINT "
                              "(from `worldsim train recaptioner`) to caption footage without it")
         else:
             texts = [text for s in range(0, len(starts), 256)
