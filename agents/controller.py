@@ -92,7 +92,7 @@ def train_cmaes(model, cfg, progress: bool = True, on_generation=None):
         raise ValueError("--algo cmaes acts on latents: pass --obs latent")
     rows = cfg.population * cfg.rollouts
     env = DreamVectorEnv(rows, checkpoint=model, obs_type="latent", max_steps=cfg.horizon, memory=cfg.memory,
-                         sample_ends=cfg.sample_ends)
+                         sample_ends=cfg.sample_ends, uncertainty=cfg.uncertainty_penalty > 0)
     if not isinstance(env.single_action_space, gym.spaces.Discrete):
         raise ValueError(f"the linear controller picks one of n actions; the model's action space is "
                          f"{env.single_action_space}")
@@ -139,7 +139,9 @@ def _score(env, stack, candidates: np.ndarray, cfg, seed: int):
     lived = 0
     while alive.any():
         actions = batched_actions(candidates, feats.reshape(p, m, -1)).reshape(-1)
-        obs, rewards, terminated, truncated, _ = env.step(actions)
+        obs, rewards, terminated, truncated, info = env.step(actions)
+        if cfg.uncertainty_penalty:  # as the SB3 agents' dream pays (agents/sb3_vec_env.py)
+            rewards = rewards - cfg.uncertainty_penalty * info["uncertainty"]
         returns += rewards * alive
         lived += int(alive.sum())
         alive &= ~(terminated | truncated)

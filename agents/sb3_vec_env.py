@@ -9,12 +9,19 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 class SB3DreamVecEnv(VecEnv):
     """Adapts a DreamVectorEnv (same-step autoreset) to SB3's VecEnv API: terminal
-    observations go to info["terminal_observation"], time-limit ends are flagged."""
+    observations go to info["terminal_observation"], time-limit ends are flagged. With
+    `uncertainty_penalty` w > 0 each reward is lowered by w times the step's uncertainty
+    (info["uncertainty"], the spread of two samples of the frame), and the raw reward is
+    kept in info["dream_reward"]."""
 
-    def __init__(self, num_envs: int = 8, **dream_kwargs):
+    def __init__(self, num_envs: int = 8, uncertainty_penalty: float = 0.0, **dream_kwargs):
         from worldsim.dream_env import DreamVectorEnv
 
-        self.venv = DreamVectorEnv(num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **dream_kwargs)
+        if uncertainty_penalty < 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {uncertainty_penalty}")
+        self.penalty = uncertainty_penalty
+        self.venv = DreamVectorEnv(num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+                                   uncertainty=uncertainty_penalty > 0, **dream_kwargs)
         super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
         self._actions = None
         self._seed = None
@@ -31,6 +38,10 @@ class SB3DreamVecEnv(VecEnv):
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         dones = terminated | truncated
         infos = [{} for _ in range(self.num_envs)]
+        if self.penalty:
+            for i in range(self.num_envs):
+                infos[i]["dream_reward"] = float(rewards[i])
+            rewards = rewards - self.penalty * info["uncertainty"]
         for i in np.nonzero(dones)[0]:
             infos[i]["terminal_observation"] = info["final_obs"][i]
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])

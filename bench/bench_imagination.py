@@ -8,6 +8,9 @@ PPO trained in the real env on the same number of real steps and on many more.
 
 Agents:
   dream_ppo     PPO trained only in the dream (the preset's observations and frame stack)
+  dream_ppo_penalised
+                the same, each dream reward less --uncertainty-penalty times the dream's
+                uncertainty (Dropout's Dream Land): less to exploit where the model is unsure
   dream_cmaes   World Models' linear controller, evolved by CMA-ES only in the dream (latents)
   random        uniform random actions
   ppo_real_same_steps, ppo_real_long
@@ -41,8 +44,8 @@ from agents.imagine import (ImagineConfig, agent_actor, evaluate, imagine, new_a
                             real_env, return_curve)
 
 ROOT = Path(__file__).parents[1]
-AGENTS = ("dream_ppo", "dream_cmaes", "random", "ppo_real_same_steps", "ppo_real_long")
-COLORS = dict(zip(AGENTS, ("tab:green", "tab:olive", "tab:gray", "tab:orange", "tab:blue")))
+AGENTS = ("dream_ppo", "dream_ppo_penalised", "dream_cmaes", "random", "ppo_real_same_steps", "ppo_real_long")
+COLORS = dict(zip(AGENTS, ("tab:green", "tab:cyan", "tab:olive", "tab:gray", "tab:orange", "tab:blue")))
 PRESETS = {
     # Rooms: 40,000 + 60,000 explore steps on map 0, then 300,000 and 60,000 on new maps behind the shipped
     # model (RESULTS.md, "How the shipped checkpoints were made").
@@ -94,6 +97,8 @@ def main(argv=None):
     p.add_argument("--real-steps", type=int, default=None, help="real steps behind the world model (default: preset)")
     p.add_argument("--long-factor", type=int, default=None, help="the long real-env PPO run gets this many times more")
     p.add_argument("--eval-episodes", type=int, default=100)
+    p.add_argument("--uncertainty-penalty", type=float, default=1.0,
+                   help="dream_ppo_penalised: each dream reward less this times the dream's uncertainty")
     p.add_argument("--eval-every", type=int, default=50_000,
                    help="score the dream agents in the real env every this many dream steps (20 episodes)")
     p.add_argument("--seed", type=int, default=0)
@@ -136,11 +141,12 @@ def run(env_name, args):
         print(f"--- {name}", flush=True)
         t0 = time.perf_counter()
         if name.startswith("dream_"):
-            algo = name.removeprefix("dream_")
+            algo = name.removeprefix("dream_").removesuffix("_penalised")
             cfg = ImagineConfig(checkpoint=checkpoint, out=str(work / name), algo=algo, steps=args.dream_steps,
                                 obs="latent" if algo == "cmaes" else preset["obs"], frame_stack=stack,
                                 horizon=horizon, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
-                                sample_ends=preset["sample_ends"], seed=args.seed)
+                                sample_ends=preset["sample_ends"], seed=args.seed,
+                                uncertainty_penalty=args.uncertainty_penalty if name.endswith("_penalised") else 0.0)
             report = imagine(cfg)
             rows[name] = {**report["real"], "real_steps": real_steps, "dream_steps": report["dream_steps"],
                           "dream_return": report["dream_return"],

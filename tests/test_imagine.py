@@ -1,6 +1,7 @@
 """Agents trained inside the dream and scored in the real env; the full loop, tiny."""
 
 import numpy as np
+import pytest
 import torch
 
 from agents.dream_loop import DreamLoopConfig, run_loop
@@ -112,3 +113,34 @@ def test_imagine_with_cmaes_reports_the_exploitation_gap(pipeline, tmp_path):
         imagine(ImagineConfig(checkpoint=cfg.checkpoint, algo="cmaes", obs="rgb"), progress=False)
     with pytest.raises(ValueError, match="collect plays only single-frame pixel agents"):
         make_policy(str(tmp_path / "run" / "agent"), gym.make_vec("worldsim/Rooms-v0", 1, vectorization_mode="sync"))
+
+
+def test_uncertainty_penalty_lowers_each_dream_reward_by_the_dreams_doubt(pipeline):
+    """The same seed and actions with and without the penalty: the same dream, and each
+    reward lower by w times that step's uncertainty, the raw reward kept in the info."""
+    from agents.sb3_vec_env import SB3DreamVecEnv
+
+    world = str(pipeline[0] / "world.safetensors")
+    runs = {}
+    for w in (0.0, 5.0):
+        venv = SB3DreamVecEnv(3, checkpoint=world, uncertainty_penalty=w)  # the second sample leaves the dream as it was
+        venv.seed(4)
+        venv.reset()
+        rows = []
+        for k in range(4):
+            venv.step_async(np.array([k % 7, 1, 2]))
+            obs, rewards, dones, infos = venv.step_wait()
+            rows.append((obs, rewards, infos))
+        runs[w] = (rows, venv)
+    (plain, _), (penalised, _) = runs[0.0], runs[5.0]
+    spread_seen = 0.0
+    for (obs0, r0, _), (obs1, r1, infos1) in zip(plain, penalised):
+        assert np.array_equal(obs0, obs1)
+        raw = np.array([i["dream_reward"] for i in infos1])
+        np.testing.assert_allclose(raw, r0, rtol=1e-6)
+        spread = (raw - r1) / 5.0
+        assert (spread >= 0).all()
+        spread_seen += spread.sum()
+    assert spread_seen > 0  # the dream was unsure somewhere, and it cost the agent
+    with pytest.raises(ValueError, match="uncertainty_penalty"):
+        SB3DreamVecEnv(2, checkpoint=world, uncertainty_penalty=-1.0)
