@@ -93,7 +93,7 @@ def run_loop(cfg: DreamLoopConfig, progress: bool = True) -> dict:
             Tokenizer.load(out / "tok" / "latest.safetensors").save(tokenizer)
         encode_dataset(tokenizer, str(out / "data"), str(out / "latents"), progress=progress)
         say("update the world model")
-        train_dynamics(replace(cfg.dynamics, data=str(out / "latents"), out=str(out / "dyn"), init=cfg.init or "",
+        train_dynamics(replace(cfg.dynamics, data=str(out / "latents"), out=str(out / "dyn"), init=cfg.init,
                                steps=(i + 1) * cfg.dynamics.steps, seed=cfg.seed), progress=progress)
         export_world_model(str(out / "dyn" / "latest.safetensors"), str(out / "world.safetensors"), tokenizer)
         model = WorldModel.load(out / "world.safetensors")

@@ -42,7 +42,7 @@ from worldsim.text import TEXT_DIM
 @dataclass(kw_only=True)
 class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     config: str = "XS"  # model size: tiny | XS | S | B | L
-    window: int = 0  # frames per training window; 0 = the model's context (max_frames)
+    window: int | None = None  # frames per training window (default: the model's context, max_frames)
     steps: int = 3000
     batch_size: int = 16
     lr: float = 5e-4
@@ -50,10 +50,10 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # view overlap (0-1) that makes half of each batch need its memory (an earlier frame sees this much of the last view and no window frame does); 0 = an exact return; lower: returns from other poses too
-    init: str = ""  # start from this world model's or dynamics run's weights
+    init: str | None = None  # start from this world model's or dynamics run's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
-    patch: int = 0  # latent cells per token side; 0 = DynamicsConfig's (2); 4 keeps a 16x16 latent at 16 tokens a frame
+    patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling

@@ -36,7 +36,7 @@ class TrainConfig(RunConfig):
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    init: str = ""  # start from this tokenizer's weights (and its architecture, not the fields above)
+    init: str | None = None  # start from this tokenizer's weights (and its architecture, not the fields above)
     decoder_only: bool = False  # with --init: train only the decoder; the latents (and dynamics trained on them) stay valid
     detail_weight: float = 0.0  # weigh errors at edges and small objects up to this much more (0: plain MSE + L1)
 
