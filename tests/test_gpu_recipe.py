@@ -34,7 +34,7 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
     assert gym.make("worldsim/Dream-v0", checkpoint=str(out / "rooms.safetensors")).unwrapped.model.has_memory
 
 
-def test_gpu_recipe_for_crafter_calibrates_the_ends_of_random_play(tmp_path):
+def test_gpu_recipe_for_crafter_calibrates_the_ends_of_its_walks(tmp_path):
     pytest.importorskip("crafter")
     out = tmp_path / "out"
     main(["--game", "crafter", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "4000",
