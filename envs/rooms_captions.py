@@ -59,17 +59,17 @@ def clip_attributes(gt: dict, t: int, clip: int) -> Attributes:
     return Attributes(int(gt["room"][t]), objects, camera_motion(pose, np.asarray(gt["pose"][t + clip], np.float64)))
 
 
-def camera_motion(start, end) -> int:
+def camera_motion(start, end, still: float = STILL, turn_deg: float = TURN) -> int:
     """The MOTIONS index of the move from pose `start` to `end` (x, y, yaw): a turn of
-    TURN degrees or more, else the larger of the forward and sideways displacement in
-    the starting view, else standing still."""
+    `turn_deg` degrees or more, else the larger of the forward and sideways displacement
+    in the starting view, else standing still (under `still`, in the poses' units)."""
     turn = (end[2] - start[2] + np.pi) % (2 * np.pi) - np.pi
-    if abs(np.degrees(turn)) >= TURN:
+    if abs(np.degrees(turn)) >= turn_deg:
         return 3 if turn > 0 else 4
-    d = end[:2] - start[:2]
+    d = np.asarray(end[:2]) - np.asarray(start[:2])
     forward = d @ np.array([np.cos(start[2]), np.sin(start[2])])
     left = d @ np.array([-np.sin(start[2]), np.cos(start[2])])
-    if max(abs(forward), abs(left)) < STILL:
+    if max(abs(forward), abs(left)) < still:
         return 0
     if abs(forward) >= abs(left):
         return 1 if forward > 0 else 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.rooms_captions import NUMBERS, SIDES
+from envs.rooms_captions import NUMBERS, SIDES, camera_motion
 from envs.vizdoom_env import OBJECT_CLASSES
 
 # What each actor is called in a caption, and which kind of thing it is.
@@ -35,7 +35,7 @@ STILL = 16.0  # map units of net displacement under which the player stands stil
 TURN = 30.0  # degrees of net turn over a clip that make it a turn
 CLOSING = 32.0  # map units a projectile must come nearer over the clip to be "flying at the player"
 MOTIONS = ("stands still", "moves forward", "backs up", "turns to the left", "turns to the right",
-           "strafes to the left", "strafes to the right")
+           "strafes to the left", "strafes to the right")  # in the order of envs.rooms_captions.MOTIONS
 GT_KEYS = ("pose", "objects")  # the ground truth a caption is made from
 
 
@@ -83,18 +83,9 @@ def clip_attributes(gt: dict, t: int, clip: int) -> Attributes:
 
 
 def player_motion(start, end) -> int:
-    """The MOTIONS index of the move from pose `start` to `end` (x, y, angle radians)."""
-    turn = (end[2] - start[2] + np.pi) % (2 * np.pi) - np.pi
-    if abs(np.degrees(turn)) >= TURN:
-        return 3 if turn > 0 else 4
-    d = np.asarray(end[:2]) - np.asarray(start[:2])
-    forward = d @ np.array([np.cos(start[2]), np.sin(start[2])])
-    left = d @ np.array([-np.sin(start[2]), np.cos(start[2])])
-    if max(abs(forward), abs(left)) < STILL:
-        return 0
-    if abs(forward) >= abs(left):
-        return 1 if forward > 0 else 2
-    return 5 if left > 0 else 6
+    """The MOTIONS index of the move from pose `start` to `end` (x, y, angle radians), as
+    Rooms captions judge it, in map units."""
+    return camera_motion(start, end, still=STILL, turn_deg=TURN)
 
 
 def _number(n: int) -> str:
