@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from worldsim.checkpoint import (MODEL, load_checkpoint, optimizer_tensors, prefixed, restore_optimizer, save_checkpoint,
-                                 with_prefix)
+                                 with_prefix, without_retired)
 
 
 @dataclass
@@ -183,8 +183,7 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     if ckpt.exists():
         tensors, meta = load_checkpoint(ckpt)
         kind = config["kind"]
-        retired = getattr(getattr(model, "cfg", None), "RETIRED", {})  # settings older runs saved, at their one value
-        saved = {k: v for k, v in (meta.get(kind) or {}).items() if not (k in retired and v == retired[k])}
+        saved = without_retired(type(getattr(model, "cfg", None)), meta.get(kind) or {})  # older runs' settings
         if saved != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")

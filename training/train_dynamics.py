@@ -58,7 +58,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
     object_share: float = 0.0  # with --text: share of windows starting with an object in view (rare in frames)
-    footage: str = ""  # a latent dataset of the same world trained on without its actions (imported video, gameplay with its actions removed)
+    footage: str | None = None  # a latent dataset of the same world trained on without its actions (imported video, gameplay with its actions removed)
     footage_share: float = 0.5  # with --footage: share of each batch drawn from it
 
 

@@ -91,12 +91,12 @@ def config_from(cls, config: dict, section: str, path):
                                   f"{cls.__name__} settings")
         raise CheckpointError(f"{where} is a JSON {type(data).__name__}; expected an object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    retired = getattr(cls, "RETIRED", {})  # settings older files carry, with the one value still readable
+    retired = getattr(cls, "RETIRED", {})
     for name in set(data) & set(retired):
         if data[name] != retired[name]:
             raise CheckpointError(f"{where} has {name}={data[name]!r}, which this version no longer reads "
                                   f"(only {retired[name]!r})")
-    data = {k: v for k, v in data.items() if k not in retired}
+    data = without_retired(cls, data)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise CheckpointError(f"{where} has unknown setting(s) {unknown}; expected some of {sorted(fields)}")
@@ -110,6 +110,13 @@ def config_from(cls, config: dict, section: str, path):
         return cls(**data)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} is inconsistent: {e}") from e
+
+
+def without_retired(cls, data: dict) -> dict:
+    """`data` less the settings `cls` has retired (its RETIRED: older files carry them,
+    with the one value still readable) where they hold that value."""
+    retired = getattr(cls, "RETIRED", {})
+    return {k: v for k, v in data.items() if not (k in retired and v == retired[k])}
 
 
 def _same_kind(value, default) -> bool:

@@ -111,7 +111,8 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
                     progress: bool = True) -> dict:
     """Caption every `every`-th clip of every episode of a dataset into a JSON-lines file:
     exact captions from the ground truth where the episode has it (Rooms, ViZDoom:
-    `envs.caption_module`), else the recaptioner's (`recaptioner`: its checkpoint; footage without ground truth needs
+    `envs.caption_module`), else the recaptioner's (`recaptioner`: its checkpoint; footage
+    without ground truth needs
     one). Each line: episode file, first frame, caption, and which of the two wrote it."""
     import json
 
@@ -132,8 +133,7 @@ def caption_dataset(data: str, out: str, recaptioner: str | None = None, clip: i
             texts = [captions.caption(captions.clip_attributes(ep.gt, t, clip)) for t in starts]
         elif model is None:
             raise ValueError(f"{path} has no ground truth to caption from (Rooms, ViZDoom); pass --recaptioner "
-                             "CHECKPOINT "
-                             "(from `worldsim train recaptioner`) to caption footage without it")
+                             "CHECKPOINT (from `worldsim train recaptioner`) to caption footage without it")
         else:
             texts = [text for s in range(0, len(starts), 256)
                      for text in model.caption(np.stack([clip_frames(ep.frames, t, clip) for t in starts[s:s + 256]]))]

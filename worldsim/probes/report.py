@@ -60,10 +60,8 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     baselines. `cfg.env_kwargs` go to the real env over the model's own, e.g.
     {"world_seed": None}: a new map per script, drawn from the script's env seed (so from
     the probe seed), maps the model never saw. The report records the maps run on."""
-    checkpoint, seed, sample_steps, memory_guidance = cfg.checkpoint, cfg.seed, cfg.sample_steps, cfg.memory_guidance
-    env_id = cfg.env
-    model = load_world_model(checkpoint, env_id)
-    env_id = env_id or model.info.get("env_id")
+    model = load_world_model(cfg.checkpoint, cfg.env)
+    env_id = cfg.env or model.info.get("env_id")
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
@@ -77,24 +75,24 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     context = model.dynamics.cfg.max_frames - 1
     predictors = {}
     if model.has_memory:
-        predictors["dream_memory_on"] = dream(model, True, seed, sample_steps=sample_steps,
-                                              memory_guidance=memory_guidance)
-    predictors["dream_memory_off"] = dream(model, False, seed, sample_steps=sample_steps)
+        predictors["dream_memory_on"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
+                                              memory_guidance=cfg.memory_guidance)
+    predictors["dream_memory_off"] = dream(model, False, cfg.seed, sample_steps=cfg.sample_steps)
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
 
     real_kwargs = {**(model.info.get("env_kwargs") or {}), **cfg.env_kwargs}
     rooms = make_rooms(real_kwargs, collectible=False) if env_id == ROOMS_ID else None
-    setup = ProbeSetup(env_id, real_kwargs, rooms, names, cfg.count, context, seed,
+    setup = ProbeSetup(env_id, real_kwargs, rooms, names, cfg.count, context, cfg.seed,
                        [context // 2, context, 2 * context, 4 * context], cfg.drift_episodes, cfg.drift_steps, progress)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(checkpoint or "shipped Rooms model"), "env_id": env_id, "env_kwargs": real_kwargs,
+    report = {"checkpoint": str(cfg.checkpoint or "shipped Rooms model"), "env_id": env_id, "env_kwargs": real_kwargs,
               "context_frames": context,
               "memory": model.has_memory, "predictors": list(predictors), "probes": {},
-              "sample_steps": sample_steps or model.dynamics.cfg.sample_steps,
+              "sample_steps": cfg.sample_steps or model.dynamics.cfg.sample_steps,
               "memory_guidance": None if not model.has_memory else
-              model.dynamics.cfg.memory_guidance if memory_guidance is None else memory_guidance,
+              model.dynamics.cfg.memory_guidance if cfg.memory_guidance is None else cfg.memory_guidance,
               "action_guidance": model.dynamics.cfg.action_guidance}
     for name in probes:
         probe, t0 = PROBES[name], time.perf_counter()
