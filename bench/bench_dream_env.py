@@ -1,7 +1,8 @@
 """DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), each as a share of
 the limit this machine sets (its float32 matmul throughput, measured in the same run,
 over the model's FLOPs per frame), one-step latency, 16 envs without memory guidance and
-without memory, the cost of forking the dream's state, beside the real env's frames/s,
+without memory, where a batched step with memory spends its time (retrieval, adding to
+memory, decoding), the cost of forking the dream's state, beside the real env's frames/s,
 and memory over a long rollout.
 
     python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
@@ -38,6 +39,38 @@ def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None
     for a in actions[1:steps + 1]:
         envs_.step(a)
     return n * steps / (time.perf_counter() - t0)
+
+
+def step_shares(checkpoint, n: int = 16, steps: int = 30) -> dict:
+    """Shares of a batched pixel step spent retrieving memory (DreamCore._recall), adding
+    frames to it (LatentMemory.add) and decoding; the rest is the transformer."""
+    from worldsim.memory import LatentMemory
+
+    env = DreamVectorEnv(n, checkpoint=checkpoint, obs_type="rgb", max_steps=10**9)
+    env.reset(seed=0)
+    spent = {"retrieval": 0.0, "memory_add": 0.0, "decode": 0.0}
+
+    def timed(part, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - t
+        return run
+
+    env.core._recall, env._decode = timed("retrieval", env.core._recall), timed("decode", env._decode)
+    add = LatentMemory.add
+    LatentMemory.add = timed("memory_add", add)
+    try:
+        actions = np.random.default_rng(0).integers(env.single_action_space.n, size=(steps, n))
+        t0 = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        total = time.perf_counter() - t0
+    finally:
+        LatentMemory.add = add
+    return {part: 100 * t / total for part, t in spent.items()}
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -121,6 +154,9 @@ def main():
             report(f"dream_fps_16_envs_{obs_type}_guidance_0",
                    vector_fps(args.checkpoint, 16, obs_type, args.steps, memory_guidance=0.0))
             report(f"dream_fps_16_envs_{obs_type}_memory_off", vector_fps(args.checkpoint, 16, obs_type, args.steps, False))
+    if has_memory:
+        for part, share in step_shares(args.checkpoint).items():
+            report(f"step_share_percent_{part}_16_envs", share, "of a batched pixel step with memory")
     save, restore = fork_ms(args.checkpoint)
     report("fork_get_state_ms_16_envs", save, "after 20 steps: cache, memory, clocks; a planner pays it per branch")
     report("fork_set_state_ms_16_envs", restore, f"one batched step of 16 envs: "
