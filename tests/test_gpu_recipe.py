@@ -2,18 +2,28 @@
 gets a GPU runs first, so it must work before a GPU is at hand."""
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import pytest
 
+import training.gpu_recipe as gpu_recipe
+import training.train_dynamics as train_dynamics
 from training.gpu_recipe import main
 
 
-def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path):
+def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path, monkeypatch):
+    timed, trained = [], []  # the recipe must time the very run it trains: same options, same windows
+    time_it, train_it = gpu_recipe.seconds_per_step, train_dynamics.train
+    monkeypatch.setattr(gpu_recipe, "seconds_per_step", lambda cfg, data, *a: timed.append((cfg, data)) or time_it(cfg, data, *a))
+    monkeypatch.setattr(train_dynamics, "train", lambda cfg, **k: trained.append(cfg) or train_it(cfg, **k))
     out = tmp_path / "out"
     main(["--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "2400", "--num-envs", "2", "--collectors", "2",
           "--configs", "tiny", "--minutes", "0.1", "--min-steps", "1", "--batch-size", "2", "--eval-windows", "2",
-          "--horizons", "1,4", "--loader-workers", "2", "--text", "--quiet"])
+          "--horizons", "1,4", "--loader-workers", "2", "--text", "--memory-match", "0.2", "--quiet"])
+    (cfg, data), = timed
+    assert replace(cfg, steps=trained[0].steps, warmup=trained[0].warmup) == trained[0]
+    assert data.match == 0.2 and data.captions is not None and data.window == 8  # tiny's context
     figures = json.loads((out / "figures.json").read_text())
     assert figures["config"] == "tiny" and figures["steps"] >= 1 and figures["seconds_per_step"]["tiny"] > 0
     scores = figures["held_out"]

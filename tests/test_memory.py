@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from envs.rooms import ACTIONS, RoomsEnv
-from worldsim.memory import LatentMemory, PoseTracker, pose_features, relative_poses, view_overlap
+from worldsim.memory import LatentMemory, PoseTracker, pose_features, relative_poses, view_overlap, view_points_seen
 from worldsim.sampler import prime, sample_next
 
 
@@ -109,22 +109,33 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
     assert summary["step"] == 30 and np.isfinite(summary["last_batch"]["loss"])
 
 
-def test_memory_match_below_an_exact_return_draws_returns_from_other_poses(pipeline):
+def test_memory_match_draws_windows_whose_last_view_only_earlier_frames_show(pipeline):
+    """With --memory-match m, a matched window ends on a view of which at least m only
+    frames before the window saw, from any pose; random windows rarely do."""
     from envs import env_pose_model
     from training.train_dynamics import MemoryWindows
 
     root, _, _ = pipeline
-    windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), match=0.5)
+    windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), match=0.2)
+    episodes = {ep["path"]: ep["gt/pose"].astype(np.float64) for ep in windows.episodes}
+
+    def memory_only_share_and_best(it):
+        path, s = it["start"]
+        poses, last = episodes[path], s + 5
+        in_window = view_points_seen(poses[last], poses[s:last], windows.fov, windows.reach).any(axis=0)
+        before = view_points_seen(poses[last], poses[:s], windows.fov, windows.reach).any(axis=0)
+        return (before & ~in_window).mean(), view_overlap(poses[last], poses[:s], windows.fov, windows.reach).max()
+
     rng = np.random.default_rng(1)
-    best = []
-    for _ in range(20):
-        it = windows.item(rng, want_match=True, drop=False)
-        f = it["mem_pose"][it["mem_valid"]]
-        poses = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:3])], 1)
-        best.append(view_overlap(np.zeros(3), poses, windows.fov, windows.reach).max(initial=0))
-    best = np.array(best)
-    assert np.mean(best >= 0.5) > 0.5  # an earlier view overlaps at least half the last one (up to 100 draws)
-    assert np.mean((best >= 0.5) & (best < 0.9)) > 0  # and some of those are returns from other poses
+    matched = np.array([memory_only_share_and_best(windows.item(rng, want_match=True, drop=False)) for _ in range(20)])
+    drawn = np.array([memory_only_share_and_best(windows.item(rng, want_match=False, drop=False)) for _ in range(20)])
+    assert np.mean(matched[:, 0] >= 0.2) > 0.8  # found within the 100 draws
+    assert np.mean(matched[:, 0] >= 0.2) > np.mean(drawn[:, 0] >= 0.2)
+    assert np.mean(matched[:, 1] < 0.9) > 0  # some are returns from other poses, not the same view
+    with pytest.raises(ValueError, match=r"share of the view, in \[0, 1\)"):
+        MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), match=1.0)
+    with pytest.raises(ValueError, match="needs memory keyed by pose"):
+        MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), key="latent", match=0.2)
 
 
 def test_memory_guidance_extrapolates_from_the_prediction_without_memory():

@@ -72,21 +72,21 @@ class RecipeConfig:
         metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "patch", "end_weight", "warmup")))
 
 
-def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: torch.device, trials: int = 3) -> float:
-    """Measured time of one optimizer step of `config` on `device`: the longer of the step
-    itself and drawing its batch, shared among the loader processes."""
+def seconds_per_step(cfg: TrainConfig, data, meta: dict, device: torch.device, trials: int = 3) -> float:
+    """Measured time of one optimizer step of the run `cfg` on `device`: the longer of the
+    step itself and drawing its batch from `data` (the windows the run draws), shared
+    among the loader processes."""
     from training.loop import to_device
     from training.train_dynamics import build
     from worldsim.objective import diffusion_forcing_loss
 
-    game = GAMES[cfg.game]
-    model = build(TrainConfig(data="", out="", config=config, memory=game["memory"], patch=game["patch"]), meta).to(device)
+    model = build(cfg, meta).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     times, draws = [], []
     for k in range(trials + 1):  # the first step warms up kernels and allocators
         t0 = time.perf_counter()
-        batch = data.batch(cfg.train.batch_size, k, 0)
+        batch = data.batch(cfg.batch_size, k, 0)
         draws.append(time.perf_counter() - t0)
         batch = to_device(batch, device)
         t0 = time.perf_counter()
@@ -98,7 +98,7 @@ def seconds_per_step(cfg: RecipeConfig, config: str, data, meta: dict, device: t
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.train.loader_workers))
+    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.loader_workers))
 
 
 def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
@@ -144,9 +144,8 @@ def export(cfg: RecipeConfig) -> Path:
 
 
 def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
-    from envs import env_pose_model
     from training.loop import pick_device
-    from training.train_dynamics import LatentWindows, MemoryWindows, train
+    from training.train_dynamics import train, training_windows
     from training.train_tokenizer import encode_dataset
     from worldsim.dataset import load_meta
     from worldsim.dynamics import CONFIGS, DynamicsConfig
@@ -176,29 +175,25 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
                        workers=cfg.train.loader_workers)
 
     meta = load_meta(latents)
-    memory_windows = (MemoryWindows(str(latents), 0, cfg.train.seed, game["memory"],
-                                    env_pose_model(game["env_id"], game["env_kwargs"])) if game["memory"] else None)
     budget = cfg.minutes * 60
     chosen, timing = None, {}
     candidates = [c.strip() for c in cfg.configs.split(",") if c.strip()]
-    for config in candidates:  # time a step of each on the batches it would train on
-        window = CONFIGS[config].get("max_frames", DynamicsConfig.max_frames)
-        if memory_windows:
-            memory_windows.window = window
-        data = memory_windows or LatentWindows(str(latents), window, cfg.train.seed)
-        timing[config] = seconds_per_step(cfg, config, data, meta, device)
+    for config in candidates:  # time a step of each on the windows it would train on
+        run_cfg = replace(cfg.train, data=str(latents), out=str(run_dir), config=config, memory=game["memory"],
+                          patch=game["patch"], end_weight=game["end_weight"])
+        data, _ = training_windows(run_cfg, meta, CONFIGS[config].get("max_frames", DynamicsConfig.max_frames))
+        timing[config] = seconds_per_step(run_cfg, data, meta, device)
         steps = int(0.9 * budget / timing[config])
         say(f"[recipe] {config}: {timing[config]:.3f} s/step -> {steps} steps in {cfg.minutes:g} min")
         if steps >= cfg.min_steps or config == candidates[-1]:
-            chosen = (config, max(steps, 1))
+            chosen = (run_cfg, max(steps, 1))
             break
-    del data, memory_windows
-    config, steps = chosen
+    del data  # the run draws its own
+    run_cfg, steps = chosen
+    config = run_cfg.config
     say(f"[recipe] train {config} for {steps} steps on {device}")
     t_train = time.perf_counter()
-    train(replace(cfg.train, data=str(latents), out=str(run_dir), config=config, steps=steps, memory=game["memory"],
-                  patch=game["patch"], end_weight=game["end_weight"], warmup=min(200, max(1, steps // 10))),
-          progress=progress)
+    train(replace(run_cfg, steps=steps, warmup=min(200, max(1, steps // 10))), progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
     export(cfg)
 

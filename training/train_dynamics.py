@@ -34,7 +34,8 @@ from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
-from worldsim.memory import MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap
+from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap,
+                             view_points_seen)
 from worldsim.objective import diffusion_forcing_loss
 from worldsim.text import TEXT_DIM
 
@@ -49,7 +50,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     weight_decay: float = 0.01
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
-    memory_match: float = 0.0  # view overlap (0-1) that makes half of each batch need its memory (an earlier frame sees this much of the last view and no window frame does); 0 = an exact return; lower: returns from other poses too
+    memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
     init: str | None = None  # start from this world model's or dynamics run's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
@@ -213,7 +214,12 @@ class MemoryWindows:
                 ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
         self.object_share = object_share
-        self.match = match or SAME_VIEW[key]  # below SAME_VIEW: returns from other poses count too
+        if match and key != "pose":
+            raise ValueError(f"--memory-match {match} counts the last view's points that earlier frames see: it needs "
+                             "memory keyed by pose (info['gt']['pose']), not by latent")
+        if not 0 <= match < 1:
+            raise ValueError(f"--memory-match is a share of the view, in [0, 1); got {match}")
+        self.match, self.same = match, SAME_VIEW[key]
         self.match_share, self.drop_share = match_share, drop_share
         self.pose_model = None
         if key == "pose":
@@ -235,16 +241,29 @@ class MemoryWindows:
             return view_overlap(poses[i], poses[frames], self.fov, self.reach)
         return ep["keys"][frames] @ ep["keys"][i]
 
+    def needs_memory(self, ep, s: int, last: int) -> bool:
+        """Whether the window starting at s ends on a view only frames before it showed:
+        the same view (an exact return), or with `match`, at least that share of the
+        last view seen by earlier frames and by no window frame. The window, a few frames,
+        is checked before the episode's history."""
+        if not self.match:
+            return (self._likeness(ep, last, slice(s, last)).max() < self.same and
+                    self._likeness(ep, last, slice(0, s)).max() >= self.same)
+        poses = ep["gt/pose"].astype(np.float64)
+        in_window = view_points_seen(poses[last], poses[s:last], self.fov, self.reach).any(axis=0)
+        if (~in_window).mean() < self.match:
+            return False
+        before = view_points_seen(poses[last], poses[:s], self.fov, self.reach).any(axis=0)
+        return (before & ~in_window).mean() >= self.match
+
     def item(self, rng, want_match: bool, drop: bool, want_object: bool = False):
-        same = self.match
         for _ in range(100):  # draws until a window that needs its memory (and starts on an object), if wanted
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
             last = s + self.window - 1
             if want_object and not self.captions.shows_object(ep["path"], s):
                 continue
-            if not want_match or (self._likeness(ep, last, slice(0, s)).max() >= same and
-                                  self._likeness(ep, last, slice(s, last)).max() < same):
+            if not want_match or self.needs_memory(ep, s, last):
                 break
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
         order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
@@ -317,13 +336,10 @@ def init_from(model: Dynamics, path: str):
     return left  # left at their initial values
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    probe = WindowDataset(cfg.data, split="train", context=1, horizon=0, field="latents")
-    model = build(cfg, probe.meta)
-    window = cfg.window or model.cfg.max_frames
-    if window > model.cfg.max_frames:
-        raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
-    meta = dict(probe.meta)
+def training_windows(cfg: TrainConfig, meta: dict, window: int):
+    """The windows `cfg` trains on (memory, captions, footage as it asks), and the dataset
+    facts the run records beside them (its pose model and memory key)."""
+    meta = dict(meta)
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
@@ -345,6 +361,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             raise ValueError(f"--footage {cfg.footage} holds latents of shape {footage_meta.get('latent_shape')}; "
                              f"{cfg.data} has {meta.get('latent_shape')}: encode both with the same tokenizer")
         data = FootageWindows(data, cfg.footage, window, cfg.seed, cfg.footage_share)
+    return data, meta
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    probe = WindowDataset(cfg.data, split="train", context=1, horizon=0, field="latents")
+    model = build(cfg, probe.meta)
+    window = cfg.window or model.cfg.max_frames
+    if window > model.cfg.max_frames:
+        raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
+    data, meta = training_windows(cfg, probe.meta, window)
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame

@@ -48,19 +48,24 @@ def relative_poses(query: np.ndarray, poses: np.ndarray) -> np.ndarray:
     return np.stack([forward, left, dyaw], -1)
 
 
-def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
-    """Share of the query view's field of view (sampled points up to `reach`) that each
-    of `poses` (N, 3) also sees: 1 for the same pose, 0 for disjoint views."""
-    if len(poses) == 0:
-        return np.zeros(0)
+def view_points_seen(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
+    """(N, P) booleans: which of the query view's sampled points (its field of view up to
+    `reach`) each of `poses` (N, 3) also sees."""
     c, s = np.cos(query[2]), np.sin(query[2])
     pts = _frustum_points(fov_deg, reach)
     world = query[:2] + pts[:, :1] * np.array([c, s]) + pts[:, 1:] * np.array([-s, c])  # P, 2
     d = world[None] - poses[:, None, :2]  # N, P, 2
     dist = np.linalg.norm(d, axis=-1)
     bearing = np.angle(np.exp(1j * (np.arctan2(d[..., 1], d[..., 0]) - poses[:, None, 2])))
-    seen = (np.abs(bearing) <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
-    return seen.mean(axis=1)
+    return (np.abs(bearing) <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
+
+
+def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
+    """Share of the query view's field of view (sampled points up to `reach`) that each
+    of `poses` (N, 3) also sees: 1 for the same pose, 0 for disjoint views."""
+    if len(poses) == 0:
+        return np.zeros(0)
+    return view_points_seen(query, poses, fov_deg, reach).mean(axis=1)
 
 
 def best_views(overlap: np.ndarray, k: int, min_overlap: float) -> np.ndarray:
