@@ -1,6 +1,8 @@
 """Latent memory: pose keys, view-overlap retrieval, the bounded bank, attention that
 reaches only the newest frame, training with memory, and the switch in the dream env."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,66 @@ def test_export_sets_the_memory_guidance_weight(memory_world, tmp_path):
     default = WorldModel.load(world).dynamics.cfg.memory_guidance
     export_world_model(str(run), str(tmp_path / "w.safetensors"), memory_guidance=default + 0.5)
     assert WorldModel.load(tmp_path / "w.safetensors").dynamics.cfg.memory_guidance == default + 0.5
+
+
+def test_turned_columns_find_the_same_wall_in_a_real_turned_view():
+    """Rooms renders the view two turns to the left; each of its pixel columns that
+    turned_columns puts on the current screen shows what the current view shows there."""
+    from worldsim.memory import turned_columns
+
+    env = RoomsEnv(world_seed=0)
+    errors, unshifted = [], []
+    for seed in range(4):
+        now, _ = env.reset(seed=seed)
+        env.step(ACTIONS.index("TURN_LEFT"))
+        turned = env.step(ACTIONS.index("TURN_LEFT"))[0]
+        dyaw = torch.tensor(2 * 2 * np.pi / env.turn_steps)
+        column, on_screen = turned_columns(dyaw, now.shape[1], env.pose_model()["fov_deg"])
+        for u in np.flatnonzero(on_screen.numpy()):
+            target = int(round(float(column[u])))
+            errors.append(np.abs(turned[:, u].astype(float) - now[:, target]).mean())
+            unshifted.append(np.abs(turned[:, u].astype(float) - now[:, u]).mean())
+    assert len(errors) > 40  # most of the turned view is still on screen
+    assert np.mean(errors) < 0.3 * np.mean(unshifted)
+
+
+def test_memory_tokens_take_the_screen_position_of_their_turned_bearing():
+    from worldsim.dynamics import Dynamics, DynamicsConfig
+
+    model = Dynamics(DynamicsConfig(latent_shape=(4, 16, 16), patch=4, d_model=32, n_layers=1, n_heads=2, memory=2,
+                                    memory_fov_deg=60.0))
+    yaw = np.radians(30.0)
+    feats = torch.tensor([[[0, 0, 1.0, 0], [0, 0, np.cos(yaw), np.sin(yaw)]]], dtype=torch.float32)
+    pos = model.memory_positions(feats).view(2, 4, 4, -1)
+    table = model.space_pos.view(4, 4, -1)
+    assert torch.allclose(pos[0], table)  # the same heading: the same positions
+    nearest = [int(torch.cdist(pos[1, 0, c][None], table[0]).argmin()) for c in (2, 3)]
+    assert nearest == [0, 1]  # turned 30 degrees left, its right half lands on the new view's left half
+    assert torch.equal(pos[1, :, :2], model.memory_offscreen.expand(4, 2, -1))  # its left half is off screen
+    unturned = Dynamics(replace(model.cfg, memory_fov_deg=0.0))
+    assert torch.equal(unturned.memory_positions(feats), unturned.space_pos.repeat(2, 1))
+
+
+def test_memory_reproject_fine_tunes_a_memory_model_and_dreams_with_it(pipeline, memory_world, tmp_path):
+    """--memory-reproject starts from a memory model (every weight carries over; the
+    off-screen embedding is new), takes the env's field of view, and the exported model
+    dreams with its memory."""
+    import gymnasium as gym
+
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.export import export_world_model
+
+    root, _, _ = pipeline
+    world, _ = memory_world
+    cfg = TrainConfig(data=str(root / "latents"), out=str(tmp_path / "dyn"), config="tiny", memory=2, steps=4, batch_size=4,
+                      warmup=1, ckpt_every=4, log_every=2, init=str(world), memory_reproject=True)
+    assert np.isfinite(train(cfg, progress=False)["last_batch"]["loss"])
+    export_world_model(str(tmp_path / "dyn" / "latest.safetensors"), str(tmp_path / "world.safetensors"))
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "world.safetensors"))
+    assert env.unwrapped.model.dynamics.cfg.memory_fov_deg == RoomsEnv().pose_model()["fov_deg"]
+    env.reset(seed=0)
+    for action in (3, 3, 1, 4, 4):
+        obs, *_ = env.step(action)
+    assert obs.shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="--memory-reproject turns memory views by their pose"):
+        train(replace(cfg, out=str(tmp_path / "none"), memory=0, init=None), progress=False)

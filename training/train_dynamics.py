@@ -51,6 +51,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
+    memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
     init: str | None = None  # start from this world model's or dynamics run's weights
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
@@ -290,13 +291,25 @@ class MemoryWindows:
         return batch
 
 
+def dataset_pose_model(meta: dict) -> dict:
+    """The pose model a latent dataset records, or its env's; {} for envs with none."""
+    return meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
+
+
 def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if "latent_shape" not in meta:
         raise ValueError(f"{cfg.data} is not a latent dataset; make one with `worldsim encode`")
     if cfg.config not in CONFIGS:
         raise ValueError(f"unknown dynamics size {cfg.config!r}; expected one of {', '.join(CONFIGS)}")
+    fov = 0.0
+    if cfg.memory_reproject:
+        pose_model = dataset_pose_model(meta)
+        fov = pose_model.get("fov_deg", 0.0)
+        if not cfg.memory or cfg.memory_key == "latent" or not fov:
+            raise ValueError("--memory-reproject turns memory views by their pose: it needs --memory, memory keyed by "
+                             "pose, and the camera's field of view (the env's pose_model()['fov_deg'])")
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
-                             **{**CONFIGS[cfg.config], "memory": cfg.memory,
+                             **{**CONFIGS[cfg.config], "memory": cfg.memory, "memory_fov_deg": fov,
                                 **({"patch": cfg.patch} if cfg.patch else {}),
                                 **({"text_dim": TEXT_DIM} if cfg.text else {})})
     torch.manual_seed(cfg.seed)  # the initial weights
@@ -346,7 +359,7 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     if cfg.object_share and not (cfg.text and cfg.memory):
         raise ValueError("--object-share draws windows by their captions: it needs --text and --memory")
     if cfg.memory:
-        pose_model = meta.get("pose_model") or env_pose_model(meta.get("env_id"), meta.get("env_kwargs", {})) or {}
+        pose_model = dataset_pose_model(meta)
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
                              captions=captions, object_share=cfg.object_share)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key

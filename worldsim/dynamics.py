@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.memory import turned_columns
 from worldsim.patches import patchify, unpatchify
 
 
@@ -44,6 +45,7 @@ class DynamicsConfig:
     text_guidance: float = 0.0  # w_t: x0 += w_t (x0 - x0_null_text) when a text is given (zeros are the null text)
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
     memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory; 0 turns it off
+    memory_fov_deg: float = 0.0  # > 0: a memory token takes the screen position its bearing has in the new view (a camera of this horizontal field of view; turns only)
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
@@ -256,6 +258,8 @@ class Dynamics(nn.Module):
             nn.init.zeros_(layer.bias)
         self.heads = RewardEndHead(cfg)
         self.memory_pose = nn.Sequential(nn.Linear(36, d), nn.SiLU(), nn.Linear(d, d)) if cfg.memory else None
+        # Where a turned memory token falls outside the new view.
+        self.memory_offscreen = nn.Parameter(torch.zeros(d)) if cfg.memory and cfg.memory_fov_deg else None
 
     def conditioning(self, tau, actions, has_action, text=None):
         cond = self.noise(noise_embedding(tau, self.cfg.d_model)) + self.action(actions, has_action)
@@ -310,7 +314,7 @@ class Dynamics(nn.Module):
         b, k = z.shape[:2]
         n, p = self.cfg.tokens_per_frame, self.cfg.patch
         tokens, _ = patchify(z, (1, p, p))
-        hid = self.embed(tokens) + self.space_pos.repeat(k, 1)
+        hid = self.embed(tokens) + self.memory_positions(feats)
         tau = torch.full((b, k), self.cfg.ctx_noise, device=z.device)
         cond = (self.noise(noise_embedding(tau, self.cfg.d_model)) + self.memory_pose(pose_embedding(feats)))
         cond = cond.repeat_interleave(n, dim=1)
@@ -322,6 +326,28 @@ class Dynamics(nn.Module):
             hid, kv = block(hid, cond, pos, mask)
             kvs.append(kv)
         return kvs, valid
+
+    def memory_positions(self, feats):
+        """Screen-position embeddings of memory tokens (B, K * tokens, d). With
+        memory_fov_deg, a token takes the (interpolated) column where its bearing lands on
+        the new frame's screen, turned by the memory frame's relative yaw (feats[..., 2:4]
+        = cos, sin): a wall column seen from another heading gets the position it has
+        now. Tokens turned off screen share one embedding. Otherwise every frame uses the
+        same table."""
+        b, k = feats.shape[:2]
+        if not self.cfg.memory_fov_deg:
+            return self.space_pos.repeat(k, 1)
+        _, h, w = self.cfg.latent_shape
+        rows, cols = h // self.cfg.patch, w // self.cfg.patch
+        column, on_screen = turned_columns(torch.atan2(feats[..., 3].float(), feats[..., 2].float()), cols,
+                                           self.cfg.memory_fov_deg)  # B, K, cols
+        lo = column.floor().long()
+        hi = (lo + 1).clamp(max=cols - 1)
+        frac = (column - lo)[..., None, :, None]
+        table = self.space_pos.view(rows, cols, -1)
+        pos = table[:, lo].permute(1, 2, 0, 3, 4) * (1 - frac) + table[:, hi].permute(1, 2, 0, 3, 4) * frac  # B, K, rows, cols, d
+        pos = torch.where(on_screen[..., None, :, None], pos, self.memory_offscreen)
+        return pos.reshape(b, k * rows * cols, -1)
 
     def _mask(self, t: int, cached: int, memory_valid, device):
         """Which keys each new frame's tokens see: [cache, memory, new frames]. None means

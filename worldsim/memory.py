@@ -68,6 +68,19 @@ def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: fl
     return view_points_seen(query, poses, fov_deg, reach).mean(axis=1)
 
 
+def turned_columns(dyaw: torch.Tensor, cols: int, fov_deg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the `cols` screen columns of a view turned by `dyaw` (..., radians, positive
+    = turned left, as yaw grows) from the current one land on the current screen, for a
+    pinhole camera of horizontal field of view `fov_deg`: fractional column indices
+    (..., cols), clamped to the screen, and whether each lands on it."""
+    half = np.tan(np.radians(fov_deg) / 2)
+    centre = (torch.arange(cols, device=dyaw.device, dtype=torch.float32) + 0.5) / cols  # 0 left .. 1 right
+    bearing = torch.atan((1 - 2 * centre) * half) + dyaw.float()[..., None]  # to the left of the view axis
+    bearing = torch.atan2(bearing.sin(), bearing.cos())
+    on_screen = (bearing.abs() < np.pi / 2) & (bearing.tan().abs() <= half)
+    return ((1 - bearing.tan() / half) / 2 * cols - 0.5).clamp(0, cols - 1), on_screen
+
+
 def best_views(overlap: np.ndarray, k: int, min_overlap: float) -> np.ndarray:
     """Indices of the (at most) k largest overlaps, best first, none below min_overlap."""
     order = np.argsort(-overlap, kind="stable")[:k]
