@@ -112,8 +112,9 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
 
 
 def test_memory_match_draws_windows_whose_last_view_only_earlier_frames_show(pipeline):
-    """With --memory-match m, a matched window ends on a view of which at least m only
-    frames before the window saw, from any pose; random windows rarely do."""
+    """With --memory-match m, a matched window ends on a view of which at least m is
+    seen by the frames memory recalls and by no window frame, from any pose; random
+    windows rarely are."""
     from envs import env_pose_model
     from training.train_dynamics import MemoryWindows
 
@@ -122,11 +123,16 @@ def test_memory_match_draws_windows_whose_last_view_only_earlier_frames_show(pip
     episodes = {ep["path"]: ep["gt/pose"].astype(np.float64) for ep in windows.episodes}
 
     def memory_only_share_and_best(it):
+        """Share of the last view the recalled frames see and no window frame does, and
+        the best recalled overlap; all seen from the last pose."""
         path, s = it["start"]
         poses, last = episodes[path], s + 5
-        in_window = view_points_seen(poses[last], poses[s:last], windows.fov, windows.reach).any(axis=0)
-        before = view_points_seen(poses[last], poses[:s], windows.fov, windows.reach).any(axis=0)
-        return (before & ~in_window).mean(), view_overlap(poses[last], poses[:s], windows.fov, windows.reach).max()
+        window = relative_poses(poses[last], poses[s:last])
+        f = it["mem_pose"][it["mem_valid"]]
+        recalled = np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:3])], 1)
+        in_window = view_points_seen(np.zeros(3), window, windows.fov, windows.reach).any(axis=0)
+        in_memory = view_points_seen(np.zeros(3), recalled, windows.fov, windows.reach).any(axis=0)
+        return (in_memory & ~in_window).mean(), view_overlap(np.zeros(3), recalled, windows.fov, windows.reach).max(initial=0)
 
     rng = np.random.default_rng(1)
     matched = np.array([memory_only_share_and_best(windows.item(rng, want_match=True, drop=False)) for _ in range(20)])
@@ -215,6 +221,8 @@ def test_memory_tokens_take_the_screen_position_of_their_turned_bearing():
 
     model = Dynamics(DynamicsConfig(latent_shape=(4, 16, 16), patch=4, d_model=32, n_layers=1, n_heads=2, memory=2,
                                     memory_fov_deg=60.0))
+    with torch.no_grad():  # learnt values: off screen must be this embedding, not zeros
+        model.memory_offscreen.normal_()
     yaw = np.radians(30.0)
     feats = torch.tensor([[[0, 0, 1.0, 0], [0, 0, np.cos(yaw), np.sin(yaw)]]], dtype=torch.float32)
     pos = model.memory_positions(feats).view(2, 4, 4, -1)
@@ -250,3 +258,12 @@ def test_memory_reproject_fine_tunes_a_memory_model_and_dreams_with_it(pipeline,
     assert obs.shape == (64, 64, 3)
     with pytest.raises(ValueError, match="--memory-reproject turns memory views by their pose"):
         train(replace(cfg, out=str(tmp_path / "none"), memory=0, init=None), progress=False)
+
+
+def test_a_memory_match_no_window_meets_is_refused(pipeline):
+    from envs import env_pose_model
+    from training.train_dynamics import MemoryWindows
+
+    root, _, _ = pipeline
+    with pytest.raises(ValueError, match="--memory-match 0.95: only 0% of 20 tries found"):
+        MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), match=0.95)

@@ -181,6 +181,7 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     for config in candidates:  # time a step of each on the windows it would train on
         run_cfg = replace(cfg.train, data=str(latents), out=str(run_dir), config=config, memory=game["memory"],
                           patch=game["patch"], end_weight=game["end_weight"])
+        data = None  # the last candidate's episodes go before the next one's load
         data, _ = training_windows(run_cfg, meta, CONFIGS[config].get("max_frames", DynamicsConfig.max_frames))
         timing[config] = seconds_per_step(run_cfg, data, meta, device)
         steps = int(0.9 * budget / timing[config])

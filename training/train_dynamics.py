@@ -233,6 +233,12 @@ class MemoryWindows:
             self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
         lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
         self.weights = lengths / lengths.sum()
+        if self.match:  # a share no window reaches would train on random windows without a word
+            found = np.mean([self.draw(np.random.default_rng([seed, k]), True)[2] for k in range(20)])
+            if found < 0.5:
+                raise ValueError(f"--memory-match {match}: only {found:.0%} of 20 tries found (in 100 draws each) a "
+                                 f"window whose last view is {match:.0%} seen by earlier frames and by no window frame; "
+                                 "lower it (consecutive frames share most of their view)")
 
     def _likeness(self, ep, i, frames):
         """How much of frame i's view each of `frames` shows: view overlap of poses, or
@@ -245,8 +251,8 @@ class MemoryWindows:
     def needs_memory(self, ep, s: int, last: int) -> bool:
         """Whether the window starting at s ends on a view only frames before it showed:
         the same view (an exact return), or with `match`, at least that share of the
-        last view seen by earlier frames and by no window frame. The window, a few frames,
-        is checked before the episode's history."""
+        last view seen by the frames memory will recall and by no window frame. The
+        window, a few frames, is checked before the episode's history."""
         if not self.match:
             return (self._likeness(ep, last, slice(s, last)).max() < self.same and
                     self._likeness(ep, last, slice(0, s)).max() >= self.same)
@@ -254,18 +260,28 @@ class MemoryWindows:
         in_window = view_points_seen(poses[last], poses[s:last], self.fov, self.reach).any(axis=0)
         if (~in_window).mean() < self.match:
             return False
-        before = view_points_seen(poses[last], poses[:s], self.fov, self.reach).any(axis=0)
-        return (before & ~in_window).mean() >= self.match
+        seen = view_points_seen(poses[last], poses[:s], self.fov, self.reach)
+        recalled = best_views(seen.mean(axis=1), self.k, MIN_LIKENESS["pose"])
+        return (seen[recalled].any(axis=0) & ~in_window).mean() >= self.match
 
-    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False):
-        for _ in range(100):  # draws until a window that needs its memory (and starts on an object), if wanted
+    def draw(self, rng, want_match: bool, want_object: bool = False) -> tuple[dict, int, bool]:
+        """An episode and window start; with want_match (or want_object), up to 100 draws
+        for a window that needs its memory (or starts on an object). Also whether it
+        needs its memory."""
+        for _ in range(100):
             ep = self.episodes[rng.choice(len(self.episodes), p=self.weights)]
             s = int(rng.integers(1, len(ep["latents"]) - self.window + 1))
-            last = s + self.window - 1
             if want_object and not self.captions.shows_object(ep["path"], s):
                 continue
-            if not want_match or self.needs_memory(ep, s, last):
-                break
+            if not want_match:
+                return ep, s, False
+            if self.needs_memory(ep, s, s + self.window - 1):
+                return ep, s, True
+        return ep, s, False
+
+    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False):
+        ep, s, _ = self.draw(rng, want_match, want_object)
+        last = s + self.window - 1
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
         order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
         poses = ep["gt/pose"].astype(np.float64) if self.key == "pose" else None
@@ -342,6 +358,8 @@ def init_from(model: Dynamics, path: str):
     left = sorted(set(weights) - set(shared))
     if any(k.startswith("text.") for k in left):
         raise CheckpointError(f"{path} was trained with captions: pass --text to keep its text conditioning")
+    if "memory_offscreen" in left:
+        raise CheckpointError(f"{path} was trained with --memory-reproject: pass it to keep its memory positions")
     misfit = [k for k in left if not k.startswith(LATENT_IO)]
     if misfit:
         raise CheckpointError(f"{path}: {misfit[:4]}... do not fit this model's config")
@@ -384,6 +402,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     data, meta = training_windows(cfg, probe.meta, window)
+    if cfg.memory_reproject and meta.get("memory_key") != "pose":
+        raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
+                         f"{meta.get('memory_key')!r}: its episodes need gt/pose")
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
