@@ -361,3 +361,56 @@ def test_calibrated_end_head_ends_dreamed_replays_as_often_as_the_data(pipeline,
     again = calibrate_ends(model, tmp_path / "ended", split="train", seed=3)
     assert again["dream_ends_per_step_before"] == pytest.approx(report["real_ends_per_step"], rel=0.01)
     assert abs(again["logit_shift"]) < 0.01 and abs(report["logit_shift"]) > 0.1
+
+
+def test_one_step_distillation_learns_the_teachers_guided_sample():
+    """The student starts as the teacher: its one-pass prediction from the noise misses
+    what the teacher's 3 guided steps make of it; training on the same batch closes most
+    of that gap, and the loss is exactly the gap to the teacher's sample."""
+    import copy
+
+    from worldsim.objective import distillation_loss
+
+    teacher = tiny_model(sample_steps=3, action_guidance=2.0)
+    student = copy.deepcopy(teacher).train()
+    z, acts = torch.randn(4, 5, *teacher.cfg.latent_shape), torch.randint(0, 7, (4, 4))
+    zeros = torch.zeros(4, 4)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        torch.manual_seed(0)  # the same noise: the same target
+        loss, metrics = distillation_loss(student, teacher, z, acts, rewards=zeros, terminated=zeros.bool())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(metrics["distill_mse"])
+    assert losses[0] > 0 and losses[-1] < 0.2 * losses[0]
+    # The target is the teacher's sample from the same noise and context.
+    torch.manual_seed(0)
+    into, has = teacher.actions_into_frames(acts, 4, 5, "cpu")
+    eps = torch.randn_like(z[:, -1])
+    cache = teacher.new_cache()
+    prime(teacher, cache, z[:, :-1], into[:, :-1], has[:, :-1], torch.arange(4).expand(4, 4))
+    target = sample_next(teacher, cache, into[:, -1], torch.full((4,), 4), noise=eps, write_cache=False)
+    torch.manual_seed(0)
+    _, again = distillation_loss(student, teacher, z, acts)
+    assert again["target_vs_real_mse"] == pytest.approx(((target - z[:, -1]) ** 2).mean().item(), rel=1e-5)
+
+
+def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_world, tmp_path):
+    import gymnasium as gym
+
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.export import export_world_model
+
+    root, _, _ = pipeline
+    world, _ = memory_world
+    train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "dyn"), config="tiny", memory=2, steps=3,
+                      batch_size=2, warmup=1, ckpt_every=3, log_every=1, teacher=str(world)), progress=False)
+    assert "distill_mse" in (tmp_path / "dyn" / "metrics.csv").read_text().splitlines()[0]
+    export_world_model(str(tmp_path / "dyn" / "latest.safetensors"), str(tmp_path / "one_step.safetensors"))
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "one_step.safetensors"))
+    cfg = env.unwrapped.model.dynamics.cfg
+    assert (cfg.sample_steps, cfg.memory_guidance, cfg.action_guidance, cfg.text_guidance) == (1, 0.0, 0.0, 0.0)
+    env.reset(seed=0)
+    assert env.step(1)[0].shape == (64, 64, 3)

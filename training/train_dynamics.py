@@ -36,8 +36,9 @@ from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episo
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap,
                              view_points_seen)
-from worldsim.objective import diffusion_forcing_loss
+from worldsim.objective import diffusion_forcing_loss, distillation_loss
 from worldsim.text import TEXT_DIM
+from worldsim.world_model import WorldModel
 
 
 @dataclass(kw_only=True)
@@ -53,6 +54,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
     init: str | None = None  # start from this world model's or dynamics run's weights
+    teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
@@ -324,16 +326,19 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
         if not cfg.memory or cfg.memory_key == "latent" or not fov:
             raise ValueError("--memory-reproject turns memory views by their pose: it needs --memory, memory keyed by "
                              "pose, and the camera's field of view (the env's pose_model()['fov_deg'])")
+    one_step = {"sample_steps": 1, "memory_guidance": 0.0, "action_guidance": 0.0, "text_guidance": 0.0}
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
                              **{**CONFIGS[cfg.config], "memory": cfg.memory, "memory_fov_deg": fov,
                                 **({"patch": cfg.patch} if cfg.patch else {}),
-                                **({"text_dim": TEXT_DIM} if cfg.text else {})})
+                                **({"text_dim": TEXT_DIM} if cfg.text else {}),
+                                **(one_step if cfg.teacher else {})})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Dynamics(dyn_cfg)
-    if cfg.init:
-        fresh = init_from(model, cfg.init)
+    init = cfg.init or cfg.teacher
+    if init:
+        fresh = init_from(model, init)
         if fresh:
-            print(f"--init {cfg.init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
+            print(f"--init {init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
     if cfg.text and cfg.init:  # the text layer is new to the model it starts from: it learns 10x faster
         model.lr_scales = {"text.": 10.0}
     return model
@@ -408,8 +413,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
+    if cfg.teacher:
+        teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
+        if teacher.cfg.latent_shape != model.cfg.latent_shape or teacher.cfg.max_frames < window:
+            raise ValueError(f"--teacher {cfg.teacher} dreams latents {teacher.cfg.latent_shape} with "
+                             f"{teacher.cfg.max_frames} frames of context; this run trains {model.cfg.latent_shape} "
+                             f"windows of {window}")
+        loss_of = lambda m, b: distillation_loss(m, teacher, **b)  # noqa: E731
+    else:
+        loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
+                                                      end_weight=cfg.end_weight)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
-               loss_of=lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout, end_weight=cfg.end_weight),
+               loss_of=loss_of,
                items_per_batch=lambda b: b["z"].shape[0] * tokens, device=device, progress=progress)
 

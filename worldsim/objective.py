@@ -1,9 +1,13 @@
-"""The training objective of the dynamics network: diffusion forcing on a rectified-flow
-path. Every frame of a window gets its own noise level tau ~ U(0, 1),
-x_tau = (1 - tau) x0 + tau * eps, and the network predicts the clean x0 of every frame
-from the noisy window, so one network learns both to denoise the newest frame and to
-read past frames at any noise level (worldsim/sampler.py keeps them at `ctx_noise`).
-The reward/termination head learns beside it, on clean latents.
+"""The training objectives of the dynamics network.
+
+Diffusion forcing on a rectified-flow path: every frame of a window gets its own noise
+level tau ~ U(0, 1), x_tau = (1 - tau) x0 + tau * eps, and the network predicts the clean
+x0 of every frame from the noisy window, so one network learns both to denoise the
+newest frame and to read past frames at any noise level (worldsim/sampler.py keeps them
+at `ctx_noise`). The reward/termination head learns beside it, on clean latents.
+
+Distillation into one step: a student learns to predict, in one pass from pure noise,
+the frame a teacher samples from the same noise in its several guided passes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.dynamics import Dynamics
+from worldsim.sampler import noisy_context, prime, sample_next
 
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
@@ -56,3 +61,29 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     total = denoise + reward_loss + 0.1 * end_loss
     return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
                    "end_bce": end_loss.item(), "last_mse": last.item()}
+
+
+def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):
+    """One-step distillation on a window of clean latents z (B, T, C, h, w): the teacher,
+    with T-1 context frames in its cache, samples the last frame (its sample_steps and
+    guidance) from noise eps; the model sees the same context at the context noise level
+    and eps at tau = 1, and predicts that frame in one pass. Returns (loss, metrics)."""
+    b, t = z.shape[:2]
+    into, has = model.actions_into_frames(actions, b, t, z.device, None)
+    frames = torch.arange(t, device=z.device).expand(b, t)
+    pick = lambda a, i: a[:, i] if not isinstance(a, dict) else {k: v[:, i] for k, v in a.items()}  # noqa: E731
+    eps = torch.randn_like(z[:, -1])
+    with torch.no_grad():
+        cache = teacher.new_cache()
+        prime(teacher, cache, z[:, :-1], pick(into, slice(0, -1)), has[:, :-1], frames[:, :-1], text=text)
+        target = sample_next(teacher, cache, pick(into, -1), frames[:, -1], text=text, memory=memory, noise=eps,
+                             write_cache=False)
+    x = torch.cat([noisy_context(model, z[:, :-1]), eps[:, None]], 1)
+    tau = torch.full((b, t), model.cfg.ctx_noise, device=z.device)
+    tau[:, -1] = 1.0
+    if memory is not None:
+        memory = model.encode_memory(memory[0], memory[1], memory[2], frames[:, -1])
+    pred = model(x, tau, into, has, frames, text, memory=memory)[:, -1]
+    loss = F.mse_loss(pred.float(), target.float())
+    return loss, {"loss": loss.item(), "distill_mse": loss.item(),
+                  "target_vs_real_mse": F.mse_loss(target.float(), z[:, -1].float()).item()}

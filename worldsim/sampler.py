@@ -36,13 +36,14 @@ def prime(model: Dynamics, cache: KVCache, z, actions_into, has_action, frame_in
 @torch.no_grad()
 def sample_next(model: Dynamics, cache: KVCache, action, frame_index, steps: int | None = None, generator=None,
                 text=None, memory=None, guidance: float | None = None, action_guidance: float | None = None,
-                text_guidance: float | None = None, has_action: bool = True, write_cache: bool = True):
+                text_guidance: float | None = None, has_action: bool = True, write_cache: bool = True, noise=None):
     """Sample the next latent frame (B, C, h, w) given the cache, the action (B, ...)
     that leads into it and optional memory (clean latents, pose features, valid; as in
     forward), with memory guidance w = `guidance` (default cfg.memory_guidance; 0 is
     none), action guidance and text guidance (defaults: the config's); then add the frame
     to the cache (unless write_cache=False, which leaves the cache as it was). has_action=False:
-    no action led here (a world's first frame)."""
+    no action led here (a world's first frame). `noise` (B, C, h, w): the pure noise the
+    frame starts from (default: drawn)."""
     steps = steps or model.cfg.sample_steps
     guidance = model.cfg.memory_guidance if guidance is None else guidance
     action_guidance = model.cfg.action_guidance if action_guidance is None else action_guidance
@@ -57,7 +58,7 @@ def sample_next(model: Dynamics, cache: KVCache, action, frame_index, steps: int
     if not has_action:
         action_guidance = 0.0
     pos = frame_index[:, None]
-    x = torch.randn(shape, generator=generator, device=device)
+    x = torch.randn(shape, generator=generator, device=device) if noise is None else noise[:, None]
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], frame_index)
     taus = torch.linspace(1, 0, steps + 1, device=device)
