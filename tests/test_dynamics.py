@@ -390,7 +390,7 @@ def test_one_step_distillation_learns_the_teachers_guided_sample():
     into, has = teacher.actions_into_frames(acts, 4, 5, "cpu")
     eps = torch.randn_like(z[:, -1])
     cache = teacher.new_cache()
-    prime(teacher, cache, z[:, :-1], into[:, :-1], has[:, :-1], torch.arange(4).expand(4, 4))
+    prime(teacher, cache, z[:, :-1], into[:, :-1], has[:, :-1], torch.arange(4).expand(4, 4))  # the same context noise
     target = sample_next(teacher, cache, into[:, -1], torch.full((4,), 4), noise=eps, write_cache=False)
     torch.manual_seed(0)
     _, again = distillation_loss(student, teacher, z, acts)
@@ -401,6 +401,7 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     import gymnasium as gym
 
     from training.train_dynamics import TrainConfig, train
+    from worldsim.checkpoint import CheckpointError
     from worldsim.export import export_world_model
 
     root, _, _ = pipeline
@@ -410,7 +411,17 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     assert "distill_mse" in (tmp_path / "dyn" / "metrics.csv").read_text().splitlines()[0]
     export_world_model(str(tmp_path / "dyn" / "latest.safetensors"), str(tmp_path / "one_step.safetensors"))
     env = gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "one_step.safetensors"))
-    cfg = env.unwrapped.model.dynamics.cfg
+    student, teacher = env.unwrapped.model.dynamics, gym.make("worldsim/Dream-v0", checkpoint=str(world)).unwrapped.model.dynamics
+    for (name, a), b in zip(student.heads.state_dict().items(), teacher.heads.state_dict().values()):
+        assert torch.equal(a, b), name  # the heads are the teacher's
+    assert any(not torch.equal(a, b) for a, b in zip(student.blocks.parameters(), teacher.blocks.parameters()))
+    cfg = student.cfg
     assert (cfg.sample_steps, cfg.memory_guidance, cfg.action_guidance, cfg.text_guidance) == (1, 0.0, 0.0, 0.0)
     env.reset(seed=0)
     assert env.step(1)[0].shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="drop --footage and --action-dropout"):
+        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
+                          teacher=str(world), action_dropout=0.1), progress=False)
+    with pytest.raises(CheckpointError, match="do not fit this model's config"):  # the teacher's weights, another shape
+        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other2"), config="tiny", memory=0, steps=1,
+                          teacher=str(world)), progress=False)

@@ -414,11 +414,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     if cfg.teacher:
+        if cfg.footage or cfg.action_dropout:
+            raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage and "
+                             "--action-dropout (the teacher's action guidance is distilled in)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
-        if teacher.cfg.latent_shape != model.cfg.latent_shape or teacher.cfg.max_frames < window:
-            raise ValueError(f"--teacher {cfg.teacher} dreams latents {teacher.cfg.latent_shape} with "
-                             f"{teacher.cfg.max_frames} frames of context; this run trains {model.cfg.latent_shape} "
-                             f"windows of {window}")
+        body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
+        if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:
+            raise ValueError(f"--teacher {cfg.teacher} is {({k: getattr(teacher.cfg, k) for k in body})} with "
+                             f"{teacher.cfg.max_frames} frames of context; this run builds "
+                             f"{({k: getattr(model.cfg, k) for k in body})} for windows of {window}: pass the "
+                             "teacher's --config, --patch, --memory, --text, --memory-reproject")
+        model.heads.requires_grad_(False)  # the teacher's, kept: distillation gives them no loss
         loss_of = lambda m, b: distillation_loss(m, teacher, **b)  # noqa: E731
     else:
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731

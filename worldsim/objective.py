@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.dynamics import Dynamics
-from worldsim.sampler import noisy_context, prime, sample_next
+from worldsim.sampler import noisy_context, sample_next
 
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
@@ -65,21 +65,24 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
 
 def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):
     """One-step distillation on a window of clean latents z (B, T, C, h, w): the teacher,
-    with T-1 context frames in its cache, samples the last frame (its sample_steps and
-    guidance) from noise eps; the model sees the same context at the context noise level
-    and eps at tau = 1, and predicts that frame in one pass. Returns (loss, metrics)."""
+    with the T-1 context frames (noised to the context level) in its cache, samples the
+    last frame (its sample_steps and guidance) from noise eps; the model reads the same
+    noised context and eps at tau = 1, and predicts that frame in one pass. The reward
+    and termination heads are not trained. Returns (loss, metrics)."""
     b, t = z.shape[:2]
     into, has = model.actions_into_frames(actions, b, t, z.device, None)
     frames = torch.arange(t, device=z.device).expand(b, t)
     pick = lambda a, i: a[:, i] if not isinstance(a, dict) else {k: v[:, i] for k, v in a.items()}  # noqa: E731
     eps = torch.randn_like(z[:, -1])
+    context = noisy_context(model, z[:, :-1])  # both read the same noised context
+    tau = torch.full((b, t), model.cfg.ctx_noise, device=z.device)
     with torch.no_grad():
         cache = teacher.new_cache()
-        prime(teacher, cache, z[:, :-1], pick(into, slice(0, -1)), has[:, :-1], frames[:, :-1], text=text)
+        teacher(context, tau[:, :-1], pick(into, slice(0, -1)), has[:, :-1], frames[:, :-1], text, cache,
+                write_cache=True)
         target = sample_next(teacher, cache, pick(into, -1), frames[:, -1], text=text, memory=memory, noise=eps,
                              write_cache=False)
-    x = torch.cat([noisy_context(model, z[:, :-1]), eps[:, None]], 1)
-    tau = torch.full((b, t), model.cfg.ctx_noise, device=z.device)
+    x = torch.cat([context, eps[:, None]], 1)
     tau[:, -1] = 1.0
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], frames[:, -1])
