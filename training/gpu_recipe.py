@@ -66,10 +66,12 @@ class RecipeConfig:
     text_guidance: float = 3.0  # exported default, when trained with --text
     eval_windows: int = 64  # held-out windows the model is scored on
     horizons: str = "1,4,16,64"  # dreamed steps the replay PSNR is reported at
-    # The dynamics run's own options keep their flags (--batch-size, --lr, --text, --init, ...); the recipe sets the rest.
+    # The dynamics run's own options keep their flags (--batch-size, --lr, --text, --init, ...); the recipe sets the
+    # rest. It times and trains the diffusion objective, so it takes no --teacher.
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(data="", out="", batch_size=64, lr=3e-4, action_dropout=0.15, loader_workers=12),
-        metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "patch", "end_weight", "warmup")))
+        metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "patch", "end_weight", "warmup",
+                                        "teacher")))
 
 
 def seconds_per_step(cfg: TrainConfig, data, meta: dict, device: torch.device, trials: int = 3) -> float:
