@@ -1,6 +1,7 @@
 """The diffusion transformer: causality, KV cache, conditioning, training, DDP, dreaming."""
 
 import json
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -186,6 +187,26 @@ def test_dynamics_training_logs_checkpoints_and_resumes(pipeline):
     assert rows["step"][-1] == 40 and rows["loss"][-1] < rows["loss"][0]
     dyn.steps = 50
     assert train_dyn(dyn, progress=False)["step"] == 50  # resumed from step 40
+
+
+def test_a_run_saved_before_a_setting_was_added_resumes(pipeline, tmp_path):
+    """A run whose checkpoint lacks a setting added to DynamicsConfig since (at its
+    default, the same model) resumes; one that differs in a setting it has is refused."""
+    import shutil
+
+    from training.train_dynamics import train as train_dyn
+    from worldsim.checkpoint import load_checkpoint, save_checkpoint
+
+    root, dyn, _ = pipeline
+    old = tmp_path / "old"
+    shutil.copytree(root / "dyn", old)
+    tensors, config = load_checkpoint(old / "latest.safetensors")
+    del config["dynamics"]["memory_fov_deg"]  # as written before that setting existed
+    save_checkpoint(old / "latest.safetensors", tensors, config)
+    cfg = replace(dyn, out=str(old), steps=config["step"] + 2)
+    assert train_dyn(cfg, progress=False)["step"] == config["step"] + 2
+    with pytest.raises(ValueError, match="use another --out or the same settings"):
+        train_dyn(replace(cfg, steps=cfg.steps + 2, config="XS"), progress=False)
 
 
 def test_world_model_dreams_and_refuses_mismatches(pipeline, rooms_dataset, tmp_path):

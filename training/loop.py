@@ -19,7 +19,7 @@ import pickle
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from worldsim.checkpoint import (MODEL, load_checkpoint, optimizer_tensors, prefixed, restore_optimizer, save_checkpoint,
-                                 with_prefix, without_retired)
+from worldsim.checkpoint import (MODEL, as_saved_today, load_checkpoint, optimizer_tensors, prefixed, restore_optimizer,
+                                 save_checkpoint, with_prefix)
 
 
 @dataclass
@@ -183,8 +183,10 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     if ckpt.exists():
         tensors, meta = load_checkpoint(ckpt)
         kind = config["kind"]
-        saved = without_retired(type(getattr(model, "cfg", None)), meta.get(kind) or {})  # older runs' settings
-        if saved != json.loads(json.dumps(config[kind])):
+        saved = meta.get(kind) or {}
+        if is_dataclass(getattr(model, "cfg", None)):  # older runs' settings, as saved today
+            saved = as_saved_today(type(model.cfg), saved)
+        if json.loads(json.dumps(saved)) != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")
         model.load_state_dict(with_prefix(tensors, MODEL))

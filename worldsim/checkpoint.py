@@ -112,6 +112,16 @@ def config_from(cls, config: dict, section: str, path):
         raise CheckpointError(f"{where} is inconsistent: {e}") from e
 
 
+def as_saved_today(cls, data: dict) -> dict:
+    """Settings `data` of a `cls` as this version would save them: retired ones dropped
+    (`without_retired`), and the ones added to `cls` since, which the file lacks, at their
+    defaults (an added setting at its default builds what the file's model was)."""
+    added = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+             for f in dataclasses.fields(cls) if f.name not in data and
+             (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)}
+    return {**without_retired(cls, data), **added}
+
+
 def without_retired(cls, data: dict) -> dict:
     """`data` less the settings `cls` has retired (its RETIRED: older files carry them,
     with the one value still readable) where they hold that value."""
