@@ -212,9 +212,11 @@ class MemoryWindows:
             raise ValueError(f"{root} has no training episode longer than {window} frames")
         if key == "auto":
             key = "pose" if all("gt/pose" in ep for ep in self.episodes) else "latent"
-        if key == "latent":
-            for ep in self.episodes:
+        for ep in self.episodes:  # keys: latents, or poses in the precision view overlap computes in
+            if key == "latent":
                 ep["keys"] = latent_keys(ep["latents"].astype(np.float32))
+            elif key == "pose":
+                ep["gt/pose"] = ep["gt/pose"].astype(np.float64)
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
         self.object_share = object_share
         if match and key != "pose":
@@ -246,8 +248,7 @@ class MemoryWindows:
         """How much of frame i's view each of `frames` shows: view overlap of poses, or
         the cosine similarity of latent keys."""
         if self.key == "pose":
-            poses = ep["gt/pose"].astype(np.float64)
-            return view_overlap(poses[i], poses[frames], self.fov, self.reach)
+            return view_overlap(ep["gt/pose"][i], ep["gt/pose"][frames], self.fov, self.reach)
         return ep["keys"][frames] @ ep["keys"][i]
 
     def needs_memory(self, ep, s: int, last: int) -> bool:
@@ -258,7 +259,7 @@ class MemoryWindows:
         if not self.match:
             return (self._likeness(ep, last, slice(s, last)).max() < self.same and
                     self._likeness(ep, last, slice(0, s)).max() >= self.same)
-        poses = ep["gt/pose"].astype(np.float64)
+        poses = ep["gt/pose"]
         in_window = view_points_seen(poses[last], poses[s:last], self.fov, self.reach).any(axis=0)
         if (~in_window).mean() < self.match:
             return False
@@ -286,7 +287,7 @@ class MemoryWindows:
         last = s + self.window - 1
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
         order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
-        poses = ep["gt/pose"].astype(np.float64) if self.key == "pose" else None
+        poses = ep["gt/pose"] if self.key == "pose" else None
         z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
                                      self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
         end = s + self.window
