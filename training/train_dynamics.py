@@ -324,7 +324,7 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if cfg.memory_reproject:
         pose_model = dataset_pose_model(meta)
         fov = pose_model.get("fov_deg", 0.0)
-        if not cfg.memory or cfg.memory_key == "latent" or not fov:
+        if not cfg.memory or not fov:
             raise ValueError("--memory-reproject turns memory views by their pose: it needs --memory, memory keyed by "
                              "pose, and the camera's field of view (the env's pose_model()['fov_deg'])")
     one_step = {"sample_steps": 1, "memory_guidance": 0.0, "action_guidance": 0.0, "text_guidance": 0.0}
@@ -387,6 +387,9 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
                              captions=captions, object_share=cfg.object_share)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
+        if cfg.memory_reproject and data.key != "pose":
+            raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
+                             f"{data.key!r}: its episodes need gt/pose")
     else:
         data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions)
     if cfg.footage:
@@ -408,9 +411,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     data, meta = training_windows(cfg, probe.meta, window)
-    if cfg.memory_reproject and meta.get("memory_key") != "pose":
-        raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
-                         f"{meta.get('memory_key')!r}: its episodes need gt/pose")
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
