@@ -8,8 +8,11 @@ ball on the left"); the model makes the world's first frame from it
 recaptioner, trained on real Rooms frames and their exact captions, reads back the room,
 whether the object is in view, and its side. Rows: the prompt rewritten into the caption
 style (what the env does), the raw short prompt (no rewriting), and the null text (the
-same model unconditioned: chance for this model). The recaptioner's own accuracy on real
-held-out frames (its scores.json, when beside it) is the ceiling of what it can read.
+same model unconditioned: chance for this model). A model with a first-frame network
+(`worldsim export --first-frame`) is scored twice: its first frames from that network,
+and from the dynamics alone, as a model without one makes them. The recaptioner's own
+accuracy on real held-out frames (its scores.json, when beside it) is the ceiling of
+what it can read.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ def prompts(n: int, seed: int) -> list[tuple[str, int, int, int]]:
 
 def score(model: WorldModel, reader: Recaptioner, cases, texts: np.ndarray, guidance: float, steps: int,
           seed: int) -> tuple[dict, np.ndarray]:
-    model.dynamics.cfg.text_guidance = guidance
     room = seen = side = 0
     frames = []
     for k, ((_, r, o, s), text) in enumerate(zip(cases, texts)):
-        frame = model.frame_from_text(text, torch.Generator(device=model.device).manual_seed(seed + k), steps=steps)
+        frame = model.frame_from_text(text, torch.Generator(device=model.device).manual_seed(seed + k), steps=steps,
+                                      guidance=guidance)
         frames.append(frame)
         attrs = reader.attributes(np.repeat(frame[None, None], 3, 1))[0]
         room += attrs.room == r
@@ -75,12 +78,15 @@ def main():
     rows = {"rewritten": embed_texts(rewritten), "raw prompt": embed_texts([c[0] for c in cases]),
             "null text (unconditional)": np.zeros((len(cases), TEXT_DIM), np.float32)}
     results, sheets = {}, {}
-    for w in args.guidance:
-        for name, texts in rows.items():
-            if name.startswith("null") and w != args.guidance[0]:
-                continue  # guidance does nothing to the null text
-            results[f"{name}, guidance {w:g}"], sheets[f"{name} {w:g}"] = score(model, reader, cases, texts, w,
-                                                                                 args.steps, args.seed)
+    first_frame = model.first_frame
+    for network in (["first-frame network: ", "dynamics alone: "] if first_frame is not None else [""]):
+        model.first_frame = None if network.startswith("dynamics") else first_frame
+        for w in args.guidance:
+            for name, texts in rows.items():
+                if name.startswith("null") and w != args.guidance[0]:
+                    continue  # guidance does nothing to the null text
+                results[f"{network}{name}, guidance {w:g}"], sheets[f"{network}{name} {w:g}"] = score(
+                    model, reader, cases, texts, w, args.steps, args.seed)
     ceiling = None
     scores_file = Path(args.recaptioner).with_name("scores.json")
     if scores_file.exists():
@@ -88,13 +94,13 @@ def main():
         ceiling = {"room": acc["room"], "object_in_view": acc["object_in_view"], "object_side": acc["object_side"]}
     chance = {"room": 1 / len(ROOM_COLOUR_NAMES), "object_side": 1 / 3}
     print(f"{args.checkpoint}: {len(cases)} prompts, first frames read by {args.recaptioner}")
-    print(f"{'row':45s} {'room':>6s} {'in view':>8s} {'side':>6s} {'mean':>6s}")
+    print(f"{'row':64s} {'room':>6s} {'in view':>8s} {'side':>6s} {'mean':>6s}")
     for name, r in results.items():
-        print(f"{name:45s} {r['room']:6.2f} {r['object_in_view']:8.2f} {r['object_side']:6.2f} {r['attributes']:6.2f}")
+        print(f"{name:64s} {r['room']:6.2f} {r['object_in_view']:8.2f} {r['object_side']:6.2f} {r['attributes']:6.2f}")
     if ceiling:
-        print(f"{'recaptioner on real held-out frames':45s} {ceiling['room']:6.2f} {ceiling['object_in_view']:8.2f} "
+        print(f"{'recaptioner on real held-out frames':64s} {ceiling['room']:6.2f} {ceiling['object_in_view']:8.2f} "
               f"{ceiling['object_side']:6.2f}   (in view: of all object slots)")
-    print(f"{'chance':45s} {chance['room']:6.2f} {'':8s} {chance['object_side']:6.2f}")
+    print(f"{'chance':64s} {chance['room']:6.2f} {'':8s} {chance['object_side']:6.2f}")
     out = Path(__file__).parent / "results" / f"{args.name}.json"
     out.write_text(json.dumps({"checkpoint": args.checkpoint, "recaptioner": args.recaptioner, "prompts": len(cases),
                                "steps": args.steps, "results": results, "recaptioner_on_real_frames": ceiling,

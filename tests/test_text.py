@@ -173,3 +173,64 @@ def test_object_share_draws_windows_that_start_on_an_object(pipeline):
     rng = np.random.default_rng(0)
     starts = [data.item(rng, False, False, True)["start"] for _ in range(20)]
     assert all(captions.shows_object(path, s) for path, s in starts)
+
+
+def test_plain_windows_draw_their_object_share_from_starts_with_an_object(pipeline):
+    from training.train_dynamics import LatentWindows, WindowCaptions
+    from worldsim.dataset import episode_paths
+
+    root, _, _ = pipeline
+    captions = WindowCaptions(episode_paths(root / "latents", "train"), dropout=0.0)
+    data = LatentWindows(str(root / "latents"), 1, 0, captions=captions, object_share=0.5)
+    assert data.showing and all(captions.shows_object(data.windows.paths[e], t)
+                                for e, t in (data.windows.index[i] for i in data.showing))
+    batch = data.batch(16, 3, 0)
+    assert batch["z"].shape[:2] == (16, 1) and batch["actions"].shape == (16, 0)
+    # Each window's text is its start's caption: the first half name an object in view.
+    with_object = captions.table[np.unique(captions.index[captions.objects])]
+    text = batch["text"].numpy()
+    names_object = [np.isclose(with_object @ row, 1, atol=1e-5).any() for row in text]
+    assert all(names_object[:8]) and np.mean(captions.objects) < 0.5
+
+
+def test_a_first_frame_network_makes_the_worlds_start_and_ships_inside_the_world_model(pipeline, memory_world,
+                                                                                       text_world, tmp_path):
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
+
+    root, _, _ = pipeline
+    text_path, _ = text_world
+    # Single frames with their captions, from a model with memory: its memory layers are left out.
+    cfg = TrainConfig(data=str(root / "latents"), out=str(tmp_path / "first"), config="tiny", text=True, window=1,
+                      object_share=0.5, steps=6, batch_size=8, warmup=2, ckpt_every=6,
+                      init=str(memory_world[0]))
+    summary = train(cfg, progress=False)
+    assert summary["step"] == 6 and np.isfinite(summary["last_batch"]["denoise_mse"])
+    first = str(tmp_path / "first" / "latest.safetensors")
+    run = str(text_path.parent / "dyn" / "latest.safetensors")
+    export_world_model(run, str(tmp_path / "w.safetensors"), first_frame=first, text_guidance=2.0)
+    model = WorldModel.load(tmp_path / "w.safetensors")
+    assert model.first_frame is not None and model.first_frame.cfg.text_guidance == 2.0
+    assert model.first_frame.cfg.memory == 0 and model.dynamics.cfg.memory == 0
+    plain = WorldModel.load(text_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.dynamics.state_dict().values(),
+                                                 plain.dynamics.state_dict().values()))
+    for layer in (model.first_frame.text, model.dynamics.text):  # a short run leaves the text layers near zero
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    text = torch.nn.functional.normalize(torch.randn(384), dim=0).numpy()
+    made = model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2)
+    assert np.array_equal(made, model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2))
+    by_first = model.first_frame
+    model.first_frame = None
+    assert not np.array_equal(made, model.frame_from_text(text, torch.Generator().manual_seed(0), steps=2))
+    model.first_frame = by_first
+    # The env starts its world from the first-frame network's frame, then steps it.
+    model.save(tmp_path / "w2.safetensors")
+    env = gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "w2.safetensors"))
+    obs, info = env.reset(seed=0, options={"prompt": "a red room with a green box"})
+    assert obs.shape == model.frame_shape and "caption" in info
+    assert env.step(1)[0].shape == obs.shape
+    with pytest.raises(CheckpointError, match="--text"):
+        export_world_model(run, str(tmp_path / "x.safetensors"), first_frame=str(root / "dyn" / "latest.safetensors"))

@@ -44,7 +44,7 @@ from worldsim.world_model import WorldModel
 @dataclass(kw_only=True)
 class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     config: str = "XS"  # model size: tiny | XS | S | B | L
-    window: int | None = None  # frames per training window (default: the model's context, max_frames)
+    window: int | None = None  # frames per training window (default: the model's context, max_frames); 1 with --text: a first-frame model (worlds' starts from their captions, `worldsim export --first-frame`)
     steps: int = 3000
     batch_size: int = 16
     lr: float = 5e-4
@@ -115,9 +115,11 @@ class WindowCaptions:
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
-    step ends the episode, so the termination head sees deaths, rare as they are."""
+    step ends the episode, so the termination head sees deaths, rare as they are, and
+    `object_share` (with captions) from windows that start with an object in view."""
 
-    def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None):
+    def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None,
+                 object_share: float = 0.0):
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
         self.captions = captions
         if not self.windows.has_actions:
@@ -132,6 +134,12 @@ class LatentWindows:
             self.ending = [i for i, (e, t) in enumerate(self.windows.index) if ends[e][t + window - 2]]
             if not self.ending:
                 raise ValueError(f"--end-share {end_share}: {root} has no terminated episode to draw from")
+        self.object_share, self.showing = object_share, []
+        if object_share:
+            self.showing = [i for i, (e, t) in enumerate(self.windows.index)
+                            if captions.shows_object(self.windows.paths[e], t)]
+            if not self.showing:
+                raise ValueError(f"--object-share {object_share}: no window of {root} starts with an object in view")
 
     def batch(self, n, step, rank):
         """A batch of CPU tensors (the training loop moves it to its device)."""
@@ -140,6 +148,9 @@ class LatentWindows:
         ends = int(round(n * self.end_share))
         if ends:
             idx[:ends] = rng.choice(self.ending, size=ends)
+        objects = int(round(n * self.object_share))
+        if objects:
+            idx[ends:ends + objects] = rng.choice(self.showing, size=objects)
         items = [self.windows[int(i)] for i in idx]
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
@@ -360,6 +371,10 @@ def init_from(model: Dynamics, path: str):
         raise CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint; --init takes a world model or a dynamics run")
     own = model.state_dict()
     weights = {k: v.float() for k, v in with_prefix(tensors, prefix).items()}
+    unused = [k for k in weights if k.startswith(("memory_pose.", "memory_offscreen"))] if not model.cfg.memory else []
+    if unused:  # a model without memory (a first-frame model) takes the rest of one with it
+        print(f"--init {path}: its memory layers are left out (this run has no --memory)", file=sys.stderr)
+        weights = {k: v for k, v in weights.items() if k not in unused}
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
     if any(k.startswith("text.") for k in left):
@@ -380,8 +395,11 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
-    if cfg.object_share and not (cfg.text and cfg.memory):
-        raise ValueError("--object-share draws windows by their captions: it needs --text and --memory")
+    if cfg.object_share and not cfg.text:
+        raise ValueError("--object-share draws windows by their captions: it needs --text")
+    if cfg.object_share + cfg.end_share > 1:
+        raise ValueError(f"--object-share {cfg.object_share} and --end-share {cfg.end_share} are shares of one batch: "
+                         "together at most 1")
     if cfg.memory:
         pose_model = dataset_pose_model(meta)
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
@@ -391,7 +409,7 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
                              f"{data.key!r}: its episodes need gt/pose")
     else:
-        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions)
+        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions, cfg.object_share)
     if cfg.footage:
         if cfg.memory:
             raise ValueError("--footage and --memory do not combine yet: memory windows are drawn by pose, which "

@@ -87,9 +87,10 @@ def cmd_export(args):
     if config.get("kind") == "dynamics":
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
                                   memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
-                                  text_guidance=args.text_guidance, calibrate_ends=args.calibrate_ends)
-    if args.calibrate_ends:
-        raise SystemExit("--calibrate-ends goes with a dynamics run's checkpoint")
+                                  text_guidance=args.text_guidance, calibrate_ends=args.calibrate_ends,
+                                  first_frame=args.first_frame)
+    if args.calibrate_ends or args.first_frame:
+        raise SystemExit("--calibrate-ends and --first-frame go with a dynamics run's checkpoint")
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
     if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their ends, --sample-ends)")
     p.add_argument("--text-guidance", type=float, default=None,
                    help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
+    p.add_argument("--first-frame", default=None, metavar="RUN_CHECKPOINT",
+                   help="for a dynamics run trained with --text: a run trained with --text --window 1 that makes "
+                        "the worlds' first frames from prompts")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -37,12 +37,15 @@ def training_compute(config: dict) -> dict:
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
                        half: bool = True, memory_guidance: float | None = None,
                        action_guidance: float | None = None, text_guidance: float | None = None,
-                       calibrate_ends: str | None = None, device: str = "cpu") -> dict:
+                       calibrate_ends: str | None = None, first_frame: str | None = None, device: str = "cpu") -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
     guidance weights. `calibrate_ends` (a frames
     dataset) shifts the termination head before the file is written, on `device`
-    (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model."""
+    (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model.
+    `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
+    the world model then makes its worlds' first frames from prompts with (the same
+    text guidance)."""
     tensors, config = load_checkpoint(dynamics_ckpt)
     if config.get("kind") != "dynamics":
         raise CheckpointError(f"{dynamics_ckpt} is a {config.get('kind')!r} checkpoint; expected a dynamics run")
@@ -62,6 +65,18 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
                                           ("text_guidance", text_guidance)) if v is not None}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict(with_prefix(tensors, MODEL))
+    first = None
+    if first_frame:
+        first_tensors, first_config = load_checkpoint(first_frame)
+        if first_config.get("kind") != "dynamics" or not (first_config.get("train") or {}).get("text"):
+            raise CheckpointError(f"--first-frame {first_frame} is not a dynamics run trained with --text")
+        if first_config["dataset"].get("latent_shape") != meta.get("latent_shape"):
+            raise CheckpointError(f"--first-frame {first_frame} makes latents of shape "
+                                  f"{first_config['dataset'].get('latent_shape')}; {dynamics_ckpt}'s are "
+                                  f"{meta.get('latent_shape')}: train both on latents of the same tokenizer")
+        guidance = {"text_guidance": overrides["text_guidance"]} if "text_guidance" in overrides else {}
+        first = Dynamics(DynamicsConfig(**{**first_config["dynamics"], **guidance}))
+        first.load_state_dict(with_prefix(first_tensors, MODEL))
     firsts = []
     frames_dataset = meta.get("frames_dataset")
     if frames_dataset and Path(frames_dataset).exists():
@@ -73,7 +88,9 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
             "compute": training_compute(config),
             "memory_key": meta.get("memory_key", "pose"),
             "train": config.get("train")}
-    model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None)
+    if first is not None:
+        info["first_frame_train"] = {"train": first_config.get("train"), "compute": training_compute(first_config)}
+    model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None, first)
     calibration = {}
     if calibrate_ends:
         if half:  # calibrate the weights that ship: rounded to float16, as a reload would give them

@@ -47,6 +47,8 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         denoise = denoise + last
     if text is not None:  # the first frame has only the text to go on: a world's start from a prompt
         denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
+    if t == 1:  # a single frame (a world's start from its caption): no step for the heads to learn
+        return denoise, {"loss": denoise.item(), "denoise_mse": denoise.item(), "last_mse": last.item()}
     # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
     flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
     reward, end = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))

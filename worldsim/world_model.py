@@ -1,6 +1,9 @@
 """The world model: tokenizer + diffusion transformer + reward/termination head, as one
 checkpoint that remembers the env, action space and frame size it was trained on and
-holds a few real start frames (the DreamEnv's default reset).
+holds a few real start frames (the DreamEnv's default reset). A text-conditioned model
+may carry a first-frame network beside its dynamics: a diffusion transformer trained on
+single frames and their captions that makes a world's start from a prompt, as Emu Video
+factorises text-to-video into text-to-image, then the video from that image.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from worldsim.checkpoint import (DYNAMICS, TOKENIZER, CheckpointError, config_from, load_checkpoint, prefixed,
+from worldsim.checkpoint import (DYNAMICS, FIRST_FRAME, TOKENIZER, CheckpointError, config_from, load_checkpoint, prefixed,
                                  save_checkpoint, with_prefix)
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.memory import LatentMemory, PoseTracker
@@ -21,9 +24,16 @@ from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
 
 class WorldModel(nn.Module):
-    def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, info: dict, start_frames: np.ndarray | None = None):
+    def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, info: dict, start_frames: np.ndarray | None = None,
+                 first_frame: Dynamics | None = None):
         super().__init__()
         self.tokenizer, self.dynamics, self.info = tokenizer, dynamics, dict(info)
+        if first_frame is not None and (not first_frame.cfg.text_dim or
+                                        tuple(first_frame.cfg.latent_shape) != tuple(dynamics.cfg.latent_shape)):
+            raise ValueError(f"a first-frame network makes frames from text in the dynamics' latents "
+                             f"{tuple(dynamics.cfg.latent_shape)}; got text_dim {first_frame.cfg.text_dim}, latents "
+                             f"{tuple(first_frame.cfg.latent_shape)}")
+        self.first_frame = first_frame
         h, w = tokenizer.cfg.frame_size
         self.start_frames = (np.zeros((1, h, w, 3), np.uint8) if start_frames is None
                              else np.asarray(start_frames, dtype=np.uint8))
@@ -53,11 +63,15 @@ class WorldModel(nn.Module):
     def save(self, path, half: bool = True):
         """One safetensors file; `half` stores weights as float16 (loaded back as float32)."""
         tensors = prefixed(self.tokenizer.state_dict(), TOKENIZER) | prefixed(self.dynamics.state_dict(), DYNAMICS)
+        first = {}
+        if self.first_frame is not None:
+            tensors |= prefixed(self.first_frame.state_dict(), FIRST_FRAME)
+            first = {"first_frame": asdict(self.first_frame.cfg)}
         if half:
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         tensors["start_frames"] = torch.from_numpy(self.start_frames)
         save_checkpoint(path, tensors, {"kind": "world_model", "tokenizer": asdict(self.tokenizer.cfg),
-                                        "dynamics": asdict(self.dynamics.cfg), **self.info})
+                                        "dynamics": asdict(self.dynamics.cfg), **first, **self.info})
 
     @classmethod
     def load(cls, path, device="cpu") -> "WorldModel":
@@ -67,16 +81,20 @@ class WorldModel(nn.Module):
                                   "(make one with `worldsim export --checkpoint DYNAMICS_RUN/latest.safetensors`)")
         tok_cfg = config_from(TokenizerConfig, config, "tokenizer", path)
         dyn_cfg = config_from(DynamicsConfig, config, "dynamics", path)
+        first_cfg = config_from(DynamicsConfig, config, "first_frame", path) if "first_frame" in config else None
         try:
             tokenizer, dynamics = Tokenizer(tok_cfg), Dynamics(dyn_cfg)
+            first_frame = Dynamics(first_cfg) if first_cfg else None
         except (KeyError, TypeError, ValueError) as e:  # e.g. an action space the encoder cannot embed
             raise CheckpointError(f"{path}: cannot build the model its config describes ({e!r})") from e
         try:
             tokenizer.load_state_dict({k: v.float() for k, v in with_prefix(tensors, TOKENIZER).items()})
             dynamics.load_state_dict({k: v.float() for k, v in with_prefix(tensors, DYNAMICS).items()})
+            if first_frame is not None:
+                first_frame.load_state_dict({k: v.float() for k, v in with_prefix(tensors, FIRST_FRAME).items()})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
-        info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics")}
+        info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics", "first_frame")}
         # The env exposes info's action space; the weights embed the dynamics config's.
         if info.get("action_space") != dyn_cfg.action_space:
             raise CheckpointError(f"{path}: action_space {info.get('action_space')!r} is not the one its weights were "
@@ -87,7 +105,10 @@ class WorldModel(nn.Module):
             got = "none" if start is None else f"{start.dtype} {tuple(start.shape)}"
             raise CheckpointError(f"{path}: start_frames are {got}; expected uint8 (N, {h}, {w}, 3) real frames, "
                                   "N >= 1, the dream's default reset")
-        model = cls(tokenizer, dynamics, info, start.numpy())
+        try:
+            model = cls(tokenizer, dynamics, info, start.numpy(), first_frame)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
         return model.to(device).eval()
 
     # -------------------------------------------------------------- use
@@ -127,16 +148,19 @@ class WorldModel(nn.Module):
 
 
     @torch.no_grad()
-    def frame_from_text(self, text, generator=None, steps: int = 16) -> np.ndarray:
+    def frame_from_text(self, text, generator=None, steps: int = 16, guidance: float | None = None) -> np.ndarray:
         """A world's first frame (H, W, 3) uint8 from a text embedding (worldsim/text.py):
-        the frame the model predicts with nothing before it, guided by the text; more
-        denoising steps than a step of the dream, as it starts from pure noise."""
-        dyn = self.dynamics
+        the first-frame network's sample where the model has one, else the frame the
+        dynamics predicts with nothing before it, guided by the text; more denoising
+        steps than a step of the dream, as it starts from pure noise. `guidance`: the text
+        guidance weight (default: the network's)."""
+        dyn = self.first_frame if self.first_frame is not None else self.dynamics
         if not dyn.cfg.text_dim:
             raise ValueError("this world model has no text conditioning (text_dim=0); train one with --text")
         text = torch.as_tensor(np.asarray(text), dtype=torch.float32, device=self.device).reshape(1, -1)
         zero = torch.zeros(1, dtype=torch.long, device=self.device)
-        z = sample_next(dyn, dyn.new_cache(), zero, zero, steps, generator, text=text, has_action=False)
+        z = sample_next(dyn, dyn.new_cache(), zero, zero, steps, generator, text=text, text_guidance=guidance,
+                        has_action=False)
         return self.decode(z[:, None])[0, 0].cpu().numpy()
 
 
