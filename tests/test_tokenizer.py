@@ -162,6 +162,34 @@ def test_decoder_only_fine_tune_keeps_the_latents(rooms_dataset, tmp_path):
     assert error[1] < 0.8 * error[0]  # the decoder alone learnt to reconstruct better
 
 
+def test_a_narrower_decoder_learns_the_same_latents_for_fewer_flops(rooms_dataset, tmp_path):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    train(tiny(rooms_dataset, tmp_path / "base", 20, lr=2e-3), progress=False)
+    base = tmp_path / "base" / "latest.safetensors"
+    with pytest.raises(ValueError, match="--decoder-only"):
+        train(tiny(rooms_dataset, tmp_path / "bad", 2, init=str(base), decoder_width=0.5), progress=False)
+    train(tiny(rooms_dataset, tmp_path / "narrow", 40, lr=2e-3, init=str(base), decoder_only=True, decoder_width=0.5),
+          progress=False)
+    before, after = Tokenizer.load(base), Tokenizer.load(tmp_path / "narrow" / "latest.safetensors")
+    assert after.cfg.decoder_width == 0.5 and after.cfg.channels == before.cfg.channels
+    frames = torch.from_numpy(read_episode(episode_paths(rooms_dataset, "val")[0]).frames[:8][None])
+
+    def flops(model, z):
+        with FlopCounterMode(display=False) as counter:
+            model.decode(z)
+        return counter.get_total_flops()
+
+    with torch.no_grad():
+        z = before.encode(frames)
+        assert torch.equal(z, after.encode(frames))  # the same encoder and latent stats: latents stay valid
+        assert flops(after, z) < 0.5 * flops(before, z)
+        fresh = Tokenizer(after.cfg)  # the same narrow decoder untrained
+        fresh.load_state_dict({k: v for k, v in after.state_dict().items() if not k.startswith("decoder.")}, strict=False)
+        error = [((m.decode(z).float() - frames.float()) ** 2).mean() for m in (fresh, after)]
+    assert error[1] < 0.5 * error[0]  # it learnt to decode these latents
+
+
 def test_detail_weights_favour_small_objects():
     from worldsim.tokenizer import detail_weights
 

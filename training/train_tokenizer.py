@@ -38,6 +38,7 @@ class TrainConfig(RunConfig):
     weight_decay: float = 0.0
     init: str | None = None  # start from this tokenizer's weights (and its architecture, not the fields above)
     decoder_only: bool = False  # with --init: train only the decoder; the latents (and dynamics trained on them) stay valid
+    decoder_width: float | None = None  # with --decoder-only: a new decoder, this share of the encoder's widths, learnt from scratch (a cheaper path to pixels for the same latents)
     detail_weight: float = 0.0  # weigh errors at edges and small objects up to this much more (0: plain MSE + L1)
 
 
@@ -61,6 +62,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     frame_shape = sampler.windows.meta["frame_shape"]
     if cfg.decoder_only and not cfg.init:
         raise ValueError("--decoder-only fine-tunes a trained tokenizer's decoder; pass it with --init")
+    if cfg.decoder_width is not None and not cfg.decoder_only:
+        raise ValueError("--decoder-width builds a new decoder for a trained encoder's latents: pass --init and "
+                         "--decoder-only")
     torch.manual_seed(cfg.seed)  # the initial weights
     if cfg.init:
         model = Tokenizer.load(cfg.init, frame_size=tuple(frame_shape[:2])).train()
@@ -70,6 +74,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if clash:
             raise ValueError(f"--init {cfg.init} is a tokenizer with latent_channels={tok_cfg.latent_channels}, "
                              f"downsample={tok_cfg.downsample}; it cannot become {clash}")
+        if cfg.decoder_width is not None:  # the encoder and latent statistics kept, the decoder new
+            trained = model
+            tok_cfg = TokenizerConfig(**{**asdict(trained.cfg), "decoder_width": cfg.decoder_width})
+            model = Tokenizer(tok_cfg).train()
+            model.load_state_dict({k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")},
+                                  strict=False)
     else:
         tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
                                   downsample=cfg.downsample,

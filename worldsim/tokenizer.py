@@ -30,6 +30,7 @@ class TokenizerConfig:
     downsample: int = 8  # 4 or 8 (any power of two works)
     channels: tuple[int, ...] = (48, 96, 128)  # width after each downsampling stage
     stem_channels: int = 24  # width at full resolution
+    decoder_width: float = 1.0  # the decoder's widths as a share of the encoder's: 0.5 costs about a quarter of the FLOPs per frame
     kl_weight: float = 1e-6
     # Settings older files carry, with the one value this version still reads.
     RETIRED: ClassVar[dict] = {"temporal": 1}  # frames per latent frame
@@ -45,6 +46,8 @@ class TokenizerConfig:
             raise ValueError(f"frame_size {self.frame_size} must be divisible by downsample {self.downsample}")
         if not 1 <= self.latent_channels <= 64:
             raise ValueError(f"expected 1 <= latent_channels <= 64, got {self.latent_channels}")
+        if not 0 < self.decoder_width <= 4:
+            raise ValueError(f"expected 0 < decoder_width <= 4 (a share of the encoder's widths), got {self.decoder_width}")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -105,13 +108,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        widths = cfg.channels[::-1]
+        scaled = lambda c: max(8, int(round(c * cfg.decoder_width)))  # noqa: E731
+        widths, stem = [scaled(c) for c in cfg.channels[::-1]], scaled(cfg.stem_channels)
         layers = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1), ResBlock(widths[0])]
         for i, c in enumerate(widths):
-            out = widths[i + 1] if i + 1 < len(widths) else cfg.stem_channels
+            out = widths[i + 1] if i + 1 < len(widths) else stem
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, out, 3, padding=1)]
             layers += [ResBlock(out)] if i + 1 < len(widths) else []
-        layers += [_norm(cfg.stem_channels), nn.SiLU(), nn.Conv2d(cfg.stem_channels, 3, 3, padding=1)]
+        layers += [_norm(stem), nn.SiLU(), nn.Conv2d(stem, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
