@@ -234,3 +234,39 @@ def test_a_first_frame_network_makes_the_worlds_start_and_ships_inside_the_world
     assert env.step(1)[0].shape == obs.shape
     with pytest.raises(CheckpointError, match="--text"):
         export_world_model(run, str(tmp_path / "x.safetensors"), first_frame=str(root / "dyn" / "latest.safetensors"))
+
+
+def test_whitened_captions_make_a_side_as_loud_as_a_room(pipeline, tmp_path):
+    from envs.rooms_captions import Attributes, caption
+    from training.train_dynamics import TrainConfig, train
+    from worldsim.text import embed_texts, whitening
+    from worldsim.world_model import WorldModel
+
+    rng = np.random.default_rng(0)
+    table = embed_texts([caption(Attributes(int(rng.integers(9)), {int(rng.integers(6)): (int(rng.integers(3)), 0)}, 0))
+                         for _ in range(400)])
+    mean, matrix = whitening(table)
+    left, right, other_room = embed_texts([caption(Attributes(3, {0: (0, 0)}, 0)), caption(Attributes(3, {0: (2, 0)}, 0)),
+                                           caption(Attributes(5, {0: (0, 0)}, 0))])
+    raw = np.linalg.norm(left - right) / np.linalg.norm(left - other_room)
+    white = lambda e: (e - mean) @ matrix  # noqa: E731
+    whitened = np.linalg.norm(white(left) - white(right)) / np.linalg.norm(white(left) - white(other_room))
+    assert raw < 0.05 and whitened > 0.3  # ten times louder beside the room
+    assert 0.2 < np.linalg.norm(white(table), axis=1).mean() < 2  # about the raw embeddings' unit length
+    # A run fits the statistics of its captions, keeps the null text at zero, and ships them.
+    root, _, _ = pipeline
+    with pytest.raises(ValueError, match="needs --text"):
+        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "bad"), config="tiny", text_whiten=True,
+                          steps=1), progress=False)
+    train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "w"), config="tiny", text=True, text_whiten=True,
+                      window=1, steps=3, batch_size=4, warmup=1, ckpt_every=3), progress=False)
+    from worldsim.export import export_world_model
+    export_world_model(str(tmp_path / "w" / "latest.safetensors"), str(tmp_path / "w.safetensors"))
+    dyn = WorldModel.load(tmp_path / "w.safetensors").dynamics
+    assert dyn.text_mean.abs().sum() > 0 and not torch.equal(dyn.text_whitening, torch.eye(384))
+    zero = torch.zeros(2, 384)
+    tau, act = torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long)
+    has = torch.zeros(2, 1, dtype=torch.bool)
+    torch.nn.init.normal_(dyn.text.weight)
+    null = dyn.conditioning(tau, act, has, zero) - dyn.conditioning(tau, act, has, None)
+    assert torch.allclose(null, dyn.text.bias.expand_as(null), atol=1e-6)  # zeros in, zeros whitened: the bias alone

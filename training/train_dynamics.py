@@ -37,7 +37,7 @@ from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, best_views, fit_pose_model, gather, latent_keys, view_overlap,
                              view_points_seen)
 from worldsim.objective import diffusion_forcing_loss, distillation_loss
-from worldsim.text import TEXT_DIM
+from worldsim.text import TEXT_DIM, whitening
 from worldsim.world_model import WorldModel
 
 
@@ -61,6 +61,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
+    text_whiten: bool = False  # with --text: captions enter whitened by their statistics in the training data, so a caption's small words (an object's side) count as much as its room
     object_share: float = 0.0  # with --text: share of windows starting with an object in view (rare in frames)
     footage: str | None = None  # a latent dataset of the same world trained on without its actions (imported video, gameplay with its actions removed)
     footage_share: float = 0.5  # with --footage: share of each batch drawn from it
@@ -342,7 +343,7 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
                              **{**CONFIGS[cfg.config], "memory": cfg.memory, "memory_fov_deg": fov,
                                 **({"patch": cfg.patch} if cfg.patch else {}),
-                                **({"text_dim": TEXT_DIM} if cfg.text else {}),
+                                **({"text_dim": TEXT_DIM, "text_whiten": cfg.text_whiten} if cfg.text else {}),
                                 **(one_step if cfg.teacher else {})})
     torch.manual_seed(cfg.seed)  # the initial weights
     model = Dynamics(dyn_cfg)
@@ -429,6 +430,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     data, meta = training_windows(cfg, probe.meta, window)
+    if cfg.text_whiten:
+        if not cfg.text:
+            raise ValueError("--text-whiten whitens the captions: it needs --text")
+        if not model.text_mean.any():  # not fitted (nor inherited from --init): the training captions' statistics
+            captions = data.captions if hasattr(data, "captions") else data.labelled.captions
+            model.set_text_whitening(*whitening(captions.table))
+            torch.nn.init.zeros_(model.text.weight)  # a text layer --init learnt on raw embeddings cannot read these
+            torch.nn.init.zeros_(model.text.bias)
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame

@@ -39,6 +39,7 @@ class DynamicsConfig:
     n_heads: int = 6
     max_frames: int = 16  # the context window: frames attention can see
     text_dim: int = 0  # > 0: a text embedding of this size joins each frame's conditioning
+    text_whiten: bool = False  # texts enter centred and whitened by the training captions' statistics (worldsim/text.py whitening)
     ctx_noise: float = 0.1  # noise level of context frames when sampling
     sample_steps: int = 3
     memory: int = 0  # > 0: memory frames (worldsim/memory.py) the generated frame can attend to
@@ -249,6 +250,9 @@ class Dynamics(nn.Module):
         if self.text is not None:  # zero: text added to a trained model starts by changing nothing
             nn.init.zeros_(self.text.weight)
             nn.init.zeros_(self.text.bias)
+        if self.text is not None and cfg.text_whiten:  # set by set_text_whitening before training
+            self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
+            self.register_buffer("text_whitening", torch.eye(cfg.text_dim))
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
@@ -264,8 +268,15 @@ class Dynamics(nn.Module):
     def conditioning(self, tau, actions, has_action, text=None):
         cond = self.noise(noise_embedding(tau, self.cfg.d_model)) + self.action(actions, has_action)
         if self.text is not None and text is not None:
+            if self.cfg.text_whiten:  # the null text (zeros) stays zero
+                text = torch.where(text.abs().sum(-1, keepdim=True) > 0, (text - self.text_mean) @ self.text_whitening,
+                                   0.0)
             cond = cond + self.text(text)[:, None]
         return cond
+
+    def set_text_whitening(self, mean, matrix):
+        self.text_mean.copy_(torch.as_tensor(mean))
+        self.text_whitening.copy_(torch.as_tensor(matrix))
 
     def forward(self, x, tau, actions, has_action, frame_index, text=None, cache: KVCache | None = None,
                 write_cache: bool = False, memory=None):

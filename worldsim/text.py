@@ -32,3 +32,20 @@ def embed_texts(texts: list[str], batch_size: int = 256) -> np.ndarray:
     vectors = _encoder().encode(unique, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     row = {t: i for i, t in enumerate(unique)}
     return np.asarray(vectors, np.float32)[[row[t] for t in texts]]
+
+
+def whitening(embeddings: np.ndarray, floor: float = 0.001) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), matrix (D, D)) that map captions' embeddings e to (e - mean) @ matrix:
+    centred, with unit spread in every direction the captions vary along, scaled to unit
+    length on average. Captions of one world differ in a few words, and a side or a
+    distance moves the sentence embedding about a fiftieth of what the room's colour does
+    (cosine 0.9997 against 0.77): whitened, each is as loud as the others. Directions with
+    under `floor` of the mean variance are not blown up (ZCA, eigenvalues floored)."""
+    e = np.asarray(embeddings, np.float64)
+    if e.ndim != 2 or len(e) < 2:
+        raise ValueError(f"whitening needs at least two embeddings (N, D); got shape {e.shape}")
+    mean = e.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(e - mean, rowvar=False))
+    values = np.maximum(values, floor * values.mean())
+    matrix = vectors @ np.diag(values ** -0.5) @ vectors.T / np.sqrt(e.shape[1])
+    return mean.astype(np.float32), matrix.astype(np.float32)
