@@ -229,11 +229,19 @@ def test_a_first_frame_network_makes_the_worlds_start_and_ships_inside_the_world
     # The env starts its world from the first-frame network's frame, then steps it.
     model.save(tmp_path / "w2.safetensors")
     env = gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "w2.safetensors"))
+    calls = []
+    for name, net in (("first", env.unwrapped.model.first_frame), ("dynamics", env.unwrapped.model.dynamics)):
+        net.register_forward_hook(lambda *_, name=name: calls.append(name))
     obs, info = env.reset(seed=0, options={"prompt": "a red room with a green box"})
     assert obs.shape == model.frame_shape and "caption" in info
-    assert env.step(1)[0].shape == obs.shape
+    first_calls = calls.count("first")
+    assert first_calls >= 2 and calls[:first_calls] == ["first"] * first_calls  # the first frame is made by it; the
+    # dynamics only reads it after (into its cache)
+    assert env.step(1)[0].shape == obs.shape and calls[-1] == "dynamics"  # the dynamics steps the world on
     with pytest.raises(CheckpointError, match="--text"):
         export_world_model(run, str(tmp_path / "x.safetensors"), first_frame=str(root / "dyn" / "latest.safetensors"))
+    with pytest.raises(CheckpointError, match="was not trained with --text"):  # a dynamics that cannot go on from text
+        export_world_model(str(root / "dyn" / "latest.safetensors"), str(tmp_path / "y.safetensors"), first_frame=first)
 
 
 def test_whitened_captions_make_a_side_as_loud_as_a_room(pipeline, tmp_path):
@@ -264,6 +272,18 @@ def test_whitened_captions_make_a_side_as_loud_as_a_room(pipeline, tmp_path):
     export_world_model(str(tmp_path / "w" / "latest.safetensors"), str(tmp_path / "w.safetensors"))
     dyn = WorldModel.load(tmp_path / "w.safetensors").dynamics
     assert dyn.text_mean.abs().sum() > 0 and not torch.equal(dyn.text_whitening, torch.eye(384))
+    from worldsim.checkpoint import CheckpointError, MODEL, load_checkpoint, with_prefix
+    run = with_prefix(load_checkpoint(tmp_path / "w" / "latest.safetensors")[0], MODEL)
+    assert torch.equal(dyn.text_whitening, run["text_whitening"])  # shipped at full precision, not float16
+    # Continuing it keeps its whitening (not refitted); without --text-whiten it says to pass it.
+    train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "w2"), config="tiny", text=True, text_whiten=True,
+                      window=1, steps=1, batch_size=4, warmup=1, ckpt_every=1, init=str(tmp_path / "w.safetensors")),
+          progress=False)
+    again = with_prefix(load_checkpoint(tmp_path / "w2" / "latest.safetensors")[0], MODEL)
+    assert torch.equal(again["text_whitening"], run["text_whitening"])
+    with pytest.raises(CheckpointError, match="pass it"):
+        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "w3"), config="tiny", text=True, window=1,
+                          steps=1, init=str(tmp_path / "w.safetensors")), progress=False)
     zero = torch.zeros(2, 384)
     tau, act = torch.zeros(2, 1), torch.zeros(2, 1, dtype=torch.long)
     has = torch.zeros(2, 1, dtype=torch.bool)

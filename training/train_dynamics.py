@@ -349,7 +349,7 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     model = Dynamics(dyn_cfg)
     init = cfg.init or cfg.teacher
     if init:
-        fresh = init_from(model, init)
+        fresh = init_from(model, init, first_frame=cfg.window == 1)
         if fresh:
             print(f"--init {init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
     if cfg.text and cfg.init:  # the text layer is new to the model it starts from: it learns 10x faster
@@ -362,10 +362,11 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
 LATENT_IO = ("embed.", "final.", "heads.conv.0.")
 
 
-def init_from(model: Dynamics, path: str):
+def init_from(model: Dynamics, path: str, first_frame: bool = False):
     """Load the weights `path` shares with `model` (a world model or a dynamics run);
     parts only `model` has (the memory's pose embedding) keep their initial values, and so
-    do the latent input/output layers when the latent shape or patch size changed."""
+    do the latent input/output layers when the latent shape or patch size changed. A
+    `first_frame` model (single frames) leaves out the memory layers of `path`."""
     tensors, config = load_checkpoint(path)
     prefix = NETWORK_OF_KIND.get(config.get("kind"))
     if prefix is None:
@@ -373,13 +374,18 @@ def init_from(model: Dynamics, path: str):
     own = model.state_dict()
     weights = {k: v.float() for k, v in with_prefix(tensors, prefix).items()}
     unused = [k for k in weights if k.startswith(("memory_pose.", "memory_offscreen"))] if not model.cfg.memory else []
-    if unused:  # a model without memory (a first-frame model) takes the rest of one with it
-        print(f"--init {path}: its memory layers are left out (this run has no --memory)", file=sys.stderr)
+    if unused and first_frame:  # a first-frame model (single frames: nothing to recall) takes the rest of one with memory
+        print(f"--init {path}: its memory layers are left out (a first-frame run has no memory)", file=sys.stderr)
         weights = {k: v for k, v in weights.items() if k not in unused}
+    elif unused:
+        raise CheckpointError(f"{path} was trained with memory: pass --memory {config['dynamics'].get('memory')} to "
+                              "keep it")
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
     if any(k.startswith("text.") for k in left):
         raise CheckpointError(f"{path} was trained with captions: pass --text to keep its text conditioning")
+    if any(k in left for k in ("text_mean", "text_whitening")):
+        raise CheckpointError(f"{path} was trained with --text-whiten: pass it to keep its caption whitening")
     if "memory_offscreen" in left:
         raise CheckpointError(f"{path} was trained with --memory-reproject: pass it to keep its memory positions")
     misfit = [k for k in left if not k.startswith(LATENT_IO)]
@@ -430,6 +436,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if window > model.cfg.max_frames:
         raise ValueError(f"window {window} is longer than the model's context of {model.cfg.max_frames} frames")
     data, meta = training_windows(cfg, probe.meta, window)
+    if window == 1:  # single frames: no step for the reward and end heads to learn (and DDP needs every grad used)
+        model.heads.requires_grad_(False)
     if cfg.text_whiten:
         if not cfg.text:
             raise ValueError("--text-whiten whitens the captions: it needs --text")

@@ -78,8 +78,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             trained = model
             tok_cfg = TokenizerConfig(**{**asdict(trained.cfg), "decoder_width": cfg.decoder_width})
             model = Tokenizer(tok_cfg).train()
-            model.load_state_dict({k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")},
-                                  strict=False)
+            missing = model.load_state_dict({k: v for k, v in trained.state_dict().items()
+                                             if not k.startswith("decoder.")}, strict=False).missing_keys
+            assert all(k.startswith("decoder.") for k in missing), missing  # all but the decoder carried over
     else:
         tok_cfg = TokenizerConfig(frame_size=tuple(frame_shape[:2]), latent_channels=cfg.latent_channels,
                                   downsample=cfg.downsample,

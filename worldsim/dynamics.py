@@ -268,9 +268,11 @@ class Dynamics(nn.Module):
     def conditioning(self, tau, actions, has_action, text=None):
         cond = self.noise(noise_embedding(tau, self.cfg.d_model)) + self.action(actions, has_action)
         if self.text is not None and text is not None:
-            if self.cfg.text_whiten:  # the null text (zeros) stays zero
-                text = torch.where(text.abs().sum(-1, keepdim=True) > 0, (text - self.text_mean) @ self.text_whitening,
-                                   0.0)
+            if self.cfg.text_whiten:  # in float32 (the matrix amplifies rare directions); the null text stays zero
+                with torch.autocast(text.device.type, enabled=False):
+                    text = text.float()
+                    text = torch.where(text.abs().sum(-1, keepdim=True) > 0,
+                                       (text - self.text_mean) @ self.text_whitening, 0.0)
             cond = cond + self.text(text)[:, None]
         return cond
 

@@ -44,8 +44,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     dataset) shifts the termination head before the file is written, on `device`
     (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model.
     `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
-    the world model then makes its worlds' first frames from prompts with (the same
-    text guidance)."""
+    the world model then makes its worlds' first frames from prompts with (`text_guidance`,
+    when given, is its default too)."""
     tensors, config = load_checkpoint(dynamics_ckpt)
     if config.get("kind") != "dynamics":
         raise CheckpointError(f"{dynamics_ckpt} is a {config.get('kind')!r} checkpoint; expected a dynamics run")
@@ -68,8 +68,15 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     first = None
     if first_frame:
         first_tensors, first_config = load_checkpoint(first_frame)
-        if first_config.get("kind") != "dynamics" or not (first_config.get("train") or {}).get("text"):
+        if not train.get("text"):
+            raise CheckpointError(f"{dynamics_ckpt} was not trained with --text: a first-frame network starts worlds "
+                                  "from prompts, which only a text-conditioned dynamics can go on from")
+        first_train = first_config.get("train") or {}
+        if first_config.get("kind") != "dynamics" or not first_train.get("text"):
             raise CheckpointError(f"--first-frame {first_frame} is not a dynamics run trained with --text")
+        if text_guidance and not first_train.get("text_dropout"):
+            raise CheckpointError(f"--first-frame {first_frame} was trained with no --text-dropout: it never learnt "
+                                  "the null-text prediction that text guidance contrasts")
         if first_config["dataset"].get("latent_shape") != meta.get("latent_shape"):
             raise CheckpointError(f"--first-frame {first_frame} makes latents of shape "
                                   f"{first_config['dataset'].get('latent_shape')}; {dynamics_ckpt}'s are "

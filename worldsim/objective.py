@@ -45,7 +45,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
     if memory is not None:
         denoise = denoise + last
-    if text is not None:  # the first frame has only the text to go on: a world's start from a prompt
+    if text is not None and t > 1:  # the first frame has only the text to go on: a world's start from a prompt
         denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
     if t == 1:  # a single frame (a world's start from its caption): no step for the heads to learn
         return denoise, {"loss": denoise.item(), "denoise_mse": denoise.item(), "last_mse": last.item()}

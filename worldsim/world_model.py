@@ -23,6 +23,9 @@ from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
 
+KEEP_FLOAT32 = ("text_mean", "text_whitening")  # tensors `save(half=True)` keeps at full precision
+
+
 class WorldModel(nn.Module):
     def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, info: dict, start_frames: np.ndarray | None = None,
                  first_frame: Dynamics | None = None):
@@ -67,8 +70,9 @@ class WorldModel(nn.Module):
         if self.first_frame is not None:
             tensors |= prefixed(self.first_frame.state_dict(), FIRST_FRAME)
             first = {"first_frame": asdict(self.first_frame.cfg)}
-        if half:
-            tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        if half:  # caption whitening stays float32: it amplifies directions float16 would round away
+            tensors = {k: v.half() if v.is_floating_point() and not k.endswith(KEEP_FLOAT32) else v
+                       for k, v in tensors.items()}
         tensors["start_frames"] = torch.from_numpy(self.start_frames)
         save_checkpoint(path, tensors, {"kind": "world_model", "tokenizer": asdict(self.tokenizer.cfg),
                                         "dynamics": asdict(self.dynamics.cfg), **first, **self.info})
