@@ -43,20 +43,24 @@ def prompts(n: int, seed: int) -> list[tuple[str, int, int, int]]:
 
 
 def score(model: WorldModel, reader: Recaptioner, cases, texts: np.ndarray, guidance: float, steps: int,
-          seed: int) -> tuple[dict, np.ndarray]:
-    room = seen = side = 0
-    frames = []
+          seed: int, close: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Attribute accuracy of the first frames made from `texts`; with `close` (whether the
+    rewritten caption put the object close by), also split by that distance."""
+    hits, frames = [], []
     for k, ((_, r, o, s), text) in enumerate(zip(cases, texts)):
         frame = model.frame_from_text(text, torch.Generator(device=model.device).manual_seed(seed + k), steps=steps,
                                       guidance=guidance)
         frames.append(frame)
         attrs = reader.attributes(np.repeat(frame[None, None], 3, 1))[0]
-        room += attrs.room == r
-        seen += o in attrs.objects
-        side += o in attrs.objects and attrs.objects[o][0] == s
-    n = len(cases)
-    result = {"room": room / n, "object_in_view": seen / n, "object_side": side / n}
-    result["attributes"] = float(np.mean(list(result.values())))
+        hits.append((attrs.room == r, o in attrs.objects, o in attrs.objects and attrs.objects[o][0] == s))
+    hits = np.array(hits, float)
+    names = ("room", "object_in_view", "object_side")
+    result = dict(zip(names, hits.mean(0).tolist()))
+    result["attributes"] = float(hits.mean())
+    if close is not None:
+        for label, rows in (("close", close), ("far", ~close)):
+            if rows.any():
+                result[label] = {"prompts": int(rows.sum()), **dict(zip(names, hits[rows].mean(0).tolist()))}
     return result, np.stack(frames)
 
 
@@ -74,7 +78,9 @@ def main():
     torch.manual_seed(args.seed)
     model, reader = WorldModel.load(args.checkpoint), Recaptioner.load(args.recaptioner)
     cases = prompts(args.prompts, args.seed)
-    rewritten = [rewrite_prompt(c[0], seed=args.seed + k)[1] for k, c in enumerate(cases)]
+    rewrites = [rewrite_prompt(c[0], seed=args.seed + k) for k, c in enumerate(cases)]
+    rewritten = [text for _, text in rewrites]
+    close = np.array([attrs.objects[c[2]][1] == 0 for (attrs, _), c in zip(rewrites, cases)])  # distance 0: close by
     rows = {"rewritten": embed_texts(rewritten), "raw prompt": embed_texts([c[0] for c in cases]),
             "null text (unconditional)": np.zeros((len(cases), TEXT_DIM), np.float32)}
     results, sheets = {}, {}
@@ -86,7 +92,7 @@ def main():
                 if name.startswith("null") and w != args.guidance[0]:
                     continue  # guidance does nothing to the null text
                 results[f"{network}{name}, guidance {w:g}"], sheets[f"{network}{name} {w:g}"] = score(
-                    model, reader, cases, texts, w, args.steps, args.seed)
+                    model, reader, cases, texts, w, args.steps, args.seed, close if name == "rewritten" else None)
     ceiling = None
     scores_file = Path(args.recaptioner).with_name("scores.json")
     if scores_file.exists():
@@ -97,6 +103,11 @@ def main():
     print(f"{'row':64s} {'room':>6s} {'in view':>8s} {'side':>6s} {'mean':>6s}")
     for name, r in results.items():
         print(f"{name:64s} {r['room']:6.2f} {r['object_in_view']:8.2f} {r['object_side']:6.2f} {r['attributes']:6.2f}")
+        for label in ("close", "far"):
+            if label in r:
+                part = r[label]
+                print(f"{'  ... object ' + label + (' by' if label == 'close' else ' off') + ' (' + str(part['prompts']) + ' prompts)':64s} "
+                      f"{part['room']:6.2f} {part['object_in_view']:8.2f} {part['object_side']:6.2f}")
     if ceiling:
         print(f"{'recaptioner on real held-out frames':64s} {ceiling['room']:6.2f} {ceiling['object_in_view']:8.2f} "
               f"{ceiling['object_side']:6.2f}   (in view: of all object slots)")

@@ -108,7 +108,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        scaled = lambda c: max(8, int(round(c * cfg.decoder_width)))  # noqa: E731
+        scaled = lambda c: max(8, 8 * round(c * cfg.decoder_width / 8))  # noqa: E731  (GroupNorm's 8 groups)
         widths, stem = [scaled(c) for c in cfg.channels[::-1]], scaled(cfg.stem_channels)
         layers = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1), ResBlock(widths[0])]
         for i, c in enumerate(widths):
