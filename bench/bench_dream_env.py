@@ -5,7 +5,11 @@ without memory, where a batched step with memory spends its time (retrieval, add
 memory, decoding), the cost of forking the dream's state, beside the real env's frames/s,
 and memory over a long rollout.
 
-    python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000]
+    python bench/bench_dream_env.py [--checkpoint C] [--memory-steps 10000] [--against C2 C3 ...]
+
+`--against` measures other world models' frames/s with pixels (1 and 16 envs) in the same
+run, each beside this model's measured right before it: absolute frames/s on these
+machines move by 2x from day to day, ratios measured side by side do not.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ def main():
     parser.add_argument("--checkpoint", default=None, help="world model (default: the shipped Rooms model)")
     parser.add_argument("--steps", type=int, default=20, help="vector steps per measurement")
     parser.add_argument("--memory-steps", type=int, default=10_000)
+    parser.add_argument("--against", nargs="*", default=[], help="world models to compare with, side by side")
     args = parser.parse_args()
     torch.set_num_threads(2)
     has_memory = load_world_model(args.checkpoint).has_memory
@@ -140,6 +145,11 @@ def main():
         print(f"{name:<40} {value:>10.1f}  {goal}", flush=True)
 
     report("matmul_gflops_float32", matmul_gflops(), "this machine's ceiling, measured in this run")
+    for other in args.against:
+        for n in (1, 16):
+            own, fps = vector_fps(args.checkpoint, n, "rgb", args.steps), vector_fps(other, n, "rgb", args.steps)
+            report(f"against_{Path(other).stem}_fps_{n}_envs_rgb", fps,
+                   f"this model {own:.1f} just before: {own / fps:.2f}x")
     for obs_type in ("rgb", "latent"):
         flops = flops_per_frame(args.checkpoint, obs_type)
         report(f"mflop_per_frame_{obs_type}", flops / 1e6, "FlopCounterMode, 16 envs batched")
