@@ -103,11 +103,11 @@ def main():
     print(f"{'row':64s} {'room':>6s} {'in view':>8s} {'side':>6s} {'mean':>6s}")
     for name, r in results.items():
         print(f"{name:64s} {r['room']:6.2f} {r['object_in_view']:8.2f} {r['object_side']:6.2f} {r['attributes']:6.2f}")
-        for label in ("close", "far"):
+        for label, words in (("close", "close by"), ("far", "far off")):
             if label in r:
                 part = r[label]
-                print(f"{'  ... object ' + label + (' by' if label == 'close' else ' off') + ' (' + str(part['prompts']) + ' prompts)':64s} "
-                      f"{part['room']:6.2f} {part['object_in_view']:8.2f} {part['object_side']:6.2f}")
+                row = f"  ... object {words} ({part['prompts']} prompts)"
+                print(f"{row:64s} {part['room']:6.2f} {part['object_in_view']:8.2f} {part['object_side']:6.2f}")
     if ceiling:
         print(f"{'recaptioner on real held-out frames':64s} {ceiling['room']:6.2f} {ceiling['object_in_view']:8.2f} "
               f"{ceiling['object_side']:6.2f}   (in view: of all object slots)")

@@ -173,6 +173,7 @@ class FootageWindows:
         if not 0 < share < 1:
             raise ValueError(f"--footage-share must be between 0 and 1 (exclusive), got {share}")
         self.labelled, self.share, self.seed = labelled, share, seed
+        self.captions = labelled.captions  # the labelled windows' (footage gets the null text)
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
 
     def batch(self, n, step, rank):
@@ -442,8 +443,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if not cfg.text:
             raise ValueError("--text-whiten whitens the captions: it needs --text")
         if not model.text_mean.any():  # not fitted (nor inherited from --init): the training captions' statistics
-            captions = data.captions if hasattr(data, "captions") else data.labelled.captions
-            model.set_text_whitening(*whitening(captions.table))
+            model.set_text_whitening(*whitening(data.captions.table))
             torch.nn.init.zeros_(model.text.weight)  # a text layer --init learnt on raw embeddings cannot read these
             torch.nn.init.zeros_(model.text.bias)
     device = pick_device(cfg.device)

@@ -16,7 +16,7 @@ the same command again resumes from `latest.safetensors`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                              f"downsample={tok_cfg.downsample}; it cannot become {clash}")
         if cfg.decoder_width is not None:  # the encoder and latent statistics kept, the decoder new
             trained = model
-            tok_cfg = TokenizerConfig(**{**asdict(trained.cfg), "decoder_width": cfg.decoder_width})
+            tok_cfg = replace(trained.cfg, decoder_width=cfg.decoder_width)
             model = Tokenizer(tok_cfg).train()
             missing = model.load_state_dict({k: v for k, v in trained.state_dict().items()
                                              if not k.startswith("decoder.")}, strict=False).missing_keys
