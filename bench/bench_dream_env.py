@@ -48,8 +48,8 @@ def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None
 
 def step_shares(checkpoint, n: int = 16, steps: int = 30, device="cpu") -> dict:
     """Shares of a batched pixel step spent retrieving memory (DreamCore._recall), adding
-    frames to it (LatentMemory.add) and decoding; the rest is the transformer."""
-    from worldsim.memory import LatentMemory
+    frames to it (MemoryBank.add) and decoding; the rest is the transformer."""
+    from worldsim.memory import MemoryBank
 
     env = DreamVectorEnv(n, checkpoint=checkpoint, obs_type="rgb", max_steps=10**9, device=device)
     env.reset(seed=0)
@@ -65,8 +65,8 @@ def step_shares(checkpoint, n: int = 16, steps: int = 30, device="cpu") -> dict:
         return run
 
     env.core._recall, env._decode = timed("retrieval", env.core._recall), timed("decode", env._decode)
-    add = LatentMemory.add
-    LatentMemory.add = timed("memory_add", add)
+    add = MemoryBank.add
+    MemoryBank.add = timed("memory_add", add)
     try:
         actions = np.random.default_rng(0).integers(env.single_action_space.n, size=(steps, n))
         t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def step_shares(checkpoint, n: int = 16, steps: int = 30, device="cpu") -> dict:
             env.step(a)
         total = time.perf_counter() - t0
     finally:
-        LatentMemory.add = add
+        MemoryBank.add = add
     return {part: 100 * t / total for part, t in spent.items()}
 
 

@@ -109,6 +109,34 @@ def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_f
     assert torch.isfinite(gap2) and gap2 > 1.5 * gap0
 
 
+def test_guidance_terms_batched_into_one_pass_equal_their_separate_passes():
+    """One denoising step with action and text guidance at once: the sampler's single
+    batched forward pass gives x0 = c + wa (c - no action) + wt (c - null text), each
+    prediction made by its own pass here."""
+    model = tiny_model(text_dim=8)
+    g = torch.Generator().manual_seed(3)
+    ctx, acts = torch.randn(2, 3, *model.cfg.latent_shape, generator=g), torch.randint(0, 7, (2, 2), generator=g)
+    text, noise = torch.randn(2, 8, generator=g), torch.randn(2, *model.cfg.latent_shape, generator=g)
+
+    def primed():
+        cache = model.new_cache()
+        prime(model, cache, ctx, *model.actions_into_frames(acts, 2, 3, "cpu"), torch.arange(3).expand(2, 3),
+              torch.Generator().manual_seed(4), text)  # the same context noise in every pass
+        return cache
+
+    action, index = torch.tensor([1, 4]), torch.full((2,), 3)
+    got = sample_next(model, primed(), action, index, 1, text=text, action_guidance=2.0, text_guidance=3.0,
+                      write_cache=False, noise=noise)
+    x, tau, has, pos = noise[:, None], torch.ones(2, 1), torch.ones(2, 1, dtype=torch.bool), index[:, None]
+    with torch.no_grad():
+        cond = model(x, tau, action[:, None], has, pos, text, primed())
+        no_action = model(x, tau, action[:, None], ~has, pos, text, primed())
+        null_text = model(x, tau, action[:, None], has, pos, torch.zeros_like(text), primed())
+    assert (cond - no_action).abs().max() > 1e-3 and (cond - null_text).abs().max() > 1e-3
+    torch.testing.assert_close(got, (cond + 2.0 * (cond - no_action) + 3.0 * (cond - null_text))[:, 0],
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("space,make", [
     ({"type": "MultiDiscrete", "nvec": [3, 4]}, lambda b, t: torch.stack([torch.randint(0, 3, (b, t)), torch.randint(0, 4, (b, t))], -1)),
     ({"type": "Box", "low": [-1.0, -1.0], "high": [1.0, 1.0], "dtype": "float32"}, lambda b, t: torch.rand(b, t, 2)),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from envs.rooms import ACTIONS, RoomsEnv
-from worldsim.memory import LatentMemory, PoseTracker, pose_features, relative_poses, view_overlap, view_points_seen
+from worldsim.memory import MemoryBank, PoseTracker, pose_features, relative_poses, view_overlap, view_points_seen
 from worldsim.sampler import prime, sample_next
 
 
@@ -42,17 +42,39 @@ def test_dead_reckoning_follows_the_real_pose_on_a_free_path():
 
 
 def test_memory_is_bounded_refreshes_a_view_and_retrieves_the_best_old_view():
-    mem = LatentMemory((2, 2, 2), capacity=3, fov_deg=60, reach=5)
+    mem = MemoryBank(1, (2, 2, 2), capacity=3, fov_deg=60, reach=5)
     for i, yaw in enumerate([0.0, 1.5, 3.0]):
-        mem.add(torch.full((2, 2, 2), float(i)), (0, 0, yaw), i)
-    mem.add(torch.full((2, 2, 2), 9.0), (0, 0, 0), 3)  # the same view as step 0: replaces it
-    assert len(mem) == 3 and sorted(mem.steps) == [1, 2, 3]
-    mem.add(torch.full((2, 2, 2), 10.0), (0, 0, 4.5), 4)  # a new view, memory full: the oldest goes
-    assert len(mem) == 3 and sorted(mem.steps) == [2, 3, 4]
-    z, feats, valid = mem.retrieve((0, 0, 0.1), k=2, before_step=4)  # step 4 is still in context
-    assert valid.tolist() == [True, False]  # the yaw-3.0 view does not overlap
-    assert (z[0] == 9).all() and (z[1] == 0).all()
-    np.testing.assert_allclose(feats[0], pose_features(relative_poses(np.array([0, 0, 0.1]), np.zeros((1, 3))), 5)[0])
+        mem.add(torch.full((1, 2, 2, 2), float(i)), [(0, 0, yaw)], [i])
+    mem.add(torch.full((1, 2, 2, 2), 9.0), [(0, 0, 0)], [3])  # the same view as step 0: replaces it
+    assert mem.entries(0) == 3 and sorted(mem.steps[mem.used].tolist()) == [1, 2, 3]
+    mem.add(torch.full((1, 2, 2, 2), 10.0), [(0, 0, 4.5)], [4])  # a new view, memory full: the oldest goes
+    assert mem.entries(0) == 3 and sorted(mem.steps[mem.used].tolist()) == [2, 3, 4]
+    z, feats, valid = mem.retrieve(np.array([(0, 0, 0.1)]), k=2, before_step=[4])  # step 4 is still in context
+    assert valid[0].tolist() == [True, False]  # the yaw-3.0 view does not overlap
+    assert (z[0, 0] == 9).all() and (z[0, 1] == 0).all()
+    np.testing.assert_allclose(feats[0, 0], pose_features(relative_poses(np.array([0, 0, 0.1]), np.zeros((1, 3))), 5)[0],
+                               rtol=1e-6)
+
+
+def test_a_bank_of_many_rows_keeps_and_recalls_what_one_bank_per_row_would():
+    """A dream's rows add and retrieve together; each row's memory is its own. Walks on a
+    coarse grid of poses make same views, replacements, a full bank and tied overlaps."""
+    rng = np.random.default_rng(0)
+    rows, steps = 3, 120
+    together = MemoryBank(rows, (2, 4, 4), capacity=12, fov_deg=60, reach=5)
+    alone = [MemoryBank(1, (2, 4, 4), capacity=12, fov_deg=60, reach=5) for _ in range(rows)]
+    poses, recalled = np.zeros((rows, 3)), 0
+    for t in range(steps):
+        poses = poses + rng.integers(-1, 2, size=(rows, 3)) * np.array([0.5, 0.5, np.pi / 4])
+        latents, before = torch.randn(rows, 2, 4, 4), rng.integers(t - 5, t + 2, rows)
+        z, feats, valid = together.retrieve(poses, 4, before)
+        for r in range(rows):
+            z1, feats1, valid1 = alone[r].retrieve(poses[r:r + 1], 4, before[r:r + 1])
+            assert torch.equal(valid[r], valid1[0]) and torch.equal(z[r], z1[0]) and torch.equal(feats[r], feats1[0])
+            alone[r].add(latents[r:r + 1], poses[r:r + 1], [t])
+        recalled += int(valid.sum())
+        together.add(latents, poses, np.full(rows, t))
+    assert recalled > steps and all(together.entries(r) == 12 for r in range(rows))
 
 
 def tiny(memory=2):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from worldsim.cli import main
-from worldsim.memory import LatentMemory, fit_pose_model, latent_keys
+from worldsim.memory import MemoryBank, fit_pose_model, latent_keys
 
 # A third-party env as a researcher would write it: nothing of worldsim imported. A
 # walker in a walled 12x12 yard of coloured cells sees the 4x4 cells ahead of it.
@@ -139,15 +139,15 @@ def test_an_env_without_a_pose_gets_memory_keyed_by_latents(walker_dir):
 def test_latent_keyed_memory_brings_back_a_frame_from_before_the_window():
     torch.manual_seed(0)
     frames = torch.randn(6, 4, 8, 8)
-    memory = LatentMemory((4, 8, 8), key="latent")
+    memory = MemoryBank(1, (4, 8, 8), key="latent")
     for step, z in enumerate(frames):
-        memory.add(z, None, step)
+        memory.add(z[None], None, [step])
     query = frames[1] + 0.05 * torch.randn(4, 8, 8)  # the view of step 1, seen again
-    z, feats, valid = memory.retrieve(query, k=2, before_step=3)
-    assert valid[0] and torch.equal(z[0], frames[1])
+    z, feats, valid = memory.retrieve(query[None], k=2, before_step=[3])
+    assert valid[0, 0] and torch.equal(z[0, 0], frames[1])
     assert not feats.any()  # no relative pose without poses
-    z, _, valid = memory.retrieve(query, k=2, before_step=1)  # step 1 is inside the window now
-    assert not any(torch.equal(z[i], frames[1]) for i in range(2) if valid[i])
+    z, _, valid = memory.retrieve(query[None], k=2, before_step=[1])  # step 1 is inside the window now
+    assert not any(torch.equal(z[0, i], frames[1]) for i in range(2) if valid[0, i])
     same = latent_keys(frames[:1])
     assert np.isclose(float(same[0] @ same[0]), 1.0, atol=1e-5)
 

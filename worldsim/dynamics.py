@@ -124,12 +124,19 @@ def pose_embedding(feats: torch.Tensor) -> torch.Tensor:
     return torch.cat([feats.float(), angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
 
 
-def rotate(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of frame indices: x (B, H, L, D), pos (B, L) -> rotated x."""
+def rotary(pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary angles of frame indices pos (B, L): cos and sin (B, 1, L, head_dim / 2), made
+    once per forward pass and shared by every layer's queries and keys."""
+    d = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(d, device=pos.device, dtype=torch.float32) / d))
+    angles = pos.float()[:, None, :, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding: x (B, H, L, D) turned by `rotary`'s angles."""
     d = x.shape[-1] // 2
-    freqs = 1.0 / (10000 ** (torch.arange(d, device=x.device, dtype=torch.float32) / d))
-    angles = pos.float()[:, None, :, None] * freqs  # B, 1, L, d
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    cos, sin = rope[0].to(x.dtype), rope[1].to(x.dtype)
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -146,12 +153,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
 
-    def forward(self, x, frame_pos, mask=None, cache=None):
-        """x (B, L, d); frame_pos (B, L) frame index of each token. With a cache (k, v,
-        pos of earlier tokens), the new tokens also attend to all of them."""
+    def forward(self, x, rope, mask=None, cache=None):
+        """x (B, L, d); rope: `rotary` of each token's frame index. With a cache (keys and
+        values of earlier tokens), the new tokens also attend to all of them."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotate(q, frame_pos), rotate(k, frame_pos)
+        q, k = rotate(q, rope), rotate(k, rope)
         new_kv = (k, v)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
@@ -173,9 +180,9 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x, cond, frame_pos, mask=None, cache=None):
+    def forward(self, x, cond, rope, mask=None, cache=None):
         s1, c1, g1, s2, c2, g2 = self.ada(cond).chunk(6, dim=-1)
-        h, new_kv = self.attn(modulate(self.norm1(x), s1, c1), frame_pos, mask, cache)
+        h, new_kv = self.attn(modulate(self.norm1(x), s1, c1), rope, mask, cache)
         x = x + g1 * h
         x = x + g2 * self.mlp(modulate(self.norm2(x), s2, c2))
         return x, new_kv
@@ -204,6 +211,14 @@ class KVCache:
         """Rows `rows` of this cache become `other`'s rows, in order (same frames held)."""
         self.layers = [(k.index_copy(0, rows, k1), v.index_copy(0, rows, v1))
                        for (k, v), (k1, v1) in zip(self.layers, other.layers)]
+
+    def repeat_rows(self, times: int) -> "KVCache":
+        """A copy whose batch is this one's rows `times` times over (rows of guidance passes)."""
+        other = KVCache(len(self.layers), self.tokens_per_frame, self.max_frames)
+        other.layers = [None if kv is None else (kv[0].repeat(times, 1, 1, 1), kv[1].repeat(times, 1, 1, 1))
+                        for kv in self.layers]
+        other.frames = self.frames
+        return other
 
     def append(self, i, kv):
         old = self.layers[i]
@@ -298,14 +313,14 @@ class Dynamics(nn.Module):
         tokens, _ = patchify(x, (1, p, p))
         hid = self.embed(tokens) + self.space_pos.repeat(t, 1)
         cond = self.conditioning(tau, actions, has_action, text).repeat_interleave(n, dim=1)  # per token
-        pos = frame_index.repeat_interleave(n, dim=1)
+        rope = rotary(frame_index.repeat_interleave(n, dim=1), self.cfg.d_model // self.cfg.n_heads)
         cached = 0 if cache is None or cache.get(0) is None else cache.get(0)[0].shape[2]
         mask = self._mask(t, cached, None if memory is None else memory[1], x.device)
         for i, block in enumerate(self.blocks):
             extra = None if cache is None else cache.get(i)
             if memory is not None:  # keys: [cache, memory, new frames]
                 extra = memory[0][i] if extra is None else tuple(torch.cat(kv, 2) for kv in zip(extra, memory[0][i]))
-            hid, kv = block(hid, cond, pos, mask, extra)
+            hid, kv = block(hid, cond, rope, mask, extra)
             if write_cache:
                 cache.append(i, kv)
         if write_cache:
@@ -331,12 +346,12 @@ class Dynamics(nn.Module):
         tau = torch.full((b, k), self.cfg.ctx_noise, device=z.device)
         cond = (self.noise(noise_embedding(tau, self.cfg.d_model)) + self.memory_pose(pose_embedding(feats)))
         cond = cond.repeat_interleave(n, dim=1)
-        pos = frame_index[:, None].expand(b, k * n)
+        rope = rotary(frame_index[:, None].expand(b, k * n), self.cfg.d_model // self.cfg.n_heads)
         slot = torch.arange(k, device=z.device).repeat_interleave(n)
         mask = slot[None, :] == slot[:, None]
         kvs = []
         for block in self.blocks:
-            hid, kv = block(hid, cond, pos, mask)
+            hid, kv = block(hid, cond, rope, mask)
             kvs.append(kv)
         return kvs, valid
 

@@ -48,16 +48,41 @@ def relative_poses(query: np.ndarray, poses: np.ndarray) -> np.ndarray:
     return np.stack([forward, left, dyaw], -1)
 
 
+def points_seen(queries: torch.Tensor, poses: torch.Tensor, fov_deg: float, reach: float) -> torch.Tensor:
+    """(..., N, P) booleans: which of each query view's sampled points (its field of view
+    up to `reach`) each of `poses` (..., N, 3) also sees; queries (..., 3). Batched over
+    the leading dimensions (a dream's rows)."""
+    q = queries[..., None, :]  # ..., 1, 3
+    c, s = torch.cos(q[..., 2:]), torch.sin(q[..., 2:])
+    pts = torch.as_tensor(_frustum_points(fov_deg, reach), dtype=poses.dtype, device=poses.device)
+    world = torch.stack([q[..., 0:1] + pts[:, 0] * c - pts[:, 1] * s,
+                         q[..., 1:2] + pts[:, 0] * s + pts[:, 1] * c], -1)  # ..., 1, P, 2
+    d = world - poses[..., :, None, :2]  # ..., N, P, 2
+    dist = torch.linalg.vector_norm(d, dim=-1)
+    bearing = torch.atan2(d[..., 1], d[..., 0]) - poses[..., None, 2]
+    bearing = torch.atan2(torch.sin(bearing), torch.cos(bearing))
+    return (bearing.abs() <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
+
+
+def relative_poses_batched(queries: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+    """`relative_poses` for every row: poses (R, N, 3) seen from queries (R, 3)."""
+    d = poses[..., :2] - queries[:, None, :2]
+    c, s = torch.cos(queries[:, None, 2]), torch.sin(queries[:, None, 2])
+    dyaw = poses[..., 2] - queries[:, None, 2]
+    return torch.stack([d[..., 0] * c + d[..., 1] * s, -d[..., 0] * s + d[..., 1] * c,
+                        torch.atan2(torch.sin(dyaw), torch.cos(dyaw))], -1)
+
+
+def pose_features_batched(rel: torch.Tensor, reach: float) -> torch.Tensor:
+    """`pose_features` of relative poses (..., 3) as a float32 tensor."""
+    return torch.cat([rel[..., :2] / reach, torch.cos(rel[..., 2:]), torch.sin(rel[..., 2:])], -1).float()
+
+
 def view_points_seen(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
     """(N, P) booleans: which of the query view's sampled points (its field of view up to
     `reach`) each of `poses` (N, 3) also sees."""
-    c, s = np.cos(query[2]), np.sin(query[2])
-    pts = _frustum_points(fov_deg, reach)
-    world = query[:2] + pts[:, :1] * np.array([c, s]) + pts[:, 1:] * np.array([-s, c])  # P, 2
-    d = world[None] - poses[:, None, :2]  # N, P, 2
-    dist = np.linalg.norm(d, axis=-1)
-    bearing = np.angle(np.exp(1j * (np.arctan2(d[..., 1], d[..., 0]) - poses[:, None, 2])))
-    return (np.abs(bearing) <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
+    return points_seen(torch.as_tensor(np.asarray(query, np.float64)), torch.as_tensor(np.asarray(poses, np.float64)),
+                       fov_deg, reach).numpy()
 
 
 def view_overlap(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
@@ -135,9 +160,12 @@ class PoseTracker:
             raise ValueError(f"motion must be one (forward, left, turn) row per action, got shape {self.motion.shape}")
 
     def step(self, pose: np.ndarray, action) -> np.ndarray:
-        forward, left, turn = self.motion[int(action)]
-        c, s = np.cos(pose[2]), np.sin(pose[2])
-        return np.array([pose[0] + forward * c - left * s, pose[1] + forward * s + left * c, pose[2] + turn])
+        """Pose (..., 3) after action (...): one pose, or every row of a dream at once."""
+        forward, left, turn = np.moveaxis(self.motion[np.asarray(action, np.int64)], -1, 0)
+        pose = np.asarray(pose, np.float64)
+        c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
+        return np.stack([pose[..., 0] + forward * c - left * s, pose[..., 1] + forward * s + left * c,
+                         pose[..., 2] + turn], -1)
 
     def path(self, actions, start=(0.0, 0.0, 0.0)) -> np.ndarray:
         """Poses (T+1, 3) along `actions` (T,) from `start`."""
@@ -158,71 +186,123 @@ def latent_keys(latents) -> np.ndarray:
     return (z / z.norm(dim=1, keepdim=True).clamp_min(1e-6)).reshape(*lead, -1).numpy()
 
 
-class LatentMemory:
-    """A bounded bank of (latent, key, step) entries.
+class MemoryBank:
+    """Bounded banks of (latent, key, step) entries, one bank per dream row, held as
+    tensors on one device so that every row adds and retrieves in the same few operations.
 
     Keyed by pose (key="pose", the default): retrieval by view overlap, and each entry
     comes with its pose relative to the query. Keyed by the latent itself (key="latent",
     for envs that report no pose): retrieval by the cosine similarity of `latent_keys`,
-    queried with the newest frame, and entries come with no relative pose (zeros)."""
+    queried with the newest frame, and entries come with no relative pose (zeros).
+    Ties (overlaps come in steps of 1/64) go to the entry added first."""
 
-    def __init__(self, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
-                 same_view: float | None = None, min_overlap: float | None = None, key: str = "pose"):
+    def __init__(self, rows: int, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
+                 same_view: float | None = None, min_overlap: float | None = None, key: str = "pose", device="cpu"):
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1, got {capacity}")
         if key not in ("pose", "latent"):
             raise ValueError(f"memory key must be 'pose' or 'latent', got {key!r}")
-        self.latent_shape = tuple(latent_shape)
+        self.rows, self.latent_shape = rows, tuple(latent_shape)
         self.capacity, self.fov_deg, self.reach, self.key = capacity, fov_deg, reach, key
         self.same_view = SAME_VIEW[key] if same_view is None else same_view
         self.min_overlap = MIN_LIKENESS[key] if min_overlap is None else min_overlap
-        self.latents: list[torch.Tensor] = []
-        self.entry_keys = np.zeros((0, 3) if key == "pose" else (0, 16 * latent_shape[0]))  # poses or latent keys
-        self.steps = np.zeros(0, dtype=np.int64)
+        key_dim = 3 if key == "pose" else 16 * self.latent_shape[0]
+        # Slots grow with use, up to capacity; a free slot has used False.
+        self.latents = torch.zeros(rows, 0, *self.latent_shape, device=device)
+        self.keys = torch.zeros(rows, 0, key_dim, dtype=torch.float64, device=device)  # poses or latent keys
+        self.steps = torch.zeros(rows, 0, dtype=torch.long, device=device)
+        self.order = torch.zeros(rows, 0, dtype=torch.long, device=device)  # when each entry came: ties go to the first
+        self.used = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+        self.added = 0
 
     def __len__(self) -> int:
-        return len(self.latents)
+        """Entries in the fullest row."""
+        return int(self.used.sum(1).max()) if self.used.shape[1] else 0
 
-    def similarity(self, query, keys) -> np.ndarray:
-        """View overlap (pose keys) or cosine similarity (latent keys) of `query` with `keys`."""
+    def entries(self, row: int) -> int:
+        return int(self.used[row].sum())
+
+    def clear(self, rows):
+        self.used[torch.as_tensor(rows, device=self.used.device)] = False
+
+    def similarity(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(R, M): view overlap (pose keys) or cosine similarity (latent keys) of each row's
+        query (R, key) with its entries' keys (R, M, key)."""
         if self.key == "pose":
-            return view_overlap(query, keys, self.fov_deg, self.reach)
-        return keys @ query if len(keys) else np.zeros(0)
+            return points_seen(queries, keys, self.fov_deg, self.reach).double().mean(-1)
+        return (keys @ queries[..., None])[..., 0]
 
-    def _key_of(self, pose, latent) -> np.ndarray:
-        """The key of an entry or a query: its pose, or its latent's `latent_keys`."""
-        return np.asarray(pose, dtype=np.float64) if self.key == "pose" else latent_keys(latent.detach().cpu())
+    def _key_of(self, poses, latents) -> torch.Tensor:
+        """Keys of entries or queries (R, key): their poses, or their latents' `latent_keys`."""
+        if self.key == "pose":
+            return torch.as_tensor(np.asarray(poses, np.float64), device=self.keys.device)
+        return torch.as_tensor(latent_keys(latents), dtype=torch.float64, device=self.keys.device)
 
-    def add(self, latent: torch.Tensor, pose, step: int):
-        """`pose` keys the entry; with latent keys it is ignored (pass None)."""
-        key = self._key_of(pose, latent)
-        overlap = self.similarity(key, self.entry_keys)
-        if len(overlap) and overlap.max() >= self.same_view:
-            drop = int(overlap.argmax())  # the same view seen again: keep the newer frame
-        elif len(self) >= self.capacity:
-            drop = int(self.steps.argmin())  # full: the oldest goes
-        else:
-            drop = None
-        if drop is not None:
-            del self.latents[drop]
-            self.entry_keys, self.steps = np.delete(self.entry_keys, drop, 0), np.delete(self.steps, drop)
-        self.latents.append(latent.detach().cpu())  # memory lives in host RAM; a GPU holds the context
-        self.entry_keys = np.concatenate([self.entry_keys, key[None]])
-        self.steps = np.append(self.steps, step)
+    def _ranked(self, likeness: torch.Tensor, eligible: torch.Tensor, rows) -> torch.Tensor:
+        """Slots (R, M) of `rows` from most to least alike among `eligible`, ties to the entry added first."""
+        likeness = torch.where(eligible, likeness, -torch.inf)
+        first = torch.argsort(self.order[rows], dim=1)
+        return first.gather(1, torch.argsort(-likeness.gather(1, first), dim=1, stable=True))
 
-    def retrieve(self, query, k: int, before_step: int):
-        """The k entries seen before `before_step` most like `query`: those whose views
-        overlap the pose `query`'s most, or (latent keys) whose latents are most like the
-        latent `query`.
+    def add(self, latents: torch.Tensor, poses, steps, rows=None):
+        """One entry per row of `rows` (default: every row): latents (R, C, h, w), poses
+        (R, 3) keying them (ignored with latent keys: pass None), steps (R,). An entry
+        that sees nearly the same view as one already kept replaces it (the newer frame
+        shows the world as it is now); in a full bank the oldest entry goes."""
+        device = self.used.device
+        rows = torch.arange(self.rows, device=device) if rows is None else torch.as_tensor(rows, device=device)
+        key = self._key_of(poses, latents)
+        if self.used.shape[1] < self.capacity and bool((self.used[rows].sum(1) == self.used.shape[1]).any()):
+            self._grow()
+        used = self.used[rows]
+        likeness = torch.where(used, self.similarity(key, self.keys[rows]), -torch.inf)
+        same = self._ranked(likeness, used, rows)[:, 0]
+        oldest = self._ranked(-self.steps[rows].double(), used, rows)[:, 0]
+        free = (~used).double().argmax(1)  # the first free slot
+        slot = torch.where(likeness.gather(1, same[:, None])[:, 0] >= self.same_view, same,
+                           torch.where(used.all(1), oldest, free))
+        self.latents[rows, slot] = latents.to(device=device, dtype=self.latents.dtype)
+        self.keys[rows, slot] = key
+        self.steps[rows, slot] = torch.as_tensor(np.asarray(steps), device=device)
+        self.order[rows, slot] = self.added + torch.arange(len(rows), device=device)
+        self.used[rows, slot] = True
+        self.added += len(rows)
 
-        Returns latents (k, C, h, w), features (k, 4) of their poses relative to `query`
-        (zeros with latent keys), and valid (k,) bool (False pads slots with no entry
-        of enough overlap)."""
-        query = self._key_of(query, query)
-        old = np.nonzero(self.steps < before_step)[0]
-        order = old[best_views(self.similarity(query, self.entry_keys[old]), k, self.min_overlap)]
-        return gather(self.latents, self.entry_keys if self.key == "pose" else None, order, query, k, self.reach,
-                      self.latent_shape)
+    def _grow(self):
+        """Twice the slots (at most capacity), free."""
+        grow = min(max(8, self.used.shape[1]), self.capacity - self.used.shape[1])
+        pad = lambda t: torch.cat([t, t.new_zeros(t.shape[0], grow, *t.shape[2:])], 1)  # noqa: E731
+        self.latents, self.keys, self.steps, self.order, self.used = map(
+            pad, (self.latents, self.keys, self.steps, self.order, self.used))
+
+    def retrieve(self, queries, k: int, before_step):
+        """For every row, the k entries seen before its `before_step` (R,) most like its
+        query: those whose views overlap the pose query (R, 3) most, or (latent keys)
+        whose latents are most like the latent query (R, C, h, w).
+
+        Returns latents (R, k, C, h, w), features (R, k, 4) of their poses relative to the
+        query (zeros with latent keys), and valid (R, k) bool (False pads slots with no
+        entry of enough likeness)."""
+        device = self.used.device
+        query = self._key_of(queries, queries)
+        rows = torch.arange(self.rows, device=device)[:, None]
+        if self.used.shape[1] == 0:
+            return (torch.zeros(self.rows, k, *self.latent_shape, device=device),
+                    torch.zeros(self.rows, k, 4, device=device), torch.zeros(self.rows, k, dtype=torch.bool, device=device))
+        eligible = self.used & (self.steps < torch.as_tensor(np.asarray(before_step), device=device)[:, None])
+        likeness = self.similarity(query, self.keys)
+        best = self._ranked(likeness, eligible, slice(None))[:, :k]
+        valid = eligible.gather(1, best) & (likeness.gather(1, best) >= self.min_overlap)
+        if best.shape[1] < k:  # fewer slots than k so far
+            pad = k - best.shape[1]
+            best = torch.cat([best, best.new_zeros(self.rows, pad)], 1)
+            valid = torch.cat([valid, valid.new_zeros(self.rows, pad)], 1)
+        z = torch.where(valid[..., None, None, None], self.latents[rows, best], 0.0)
+        feats = torch.zeros(self.rows, k, 4, device=device)
+        if self.key == "pose":
+            rel = relative_poses_batched(query, self.keys[rows, best])
+            feats = torch.where(valid[..., None], pose_features_batched(rel, self.reach), 0.0)
+        return z, feats, valid
 
 
 def gather(latents, poses: np.ndarray | None, order, query: np.ndarray, k: int, reach: float, latent_shape):

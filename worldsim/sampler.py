@@ -9,8 +9,8 @@ Guidance, each classifier-free, pushes every denoising step away from a predicti
 without one condition: without memory (memory guidance, as History Guidance does with
 past frames: recalled views come back sharp instead of faded towards what the recent
 frames suggest), without the action (action guidance: the dream shows the given action
-more often) or with the null text (text guidance). Each costs one more forward pass per
-step where it applies.
+more often) or with the null text (text guidance). Each adds the batch's rows once more
+to the one forward pass of every denoising step.
 """
 
 from __future__ import annotations
@@ -61,17 +61,29 @@ def sample_next(model: Dynamics, cache: KVCache, action, frame_index, steps: int
     x = torch.randn(shape, generator=generator, device=device) if noise is None else noise[:, None]
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], frame_index)
+    # The conditional prediction and each guidance term's unconditional one, as rows of one
+    # forward pass: (weight, has_action, text, memory valid) per term.
+    terms = [(1.0, has, text, None if memory is None else memory[1])]
+    if memory is not None and guidance:
+        terms.append((guidance, has, text, torch.zeros_like(memory[1])))  # masked memory keys: as without memory
+    if action_guidance:
+        terms.append((action_guidance, ~has, text, None if memory is None else memory[1]))
+    if text_guidance:
+        terms.append((text_guidance, has, torch.zeros_like(text), None if memory is None else memory[1]))
+    k = len(terms)
+    rows = lambda v: None if v is None else torch.cat([v] * k)  # noqa: E731
+    act_k = {name: rows(v) for name, v in act.items()} if isinstance(act, dict) else rows(act)
+    has_k, pos_k = torch.cat([term[1] for term in terms]), rows(pos)
+    text_k = None if text is None else torch.cat([term[2] for term in terms])
+    memory_k = None if memory is None else ([(rows(kk), rows(vv)) for kk, vv in memory[0]],
+                                            torch.cat([term[3] for term in terms]))
+    cache_k = cache.repeat_rows(k) if k > 1 else cache
     taus = torch.linspace(1, 0, steps + 1, device=device)
     for i in range(steps):
-        tau = taus[i].expand(b, 1)
-        x0 = cond = model(x, tau, act, has, pos, text, cache, memory=memory)
-        if memory is not None and guidance:
-            x0 = x0 + guidance * (cond - model(x, tau, act, has, pos, text, cache))
-        if action_guidance:
-            x0 = x0 + action_guidance * (cond - model(x, tau, act, ~has, pos, text, cache, memory=memory))
-        if text_guidance:
-            x0 = x0 + text_guidance * (cond - model(x, tau, act, has, pos, torch.zeros_like(text), cache,
-                                                   memory=memory))
+        preds = model(rows(x), taus[i].expand(k * b, 1), act_k, has_k, pos_k, text_k, cache_k,
+                      memory=memory_k).chunk(k)
+        cond = preds[0]
+        x0 = cond + sum(w * (cond - pred) for (w, *_), pred in zip(terms[1:], preds[1:]))
         if i + 1 < steps:  # DDIM-like step along the straight path
             eps = (x - (1 - taus[i]) * x0) / taus[i]
             x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps

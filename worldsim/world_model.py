@@ -18,7 +18,7 @@ import torch.nn as nn
 from worldsim.checkpoint import (DYNAMICS, FIRST_FRAME, TOKENIZER, CheckpointError, config_from, load_checkpoint, prefixed,
                                  save_checkpoint, with_prefix)
 from worldsim.dynamics import Dynamics, DynamicsConfig
-from worldsim.memory import LatentMemory, PoseTracker
+from worldsim.memory import MemoryBank, PoseTracker
 from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
@@ -213,7 +213,7 @@ class DreamCore:
                 self.tracker = PoseTracker(pose_model["motion"])
                 self.memory_args |= dict(fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
                 self.poses = np.zeros((num_rows, 3))
-            self.memories = [LatentMemory(**self.memory_args) for _ in range(num_rows)]
+            self.memories = MemoryBank(num_rows, **self.memory_args, device=self.device)
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
         self.uncertainty = uncertainty
         self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
@@ -280,35 +280,28 @@ class DreamCore:
                 self.last[row] = z[0, -1]
                 if self.memory:  # the whole context goes to memory
                     poses = self.tracker.path(actions) if self.by_pose else [None] * len(frames)
-                    self.memories[row] = LatentMemory(**self.memory_args)
+                    self.memories.clear([row])
                     for i in range(len(frames)):
-                        self.memories[row].add(z[0, i], poses[i], hold - len(frames) + i)
+                        self.memories.add(z[0, i:i + 1], None if poses[i] is None else poses[i][None],
+                                          [hold - len(frames) + i], rows=[row])
                     if self.by_pose:
                         self.poses[row] = poses[-1]
                 self.retrieved[row] = 0
 
     def _recall(self, actions):
         """Move each row's pose by its action and fetch its memory for the next frame."""
-        slots = self.dyn.cfg.memory
-        zs, feats, valid = [], [], []
-        for row in range(self.n):
-            if self.by_pose:
-                self.poses[row] = self.tracker.step(self.poses[row], actions[row])
-                # Every earlier frame is a candidate, those still in the context window too: the
-                # pose-matched copy is what restores a view, whether or not attention still holds it.
-                z, f, v = self.memories[row].retrieve(self.poses[row], slots, before_step=int(self.clock[row]) + 1)
-            else:  # as in training: frames from before the context window, like the newest frame
-                z, f, v = self.memories[row].retrieve(self.last[row], slots,
-                                                      before_step=int(self.clock[row]) - self.cache.frames + 1)
-            zs.append(z)
-            feats.append(f)
-            valid.append(v)
-        valid = np.stack(valid)
-        self.retrieved = valid.sum(1)
-        if not valid.any():
+        clock = self.clock.cpu().numpy()
+        if self.by_pose:
+            self.poses = self.tracker.step(self.poses, actions)
+            # Every earlier frame is a candidate, those still in the context window too: the
+            # pose-matched copy is what restores a view, whether or not attention still holds it.
+            z, feats, valid = self.memories.retrieve(self.poses, self.dyn.cfg.memory, clock + 1)
+        else:  # as in training: frames from before the context window, like the newest frame
+            z, feats, valid = self.memories.retrieve(self.last, self.dyn.cfg.memory, clock - self.cache.frames + 1)
+        self.retrieved = valid.sum(1).cpu().numpy()
+        if not self.retrieved.any():
             return None
-        return (torch.stack(zs).to(self.device), torch.from_numpy(np.stack(feats)).to(self.device),
-                torch.from_numpy(valid).to(self.device))
+        return z, feats, valid
 
     def step(self, actions, generator):
         """actions (N, ...) -> next latents (N, C, h, w), rewards (N,), termination probabilities (N,)."""
@@ -329,6 +322,5 @@ class DreamCore:
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:
-                for row in range(self.n):
-                    self.memories[row].add(nxt[row], self.poses[row] if self.by_pose else None, int(self.clock[row]))
+                self.memories.add(nxt, self.poses if self.by_pose else None, self.clock.cpu().numpy())
         return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()
