@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from envs.rooms import ACTIONS, RoomsEnv
-from worldsim.memory import MemoryBank, PoseTracker, pose_features, relative_poses, view_overlap, view_points_seen
+from worldsim.memory import MemoryBank, PoseTracker, latent_keys, pose_features, relative_poses, view_overlap, view_points_seen
 from worldsim.sampler import prime, sample_next
 
 
@@ -56,25 +56,60 @@ def test_memory_is_bounded_refreshes_a_view_and_retrieves_the_best_old_view():
                                rtol=1e-6)
 
 
-def test_a_bank_of_many_rows_keeps_and_recalls_what_one_bank_per_row_would():
-    """A dream's rows add and retrieve together; each row's memory is its own. Walks on a
-    coarse grid of poses make same views, replacements, a full bank and tied overlaps."""
+class ListMemory:
+    """The memory rules written plainly, one row as a list: what MemoryBank must do for
+    every row at once."""
+
+    def __init__(self, likeness, capacity, same, least):
+        self.likeness, self.capacity, self.same, self.least = likeness, capacity, same, least
+        self.entries = []  # (latent, key, step), oldest added first
+
+    def add(self, latent, key, step):
+        alike = [self.likeness(key, e[1]) for e in self.entries]
+        if alike and max(alike) >= self.same:  # the same view again: the newer frame replaces it
+            del self.entries[alike.index(max(alike))]
+        elif len(self.entries) >= self.capacity:  # full: the oldest step goes
+            steps = [e[2] for e in self.entries]
+            del self.entries[steps.index(min(steps))]
+        self.entries.append((latent, key, step))
+
+    def retrieve(self, query, k, before):
+        old = [(self.likeness(query, e[1]), i) for i, e in enumerate(self.entries) if e[2] < before]
+        best = sorted(old, key=lambda a: (-a[0], a[1]))[:k]  # ties: the entry added first
+        return [self.entries[i][0] for a, i in best if a >= self.least]
+
+
+@pytest.mark.parametrize("key", ["pose", "latent"])
+def test_a_bank_of_many_rows_keeps_and_recalls_by_the_memory_rules(key):
+    """Rows add and retrieve together, each row's memory its own; walks on a coarse grid
+    of poses (or a few latents seen again) make same views, replacements, full banks and
+    tied overlaps; row 1 starts a new episode half-way."""
     rng = np.random.default_rng(0)
-    rows, steps = 3, 120
-    together = MemoryBank(rows, (2, 4, 4), capacity=12, fov_deg=60, reach=5)
-    alone = [MemoryBank(1, (2, 4, 4), capacity=12, fov_deg=60, reach=5) for _ in range(rows)]
-    poses, recalled = np.zeros((rows, 3)), 0
+    rows, steps, capacity = 3, 120, 12
+    bank = MemoryBank(rows, (2, 4, 4), capacity=capacity, fov_deg=60, reach=5, key=key)
+    if key == "pose":
+        likeness = lambda q, e: float(view_overlap(q, e[None], 60, 5)[0])  # noqa: E731
+    else:
+        likeness = lambda q, e: float(q @ e)  # noqa: E731
+    plain = [ListMemory(likeness, capacity, bank.same_view, bank.min_overlap) for _ in range(rows)]
+    poses, seen, recalled = np.zeros((rows, 3)), torch.randn(5, 2, 4, 4), 0
     for t in range(steps):
+        if t == steps // 2:
+            bank.clear([1])
+            plain[1] = ListMemory(likeness, capacity, bank.same_view, bank.min_overlap)
         poses = poses + rng.integers(-1, 2, size=(rows, 3)) * np.array([0.5, 0.5, np.pi / 4])
-        latents, before = torch.randn(rows, 2, 4, 4), rng.integers(t - 5, t + 2, rows)
-        z, feats, valid = together.retrieve(poses, 4, before)
+        latents = (seen[rng.integers(0, 5, rows)] + 0.05 * torch.randn(rows, 2, 4, 4) if key == "latent"
+                   else torch.randn(rows, 2, 4, 4))
+        queries, before = (poses if key == "pose" else latents), rng.integers(t - 5, t + 2, rows)
+        z, _, valid = bank.retrieve(queries, 4, before)
         for r in range(rows):
-            z1, feats1, valid1 = alone[r].retrieve(poses[r:r + 1], 4, before[r:r + 1])
-            assert torch.equal(valid[r], valid1[0]) and torch.equal(z[r], z1[0]) and torch.equal(feats[r], feats1[0])
-            alone[r].add(latents[r:r + 1], poses[r:r + 1], [t])
+            query = poses[r] if key == "pose" else latent_keys(latents[r])
+            expected = plain[r].retrieve(query, 4, before[r])
+            assert valid[r].sum() == len(expected) and all(torch.equal(z[r, i], e) for i, e in enumerate(expected))
+            plain[r].add(latents[r], poses[r] if key == "pose" else latent_keys(latents[r]), t)
         recalled += int(valid.sum())
-        together.add(latents, poses, np.full(rows, t))
-    assert recalled > steps and all(together.entries(r) == 12 for r in range(rows))
+        bank.add(latents, poses if key == "pose" else None, torch.full((rows,), t))
+    assert recalled > steps and [bank.entries(r) for r in range(rows)] == [len(p.entries) for p in plain]
 
 
 def tiny(memory=2):

@@ -39,33 +39,9 @@ def _frustum_points(fov_deg: float, reach: float, n: int = 8) -> np.ndarray:
     return np.stack([d * np.cos(a), d * np.sin(a)], -1).reshape(-1, 2)
 
 
-def relative_poses(query: np.ndarray, poses: np.ndarray) -> np.ndarray:
-    """Poses (N, 3) seen from `query` (3,): (N, 3) of (forward, left, dyaw in (-pi, pi])."""
-    d = poses[:, :2] - query[:2]
-    c, s = np.cos(query[2]), np.sin(query[2])
-    forward, left = d[:, 0] * c + d[:, 1] * s, -d[:, 0] * s + d[:, 1] * c
-    dyaw = np.angle(np.exp(1j * (poses[:, 2] - query[2])))
-    return np.stack([forward, left, dyaw], -1)
-
-
-def points_seen(queries: torch.Tensor, poses: torch.Tensor, fov_deg: float, reach: float) -> torch.Tensor:
-    """(..., N, P) booleans: which of each query view's sampled points (its field of view
-    up to `reach`) each of `poses` (..., N, 3) also sees; queries (..., 3). Batched over
-    the leading dimensions (a dream's rows)."""
-    q = queries[..., None, :]  # ..., 1, 3
-    c, s = torch.cos(q[..., 2:]), torch.sin(q[..., 2:])
-    pts = torch.as_tensor(_frustum_points(fov_deg, reach), dtype=poses.dtype, device=poses.device)
-    world = torch.stack([q[..., 0:1] + pts[:, 0] * c - pts[:, 1] * s,
-                         q[..., 1:2] + pts[:, 0] * s + pts[:, 1] * c], -1)  # ..., 1, P, 2
-    d = world - poses[..., :, None, :2]  # ..., N, P, 2
-    dist = torch.linalg.vector_norm(d, dim=-1)
-    bearing = torch.atan2(d[..., 1], d[..., 0]) - poses[..., None, 2]
-    bearing = torch.atan2(torch.sin(bearing), torch.cos(bearing))
-    return (bearing.abs() <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
-
-
 def relative_poses_batched(queries: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-    """`relative_poses` for every row: poses (R, N, 3) seen from queries (R, 3)."""
+    """Poses (R, N, 3) seen from each row's query (R, 3): (R, N, 3) of (forward, left,
+    dyaw in (-pi, pi])."""
     d = poses[..., :2] - queries[:, None, :2]
     c, s = torch.cos(queries[:, None, 2]), torch.sin(queries[:, None, 2])
     dyaw = poses[..., 2] - queries[:, None, 2]
@@ -73,9 +49,34 @@ def relative_poses_batched(queries: torch.Tensor, poses: torch.Tensor) -> torch.
                         torch.atan2(torch.sin(dyaw), torch.cos(dyaw))], -1)
 
 
+def relative_poses(query: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Poses (N, 3) seen from `query` (3,): (N, 3) of (forward, left, dyaw in (-pi, pi])."""
+    return relative_poses_batched(torch.as_tensor(np.asarray(query, np.float64))[None],
+                                  torch.as_tensor(np.asarray(poses, np.float64))[None])[0].numpy()
+
+
 def pose_features_batched(rel: torch.Tensor, reach: float) -> torch.Tensor:
-    """`pose_features` of relative poses (..., 3) as a float32 tensor."""
+    """Relative poses (..., 3) -> model inputs (..., 4), float32: position in units of
+    reach, and the yaw difference as cos and sin."""
     return torch.cat([rel[..., :2] / reach, torch.cos(rel[..., 2:]), torch.sin(rel[..., 2:])], -1).float()
+
+
+def points_seen(queries: torch.Tensor, poses: torch.Tensor, fov_deg: float, reach: float, pts=None) -> torch.Tensor:
+    """(..., N, P) booleans: which of each query view's sampled points (its field of view
+    up to `reach`; `pts`, `_frustum_points` as a tensor where the caller keeps one) each
+    of `poses` (..., N, 3) also sees; queries (..., 3). Batched over the leading
+    dimensions (a dream's rows)."""
+    q = queries[..., None, :]  # ..., 1, 3
+    c, s = torch.cos(q[..., 2:]), torch.sin(q[..., 2:])
+    if pts is None:
+        pts = torch.as_tensor(_frustum_points(fov_deg, reach), dtype=poses.dtype, device=poses.device)
+    world = torch.stack([q[..., 0:1] + pts[:, 0] * c - pts[:, 1] * s,
+                         q[..., 1:2] + pts[:, 0] * s + pts[:, 1] * c], -1)  # ..., 1, P, 2
+    d = world - poses[..., :, None, :2]  # ..., N, P, 2
+    dist = torch.linalg.vector_norm(d, dim=-1)
+    bearing = torch.atan2(d[..., 1], d[..., 0]) - poses[..., None, 2]
+    bearing = torch.atan2(torch.sin(bearing), torch.cos(bearing))
+    return (bearing.abs() <= np.radians(fov_deg) / 2 + 1e-6) & (dist <= reach + 1e-6)
 
 
 def view_points_seen(query: np.ndarray, poses: np.ndarray, fov_deg: float, reach: float) -> np.ndarray:
@@ -113,9 +114,8 @@ def best_views(overlap: np.ndarray, k: int, min_overlap: float) -> np.ndarray:
 
 
 def pose_features(rel: np.ndarray, reach: float) -> np.ndarray:
-    """Relative poses (..., 3) -> model inputs (..., 4): position in units of reach, and
-    the yaw difference as cos and sin."""
-    return np.concatenate([rel[..., :2] / reach, np.cos(rel[..., 2:]), np.sin(rel[..., 2:])], -1).astype(np.float32)
+    """`pose_features_batched` of numpy relative poses (..., 3)."""
+    return pose_features_batched(torch.as_tensor(np.asarray(rel, np.float64)), reach).numpy()
 
 
 def fit_pose_model(poses: list, actions: list, n_actions: int, fov_deg: float | None = None,
@@ -161,8 +161,8 @@ class PoseTracker:
 
     def step(self, pose: np.ndarray, action) -> np.ndarray:
         """Pose (..., 3) after action (...): one pose, or every row of a dream at once."""
-        forward, left, turn = np.moveaxis(self.motion[np.asarray(action, np.int64)], -1, 0)
         pose = np.asarray(pose, np.float64)
+        forward, left, turn = np.moveaxis(self.motion[np.asarray(action, np.int64).reshape(pose.shape[:-1])], -1, 0)
         c, s = np.cos(pose[..., 2]), np.sin(pose[..., 2])
         return np.stack([pose[..., 0] + forward * c - left * s, pose[..., 1] + forward * s + left * c,
                          pose[..., 2] + turn], -1)
@@ -175,24 +175,31 @@ class PoseTracker:
         return np.stack(poses)
 
 
-def latent_keys(latents) -> np.ndarray:
-    """Keys of latent frames (..., C, h, w) for an env without a pose: each frame pooled to
-    a 4x4 grid per channel, centred and scaled to unit length, so that the dot product of
-    two keys is the cosine similarity of what the frames show, coarsely."""
-    z = torch.as_tensor(latents).float().cpu()
+def pooled_keys(latents: torch.Tensor) -> torch.Tensor:
+    """Keys of latent frames (..., C, h, w) for an env without a pose, on their device:
+    each frame pooled to a 4x4 grid per channel, centred and scaled to unit length, so
+    that the dot product of two keys is the cosine similarity of what the frames show,
+    coarsely."""
+    z = latents.float()
     lead = z.shape[:-3]
     z = torch.nn.functional.adaptive_avg_pool2d(z.reshape(-1, *z.shape[-3:]), 4).flatten(1)
     z = z - z.mean(1, keepdim=True)
-    return (z / z.norm(dim=1, keepdim=True).clamp_min(1e-6)).reshape(*lead, -1).numpy()
+    return (z / z.norm(dim=1, keepdim=True).clamp_min(1e-6)).reshape(*lead, -1)
+
+
+def latent_keys(latents) -> np.ndarray:
+    """`pooled_keys` of latents (numpy or tensor) as a numpy array."""
+    return pooled_keys(torch.as_tensor(latents)).cpu().numpy()
 
 
 class MemoryBank:
     """Bounded banks of (latent, key, step) entries, one bank per dream row, held as
-    tensors on one device so that every row adds and retrieves in the same few operations.
+    tensors on one device (the model's: 1,024 rows of 256 Rooms latents take 512 MiB
+    there) so that every row adds and retrieves in the same few operations.
 
     Keyed by pose (key="pose", the default): retrieval by view overlap, and each entry
     comes with its pose relative to the query. Keyed by the latent itself (key="latent",
-    for envs that report no pose): retrieval by the cosine similarity of `latent_keys`,
+    for envs that report no pose): retrieval by the cosine similarity of `pooled_keys`,
     queried with the newest frame, and entries come with no relative pose (zeros).
     Ties (overlaps come in steps of 1/64) go to the entry added first."""
 
@@ -206,6 +213,7 @@ class MemoryBank:
         self.capacity, self.fov_deg, self.reach, self.key = capacity, fov_deg, reach, key
         self.same_view = SAME_VIEW[key] if same_view is None else same_view
         self.min_overlap = MIN_LIKENESS[key] if min_overlap is None else min_overlap
+        self.points = torch.as_tensor(_frustum_points(fov_deg, reach), dtype=torch.float64, device=device)
         key_dim = 3 if key == "pose" else 16 * self.latent_shape[0]
         # Slots grow with use, up to capacity; a free slot has used False.
         self.latents = torch.zeros(rows, 0, *self.latent_shape, device=device)
@@ -214,35 +222,35 @@ class MemoryBank:
         self.order = torch.zeros(rows, 0, dtype=torch.long, device=device)  # when each entry came: ties go to the first
         self.used = torch.zeros(rows, 0, dtype=torch.bool, device=device)
         self.added = 0
-
-    def __len__(self) -> int:
-        """Entries in the fullest row."""
-        return int(self.used.sum(1).max()) if self.used.shape[1] else 0
+        self.adds = np.zeros(rows, np.int64)  # adds per row since cleared, on the host: at least its entries
 
     def entries(self, row: int) -> int:
+        """How many entries row `row` holds."""
         return int(self.used[row].sum())
 
     def clear(self, rows):
+        """Empty the banks of `rows` (a row starting a new episode)."""
         self.used[torch.as_tensor(rows, device=self.used.device)] = False
+        self.adds[np.asarray(rows)] = 0
 
     def similarity(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(R, M): view overlap (pose keys) or cosine similarity (latent keys) of each row's
         query (R, key) with its entries' keys (R, M, key)."""
         if self.key == "pose":
-            return points_seen(queries, keys, self.fov_deg, self.reach).double().mean(-1)
+            return points_seen(queries, keys, self.fov_deg, self.reach, self.points).double().mean(-1)
         return (keys @ queries[..., None])[..., 0]
 
     def _key_of(self, poses, latents) -> torch.Tensor:
-        """Keys of entries or queries (R, key): their poses, or their latents' `latent_keys`."""
+        """Keys of entries or queries (R, key): their poses, or their latents' `pooled_keys`."""
         if self.key == "pose":
-            return torch.as_tensor(np.asarray(poses, np.float64), device=self.keys.device)
-        return torch.as_tensor(latent_keys(latents), dtype=torch.float64, device=self.keys.device)
+            return torch.as_tensor(poses, dtype=torch.float64, device=self.keys.device)
+        return pooled_keys(latents.to(self.keys.device)).double()
 
-    def _ranked(self, likeness: torch.Tensor, eligible: torch.Tensor, rows) -> torch.Tensor:
-        """Slots (R, M) of `rows` from most to least alike among `eligible`, ties to the entry added first."""
-        likeness = torch.where(eligible, likeness, -torch.inf)
-        first = torch.argsort(self.order[rows], dim=1)
-        return first.gather(1, torch.argsort(-likeness.gather(1, first), dim=1, stable=True))
+    @staticmethod
+    def _first_best(scores: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Each row's slot of the highest score (R,), ties to the entry added first."""
+        best = scores == scores.max(1, keepdim=True).values
+        return torch.where(best, order, torch.iinfo(order.dtype).max).argmin(1)
 
     def add(self, latents: torch.Tensor, poses, steps, rows=None):
         """One entry per row of `rows` (default: every row): latents (R, C, h, w), poses
@@ -250,26 +258,27 @@ class MemoryBank:
         that sees nearly the same view as one already kept replaces it (the newer frame
         shows the world as it is now); in a full bank the oldest entry goes."""
         device = self.used.device
-        rows = torch.arange(self.rows, device=device) if rows is None else torch.as_tensor(rows, device=device)
-        key = self._key_of(poses, latents)
-        if self.used.shape[1] < self.capacity and bool((self.used[rows].sum(1) == self.used.shape[1]).any()):
+        rows = np.arange(self.rows) if rows is None else np.asarray(rows)
+        if self.used.shape[1] < self.capacity and self.adds[rows].max() >= self.used.shape[1]:
             self._grow()
-        used = self.used[rows]
-        likeness = torch.where(used, self.similarity(key, self.keys[rows]), -torch.inf)
-        same = self._ranked(likeness, used, rows)[:, 0]
-        oldest = self._ranked(-self.steps[rows].double(), used, rows)[:, 0]
-        free = (~used).double().argmax(1)  # the first free slot
+        self.adds[rows] += 1
+        at = torch.as_tensor(rows, device=device)
+        key, used, order = self._key_of(poses, latents), self.used[at], self.order[at]
+        likeness = torch.where(used, self.similarity(key, self.keys[at]), -torch.inf)
+        same = self._first_best(likeness, order)
+        oldest = self._first_best(torch.where(used, -self.steps[at].double(), -torch.inf), order)
+        free = (~used).int().argmax(1)  # the first free slot
         slot = torch.where(likeness.gather(1, same[:, None])[:, 0] >= self.same_view, same,
                            torch.where(used.all(1), oldest, free))
-        self.latents[rows, slot] = latents.to(device=device, dtype=self.latents.dtype)
-        self.keys[rows, slot] = key
-        self.steps[rows, slot] = torch.as_tensor(np.asarray(steps), device=device)
-        self.order[rows, slot] = self.added + torch.arange(len(rows), device=device)
-        self.used[rows, slot] = True
+        self.latents[at, slot] = latents.to(device=device, dtype=self.latents.dtype)
+        self.keys[at, slot] = key
+        self.steps[at, slot] = torch.as_tensor(steps, device=device)
+        self.order[at, slot] = self.added + torch.arange(len(rows), device=device)
+        self.used[at, slot] = True
         self.added += len(rows)
 
     def _grow(self):
-        """Twice the slots (at most capacity), free."""
+        """Twice the slots (at least 8, at most capacity), free."""
         grow = min(max(8, self.used.shape[1]), self.capacity - self.used.shape[1])
         pad = lambda t: torch.cat([t, t.new_zeros(t.shape[0], grow, *t.shape[2:])], 1)  # noqa: E731
         self.latents, self.keys, self.steps, self.order, self.used = map(
@@ -284,24 +293,24 @@ class MemoryBank:
         query (zeros with latent keys), and valid (R, k) bool (False pads slots with no
         entry of enough likeness)."""
         device = self.used.device
-        query = self._key_of(queries, queries)
-        rows = torch.arange(self.rows, device=device)[:, None]
-        if self.used.shape[1] == 0:
-            return (torch.zeros(self.rows, k, *self.latent_shape, device=device),
-                    torch.zeros(self.rows, k, 4, device=device), torch.zeros(self.rows, k, dtype=torch.bool, device=device))
-        eligible = self.used & (self.steps < torch.as_tensor(np.asarray(before_step), device=device)[:, None])
-        likeness = self.similarity(query, self.keys)
-        best = self._ranked(likeness, eligible, slice(None))[:, :k]
-        valid = eligible.gather(1, best) & (likeness.gather(1, best) >= self.min_overlap)
-        if best.shape[1] < k:  # fewer slots than k so far
-            pad = k - best.shape[1]
-            best = torch.cat([best, best.new_zeros(self.rows, pad)], 1)
-            valid = torch.cat([valid, valid.new_zeros(self.rows, pad)], 1)
-        z = torch.where(valid[..., None, None, None], self.latents[rows, best], 0.0)
+        z = torch.zeros(self.rows, k, *self.latent_shape, device=device)
         feats = torch.zeros(self.rows, k, 4, device=device)
+        valid = torch.zeros(self.rows, k, dtype=torch.bool, device=device)
+        m = min(k, self.used.shape[1])
+        if m == 0:
+            return z, feats, valid
+        query = self._key_of(queries, queries)
+        before = torch.as_tensor(before_step, device=device).expand(self.rows)
+        eligible = self.used & (self.steps < before[:, None])
+        likeness = torch.where(eligible, self.similarity(query, self.keys), -torch.inf)
+        by_age = torch.argsort(self.order, dim=1)  # stable sort by likeness after it: ties to the first added
+        best = by_age.gather(1, torch.argsort(-likeness.gather(1, by_age), dim=1, stable=True))[:, :m]
+        valid[:, :m] = likeness.gather(1, best) >= self.min_overlap
+        rows = torch.arange(self.rows, device=device)[:, None]
+        z[:, :m] = torch.where(valid[:, :m, None, None, None], self.latents[rows, best], 0.0)
         if self.key == "pose":
             rel = relative_poses_batched(query, self.keys[rows, best])
-            feats = torch.where(valid[..., None], pose_features_batched(rel, self.reach), 0.0)
+            feats[:, :m] = torch.where(valid[:, :m, None], pose_features_batched(rel, self.reach), 0.0)
         return z, feats, valid
 
 

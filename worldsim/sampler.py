@@ -62,28 +62,27 @@ def sample_next(model: Dynamics, cache: KVCache, action, frame_index, steps: int
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], frame_index)
     # The conditional prediction and each guidance term's unconditional one, as rows of one
-    # forward pass: (weight, has_action, text, memory valid) per term.
-    terms = [(1.0, has, text, None if memory is None else memory[1])]
-    if memory is not None and guidance:
-        terms.append((guidance, has, text, torch.zeros_like(memory[1])))  # masked memory keys: as without memory
-    if action_guidance:
-        terms.append((action_guidance, ~has, text, None if memory is None else memory[1]))
-    if text_guidance:
-        terms.append((text_guidance, has, torch.zeros_like(text), None if memory is None else memory[1]))
-    k = len(terms)
-    rows = lambda v: None if v is None else torch.cat([v] * k)  # noqa: E731
-    act_k = {name: rows(v) for name, v in act.items()} if isinstance(act, dict) else rows(act)
-    has_k, pos_k = torch.cat([term[1] for term in terms]), rows(pos)
-    text_k = None if text is None else torch.cat([term[2] for term in terms])
-    memory_k = None if memory is None else ([(rows(kk), rows(vv)) for kk, vv in memory[0]],
-                                            torch.cat([term[3] for term in terms]))
-    cache_k = cache.repeat_rows(k) if k > 1 else cache
+    # forward pass: per term, its weight, whether the action is given, the text and which
+    # memory frames are seen (none, by masking every memory key: as without memory).
+    valid = None if memory is None else memory[1]
+    no_memory = None if valid is None else torch.zeros_like(valid)
+    unconditional = ((guidance if memory is not None else 0.0, has, text, no_memory),
+                     (action_guidance, ~has, text, valid),
+                     (text_guidance, has, None if text is None else torch.zeros_like(text), valid))
+    weights, term_has, term_text, term_valid = zip((1.0, has, text, valid), *(t for t in unconditional if t[0]))
+    n_terms = len(weights)
+    tile = lambda v: None if v is None else torch.cat([v] * n_terms)  # noqa: E731
+    act_t = {name: tile(v) for name, v in act.items()} if isinstance(act, dict) else tile(act)
+    has_t, pos_t = torch.cat(term_has), tile(pos)
+    text_t = None if text is None else torch.cat(term_text)
+    memory_t = None if memory is None else ([(tile(k), tile(v)) for k, v in memory[0]], torch.cat(term_valid))
+    cache_t = cache.repeat_rows(n_terms) if n_terms > 1 else cache
     taus = torch.linspace(1, 0, steps + 1, device=device)
     for i in range(steps):
-        preds = model(rows(x), taus[i].expand(k * b, 1), act_k, has_k, pos_k, text_k, cache_k,
-                      memory=memory_k).chunk(k)
+        preds = model(tile(x), taus[i].expand(n_terms * b, 1), act_t, has_t, pos_t, text_t, cache_t,
+                      memory=memory_t).chunk(n_terms)
         cond = preds[0]
-        x0 = cond + sum(w * (cond - pred) for (w, *_), pred in zip(terms[1:], preds[1:]))
+        x0 = cond + sum(w * (cond - pred) for w, pred in zip(weights[1:], preds[1:]))
         if i + 1 < steps:  # DDIM-like step along the straight path
             eps = (x - (1 - taus[i]) * x0) / taus[i]
             x = (1 - taus[i + 1]) * x0 + taus[i + 1] * eps

@@ -184,8 +184,10 @@ class DreamCore:
     dead-reckoned pose; each new frame attends to the `cfg.memory` earlier frames whose
     views overlap its own most, kept for as long as the bounded memory holds them, far
     beyond the context window. A model keyed by latents (an env without a pose) retrieves
-    the frames from before the context window most like the newest frame instead. memory=False turns it off (ablation); memory_guidance
-    overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
+    the frames from before the context window most like the newest frame instead. All
+    rows' memories are one `MemoryBank` on the model's device, so a step adds and
+    retrieves for every row at once. memory=False turns it off (ablation);
+    memory_guidance overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
 
     uncertainty=True samples every frame twice, from two noises, and keeps in
     `self.spread` each row's disagreement: the RMS difference of the two samples' latents
@@ -290,14 +292,13 @@ class DreamCore:
 
     def _recall(self, actions):
         """Move each row's pose by its action and fetch its memory for the next frame."""
-        clock = self.clock.cpu().numpy()
         if self.by_pose:
             self.poses = self.tracker.step(self.poses, actions)
             # Every earlier frame is a candidate, those still in the context window too: the
             # pose-matched copy is what restores a view, whether or not attention still holds it.
-            z, feats, valid = self.memories.retrieve(self.poses, self.dyn.cfg.memory, clock + 1)
+            z, feats, valid = self.memories.retrieve(self.poses, self.dyn.cfg.memory, self.clock + 1)
         else:  # as in training: frames from before the context window, like the newest frame
-            z, feats, valid = self.memories.retrieve(self.last, self.dyn.cfg.memory, clock - self.cache.frames + 1)
+            z, feats, valid = self.memories.retrieve(self.last, self.dyn.cfg.memory, self.clock - self.cache.frames + 1)
         self.retrieved = valid.sum(1).cpu().numpy()
         if not self.retrieved.any():
             return None
@@ -322,5 +323,5 @@ class DreamCore:
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:
-                self.memories.add(nxt, self.poses if self.by_pose else None, self.clock.cpu().numpy())
+                self.memories.add(nxt, self.poses if self.by_pose else None, self.clock)
         return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()
