@@ -194,7 +194,7 @@ def latent_keys(latents) -> np.ndarray:
 
 class MemoryBank:
     """Bounded banks of (latent, key, step) entries, one bank per dream row, held as
-    tensors on one device (the model's: 1,024 rows of 256 Rooms latents take 512 MiB
+    tensors on one device (the model's: 1,024 rows of 256 Rooms latents take 1 GiB
     there) so that every row adds and retrieves in the same few operations.
 
     Keyed by pose (key="pose", the default): retrieval by view overlap, and each entry
