@@ -165,6 +165,8 @@ def main():
         r[name] = value
         print(f"{name:<40} {value:>10.1f}  {goal}", flush=True)
 
+    goals = ({("rgb", 1): "goal >= 60 on an H100", ("latent", max(counts)): "goal >= 10,000 batched on an H100"} if gpu
+             else {("rgb", 1): "goal >= 20 (interactive)", ("rgb", 16): "goal >= 200 together"})
     ceiling = "matmul_gflops_tf32" if gpu else "matmul_gflops_float32"
     report(ceiling, matmul_gflops(device=device), "this machine's ceiling, measured in this run")
     for other in args.against:
@@ -180,10 +182,7 @@ def main():
         report(f"fps_limit_{obs_type}", limit, "matmul throughput / FLOPs per frame")
         report(f"latency_ms_one_step_{obs_type}", latency_ms(args.checkpoint, obs_type, device=device))
         for n in counts:
-            goal = ({1: "goal >= 60 on an H100", 1024: ""} if gpu else {1: "goal >= 20 (interactive)",
-                                                                        16: "goal >= 200 together"}).get(n, "")
-            if gpu and obs_type == "latent" and n == max(counts):
-                goal = "goal >= 10,000 batched on an H100"
+            goal = goals.get((obs_type, n), "")
             fps = vector_fps(args.checkpoint, n, obs_type, args.steps, device=device)
             report(f"dream_fps_{n}_envs_{obs_type}", fps, f"{100 * fps / limit:.0f}% of the limit; {goal}".rstrip("; "))
         if has_memory:  # the same with memory but no guidance pass, and with memory switched off
