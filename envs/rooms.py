@@ -52,6 +52,26 @@ def _shape_masks(n: int = 16) -> dict[str, np.ndarray]:
 SHAPE_MASKS = _shape_masks()
 
 
+def depth_image(gt: dict, t: int, fov_deg: float = 60.0) -> np.ndarray:
+    """The perpendicular depth (H, W) of every pixel of frame t, from the frame's ground
+    truth (a `RoomsEnv` gt stacked over an episode), as the raycaster drew it: walls at
+    their column's depth, the floor at the distance its row looks down to, billboards at
+    their own; inf on the ceiling, which shows no place (its shade depends on the row
+    alone). Depth is along the view axis, in cells."""
+    ids = np.asarray(gt["object_ids"][t])
+    height, width = ids.shape
+    focal = width / 2 / np.tan(np.radians(fov_deg) / 2)
+    row_y = (np.arange(height) + 0.5 - height / 2)[:, None]  # pixel rows relative to the horizon
+    columns = np.asarray(gt["depth"][t], np.float64)[None, :]
+    wall = np.abs(row_y) < 0.5 * focal / np.maximum(columns, 1e-6)
+    floor = 0.5 * focal / np.maximum(row_y, 1e-6)  # camera height 0.5
+    depth = np.where(wall, columns, np.where(row_y > 0, floor, np.inf))
+    x, y, yaw = np.asarray(gt["pose"][t], np.float64)
+    for i in np.unique(ids[ids >= 0]):
+        depth[ids == i] = (np.asarray(gt["objects_xy"][t][i]) - (x, y)) @ (np.cos(yaw), np.sin(yaw))
+    return depth
+
+
 def generate_world(rng: np.random.Generator, rooms: int = 3, room_size: int = 5, n_objects: int = 6):
     """A rooms x rooms grid of square rooms, joined through doorways.
 

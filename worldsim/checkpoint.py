@@ -65,7 +65,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 # Where each part's tensors sit in a checkpoint: a training run's model and optimizer
 # (`worldsim train`, `Tokenizer.save`), and a world model's two networks (`WorldModel.save`).
-MODEL, OPTIMIZER, TOKENIZER, DYNAMICS, FIRST_FRAME = "model/", "optim/", "tokenizer/", "dynamics/", "first_frame/"
+MODEL, OPTIMIZER, TOKENIZER, DYNAMICS, FIRST_FRAME, DEPTH = (
+    "model/", "optim/", "tokenizer/", "dynamics/", "first_frame/", "depth/")
 # The prefix of the network a checkpoint of each kind continues from (`--init`).
 NETWORK_OF_KIND = {"dynamics": MODEL, "world_model": DYNAMICS}
 

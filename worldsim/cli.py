@@ -88,9 +88,9 @@ def cmd_export(args):
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
                                   memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
                                   text_guidance=args.text_guidance, calibrate_ends=args.calibrate_ends,
-                                  first_frame=args.first_frame)
-    if args.calibrate_ends or args.first_frame:
-        raise SystemExit("--calibrate-ends and --first-frame go with a dynamics run's checkpoint")
+                                  first_frame=args.first_frame, depth=args.depth)
+    if args.calibrate_ends or args.first_frame or args.depth:
+        raise SystemExit("--calibrate-ends, --first-frame and --depth go with a dynamics run's checkpoint")
     if config.get("kind") != "tokenizer":
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
     if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import agents.dream_loop
     import agents.imagine
+    import training.train_depth
     import training.train_dynamics
     import training.train_recaptioner
     import training.train_tokenizer
@@ -172,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in (
             ("tokenizer", training.train_tokenizer, "the video compression network (frames <-> latents)"),
             ("dynamics", training.train_dynamics, "the action-conditioned diffusion transformer, on encoded latents"),
-            ("recaptioner", training.train_recaptioner, "the video-to-caption network, on exact Rooms captions")):
+            ("recaptioner", training.train_recaptioner, "the video-to-caption network, on exact Rooms captions"),
+            ("depth", training.train_depth, "the depth network that lets memory re-render views from new poses, on Rooms frames")):
         t = models.add_parser(name, help=text)
         add_fields(t, module.TrainConfig)
         t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-frame", default=None, metavar="RUN_CHECKPOINT",
                    help="for a dynamics run trained with --text: a run trained with --text --window 1 that makes "
                         "the worlds' first frames from prompts")
+    p.add_argument("--depth", default=None, metavar="RUN_CHECKPOINT",
+                   help="for a dynamics run with memory keyed by pose: a `worldsim train depth` run, with which the "
+                        "dream re-renders what memory holds from its new poses")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import episode_paths, read_episode
+from worldsim.depth import DepthConfig, DepthNet
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.replay import calibrate_ends as calibrate
 from worldsim.tokenizer import Tokenizer
@@ -37,7 +38,8 @@ def training_compute(config: dict) -> dict:
 def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None = None, start_frames: int = 16,
                        half: bool = True, memory_guidance: float | None = None,
                        action_guidance: float | None = None, text_guidance: float | None = None,
-                       calibrate_ends: str | None = None, first_frame: str | None = None, device: str = "cpu") -> dict:
+                       calibrate_ends: str | None = None, first_frame: str | None = None, depth: str | None = None,
+                       device: str = "cpu") -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
     guidance weights. `calibrate_ends` (a frames
@@ -45,7 +47,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model.
     `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
     the world model then makes its worlds' first frames from prompts with (`text_guidance`,
-    when given, is its default too)."""
+    when given, is its default too). `depth`: a depth run (`worldsim train depth`) on frames
+    of the same env, with which the dream re-renders memory from new poses."""
     tensors, config = load_checkpoint(dynamics_ckpt)
     if config.get("kind") != "dynamics":
         raise CheckpointError(f"{dynamics_ckpt} is a {config.get('kind')!r} checkpoint; expected a dynamics run")
@@ -84,6 +87,21 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
         guidance = {"text_guidance": overrides["text_guidance"]} if "text_guidance" in overrides else {}
         first = Dynamics(DynamicsConfig(**{**first_config["dynamics"], **guidance}))
         first.load_state_dict(with_prefix(first_tensors, MODEL))
+    depth_net = None
+    if depth:
+        depth_tensors, depth_config = load_checkpoint(depth)
+        if depth_config.get("kind") != "depth":
+            raise CheckpointError(f"--depth {depth} is a {depth_config.get('kind')!r} checkpoint; expected a "
+                                  "`worldsim train depth` run")
+        if depth_config["dataset"].get("env_id") != meta.get("env_id"):
+            raise CheckpointError(f"--depth {depth} learnt depth in {depth_config['dataset'].get('env_id')}; "
+                                  f"{dynamics_ckpt} dreams {meta.get('env_id')}")
+        fov = (meta.get("pose_model") or {}).get("fov_deg")
+        if fov is None or abs(fov - depth_config["fov_deg"]) > 1e-6:
+            raise CheckpointError(f"--depth {depth} learnt depth through a {depth_config['fov_deg']} degree field of "
+                                  f"view; {dynamics_ckpt}'s pose model has {fov}: re-rendering needs the same camera")
+        depth_net = DepthNet(DepthConfig(**depth_config["depth"]))
+        depth_net.load_state_dict(with_prefix(depth_tensors, MODEL))
     firsts = []
     frames_dataset = meta.get("frames_dataset")
     if frames_dataset and Path(frames_dataset).exists():
@@ -97,7 +115,9 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
             "train": config.get("train")}
     if first is not None:
         info["first_frame_train"] = {"train": first_config.get("train"), "compute": training_compute(first_config)}
-    model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None, first)
+    if depth_net is not None:
+        info["depth_train"] = {"train": depth_config.get("train"), "compute": training_compute(depth_config)}
+    model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None, first, depth_net)
     calibration = {}
     if calibrate_ends:
         if half:  # calibrate the weights that ship: rounded to float16, as a reload would give them

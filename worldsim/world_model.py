@@ -3,7 +3,9 @@ checkpoint that remembers the env, action space and frame size it was trained on
 holds a few real start frames (the DreamEnv's default reset). A text-conditioned model
 may carry a first-frame network beside its dynamics: a diffusion transformer trained on
 single frames and their captions that makes a world's start from a prompt, as Emu Video
-factorises text-to-video into text-to-image, then the video from that image.
+factorises text-to-video into text-to-image, then the video from that image. A model
+with pose-keyed memory may carry a depth network (worldsim/depth.py), with which the
+dream re-renders what memory holds from the pose it now stands at (worldsim/reproject.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from worldsim.checkpoint import (DYNAMICS, FIRST_FRAME, TOKENIZER, CheckpointError, config_from, load_checkpoint, prefixed,
-                                 save_checkpoint, with_prefix)
+from worldsim.checkpoint import (DEPTH, DYNAMICS, FIRST_FRAME, TOKENIZER, CheckpointError, config_from, load_checkpoint,
+                                 prefixed, save_checkpoint, with_prefix)
+from worldsim.depth import DepthConfig, DepthNet
 from worldsim.dynamics import Dynamics, DynamicsConfig
-from worldsim.memory import MemoryBank, PoseTracker
+from worldsim.memory import MemoryBank, PoseTracker, relative_poses_batched
+from worldsim.reproject import fuse, reproject
 from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
@@ -28,7 +32,7 @@ KEEP_FLOAT32 = ("text_mean", "text_whitening")  # tensors `save(half=True)` keep
 
 class WorldModel(nn.Module):
     def __init__(self, tokenizer: Tokenizer, dynamics: Dynamics, info: dict, start_frames: np.ndarray | None = None,
-                 first_frame: Dynamics | None = None):
+                 first_frame: Dynamics | None = None, depth: DepthNet | None = None):
         super().__init__()
         self.tokenizer, self.dynamics, self.info = tokenizer, dynamics, dict(info)
         if first_frame is not None and (not first_frame.cfg.text_dim or
@@ -37,6 +41,10 @@ class WorldModel(nn.Module):
                              f"{tuple(dynamics.cfg.latent_shape)}; got text_dim {first_frame.cfg.text_dim}, latents "
                              f"{tuple(first_frame.cfg.latent_shape)}")
         self.first_frame = first_frame
+        if depth is not None and (dynamics.cfg.memory == 0 or self.memory_key != "pose"):
+            raise ValueError("a depth network re-renders memory from new poses: it needs a model with memory keyed by "
+                             "pose")
+        self.depth = depth
         h, w = tokenizer.cfg.frame_size
         self.start_frames = (np.zeros((1, h, w, 3), np.uint8) if start_frames is None
                              else np.asarray(start_frames, dtype=np.uint8))
@@ -59,6 +67,11 @@ class WorldModel(nn.Module):
         return self.has_memory if memory is None else bool(memory)
 
     @property
+    def can_rerender(self) -> bool:
+        """Carries a depth network, to re-render memory from the dream's new poses."""
+        return self.depth is not None and self.has_memory
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         return (*self.tokenizer.cfg.frame_size, 3)
 
@@ -70,6 +83,9 @@ class WorldModel(nn.Module):
         if self.first_frame is not None:
             tensors |= prefixed(self.first_frame.state_dict(), FIRST_FRAME)
             first = {"first_frame": asdict(self.first_frame.cfg)}
+        if self.depth is not None:
+            tensors |= prefixed(self.depth.state_dict(), DEPTH)
+            first["depth"] = asdict(self.depth.cfg)
         if half:  # caption whitening stays float32: it amplifies directions float16 would round away
             tensors = {k: v.half() if v.is_floating_point() and not k.endswith(KEEP_FLOAT32) else v
                        for k, v in tensors.items()}
@@ -86,9 +102,11 @@ class WorldModel(nn.Module):
         tok_cfg = config_from(TokenizerConfig, config, "tokenizer", path)
         dyn_cfg = config_from(DynamicsConfig, config, "dynamics", path)
         first_cfg = config_from(DynamicsConfig, config, "first_frame", path) if "first_frame" in config else None
+        depth_cfg = config_from(DepthConfig, config, "depth", path) if "depth" in config else None
         try:
             tokenizer, dynamics = Tokenizer(tok_cfg), Dynamics(dyn_cfg)
             first_frame = Dynamics(first_cfg) if first_cfg else None
+            depth = DepthNet(depth_cfg) if depth_cfg else None
         except (KeyError, TypeError, ValueError) as e:  # e.g. an action space the encoder cannot embed
             raise CheckpointError(f"{path}: cannot build the model its config describes ({e!r})") from e
         try:
@@ -96,9 +114,11 @@ class WorldModel(nn.Module):
             dynamics.load_state_dict({k: v.float() for k, v in with_prefix(tensors, DYNAMICS).items()})
             if first_frame is not None:
                 first_frame.load_state_dict({k: v.float() for k, v in with_prefix(tensors, FIRST_FRAME).items()})
+            if depth is not None:
+                depth.load_state_dict({k: v.float() for k, v in with_prefix(tensors, DEPTH).items()})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not match its own config ({e})") from e
-        info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics", "first_frame")}
+        info = {k: v for k, v in config.items() if k not in ("kind", "tokenizer", "dynamics", "first_frame", "depth")}
         # The env exposes info's action space; the weights embed the dynamics config's.
         if info.get("action_space") != dyn_cfg.action_space:
             raise CheckpointError(f"{path}: action_space {info.get('action_space')!r} is not the one its weights were "
@@ -110,7 +130,7 @@ class WorldModel(nn.Module):
             raise CheckpointError(f"{path}: start_frames are {got}; expected uint8 (N, {h}, {w}, 3) real frames, "
                                   "N >= 1, the dream's default reset")
         try:
-            model = cls(tokenizer, dynamics, info, start.numpy(), first_frame)
+            model = cls(tokenizer, dynamics, info, start.numpy(), first_frame, depth)
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}") from e
         return model.to(device).eval()
@@ -128,19 +148,20 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0,
-                memory: bool | None = None, memory_guidance: float | None = None):
+                memory: bool | None = None, memory_guidance: float | None = None, rerender: bool | None = None):
         """Dream forward from real context, as the DreamEnv does.
 
         context_frames (B, T, H, W, 3) uint8; context_actions (B, T-1) the actions between
-        them; actions (B, N) the actions to take from the last context frame on; memory and
-        memory_guidance as DreamCore's. Returns frames (B, N, H, W, 3) uint8:
+        them; actions (B, N) the actions to take from the last context frame on; memory,
+        memory_guidance and rerender as DreamCore's. Returns frames (B, N, H, W, 3) uint8:
         frame k is the result of actions[:, k] - and the predicted rewards (B, N) and
         termination probabilities (B, N).
         """
         generator = torch.Generator(device=self.device).manual_seed(seed)
         context_frames, context_actions = np.asarray(context_frames), np.asarray(context_actions)
         actions = np.asarray(actions)
-        core = DreamCore(self, len(context_frames), steps, memory, memory_guidance=memory_guidance)
+        core = DreamCore(self, len(context_frames), steps, memory, memory_guidance=memory_guidance,
+                         rerender=rerender if memory is not False else False)
         core.reset_rows(range(len(context_frames)), list(zip(context_frames, context_actions)), generator)
         frames, rewards, ends = [], [], []
         for k in range(actions.shape[1]):
@@ -189,6 +210,13 @@ class DreamCore:
     retrieves for every row at once. memory=False turns it off (ablation);
     memory_guidance overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
 
+    rerender (default: on when the model carries a depth network): what memory recalls,
+    and the row's last frame, are decoded, given depth, re-rendered from the pose the
+    new frame is seen from, and fused, nearest surface first (worldsim/reproject.py);
+    the network then sees that one view as a memory from its own pose, the case it
+    restores best, instead of frames from other poses, which it cannot move. Where no
+    source saw a pixel, the last frame fills it as it was.
+
     uncertainty=True samples every frame twice, from two noises, and keeps in
     `self.spread` each row's disagreement: the RMS difference of the two samples' latents
     over sqrt(2), an estimate of the spread of what the model would dream there. It is
@@ -197,7 +225,7 @@ class DreamCore:
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
-                 memory_guidance: float | None = None, uncertainty: bool = False):
+                 memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool | None = None):
         self.model, self.dyn, self.n = model, model.dynamics, num_rows
         self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
@@ -216,6 +244,10 @@ class DreamCore:
                 self.memory_args |= dict(fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
                 self.poses = np.zeros((num_rows, 3))
             self.memories = MemoryBank(num_rows, **self.memory_args, device=self.device)
+        if rerender and not (self.memory and model.can_rerender):
+            raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
+                             "(`worldsim export --depth`)")
+        self.rerender = self.memory and model.can_rerender if rerender is None else rerender
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
         self.uncertainty = uncertainty
         self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
@@ -293,6 +325,7 @@ class DreamCore:
     def _recall(self, actions):
         """Move each row's pose by its action and fetch its memory for the next frame."""
         if self.by_pose:
+            before = self.poses
             self.poses = self.tracker.step(self.poses, actions)
             # Every earlier frame is a candidate, those still in the context window too: the
             # pose-matched copy is what restores a view, whether or not attention still holds it.
@@ -302,7 +335,36 @@ class DreamCore:
         self.retrieved = valid.sum(1).cpu().numpy()
         if not self.retrieved.any():
             return None
+        if self.rerender:
+            return self._rerendered(z, feats, valid, before)
         return z, feats, valid
+
+    def _rerendered(self, z, feats, valid, before):
+        """Memory as one view from each row's new pose: the recalled entries (poses relative
+        to it in `feats`) and the last frame (seen from `before`) re-rendered there and fused."""
+        reach, fov = self.memories.reach, self.memories.fov_deg
+        rows = valid.any(1)
+        rel_last = relative_poses_batched(torch.as_tensor(self.poses, device=self.device),
+                                          torch.as_tensor(before, device=self.device)[:, None])[:, 0]
+        # Sources per row: the last frame first (it wins ties), then the entries; poses in
+        # the frame of the new view, which looks along +x from the origin.
+        lat = torch.cat([self.last[:, None], z], 1)[rows]  # (R, S, C, h, w)
+        entry_poses = torch.stack([feats[..., 0] * reach, feats[..., 1] * reach,
+                                   torch.atan2(feats[..., 3], feats[..., 2])], -1)
+        poses = torch.cat([rel_last[:, None].float(), entry_poses], 1)[rows]
+        shown = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)[rows]
+        r, s = lat.shape[:2]
+        frames = self.model.decode(lat.flatten(0, 1)[:, None])[:, 0]  # (R*S, H, W, 3) uint8
+        inverse = self.model.depth(frames)
+        views, near = reproject(frames, inverse, poses.flatten(0, 1), torch.zeros_like(poses.flatten(0, 1)), fov)
+        near = torch.where(shown.flatten()[:, None, None], near, -1.0)
+        view, near = fuse(views.unflatten(0, (r, s)), near.unflatten(0, (r, s)))
+        view = torch.where(near[..., None] >= 0, view, frames.unflatten(0, (r, s))[:, 0])  # unseen: the last frame
+        out_z = torch.zeros(self.n, 1, *self.dyn.cfg.latent_shape, device=self.device)
+        out_z[rows] = self.model.encode(view[:, None])
+        out_feats = torch.zeros(self.n, 1, 4, device=self.device)
+        out_feats[..., 2] = 1.0  # seen from the new pose itself: no offset, no turn
+        return out_z, out_feats, rows[:, None]
 
     def step(self, actions, generator):
         """actions (N, ...) -> next latents (N, C, h, w), rewards (N,), termination probabilities (N,)."""

@@ -1,0 +1,128 @@
+"""Memory re-rendered from a new pose: the depth a Rooms frame's ground truth gives, a view
+moved to another pose with it, the depth network, and the dream that uses both."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from envs.rooms import ACTIONS, RoomsEnv, depth_image
+from worldsim.reproject import fuse, reproject
+
+
+def _walk(env, seed, actions):
+    frame, info = env.reset(seed=seed)
+    frames, gts = [frame], [info["gt"]]
+    for a in actions:
+        frame, *_, info = env.step(ACTIONS.index(a))
+        frames.append(frame)
+        gts.append(info["gt"])
+    return np.stack(frames), {k: np.stack([g[k] for g in gts]) for k in gts[0]}
+
+
+def _inverse(depth):
+    return torch.from_numpy(np.where(np.isfinite(depth), 1 / depth, 0.0))
+
+
+def test_depth_image_is_the_raycasters_depth():
+    env = RoomsEnv(world_seed=3)
+    frames, gt = _walk(env, 0, ["FORWARD"] * 3 + ["TURN_LEFT"] * 5)
+    for t in range(len(frames)):
+        d = depth_image(gt, t)
+        h = d.shape[0]
+        # On the horizon rows every column shows a wall or a billboard in front of it.
+        horizon = d[h // 2 - 1:h // 2 + 1]
+        assert np.all(horizon <= gt["depth"][t][None] + 1e-9)
+        assert np.isinf(d[0]).all() or (gt["depth"][t] < 1).any()  # the top row is ceiling unless a wall is close
+        floor = d[-1][~np.isin(np.arange(d.shape[1]), np.nonzero(gt["object_ids"][t][-1] >= 0)[0])]
+        assert np.allclose(floor[floor < gt["depth"][t].min()], 0.5 * env.focal / (h / 2 - 0.5))
+
+
+def test_a_real_view_moved_to_a_new_pose_matches_the_render_there():
+    """Frame A with its true depth, re-rendered at poses a few steps away (walks, strafes,
+    turns), agrees with what Rooms renders there on the pixels A saw; frame A itself,
+    unmoved, does not."""
+    env = RoomsEnv(world_seed=5)
+    frames, gt = _walk(env, 1, ["FORWARD", "STRAFE_LEFT", "TURN_RIGHT", "FORWARD", "TURN_RIGHT", "BACK"])
+    n = len(frames) - 1
+    views, inverse = reproject(torch.from_numpy(np.repeat(frames[:1], n, 0)), _inverse(depth_image(gt, 0))[None].expand(n, -1, -1),
+                               torch.from_numpy(np.repeat(gt["pose"][:1], n, 0)), torch.from_numpy(gt["pose"][1:]), 60.0)
+    for t in range(1, n + 1):
+        covered = inverse[t - 1].numpy() >= 0
+        assert covered.mean() > 0.6
+        err = np.abs(views[t - 1].numpy().astype(int) - frames[t].astype(int)).max(-1)[covered]
+        unmoved = np.abs(frames[0].astype(int) - frames[t].astype(int)).max(-1)[covered]
+        assert (err <= 12).mean() > 0.85, t
+    assert (unmoved <= 12).mean() < (err <= 12).mean() - 0.2  # six steps away, the unmoved view is far off
+
+
+def test_same_pose_is_the_identity_and_points_at_infinity_only_turn():
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8))
+    inverse = torch.zeros(1, 16, 16)  # everything infinitely far
+    pose = torch.tensor([[2.0, 3.0, 0.4]])
+    same, near = reproject(frames, inverse, pose, pose, 60.0)
+    assert torch.equal(same, frames) and (near == 0).all()
+    walked, _ = reproject(frames, inverse, pose, pose + torch.tensor([[1.0, -0.5, 0.0]]), 60.0)
+    assert torch.equal(walked, frames)  # a sky does not move when the camera walks
+    turned, near = reproject(frames, inverse, pose, pose + torch.tensor([[0.0, 0.0, 0.2]]), 60.0)
+    assert (near[0, :, :3] < 0).all()  # turned left: the left edge is new
+    assert not torch.equal(turned, frames)
+
+
+def test_fuse_keeps_the_nearest_source():
+    frames = torch.stack([torch.zeros(1, 2, 2, 3), torch.ones(1, 2, 2, 3)], 1)
+    inverse = torch.tensor([[[[0.5, -1.0], [0.2, 0.3]], [[0.5, 0.1], [0.9, -1.0]]]])
+    out, near = fuse(frames, inverse)
+    assert out[0, :, :, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # ties go to the first source
+    assert torch.allclose(near[0], torch.tensor([[0.5, 0.1], [0.9, 0.3]]))
+
+
+@pytest.fixture(scope="module")
+def depth_world(memory_world, rooms_dataset, tmp_path_factory):
+    """A tiny depth network trained on the test dataset, exported into the memory world."""
+    from training.train_depth import TrainConfig, train
+    from worldsim.export import export_world_model
+
+    out = tmp_path_factory.mktemp("depth")
+    summary = train(TrainConfig(data=str(rooms_dataset), out=str(out / "depth"), width=8, steps=30, batch_size=8,
+                                warmup=5, ckpt_every=30, log_every=5, eval_frames=64), progress=False)
+    world, _ = memory_world
+    export_world_model(str(world.parent / "dyn" / "latest.safetensors"), str(out / "world.safetensors"),
+                       depth=str(out / "depth" / "latest.safetensors"))
+    return out, summary
+
+
+def test_depth_training_scores_itself_beside_the_mean_depth(depth_world):
+    out, summary = depth_world
+    scores = json.loads((out / "depth" / "scores.json").read_text())
+    assert scores == summary["scores"]
+    for name in ("depth_net", "mean_inverse_depth"):
+        assert 0 <= scores[name]["median_relative_depth_error"] < 10
+        assert 0 <= scores[name]["within_10_percent"] <= 1
+
+
+def test_the_dream_rerenders_memory_with_the_depth_network(depth_world, memory_world, rooms_dataset):
+    from worldsim.dataset import episode_paths, read_episode
+    from worldsim.world_model import DreamCore, WorldModel
+
+    out, _ = depth_world
+    model = WorldModel.load(out / "world.safetensors")
+    plain = WorldModel.load(memory_world[0])
+    assert model.can_rerender and not plain.can_rerender
+    ep = read_episode(episode_paths(rooms_dataset, "test")[0])
+    ctx, acts = ep.frames[None, :4], ep.actions[None, :3]
+    turn = np.full((1, 12), ACTIONS.index("TURN_LEFT"))
+    on = model.rollout(ctx, acts, turn, rerender=True)[0]
+    off = model.rollout(ctx, acts, turn, rerender=False)[0]
+    assert on.shape == off.shape == (1, 12, *model.frame_shape)
+    assert not np.array_equal(on, off)  # the network saw another memory
+    assert np.array_equal(off, plain.rollout(ctx, acts, turn)[0])  # off: the model as it was
+    # The network is given one view, from its own pose.
+    core = DreamCore(model, 1)
+    core.reset_rows([0], [(ep.frames[:4], ep.actions[:3])], torch.Generator().manual_seed(0))
+    z, feats, valid = core._recall(np.array([ACTIONS.index("TURN_LEFT")]))
+    assert z.shape[1] == 1 and valid.all() and feats[0, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="depth network"):
+        DreamCore(plain, 1, rerender=True)

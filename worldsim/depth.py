@@ -1,0 +1,54 @@
+"""Depth from a frame: a small U-Net that reads a frame and gives the inverse depth of each
+pixel (0: infinitely far), so that a dreamed frame, which has no ground truth, can be
+re-rendered from another pose (worldsim/reproject.py). Three halvings give it a view of
+a whole column, where a wall's height on screen says how far it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DepthConfig:
+    width: int = 24  # channels at full resolution; doubled at each of the three halvings
+    max_inverse_depth: float = 10.0  # the nearest a pixel can be is 1 / this
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(4, cout), nn.GELU(),
+                         nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(4, cout), nn.GELU())
+
+
+class DepthNet(nn.Module):
+    def __init__(self, cfg: DepthConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.width
+        self.down = nn.ModuleList([_block(3, c), _block(c, 2 * c, 2), _block(2 * c, 4 * c, 2), _block(4 * c, 4 * c, 2)])
+        self.up = nn.ModuleList([_block(8 * c, 2 * c), _block(4 * c, c), _block(2 * c, c)])
+        self.head = nn.Conv2d(c, 1, 1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, H, W, 3) uint8 -> inverse depth (B, H, W), in [0, max_inverse_depth]."""
+        x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = block(torch.cat([x, skips.pop()], 1))
+        return torch.sigmoid(self.head(x)[:, 0]) * self.cfg.max_inverse_depth
+
+    def loss(self, frames: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """L1 on inverse depth against the true depth (B, H, W) (inf: infinitely far)."""
+        target = (1 / depth.float()).clamp(max=self.cfg.max_inverse_depth)
+        pred = self(frames)
+        loss = F.l1_loss(pred, target)
+        return loss, {"loss": loss.item(), "far_error": (pred[depth.isinf()]).mean().item() if depth.isinf().any() else 0.0}
