@@ -126,3 +126,32 @@ def test_the_dream_rerenders_memory_with_the_depth_network(depth_world, memory_w
     assert z.shape[1] == 1 and valid.all() and feats[0, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="depth network"):
         DreamCore(plain, 1, rerender=True)
+
+
+def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, tmp_path):
+    from worldsim.probes.report import ProbeConfig, run_probes
+
+    out, _ = depth_world
+    run_probes(ProbeConfig(checkpoint=str(out / "world.safetensors"), out=str(tmp_path), probes="revisit", count=1,
+                           env_kwargs={"world_seed": None}), progress=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["predictors"][:3] == ["dream_memory_on", "dream_rerender_off", "dream_memory_off"]
+    revisit = report["probes"]["revisit"]
+    assert revisit["dream_rerender_off"]["new_pose"]["scripts"] == 1
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
+
+
+def test_memory_keeps_each_entrys_frame_and_depth_for_rerendering():
+    from worldsim.memory import MemoryBank
+
+    bank = MemoryBank(2, (2, 4, 4), capacity=4, fov_deg=60, reach=5, view_shape=(8, 8))
+    poses = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, np.pi]])
+    for step, yaw in enumerate((0.0, np.pi / 2, np.pi)):
+        pixels = torch.full((2, 8, 8, 3), 10 * step, dtype=torch.uint8)
+        bank.add(torch.full((2, 2, 4, 4), float(step)), poses * 0 + [0, 0, yaw], [step, step],
+                 views=(pixels, torch.full((2, 8, 8), 0.5 * step)))
+    z, _, valid, pixels, inverse = bank.retrieve(poses, 1, [3, 3], views=True)
+    assert valid.all() and z[:, 0, 0, 0, 0].tolist() == [0.0, 2.0]  # each row's own view: yaw 0, yaw pi
+    assert pixels[:, 0, 0, 0, 0].tolist() == [0, 20] and inverse[:, 0, 0, 0].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="views"):
+        bank.add(torch.zeros(2, 2, 4, 4), poses, [4, 4])

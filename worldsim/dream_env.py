@@ -59,13 +59,16 @@ class _DreamBase:
     """What the single and the vector env share: loading, spaces, contexts, observations."""
 
     def _setup(self, checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends,
-               memory_guidance, uncertainty):
+               memory_guidance, uncertainty, rerender):
         if obs_type not in ("rgb", "latent"):
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
         self.obs_type, self.max_steps, self.memory, self.sample_ends = obs_type, max_steps, memory, sample_ends
         self.model.use_memory(memory)  # fails now, not at reset, if memory is asked of a model without it
-        self.memory_guidance, self.uncertainty = memory_guidance, uncertainty
+        self.memory_guidance, self.uncertainty, self.rerender = memory_guidance, uncertainty, rerender
+        if rerender and not (self.model.use_memory(memory) and self.model.can_rerender):
+            raise ValueError("rerender=True needs memory on and a world model with a depth network (`worldsim export "
+                             "--depth`)")
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
         self.action_meanings = tuple(self.model.info.get("action_meanings") or ())
@@ -215,7 +218,7 @@ class _DreamBase:
 
     def _new_core(self) -> DreamCore:
         return DreamCore(self.model, self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance,
-                         uncertainty=self.uncertainty)
+                         uncertainty=self.uncertainty, rerender=self.rerender)
 
     def _info(self, row: int, prob: float, steps: int) -> dict:
         """One env's info (the vector env batches them as gymnasium does)."""
@@ -285,6 +288,8 @@ class DreamEnv(_DreamBase, gym.Env):
         sample_ends: draw terminations instead of thresholding them.
         memory_guidance: overrides how strongly recalled views are followed.
         uncertainty: sample each frame twice and report the spread.
+        rerender: re-render recalled views from the dream's new pose with the model's depth
+            network (None: on where the model carries one; False turns it off).
 
     `get_state()` / `set_state()` fork the dream: the same state, actions and seed give
     the same frames.
@@ -299,11 +304,11 @@ class DreamEnv(_DreamBase, gym.Env):
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
                  memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
-                 uncertainty: bool = False):
+                 uncertainty: bool = False, rerender: bool | None = None):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
-                    uncertainty)
+                    uncertainty, rerender)
         self.action_space, self.observation_space = self.single_action_space, self.single_observation_space
         self.render_mode = render_mode
         self.core, self._steps, self._done, self._frame = None, None, False, None
@@ -375,9 +380,9 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
                  memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
-                 uncertainty: bool = False):
+                 uncertainty: bool = False, rerender: bool | None = None):
         self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
-                    uncertainty)
+                    uncertainty, rerender)
         self.num_envs, self._rows, self.render_mode = num_envs, num_envs, render_mode
         self.autoreset_mode = gym.vector.AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}

@@ -201,10 +201,15 @@ class MemoryBank:
     comes with its pose relative to the query. Keyed by the latent itself (key="latent",
     for envs that report no pose): retrieval by the cosine similarity of `pooled_keys`,
     queried with the newest frame, and entries come with no relative pose (zeros).
-    Ties (overlaps come in steps of 1/64) go to the entry added first."""
+    Ties (overlaps come in steps of 1/64) go to the entry added first.
+
+    With `view_shape` (H, W), each entry also keeps its decoded frame and inverse depth
+    (what re-rendering it from a new pose needs: worldsim/reproject.py), so a frame is
+    decoded and given depth once, when it is added, not each time it is recalled."""
 
     def __init__(self, rows: int, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
-                 same_view: float | None = None, min_overlap: float | None = None, key: str = "pose", device="cpu"):
+                 same_view: float | None = None, min_overlap: float | None = None, key: str = "pose", device="cpu",
+                 view_shape: tuple[int, int] | None = None):
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1, got {capacity}")
         if key not in ("pose", "latent"):
@@ -221,6 +226,10 @@ class MemoryBank:
         self.steps = torch.zeros(rows, 0, dtype=torch.long, device=device)
         self.order = torch.zeros(rows, 0, dtype=torch.long, device=device)  # when each entry came: ties go to the first
         self.used = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+        self.views = view_shape is not None
+        if self.views:  # each entry's frame (uint8) and inverse depth (float16)
+            self.pixels = torch.zeros(rows, 0, *view_shape, 3, dtype=torch.uint8, device=device)
+            self.inverse = torch.zeros(rows, 0, *view_shape, dtype=torch.float16, device=device)
         self.added = 0
         self.adds = np.zeros(rows, np.int64)  # adds per row since cleared, on the host: at least its entries
 
@@ -252,9 +261,10 @@ class MemoryBank:
         best = scores == scores.max(1, keepdim=True).values
         return torch.where(best, order, torch.iinfo(order.dtype).max).argmin(1)
 
-    def add(self, latents: torch.Tensor, poses, steps, rows=None):
+    def add(self, latents: torch.Tensor, poses, steps, rows=None, views=None):
         """One entry per row of `rows` (default: every row): latents (R, C, h, w), poses
-        (R, 3) keying them (ignored with latent keys: pass None), steps (R,). An entry
+        (R, 3) keying them (ignored with latent keys: pass None), steps (R,); with
+        `view_shape`, views = (frames (R, H, W, 3) uint8, inverse depth (R, H, W)). An entry
         that sees nearly the same view as one already kept replaces it (the newer frame
         shows the world as it is now); in a full bank the oldest entry goes."""
         device = self.used.device
@@ -275,6 +285,11 @@ class MemoryBank:
         self.steps[at, slot] = torch.as_tensor(steps, device=device)
         self.order[at, slot] = self.added + torch.arange(len(rows), device=device)
         self.used[at, slot] = True
+        if self.views:
+            if views is None:
+                raise ValueError("this memory keeps each entry's frame and inverse depth: pass views=(frames, inverse)")
+            self.pixels[at, slot] = views[0].to(device)
+            self.inverse[at, slot] = views[1].to(device=device, dtype=torch.float16)
         self.added += len(rows)
 
     def _grow(self):
@@ -283,22 +298,29 @@ class MemoryBank:
         pad = lambda t: torch.cat([t, t.new_zeros(t.shape[0], grow, *t.shape[2:])], 1)  # noqa: E731
         self.latents, self.keys, self.steps, self.order, self.used = map(
             pad, (self.latents, self.keys, self.steps, self.order, self.used))
+        if self.views:
+            self.pixels, self.inverse = pad(self.pixels), pad(self.inverse)
 
-    def retrieve(self, queries, k: int, before_step):
+    def retrieve(self, queries, k: int, before_step, views: bool = False):
         """For every row, the k entries seen before its `before_step` (R,) most like its
         query: those whose views overlap the pose query (R, 3) most, or (latent keys)
         whose latents are most like the latent query (R, C, h, w).
 
         Returns latents (R, k, C, h, w), features (R, k, 4) of their poses relative to the
         query (zeros with latent keys), and valid (R, k) bool (False pads slots with no
-        entry of enough likeness)."""
+        entry of enough likeness); with `views`, also their frames (R, k, H, W, 3) and
+        inverse depths (R, k, H, W)."""
         device = self.used.device
         z = torch.zeros(self.rows, k, *self.latent_shape, device=device)
         feats = torch.zeros(self.rows, k, 4, device=device)
         valid = torch.zeros(self.rows, k, dtype=torch.bool, device=device)
+        if views:
+            pixels = torch.zeros(self.rows, k, *self.pixels.shape[2:], dtype=torch.uint8, device=device)
+            inverse = torch.zeros(self.rows, k, *self.inverse.shape[2:], device=device)
+        out = lambda: (z, feats, valid, pixels, inverse) if views else (z, feats, valid)  # noqa: E731
         m = min(k, self.used.shape[1])
         if m == 0:
-            return z, feats, valid
+            return out()
         query = self._key_of(queries, queries)
         before = torch.as_tensor(before_step, device=device).expand(self.rows)
         eligible = self.used & (self.steps < before[:, None])
@@ -311,7 +333,10 @@ class MemoryBank:
         if self.key == "pose":
             rel = relative_poses_batched(query, self.keys[rows, best])
             feats[:, :m] = torch.where(valid[:, :m, None], pose_features_batched(rel, self.reach), 0.0)
-        return z, feats, valid
+        if views:
+            pixels[:, :m] = torch.where(valid[:, :m, None, None, None], self.pixels[rows, best], 0)
+            inverse[:, :m] = torch.where(valid[:, :m, None, None], self.inverse[rows, best].float(), 0.0)
+        return out()
 
 
 def gather(latents, poses: np.ndarray | None, order, query: np.ndarray, k: int, reach: float, latent_shape):

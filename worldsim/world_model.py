@@ -79,19 +79,19 @@ class WorldModel(nn.Module):
     def save(self, path, half: bool = True):
         """One safetensors file; `half` stores weights as float16 (loaded back as float32)."""
         tensors = prefixed(self.tokenizer.state_dict(), TOKENIZER) | prefixed(self.dynamics.state_dict(), DYNAMICS)
-        first = {}
+        networks = {}  # the configs of the networks beside the dynamics
         if self.first_frame is not None:
             tensors |= prefixed(self.first_frame.state_dict(), FIRST_FRAME)
-            first = {"first_frame": asdict(self.first_frame.cfg)}
+            networks["first_frame"] = asdict(self.first_frame.cfg)
         if self.depth is not None:
             tensors |= prefixed(self.depth.state_dict(), DEPTH)
-            first["depth"] = asdict(self.depth.cfg)
+            networks["depth"] = asdict(self.depth.cfg)
         if half:  # caption whitening stays float32: it amplifies directions float16 would round away
             tensors = {k: v.half() if v.is_floating_point() and not k.endswith(KEEP_FLOAT32) else v
                        for k, v in tensors.items()}
         tensors["start_frames"] = torch.from_numpy(self.start_frames)
         save_checkpoint(path, tensors, {"kind": "world_model", "tokenizer": asdict(self.tokenizer.cfg),
-                                        "dynamics": asdict(self.dynamics.cfg), **first, **self.info})
+                                        "dynamics": asdict(self.dynamics.cfg), **networks, **self.info})
 
     @classmethod
     def load(cls, path, device="cpu") -> "WorldModel":
@@ -161,7 +161,7 @@ class WorldModel(nn.Module):
         context_frames, context_actions = np.asarray(context_frames), np.asarray(context_actions)
         actions = np.asarray(actions)
         core = DreamCore(self, len(context_frames), steps, memory, memory_guidance=memory_guidance,
-                         rerender=rerender if memory is not False else False)
+                         rerender=rerender)
         core.reset_rows(range(len(context_frames)), list(zip(context_frames, context_actions)), generator)
         frames, rewards, ends = [], [], []
         for k in range(actions.shape[1]):
@@ -243,11 +243,16 @@ class DreamCore:
                 self.tracker = PoseTracker(pose_model["motion"])
                 self.memory_args |= dict(fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
                 self.poses = np.zeros((num_rows, 3))
-            self.memories = MemoryBank(num_rows, **self.memory_args, device=self.device)
         if rerender and not (self.memory and model.can_rerender):
             raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
                              "(`worldsim export --depth`)")
         self.rerender = self.memory and model.can_rerender if rerender is None else rerender
+        if self.memory:
+            if self.rerender:  # entries keep their frames and depth; so does each row's last frame
+                self.memory_args["view_shape"] = tuple(model.frame_shape[:2])
+                self.last_pixels = torch.zeros(num_rows, *model.frame_shape, dtype=torch.uint8, device=self.device)
+                self.last_inverse = torch.zeros(num_rows, *model.frame_shape[:2], device=self.device)
+            self.memories = MemoryBank(num_rows, **self.memory_args, device=self.device)
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
         self.uncertainty = uncertainty
         self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
@@ -257,7 +262,8 @@ class DreamCore:
         self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
 
     # What a step reads and writes; the network and the settings are not part of a state.
-    STATE = ("cache", "clock", "last", "poses", "memories", "retrieved", "spread", "spread_generator", "text")
+    STATE = ("cache", "clock", "last", "last_pixels", "last_inverse", "poses", "memories", "retrieved", "spread",
+             "spread_generator", "text")
 
     def get_state(self) -> dict:
         """A copy of the dream's state: KV cache, clocks, last latents, poses, memories,
@@ -315,9 +321,14 @@ class DreamCore:
                 if self.memory:  # the whole context goes to memory
                     poses = self.tracker.path(actions) if self.by_pose else [None] * len(frames)
                     self.memories.clear([row])
+                    if self.rerender:
+                        pixels = torch.as_tensor(np.asarray(frames), device=self.device)
+                        inverse = self.model.depth(pixels)
+                        self.last_pixels[row], self.last_inverse[row] = pixels[-1], inverse[-1]
                     for i in range(len(frames)):
                         self.memories.add(z[0, i:i + 1], None if poses[i] is None else poses[i][None],
-                                          [hold - len(frames) + i], rows=[row])
+                                          [hold - len(frames) + i], rows=[row],
+                                          views=(pixels[i:i + 1], inverse[i:i + 1]) if self.rerender else None)
                     if self.by_pose:
                         self.poses[row] = poses[-1]
                 self.retrieved[row] = 0
@@ -329,37 +340,38 @@ class DreamCore:
             self.poses = self.tracker.step(self.poses, actions)
             # Every earlier frame is a candidate, those still in the context window too: the
             # pose-matched copy is what restores a view, whether or not attention still holds it.
-            z, feats, valid = self.memories.retrieve(self.poses, self.dyn.cfg.memory, self.clock + 1)
+            recalled = self.memories.retrieve(self.poses, self.dyn.cfg.memory, self.clock + 1, views=self.rerender)
         else:  # as in training: frames from before the context window, like the newest frame
-            z, feats, valid = self.memories.retrieve(self.last, self.dyn.cfg.memory, self.clock - self.cache.frames + 1)
+            recalled = self.memories.retrieve(self.last, self.dyn.cfg.memory, self.clock - self.cache.frames + 1)
+        valid = recalled[2]
         self.retrieved = valid.sum(1).cpu().numpy()
         if not self.retrieved.any():
             return None
         if self.rerender:
-            return self._rerendered(z, feats, valid, before)
-        return z, feats, valid
+            return self._rerendered(*recalled, before)
+        return recalled
 
-    def _rerendered(self, z, feats, valid, before):
-        """Memory as one view from each row's new pose: the recalled entries (poses relative
-        to it in `feats`) and the last frame (seen from `before`) re-rendered there and fused."""
+    def _rerendered(self, z, feats, valid, pixels, inverse, before):
+        """Memory as one view from each row's new pose: the recalled entries (their frames
+        and inverse depths, poses relative to the new one in `feats`) and the last frame
+        (seen from `before`) re-rendered there and fused."""
         reach, fov = self.memories.reach, self.memories.fov_deg
         rows = valid.any(1)
         rel_last = relative_poses_batched(torch.as_tensor(self.poses, device=self.device),
                                           torch.as_tensor(before, device=self.device)[:, None])[:, 0]
         # Sources per row: the last frame first (it wins ties), then the entries; poses in
         # the frame of the new view, which looks along +x from the origin.
-        lat = torch.cat([self.last[:, None], z], 1)[rows]  # (R, S, C, h, w)
         entry_poses = torch.stack([feats[..., 0] * reach, feats[..., 1] * reach,
                                    torch.atan2(feats[..., 3], feats[..., 2])], -1)
-        poses = torch.cat([rel_last[:, None].float(), entry_poses], 1)[rows]
+        poses = torch.cat([rel_last[:, None].float(), entry_poses], 1)[rows].flatten(0, 1)
+        frames = torch.cat([self.last_pixels[:, None], pixels], 1)[rows]  # (R, S, H, W, 3)
+        depth = torch.cat([self.last_inverse[:, None], inverse], 1)[rows]
         shown = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)[rows]
-        r, s = lat.shape[:2]
-        frames = self.model.decode(lat.flatten(0, 1)[:, None])[:, 0]  # (R*S, H, W, 3) uint8
-        inverse = self.model.depth(frames)
-        views, near = reproject(frames, inverse, poses.flatten(0, 1), torch.zeros_like(poses.flatten(0, 1)), fov)
+        r, s = frames.shape[:2]
+        views, near = reproject(frames.flatten(0, 1), depth.flatten(0, 1), poses, torch.zeros_like(poses), fov)
         near = torch.where(shown.flatten()[:, None, None], near, -1.0)
         view, near = fuse(views.unflatten(0, (r, s)), near.unflatten(0, (r, s)))
-        view = torch.where(near[..., None] >= 0, view, frames.unflatten(0, (r, s))[:, 0])  # unseen: the last frame
+        view = torch.where(near[..., None] >= 0, view, frames[:, 0])  # what nothing saw: the last frame as it was
         out_z = torch.zeros(self.n, 1, *self.dyn.cfg.latent_shape, device=self.device)
         out_z[rows] = self.model.encode(view[:, None])
         out_feats = torch.zeros(self.n, 1, 4, device=self.device)
@@ -385,5 +397,10 @@ class DreamCore:
             reward, end = self.dyn.heads(self.last, nxt, a)
             self.last = nxt
             if self.memory:
-                self.memories.add(nxt, self.poses if self.by_pose else None, self.clock)
+                views = None
+                if self.rerender:
+                    self.last_pixels = self.model.decode(nxt[:, None])[:, 0]
+                    self.last_inverse = self.model.depth(self.last_pixels)
+                    views = (self.last_pixels, self.last_inverse)
+                self.memories.add(nxt, self.poses if self.by_pose else None, self.clock, views=views)
         return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()

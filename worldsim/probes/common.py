@@ -113,7 +113,7 @@ def tokenizer_ceiling(model):
 
 
 def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_steps: int | None = None,
-          memory_guidance: float | None = None):
+          memory_guidance: float | None = None, rerender: bool | None = None):
     """The world model's rollout from each scenario's context, its actions replayed."""
     def predict(scenarios):
         out = [None] * len(scenarios)
@@ -127,7 +127,7 @@ def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_ste
                                              np.stack([s.actions[:ctx - 1] for s in part]),
                                              np.stack([s.actions[ctx - 1:] for s in part]),
                                              steps=sample_steps, seed=seed, memory=memory,
-                                             memory_guidance=memory_guidance)
+                                             memory_guidance=memory_guidance, rerender=rerender)
                 for i, f in zip(idx[j:j + batch], frames):
                     out[i] = f
         return out

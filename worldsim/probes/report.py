@@ -77,6 +77,9 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     if model.has_memory:
         predictors["dream_memory_on"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
                                               memory_guidance=cfg.memory_guidance)
+    if model.can_rerender:  # what re-rendering recalled views from the new pose adds to memory
+        predictors["dream_rerender_off"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
+                                                 memory_guidance=cfg.memory_guidance, rerender=False)
     predictors["dream_memory_off"] = dream(model, False, cfg.seed, sample_steps=cfg.sample_steps)
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
@@ -136,8 +139,8 @@ def _summary_plot(report: dict, path):
     import matplotlib.pyplot as plt
 
     results, context = report["probes"], report["context_frames"]
-    colours = {"dream_memory_on": "tab:green", "dream_memory_off": "tab:red", "copy_last": "tab:gray",
-               "tokenizer_ceiling": "tab:blue"}
+    colours = {"dream_memory_on": "tab:green", "dream_rerender_off": "tab:olive", "dream_memory_off": "tab:red",
+               "copy_last": "tab:gray", "tokenizer_ceiling": "tab:blue"}
     fig, axes = plt.subplots(2, 3, figsize=(17.5, 8.5))
     ax = axes[0, 0]
     loop = next((p for p in ("loop", "lookback", "walkback") if p in results), "loop")  # loop closure, for each kind of env
