@@ -71,12 +71,13 @@ def test_same_pose_is_the_identity_and_points_at_infinity_only_turn():
     assert not torch.equal(turned, frames)
 
 
-def test_fuse_keeps_the_nearest_source():
-    frames = torch.stack([torch.zeros(1, 2, 2, 3), torch.ones(1, 2, 2, 3)], 1)
-    inverse = torch.tensor([[[[0.5, -1.0], [0.2, 0.3]], [[0.5, 0.1], [0.9, -1.0]]]])
+def test_fuse_takes_each_pixel_from_the_first_source_that_shows_it():
+    frames = torch.stack([torch.zeros(1, 2, 3, 3), torch.ones(1, 2, 3, 3)], 1)
+    inverse = torch.tensor([[[[0.5, -1.0, 0.5], [0.2, 0.3, -1.0]],
+                             [[0.52, 0.1, 0.9], [0.9, -1.0, -1.0]]]])
     out, near = fuse(frames, inverse)
-    assert out[0, :, :, 0].tolist() == [[0.0, 1.0], [1.0, 0.0]]  # ties go to the first source
-    assert torch.allclose(near[0], torch.tensor([[0.5, 0.1], [0.9, 0.3]]))
+    assert out[0, :, :, 0].tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    assert torch.allclose(near[0], torch.tensor([[0.5, 0.1, 0.5], [0.2, 0.3, -1.0]]))
 
 
 @pytest.fixture(scope="module")

@@ -73,8 +73,11 @@ def reproject(frames: torch.Tensor, inverse_depth: torch.Tensor, poses_from: tor
 
 def fuse(frames: torch.Tensor, inverse_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Views of one place from several sources (B, S, H, W, C), each with its inverse depth
-    (B, S, H, W; -1 where it shows nothing), as one: the nearest source at each pixel,
-    the first of equals. Returns (B, H, W, C) and its inverse depth (B, H, W)."""
-    pick = inverse_depth.argmax(1)  # (B, H, W): first of the maxima
+    (B, S, H, W; -1 where it shows nothing), in order of preference, as one: each pixel
+    from the first source that shows it. Sources are not depth-tested against each other:
+    in a static world the preferred (least moved) source is right where it sees, and a
+    later source's nearer surface there is mostly its depth error. Returns (B, H, W, C)
+    and its inverse depth (B, H, W)."""
+    pick = (inverse_depth >= 0).int().argmax(1)  # (B, H, W): the first source showing it; 0 where none
     out = frames.gather(1, pick[:, None, ..., None].expand(-1, 1, *frames.shape[2:]))[:, 0]
     return out, inverse_depth.gather(1, pick[:, None])[:, 0]

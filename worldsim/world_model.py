@@ -211,9 +211,9 @@ class DreamCore:
     memory_guidance overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
 
     rerender (default: on when the model carries a depth network): what memory recalls,
-    and the row's last frame, are decoded, given depth, re-rendered from the pose the
-    new frame is seen from, and fused, nearest surface first (worldsim/reproject.py);
-    the network then sees that one view as a memory from its own pose, the case it
+    and the row's last frame (their frames and depth kept since they were added), are
+    re-rendered from the pose the new frame is seen from and fused, each pixel from the
+    least moved source that shows it (worldsim/reproject.py); the network then sees that one view as a memory from its own pose, the case it
     restores best, instead of frames from other poses, which it cannot move. Where no
     source saw a pixel, the last frame fills it as it was.
 
@@ -359,18 +359,24 @@ class DreamCore:
         rows = valid.any(1)
         rel_last = relative_poses_batched(torch.as_tensor(self.poses, device=self.device),
                                           torch.as_tensor(before, device=self.device)[:, None])[:, 0]
-        # Sources per row: the last frame first (it wins ties), then the entries; poses in
-        # the frame of the new view, which looks along +x from the origin.
+        # Sources per row: the last frame, then the entries; poses in the frame of the new
+        # view, which looks along +x from the origin.
         entry_poses = torch.stack([feats[..., 0] * reach, feats[..., 1] * reach,
                                    torch.atan2(feats[..., 3], feats[..., 2])], -1)
-        poses = torch.cat([rel_last[:, None].float(), entry_poses], 1)[rows].flatten(0, 1)
+        poses = torch.cat([rel_last[:, None].float(), entry_poses], 1)[rows]
         frames = torch.cat([self.last_pixels[:, None], pixels], 1)[rows]  # (R, S, H, W, 3)
         depth = torch.cat([self.last_inverse[:, None], inverse], 1)[rows]
         shown = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)[rows]
         r, s = frames.shape[:2]
-        views, near = reproject(frames.flatten(0, 1), depth.flatten(0, 1), poses, torch.zeros_like(poses), fov)
-        near = torch.where(shown.flatten()[:, None, None], near, -1.0)
-        view, near = fuse(views.unflatten(0, (r, s)), near.unflatten(0, (r, s)))
+        views, near = reproject(frames.flatten(0, 1), depth.flatten(0, 1), poses.flatten(0, 1),
+                                torch.zeros_like(poses.flatten(0, 1)), fov)
+        near = torch.where(shown.flatten()[:, None, None], near, -1.0).unflatten(0, (r, s))
+        # Where sources see the same surface, the one seen from nearest the new pose (the
+        # least moved, so the least blurred by depth errors) gives it.
+        moved = poses[..., :2].norm(dim=-1) + poses[..., 2].abs()
+        order = torch.argsort(moved, dim=1, stable=True)
+        pick = lambda t: t.gather(1, order.view(r, s, *[1] * (t.ndim - 2)).expand_as(t))  # noqa: E731
+        view, near = fuse(pick(views.unflatten(0, (r, s))), pick(near))
         view = torch.where(near[..., None] >= 0, view, frames[:, 0])  # what nothing saw: the last frame as it was
         out_z = torch.zeros(self.n, 1, *self.dyn.cfg.latent_shape, device=self.device)
         out_z[rows] = self.model.encode(view[:, None])
