@@ -73,16 +73,18 @@ def main():
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=None)
+    parser.add_argument("--rerender", action="store_true",
+                        help="the dream's memory re-rendered from new poses (a model with a depth network)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = WorldModel.load(args.checkpoint)
-    result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"),
+    result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"), "rerender": args.rerender,
               "trained_on": {"env_kwargs": model.info.get("env_kwargs"), "steps": model.info.get("trained_steps")},
               **replay_scores(model, args.data, args.context, args.horizons, args.windows, args.split,
-                              args.sample_steps)}
+                              args.sample_steps, rerender=args.rerender)}
     result["dream_beats_copy_last_frame_at_every_horizon"] = all(v > 0 for v in result["dream_minus_copy_last_frame_db"].values())
     result["heads"] = heads_detection(model, args.data, args.split)
     if args.uncertainty:

@@ -121,12 +121,13 @@ def test_the_dream_rerenders_memory_with_the_depth_network(depth_world, memory_w
     assert not np.array_equal(on, off)  # the network saw another memory
     assert np.array_equal(off, plain.rollout(ctx, acts, turn)[0])  # off: the model as it was
     # The network is given one view, from its own pose.
-    core = DreamCore(model, 1)
+    core = DreamCore(model, 1, rerender=True)
     core.reset_rows([0], [(ep.frames[:4], ep.actions[:3])], torch.Generator().manual_seed(0))
     z, feats, valid = core._recall(np.array([ACTIONS.index("TURN_LEFT")]))
     assert z.shape[1] == 1 and valid.all() and feats[0, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="depth network"):
         DreamCore(plain, 1, rerender=True)
+    assert not DreamCore(model, 1).rerender  # re-rendering is asked for, never assumed
 
 
 def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, tmp_path):
@@ -134,11 +135,12 @@ def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, t
 
     out, _ = depth_world
     run_probes(ProbeConfig(checkpoint=str(out / "world.safetensors"), out=str(tmp_path), probes="revisit", count=1,
-                           env_kwargs={"world_seed": None}), progress=False)
+                           env_kwargs={"world_seed": None}, rerender=True), progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["predictors"][:3] == ["dream_memory_on", "dream_rerender_off", "dream_memory_off"]
+    assert report["predictors"][:3] == ["dream_memory_on", "dream_rerender", "dream_memory_off"]
     revisit = report["probes"]["revisit"]
-    assert revisit["dream_rerender_off"]["new_pose"]["scripts"] == 1
+    assert revisit["dream_rerender"]["new_pose"]["scripts"] == 1
+    assert set(revisit["rerender_gain"]) >= {"new_pose", "exact"} and "memory_gain" in revisit
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 

@@ -289,7 +289,8 @@ class DreamEnv(_DreamBase, gym.Env):
         memory_guidance: overrides how strongly recalled views are followed.
         uncertainty: sample each frame twice and report the spread.
         rerender: re-render recalled views from the dream's new pose with the model's depth
-            network (None: on where the model carries one; False turns it off).
+            network (the shipped Rooms model carries one): objects come back from new poses,
+            long replays lose some fidelity (RESULTS.md).
 
     `get_state()` / `set_state()` fork the dream: the same state, actions and seed give
     the same frames.
@@ -304,7 +305,7 @@ class DreamEnv(_DreamBase, gym.Env):
     def __init__(self, checkpoint=None, obs_type: str = "rgb", max_steps: int = 500, sample_steps: int | None = None,
                  env_id: str | None = None, device: str = "cpu", render_mode: str | None = None,
                  memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
-                 uncertainty: bool = False, rerender: bool | None = None):
+                 uncertainty: bool = False, rerender: bool = False):
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
@@ -380,7 +381,7 @@ class DreamVectorEnv(_DreamBase, gym.vector.VectorEnv):
                  sample_steps: int | None = None, env_id: str | None = None, device: str = "cpu",
                  autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP, render_mode: str | None = None,
                  memory: bool | None = None, sample_ends: bool = False, memory_guidance: float | None = None,
-                 uncertainty: bool = False, rerender: bool | None = None):
+                 uncertainty: bool = False, rerender: bool = False):
         self._setup(checkpoint, obs_type, max_steps, sample_steps, env_id, device, memory, sample_ends, memory_guidance,
                     uncertainty, rerender)
         self.num_envs, self._rows, self.render_mode = num_envs, num_envs, render_mode

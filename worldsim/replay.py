@@ -32,9 +32,10 @@ def replay_windows(data: str, context: int, length: int, count: int, split: str 
 
 
 def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
-                  split: str = "test", sample_steps: int | None = None, batch: int = 8) -> dict:
-    """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory),
-    copy-last-frame and the tokenizer ceiling, on `count` windows of `split`."""
+                  split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False) -> dict:
+    """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory;
+    `rerender`: memory re-rendered from new poses), copy-last-frame and the tokenizer
+    ceiling, on `count` windows of `split`."""
     length = max(horizons)
     ws = replay_windows(data, context, length, count, split)
     if not ws:
@@ -44,7 +45,8 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
 
     def rollout(memory):
         return np.concatenate([model.rollout(frames[i:i + batch, :c], actions[i:i + batch, :c - 1],
-                                             actions[i:i + batch, c - 1:], steps=sample_steps, seed=i, memory=memory)[0]
+                                             actions[i:i + batch, c - 1:], steps=sample_steps, seed=i, memory=memory,
+                                             rerender=rerender and memory is not False)[0]
                                for i in range(0, len(ws), batch)])
 
     predictions = {"dream": rollout(None)}  # with the model's memory when it has one

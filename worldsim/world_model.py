@@ -148,7 +148,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0,
-                memory: bool | None = None, memory_guidance: float | None = None, rerender: bool | None = None):
+                memory: bool | None = None, memory_guidance: float | None = None, rerender: bool = False):
         """Dream forward from real context, as the DreamEnv does.
 
         context_frames (B, T, H, W, 3) uint8; context_actions (B, T-1) the actions between
@@ -210,7 +210,7 @@ class DreamCore:
     retrieves for every row at once. memory=False turns it off (ablation);
     memory_guidance overrides the model's guidance weight (worldsim/sampler.py; 0 turns it off).
 
-    rerender (default: on when the model carries a depth network): what memory recalls,
+    rerender=True (a model that carries a depth network): what memory recalls,
     and the row's last frame (their frames and depth kept since they were added), are
     re-rendered from the pose the new frame is seen from and fused, each pixel from the
     least moved source that shows it (worldsim/reproject.py); the network then sees that one view as a memory from its own pose, the case it
@@ -225,7 +225,7 @@ class DreamCore:
     """
 
     def __init__(self, model, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
-                 memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool | None = None):
+                 memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool = False):
         self.model, self.dyn, self.n = model, model.dynamics, num_rows
         self.memory_guidance = memory_guidance
         self.sample_steps = sample_steps or self.dyn.cfg.sample_steps
@@ -246,7 +246,7 @@ class DreamCore:
         if rerender and not (self.memory and model.can_rerender):
             raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
                              "(`worldsim export --depth`)")
-        self.rerender = self.memory and model.can_rerender if rerender is None else rerender
+        self.rerender = bool(rerender)
         if self.memory:
             if self.rerender:  # entries keep their frames and depth; so does each row's last frame
                 self.memory_args["view_shape"] = tuple(model.frame_shape[:2])

@@ -113,7 +113,7 @@ def tokenizer_ceiling(model):
 
 
 def dream(model, memory: bool | None, seed: int = 0, batch: int = 16, sample_steps: int | None = None,
-          memory_guidance: float | None = None, rerender: bool | None = None):
+          memory_guidance: float | None = None, rerender: bool = False):
     """The world model's rollout from each scenario's context, its actions replayed."""
     def predict(scenarios):
         out = [None] * len(scenarios)

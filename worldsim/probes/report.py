@@ -52,6 +52,7 @@ class ProbeConfig:
     drift_steps: int = 1000  # steps of each drift replay
     sample_steps: int | None = None  # denoising steps per frame (default: the model's)
     memory_guidance: float | None = None  # memory guidance weight w, 0 for none (default: the model's)
+    rerender: bool = False  # also score the dream with memory re-rendered from new poses (`dream_rerender`; a model with a depth network)
     seed: int = 0  # scripts and sampling noise; each seed scripts episodes no other seed does
 
 
@@ -65,6 +66,10 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
+    if cfg.rerender and not model.can_rerender:
+        which = cfg.checkpoint or "the shipped Rooms model"
+        raise ValueError(f"--rerender needs a world model with a depth network and memory; {which} has none "
+                         "(`worldsim export --depth`)")
     probes = [p for p in cfg.probes.split(",") if p] or default_probes(env_id, names)
     unknown = set(probes) - set(PROBES)
     if unknown:
@@ -77,9 +82,9 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     if model.has_memory:
         predictors["dream_memory_on"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
                                               memory_guidance=cfg.memory_guidance)
-    if model.can_rerender:  # what re-rendering recalled views from the new pose adds to memory
-        predictors["dream_rerender_off"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
-                                                 memory_guidance=cfg.memory_guidance, rerender=False)
+    if cfg.rerender:  # what re-rendering recalled views from the new pose adds to memory
+        predictors["dream_rerender"] = dream(model, True, cfg.seed, sample_steps=cfg.sample_steps,
+                                             memory_guidance=cfg.memory_guidance, rerender=True)
     predictors["dream_memory_off"] = dream(model, False, cfg.seed, sample_steps=cfg.sample_steps)
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
@@ -139,7 +144,7 @@ def _summary_plot(report: dict, path):
     import matplotlib.pyplot as plt
 
     results, context = report["probes"], report["context_frames"]
-    colours = {"dream_memory_on": "tab:green", "dream_rerender_off": "tab:olive", "dream_memory_off": "tab:red",
+    colours = {"dream_memory_on": "tab:green", "dream_rerender": "tab:olive", "dream_memory_off": "tab:red",
                "copy_last": "tab:gray", "tokenizer_ceiling": "tab:blue"}
     fig, axes = plt.subplots(2, 3, figsize=(17.5, 8.5))
     ax = axes[0, 0]

@@ -179,16 +179,23 @@ def revisit_headline(score: dict) -> str:
 
 
 def memory_summary(entry: dict, setup: ProbeSetup) -> dict:
-    """What memory adds, script by script, where the dream ran with memory on and off."""
+    """What memory adds, script by script, where the dream ran with memory on and off (and
+    with memory re-rendered from new poses, where it ran so)."""
     if not {"dream_memory_on", "dream_memory_off"} <= entry.keys():
         return {}
-    gain = revisit_memory_gain(entry["dream_memory_on"], entry["dream_memory_off"])
-    line = "; ".join(f"{v.replace('_', ' ')}: object region {g['object_psnr_db']:+.2f} ± "
-                     f"{g['object_psnr_db_stderr']:.2f} dB, whole frame {g['frame_psnr_db']:+.2f} ± "
-                     f"{g['frame_psnr_db_stderr']:.2f} dB" for v, g in gain.items())
-    if setup.progress:
-        print(f"probe revisit  memory on - off  {line} (goal: new pose object region +{GOAL_DB:g} dB)", flush=True)
-    return {"memory_gain": {**gain, "goal_object_db": GOAL_DB}}
+    out = {}
+    for name, key in (("dream_memory_on", "memory_gain"), ("dream_rerender", "rerender_gain")):
+        if name not in entry:
+            continue
+        gain = revisit_memory_gain(entry[name], entry["dream_memory_off"])
+        line = "; ".join(f"{v.replace('_', ' ')}: object region {g['object_psnr_db']:+.2f} ± "
+                         f"{g['object_psnr_db_stderr']:.2f} dB, whole frame {g['frame_psnr_db']:+.2f} ± "
+                         f"{g['frame_psnr_db_stderr']:.2f} dB" for v, g in gain.items())
+        if setup.progress:
+            print(f"probe revisit  {name.removeprefix('dream_').replace('_', ' ')} - memory off  {line} "
+                  f"(goal: new pose object region +{GOAL_DB:g} dB)", flush=True)
+        out[key] = {**gain, "goal_object_db": GOAL_DB}
+    return out
 
 
 def revisit_plot(cases, views: dict, scores: dict, path, count: int = 8):
