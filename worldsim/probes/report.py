@@ -128,11 +128,11 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
 
 
 def _video(path, scenario, shown: dict, max_frames: int = 300):
-    """Real | dream with memory | dream without memory (the dreams that exist), context
+    """Real | dream with memory | re-rendered | without memory (the dreams that exist), context
     frames included so the video starts from what the model saw; at most `max_frames`."""
     context = scenario.frames[:scenario.context]
     clip = scenario.frames
-    for name in ("dream_memory_on", "dream_memory_off"):
+    for name in ("dream_memory_on", "dream_rerender", "dream_memory_off"):
         if name in shown:
             clip = side_by_side(clip, np.concatenate([context, shown[name]]))
     write_video(path, clip[:max_frames], fps=8)
@@ -228,7 +228,7 @@ def _summary_plot(report: dict, path):
 
 def _revisit_panels(report: dict, bars, scatter, colours: dict):
     """Revisit: object-region and whole-frame PSNR per predictor, from a new pose and at
-    the exact return; and per script, memory on against memory off on the object region."""
+    the exact return; and per script, memory on (and re-rendered) against memory off on the object region."""
     results = report["probes"].get("revisit")
     bars.set_title("revisit: back to an object from a new pose")
     scatter.set_title("revisit: object region per script")
@@ -253,12 +253,16 @@ def _revisit_panels(report: dict, bars, scatter, colours: dict):
         bars.set_title("revisit: back to an object from a new pose\nmemory on - off, object region: "
                        + ", ".join(lines) + f"\n(goal: new pose +{gain['goal_object_db']:g} dB)", fontsize=8)
     if "dream_memory_on" in results and "dream_memory_off" in results:
-        on, off = results["dream_memory_on"]["scenarios"], results["dream_memory_off"]["scenarios"]
-        for v, marker in (("new_pose", "o"), ("exact", "x")):
-            xy = np.array([(b["object_psnr_db"], a["object_psnr_db"]) for a, b in zip(on, off) if a["variant"] == v])
-            if len(xy):
-                scatter.scatter(xy[:, 0], xy[:, 1], marker=marker, s=18, label=v.replace("_", " "),
-                                color="tab:green" if v == "new_pose" else "tab:olive")
+        off = results["dream_memory_off"]["scenarios"]
+        for name in ("dream_memory_on", "dream_rerender"):  # each dream with memory, against memory off
+            if name not in results:
+                continue
+            for v, marker in (("new_pose", "o"), ("exact", "x")):
+                xy = np.array([(b["object_psnr_db"], a["object_psnr_db"])
+                               for a, b in zip(results[name]["scenarios"], off) if a["variant"] == v])
+                if len(xy):
+                    scatter.scatter(xy[:, 0], xy[:, 1], marker=marker, s=18, color=colours[name],
+                                    label=f"{name.removeprefix('dream_').replace('_', ' ')}, {v.replace('_', ' ')}")
         lo, hi = scatter.get_xlim()[0], max(scatter.get_xlim()[1], scatter.get_ylim()[1])
         scatter.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="memory on = off")
         scatter.plot([lo, hi], [lo + GOAL_DB, hi + GOAL_DB], "k--", lw=0.8,
