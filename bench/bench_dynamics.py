@@ -74,7 +74,8 @@ def main():
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=None)
     parser.add_argument("--rerender", action="store_true",
-                        help="the dream's memory re-rendered from new poses (a model with a depth network)")
+                        help="the replays' memory re-rendered from new poses (a model with a depth network); the "
+                             "heads and speed figures stay the plain model's")
     parser.add_argument("--name", default=None)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
@@ -119,7 +120,7 @@ def main():
             print(f"{k:<44} {v:.4g}" if isinstance(v, float) else f"{k:<44} {v}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    name = args.name or Path(args.data).name
+    name = args.name or Path(args.data).name + ("_rerender" if args.rerender else "")
     (out / f"dynamics_{name}.json").write_text(json.dumps(result, indent=2))
     plot_replay(result, out / f"dynamics_{name}.png", f"{result['env_id']}: dream vs real")
     print(f"wrote {out / f'dynamics_{name}.json'} and .png")

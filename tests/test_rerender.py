@@ -95,7 +95,7 @@ def depth_world(memory_world, rooms_dataset, tmp_path_factory):
     return out, summary
 
 
-def test_depth_training_scores_itself_beside_the_mean_depth(depth_world):
+def test_depth_training_writes_its_scores_beside_the_mean_depth(depth_world):  # a smoke test: 30 steps learn little
     out, summary = depth_world
     scores = json.loads((out / "depth" / "scores.json").read_text())
     assert scores == summary["scores"]
@@ -158,3 +158,33 @@ def test_memory_keeps_each_entrys_frame_and_depth_for_rerendering():
     assert pixels[:, 0, 0, 0, 0].tolist() == [0, 20] and inverse[:, 0, 0, 0].tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="views"):
         bank.add(torch.zeros(2, 2, 4, 4), poses, [4, 4])
+
+
+def test_the_view_memory_gives_is_the_last_frame_and_the_entries_moved_to_the_new_pose(depth_world, rooms_dataset):
+    """With a depth network that says every pixel is 2 units away: after a turn left, the
+    one memory view is the last frame re-rendered a turn to the left (where it covers;
+    itself elsewhere); turning back right, the entry seen from exactly there wins, unmoved."""
+    from worldsim.dataset import episode_paths, read_episode
+    from worldsim.world_model import DreamCore, WorldModel
+
+    class FlatDepth(torch.nn.Module):
+        def predict(self, frames):
+            return torch.full(frames.shape[:3], 0.5)
+
+    model = WorldModel.load(depth_world[0] / "world.safetensors")
+    model.depth = FlatDepth()
+    frames = read_episode(episode_paths(rooms_dataset, "test")[0]).frames[:2]
+    left, right = ACTIONS.index("TURN_LEFT"), ACTIONS.index("TURN_RIGHT")
+    core = DreamCore(model, 1, rerender=True)
+    core.reset_rows([0], [(frames, np.array([left]))], torch.Generator().manual_seed(0))
+    turn = model.info["pose_model"]["motion"][left][2]
+    fov = model.info["pose_model"]["fov_deg"]
+    z, _, _ = core._recall(np.array([left]))
+    moved, near = reproject(torch.from_numpy(frames[1:]), torch.full((1, *frames.shape[1:3]), 0.5),
+                            torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, turn]]), fov)
+    expected = torch.where(near[..., None] >= 0, moved, torch.from_numpy(frames[1:]))
+    assert 0.5 < (near >= 0).float().mean() < 1  # a turn leaves the new edge unseen
+    assert torch.allclose(z[:, 0], model.encode(expected[:, None])[:, 0])
+    core.poses[:] = core.tracker.step(core.poses, np.array([right]))  # back where the context's last frame was
+    z, _, _ = core._recall(np.array([right]))  # one more turn right: the first context frame's pose
+    assert torch.allclose(z[:, 0], model.encode(torch.from_numpy(frames[:1])[:, None])[:, 0])

@@ -23,7 +23,7 @@ import torch
 from envs.rooms import depth_image
 from training.loop import RunConfig, pick_device, run
 from worldsim.dataset import DatasetError, WindowDataset
-from worldsim.depth import DepthConfig, DepthNet
+from worldsim.depth import FAR_INVERSE_DEPTH, DepthConfig, DepthNet
 
 GT_KEYS = ("depth", "object_ids", "objects_xy", "pose")
 
@@ -67,7 +67,7 @@ def score(model: DepthNet, frames: torch.Tensor, depth: torch.Tensor, mean_inver
         rel = ((pred - depth).abs() / depth)[finite]
         far = depth.isinf()
         return {"median_relative_depth_error": float(rel.median()), "within_10_percent": float((rel < 0.1).float().mean()),
-                "far_called_far": float((pred_inv[far] < 0.05).float().mean()) if far.any() else float("nan")}
+                "far_called_far": float((pred_inv[far] < FAR_INVERSE_DEPTH).float().mean()) if far.any() else float("nan")}
     return {"depth_net": errors(torch.cat([model(frames[i:i + 256]) for i in range(0, len(frames), 256)])),
             "mean_inverse_depth": errors(mean_inverse.expand_as(depth))}
 

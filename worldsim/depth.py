@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+FAR_INVERSE_DEPTH = 0.05  # below this (beyond 20 units) a pixel counts as infinitely far: a ceiling or sky
+
+
 @dataclass
 class DepthConfig:
     width: int = 24  # channels at full resolution; doubled at each of the three halvings
@@ -45,6 +48,12 @@ class DepthNet(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skips.pop()], 1))
         return torch.sigmoid(self.head(x)[:, 0]) * self.cfg.max_inverse_depth
+
+    def predict(self, frames: torch.Tensor) -> torch.Tensor:
+        """Inverse depth (B, H, W) for re-rendering: 0 (infinitely far, so it only turns) where
+        the network sees nothing nearer than 1 / FAR_INVERSE_DEPTH."""
+        inverse = self(frames)
+        return torch.where(inverse < FAR_INVERSE_DEPTH, torch.zeros_like(inverse), inverse)
 
     def loss(self, frames: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L1 on inverse depth against the true depth (B, H, W) (inf: infinitely far)."""

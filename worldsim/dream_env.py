@@ -273,7 +273,7 @@ class DreamEnv(_DreamBase, gym.Env):
 
     ## Info
     `termination_prob`, `steps`, `context_frames`, `memory_frames` (views recalled for this
-    frame), `denoising_steps`, and with `uncertainty=True` `uncertainty` (the disagreement
+    frame; with rerender, fused into the one view the network sees), `denoising_steps`, and with `uncertainty=True` `uncertainty` (the disagreement
     of two samples of the frame).
 
     ## Arguments

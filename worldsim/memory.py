@@ -205,7 +205,8 @@ class MemoryBank:
 
     With `view_shape` (H, W), each entry also keeps its decoded frame and inverse depth
     (what re-rendering it from a new pose needs: worldsim/reproject.py), so a frame is
-    decoded and given depth once, when it is added, not each time it is recalled."""
+    decoded and given depth once, when it is added, not each time it is recalled: 20 KiB
+    an entry at 64x64, 5 MiB a row at capacity 256."""
 
     def __init__(self, rows: int, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
                  same_view: float | None = None, min_overlap: float | None = None, key: str = "pose", device="cpu",
@@ -267,6 +268,8 @@ class MemoryBank:
         `view_shape`, views = (frames (R, H, W, 3) uint8, inverse depth (R, H, W)). An entry
         that sees nearly the same view as one already kept replaces it (the newer frame
         shows the world as it is now); in a full bank the oldest entry goes."""
+        if self.views and views is None:
+            raise ValueError("this memory keeps each entry's frame and inverse depth: pass views=(frames, inverse)")
         device = self.used.device
         rows = np.arange(self.rows) if rows is None else np.asarray(rows)
         if self.used.shape[1] < self.capacity and self.adds[rows].max() >= self.used.shape[1]:
@@ -286,8 +289,6 @@ class MemoryBank:
         self.order[at, slot] = self.added + torch.arange(len(rows), device=device)
         self.used[at, slot] = True
         if self.views:
-            if views is None:
-                raise ValueError("this memory keeps each entry's frame and inverse depth: pass views=(frames, inverse)")
             self.pixels[at, slot] = views[0].to(device)
             self.inverse[at, slot] = views[1].to(device=device, dtype=torch.float16)
         self.added += len(rows)
@@ -310,6 +311,8 @@ class MemoryBank:
         query (zeros with latent keys), and valid (R, k) bool (False pads slots with no
         entry of enough likeness); with `views`, also their frames (R, k, H, W, 3) and
         inverse depths (R, k, H, W)."""
+        if views and not self.views:
+            raise ValueError("this memory keeps no frames or depth (make it with view_shape) to return views of")
         device = self.used.device
         z = torch.zeros(self.rows, k, *self.latent_shape, device=device)
         feats = torch.zeros(self.rows, k, 4, device=device)

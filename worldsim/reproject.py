@@ -64,9 +64,14 @@ def reproject(frames: torch.Tensor, inverse_depth: torch.Tensor, poses_from: tor
     best = torch.full((b * h * w,), -1.0, dtype=torch.float32, device=dev)
     best.scatter_reduce_(0, target.reshape(-1), nearness.reshape(-1), reduce="amax")
     wins = lands & (nearness == best[target])
-    out = torch.zeros(b * h * w, c, dtype=frames.dtype, device=dev)
+    # Of equally near samples on one pixel, the last one colours it (a fixed choice on any device).
+    sample = torch.arange(src.numel(), device=dev).expand(b, -1)
+    winner = torch.full((b * h * w,), -1, dtype=torch.long, device=dev)
+    winner.scatter_reduce_(0, target[wins], sample[wins], reduce="amax")
     colours = frames.reshape(b, h * w, c)[torch.arange(b, device=dev)[:, None], src[None, :].expand(b, -1)]
-    out[target[wins]] = colours[wins]
+    shown = winner >= 0
+    out = torch.zeros(b * h * w, c, dtype=frames.dtype, device=dev)
+    out[shown] = colours[torch.arange(b * h * w, device=dev)[shown] // (h * w), winner[shown]]
     inverse = torch.where(best > 0, best - 1, -1.0)  # back from nearness + 1
     return out.reshape(b, h, w, c), inverse.reshape(b, h, w)
 

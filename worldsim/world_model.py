@@ -323,7 +323,7 @@ class DreamCore:
                     self.memories.clear([row])
                     if self.rerender:
                         pixels = torch.as_tensor(np.asarray(frames), device=self.device)
-                        inverse = self.model.depth(pixels)
+                        inverse = self.model.depth.predict(pixels)
                         self.last_pixels[row], self.last_inverse[row] = pixels[-1], inverse[-1]
                     for i in range(len(frames)):
                         self.memories.add(z[0, i:i + 1], None if poses[i] is None else poses[i][None],
@@ -406,7 +406,7 @@ class DreamCore:
                 views = None
                 if self.rerender:
                     self.last_pixels = self.model.decode(nxt[:, None])[:, 0]
-                    self.last_inverse = self.model.depth(self.last_pixels)
+                    self.last_inverse = self.model.depth.predict(self.last_pixels)
                     views = (self.last_pixels, self.last_inverse)
                 self.memories.add(nxt, self.poses if self.by_pose else None, self.clock, views=views)
         return nxt, reward.float().cpu().numpy(), torch.sigmoid(end).float().cpu().numpy()
