@@ -188,3 +188,15 @@ def test_the_view_memory_gives_is_the_last_frame_and_the_entries_moved_to_the_ne
     core.poses[:] = core.tracker.step(core.poses, np.array([right]))  # back where the context's last frame was
     z, _, _ = core._recall(np.array([right]))  # one more turn right: the first context frame's pose
     assert torch.allclose(z[:, 0], model.encode(torch.from_numpy(frames[:1])[:, None])[:, 0])
+
+
+def test_dream_replays_an_episode_with_rerendered_memory(depth_world, rooms_dataset, tmp_path):
+    from worldsim.cli import main
+    from worldsim.dataset import episode_paths
+
+    ep = str(episode_paths(rooms_dataset, "test")[0])
+    world = str(depth_world[0] / "world.safetensors")
+    assert main(["dream", "--checkpoint", world, "--episode", ep, "--steps", "5", "--rerender",
+                 "--out", str(tmp_path / "d.mp4")]) == 0
+    assert (tmp_path / "d.mp4").stat().st_size > 1000 and (tmp_path / "d.png").exists()
+    assert main(["dream", "--prompt", "a teal room", "--rerender", "--out", str(tmp_path / "p.mp4")]) != 0

@@ -105,11 +105,13 @@ def cmd_dream(args):
 
     if (args.episode is None) == (args.prompt is None):
         raise ValueError("dream needs one of --episode (replay a real episode's actions) or --prompt (a world from text)")
+    if args.rerender and args.prompt is not None:
+        raise ValueError("--rerender is for --episode replays")
     if args.prompt is not None:
         return dream_prompt(args.checkpoint, args.prompt, args.steps, args.out, seed=args.seed,
                             sample_steps=args.sample_steps)
     return dream_episode(args.checkpoint, args.episode, args.steps, args.out, context=args.context,
-                         sample_steps=args.sample_steps, seed=args.seed)
+                         sample_steps=args.sample_steps, seed=args.seed, rerender=args.rerender)
 
 
 def cmd_play(args):
@@ -190,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=4, help="real frames given before dreaming")
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps per frame (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rerender", action="store_true",
+                   help="memory re-rendered from the dream's new poses (a model with a depth network, as the shipped Rooms one)")
     p.add_argument("--out", required=True, help="video file (.mp4)")
     p.set_defaults(func=cmd_dream)
 

@@ -62,7 +62,7 @@ def side_by_side(real: np.ndarray, dream: np.ndarray) -> np.ndarray:
 
 
 def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: int = 4,
-                  sample_steps: int | None = None, seed: int = 0) -> dict:
+                  sample_steps: int | None = None, seed: int = 0, rerender: bool = False) -> dict:
     from worldsim.dream_env import load_world_model
 
     model = load_world_model(checkpoint)
@@ -81,7 +81,7 @@ def dream_episode(checkpoint: str, episode: str, steps: int, out: str, context: 
         raise ValueError(f"{episode} has {len(ep)} steps: too short for a context of {context} frames")
     ctx = ep.frames[None, :context]
     dream, rewards, ends = model.rollout(ctx, ep.actions[None, :context - 1], ep.actions[None, context - 1:context - 1 + steps],
-                                         steps=sample_steps, seed=seed)
+                                         steps=sample_steps, seed=seed, rerender=rerender)
     real = ep.frames[context:context + steps]
     write_video(out, side_by_side(np.concatenate([ep.frames[:context], real]),
                                   np.concatenate([ep.frames[:context], dream[0]])))
