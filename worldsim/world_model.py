@@ -215,7 +215,8 @@ class DreamCore:
     re-rendered from the pose the new frame is seen from and fused, each pixel from the
     least moved source that shows it (worldsim/reproject.py); the network then sees that one view as a memory from its own pose, the case it
     restores best, instead of frames from other poses, which it cannot move. Where no
-    source saw a pixel, the last frame fills it as it was.
+    source saw a pixel, the last frame fills it as it was. Memory guidance is off with it
+    unless given.
 
     uncertainty=True samples every frame twice, from two noises, and keeps in
     `self.spread` each row's disagreement: the RMS difference of the two samples' latents
@@ -247,6 +248,10 @@ class DreamCore:
             raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
                              "(`worldsim export --depth`)")
         self.rerender = bool(rerender)
+        if self.rerender and memory_guidance is None:
+            # The re-rendered view already stands at the new pose; guidance would push its
+            # errors twice as far (with it: 1.7 dB of loop closure and 0.6 at 64 steps lost).
+            self.memory_guidance = 0.0
         if self.memory:
             if self.rerender:  # entries keep their frames and depth; so does each row's last frame
                 self.memory_args["view_shape"] = tuple(model.frame_shape[:2])
