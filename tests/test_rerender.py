@@ -141,6 +141,7 @@ def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, t
     revisit = report["probes"]["revisit"]
     assert revisit["dream_rerender"]["new_pose"]["scripts"] == 1
     assert set(revisit["rerender_gain"]) >= {"new_pose", "exact"} and "memory_gain" in revisit
+    assert report["rerender_memory_guidance"] == 0.0
     assert (tmp_path / "summary.png").stat().st_size > 10_000
 
 

@@ -102,6 +102,8 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
               "memory_guidance": None if not model.has_memory else
               model.dynamics.cfg.memory_guidance if cfg.memory_guidance is None else cfg.memory_guidance,
               "action_guidance": model.dynamics.cfg.action_guidance}
+    if cfg.rerender:  # re-rendering runs without memory guidance unless given (DreamCore)
+        report["rerender_memory_guidance"] = 0.0 if cfg.memory_guidance is None else cfg.memory_guidance
     for name in probes:
         probe, t0 = PROBES[name], time.perf_counter()
         cases = probe.scenarios(setup)
