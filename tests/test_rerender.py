@@ -127,6 +127,11 @@ def test_the_dream_rerenders_memory_with_the_depth_network(depth_world, memory_w
     assert z.shape[1] == 1 and valid.all() and feats[0, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="depth network"):
         DreamCore(plain, 1, rerender=True)
+    from worldsim.dream_env import DreamEnv
+    with pytest.raises(ValueError, match="depth network"):
+        DreamEnv(str(memory_world[0]), rerender=True)  # at construction, not at the first reset
+    with pytest.raises(ValueError, match="memory on"):
+        DreamEnv(str(out / "world.safetensors"), memory=False, rerender=True)
     assert not DreamCore(model, 1).rerender  # re-rendering is asked for, never assumed
 
 

@@ -64,11 +64,9 @@ class _DreamBase:
             raise ValueError(f"obs_type must be 'rgb' or 'latent', got {obs_type!r}")
         self.model = load_world_model(checkpoint, env_id, device)
         self.obs_type, self.max_steps, self.memory, self.sample_ends = obs_type, max_steps, memory, sample_ends
-        self.model.use_memory(memory)  # fails now, not at reset, if memory is asked of a model without it
+        # Fails now, not at reset, if memory or re-rendering is asked of a model without it.
+        self.model.use_rerender(rerender, self.model.use_memory(memory))
         self.memory_guidance, self.uncertainty, self.rerender = memory_guidance, uncertainty, rerender
-        if rerender and not (self.model.use_memory(memory) and self.model.can_rerender):
-            raise ValueError("rerender=True needs memory on and a world model with a depth network (`worldsim export "
-                             "--depth`)")
         self.sample_steps = sample_steps or self.model.dynamics.cfg.sample_steps
         self.single_action_space = space_from_dict(self.model.info["action_space"])
         self.action_meanings = tuple(self.model.info.get("action_meanings") or ())

@@ -28,6 +28,10 @@ from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
 
 KEEP_FLOAT32 = ("text_mean", "text_whitening")  # tensors `save(half=True)` keeps at full precision
+# Memory guidance with re-rendered memory, unless given: the view already stands at the new
+# pose, and guidance would push its errors twice as far (with 1: 1.7 dB of loop closure and
+# 0.6 at 64 steps lost).
+RERENDER_MEMORY_GUIDANCE = 0.0
 
 
 class WorldModel(nn.Module):
@@ -70,6 +74,14 @@ class WorldModel(nn.Module):
     def can_rerender(self) -> bool:
         """Carries a depth network, to re-render memory from the dream's new poses."""
         return self.depth is not None and self.has_memory
+
+    def use_rerender(self, rerender: bool, memory: bool) -> bool:
+        """The re-render switch checked: asking for it with memory off, or of a model
+        without a depth network, is an error."""
+        if rerender and not (memory and self.can_rerender):
+            raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
+                             "(`worldsim export --depth`)")
+        return bool(rerender)
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -244,14 +256,9 @@ class DreamCore:
                 self.tracker = PoseTracker(pose_model["motion"])
                 self.memory_args |= dict(fov_deg=pose_model["fov_deg"], reach=pose_model["reach"])
                 self.poses = np.zeros((num_rows, 3))
-        if rerender and not (self.memory and model.can_rerender):
-            raise ValueError("re-rendering memory from new poses needs memory on and a world model with a depth network "
-                             "(`worldsim export --depth`)")
-        self.rerender = bool(rerender)
+        self.rerender = model.use_rerender(rerender, self.memory)
         if self.rerender and memory_guidance is None:
-            # The re-rendered view already stands at the new pose; guidance would push its
-            # errors twice as far (with it: 1.7 dB of loop closure and 0.6 at 64 steps lost).
-            self.memory_guidance = 0.0
+            self.memory_guidance = RERENDER_MEMORY_GUIDANCE
         if self.memory:
             if self.rerender:  # entries keep their frames and depth; so does each row's last frame
                 self.memory_args["view_shape"] = tuple(model.frame_shape[:2])

@@ -28,6 +28,7 @@ from worldsim.dream_video import side_by_side, write_video
 from worldsim.probes import PROBES
 from worldsim.probes.common import ROOMS_ID, ProbeSetup, copy_last, dream, make_rooms, maps_of, tokenizer_ceiling
 from worldsim.probes.revisit import GOAL_DB
+from worldsim.world_model import RERENDER_MEMORY_GUIDANCE
 
 ROOMS_ONLY = tuple(name for name, probe in PROBES.items() if probe.rooms_only)
 
@@ -66,10 +67,7 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
         names = [f"ACTION_{i}" for i in range(model.info["action_space"]["n"])]
-    if cfg.rerender and not model.can_rerender:
-        which = cfg.checkpoint or "the shipped Rooms model"
-        raise ValueError(f"--rerender needs a world model with a depth network and memory; {which} has none "
-                         "(`worldsim export --depth`)")
+    model.use_rerender(cfg.rerender, model.has_memory)  # fails before any probe runs
     probes = [p for p in cfg.probes.split(",") if p] or default_probes(env_id, names)
     unknown = set(probes) - set(PROBES)
     if unknown:
@@ -103,7 +101,8 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
               model.dynamics.cfg.memory_guidance if cfg.memory_guidance is None else cfg.memory_guidance,
               "action_guidance": model.dynamics.cfg.action_guidance}
     if cfg.rerender:  # re-rendering runs without memory guidance unless given (DreamCore)
-        report["rerender_memory_guidance"] = 0.0 if cfg.memory_guidance is None else cfg.memory_guidance
+        report["rerender_memory_guidance"] = (RERENDER_MEMORY_GUIDANCE if cfg.memory_guidance is None
+                                              else cfg.memory_guidance)
     for name in probes:
         probe, t0 = PROBES[name], time.perf_counter()
         cases = probe.scenarios(setup)
