@@ -135,6 +135,25 @@ def test_the_dream_rerenders_memory_with_the_depth_network(depth_world, memory_w
     assert not DreamCore(model, 1).rerender  # re-rendering is asked for, never assumed
 
 
+def test_dream_envs_step_with_rerendered_memory_and_show_the_frames_they_dream(depth_world):
+    """Pixels come from the decode the re-rendering memory already did: the same frames a
+    latent env's render() decodes from the same dream."""
+    from worldsim.dream_env import DreamEnv, DreamVectorEnv
+
+    world = str(depth_world[0] / "world.safetensors")
+    rgb, latent = DreamEnv(world, rerender=True), DreamEnv(world, obs_type="latent", rerender=True)
+    rgb.reset(seed=3)
+    latent.reset(seed=3)
+    for a in [ACTIONS.index("TURN_LEFT")] * 3 + [ACTIONS.index("FORWARD")] * 2:
+        obs = rgb.step(a)[0]
+        z = latent.step(a)[0]
+        assert np.array_equal(obs, latent.render()) and z.shape == latent.observation_space.shape
+    vec = DreamVectorEnv(2, world, rerender=True)
+    vec.reset(seed=0)
+    obs = vec.step(np.array([ACTIONS.index("TURN_LEFT")] * 2))[0]
+    assert obs.shape == (2, *rgb.observation_space.shape) and np.array_equal(obs, vec.render())
+
+
 def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, tmp_path):
     from worldsim.probes.report import ProbeConfig, run_probes
 
@@ -206,3 +225,77 @@ def test_dream_replays_an_episode_with_rerendered_memory(depth_world, rooms_data
                  "--out", str(tmp_path / "d.mp4")]) == 0
     assert (tmp_path / "d.mp4").stat().st_size > 1000 and (tmp_path / "d.png").exists()
     assert main(["dream", "--prompt", "a teal room", "--rerender", "--out", str(tmp_path / "p.mp4")]) != 0
+
+
+def _rerender_windows(pipeline, depth_world, share=1.0):
+    from training.train_dynamics import MemoryWindows, RerenderedMemory, dataset_pose_model
+    from worldsim.dataset import load_meta
+
+    latents = pipeline[0] / "latents"
+    meta = load_meta(latents)
+    pose_model = dataset_pose_model(meta)
+    rerenderer = RerenderedMemory(str(depth_world[0] / "depth" / "latest.safetensors"), meta, pose_model["fov_deg"])
+    return MemoryWindows(latents, 6, 0, 2, pose_model, "pose", rerenderer=rerenderer, rerender_share=share)
+
+
+def test_training_gives_memory_as_the_dream_rerenders_it(pipeline, depth_world):
+    """With --rerender the training memory is the dream's one view from the last frame's
+    pose: the frame before the last moved there (and, where it does not reach, itself).
+    Standing still, that is the frame before the last; turning in place,
+    it is that frame turned by the step's turn (depth decides only which of the samples
+    that land on one pixel is nearest)."""
+    from worldsim.memory import SEEN_HERE
+    from worldsim.reproject import reproject
+
+    data = _rerender_windows(pipeline, depth_world)
+    tok = data.rerenderer.tokenizer
+    turn = 0.05  # small enough that no earlier frame (episodes of 100) turns a whole circle back nearer
+    for ep in data.episodes:  # every frame from one place: first still, then turning left a step at a time
+        ep["gt/pose"][:] = 0.0
+    batch = data.batch(6, 0, 0)
+    z, feats, valid = batch["memory"]
+    kept = valid[:, 0]
+    assert kept.any() and not valid[:, 1:].any()  # one view, in slot 0
+    assert torch.equal(feats[kept][:, 0], torch.tensor(SEEN_HERE).expand(int(kept.sum()), 4))
+    with torch.no_grad():
+        before_last = tok.decode(batch["z"][:, -2:-1])
+        assert torch.allclose(z[kept][:, 0], tok.encode(before_last[kept])[:, 0], atol=1e-5)
+        for ep in data.episodes:
+            ep["gt/pose"][:, 2] = turn * np.arange(len(ep["gt/pose"]))
+        batch = data.batch(6, 1, 0)
+        z, _, valid = batch["memory"]
+        kept = valid[:, 0]  # all but the windows trained without memory
+        before_last = tok.decode(batch["z"][kept, -2:-1])[:, 0]
+        n = len(before_last)
+        moved, near = reproject(before_last, data.rerenderer.depth.predict(before_last),
+                                torch.tensor([[0.0, 0.0, -turn]] * n), torch.zeros(n, 3), data.fov)
+        expected = torch.where(near[..., None] >= 0, moved, before_last)
+        assert 0.5 < (near >= 0).float().mean() < 1  # a turn leaves the new edge unseen
+        # Compared as decoded frames: a level's rounding can change which sample is nearest on a pixel.
+        off = lambda a, b: (a.int() - b.int()).abs().amax(-1).gt(2).float().mean(dim=(1, 2))  # noqa: E731
+        got = tok.decode(z[kept, :1])[:, 0]
+        assert n >= 4 and (off(got, tok.decode(tok.encode(expected[:, None]))[:, 0]) < 0.01).all()
+        assert (off(expected, before_last) > 0.3).all()  # unturned, it would be far off
+
+
+def test_training_rerenders_a_share_of_memory_windows_and_decodes_each_frame_once(pipeline, depth_world, tmp_path):
+    from training.train_dynamics import TrainConfig, train
+
+    data = _rerender_windows(pipeline, depth_world, share=0.5)
+    batch = data.batch(64, 0, 0)
+    one_view = batch["memory"][2][:, 0] & ~batch["memory"][2][:, 1:].any(1)
+    assert 10 < one_view.sum() < 54  # about half; the rest recall as before
+    made = sum(kept[2].sum() for kept in data.rerenderer.kept.values())
+    data.batch(64, 0, 0)  # the same windows again: nothing more to decode
+    assert sum(kept[2].sum() for kept in data.rerenderer.kept.values()) == made
+    root = pipeline[0]
+    depth = str(depth_world[0] / "depth" / "latest.safetensors")
+    common = dict(data=str(root / "latents"), config="tiny", memory=2, steps=4, batch_size=4, warmup=1, ckpt_every=4,
+                  log_every=2, init=str(root / "dyn" / "latest.safetensors"))
+    summary = train(TrainConfig(out=str(tmp_path / "run"), rerender=0.5, depth=depth, **common), progress=False)
+    assert summary["step"] == 4 and np.isfinite(summary["last_batch"]["loss"])
+    for bad, match in [(dict(rerender=0.5), "--depth"), (dict(depth=depth), "--rerender"),
+                       (dict(rerender=1.5, depth=depth), r"\[0, 1\]"),
+                       (dict(rerender=0.5, depth=depth, memory_key="latent"), "keyed by pose")]:
+        with pytest.raises(ValueError, match=match):
+            train(TrainConfig(out=str(tmp_path / "bad"), **{**common, **bad}), progress=False)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
+
 
 FAR_INVERSE_DEPTH = 0.05  # below this (beyond 20 units) a pixel counts as infinitely far: a ceiling or sky
 
@@ -61,3 +63,20 @@ class DepthNet(nn.Module):
         pred = self(frames)
         loss = F.l1_loss(pred, target)
         return loss, {"loss": loss.item(), "far_error": (pred[depth.isinf()]).mean().item() if depth.isinf().any() else 0.0}
+
+
+def load_depth_run(path, env_id: str | None, fov_deg: float | None, user: str) -> tuple[DepthNet, dict]:
+    """The network of a depth run (`worldsim train depth`) and its train config, checked
+    to be for `user`'s env and camera (re-rendering needs the same field of view)."""
+    tensors, config = load_checkpoint(path)
+    if config.get("kind") != "depth":
+        raise CheckpointError(f"--depth {path} is a {config.get('kind')!r} checkpoint; expected a "
+                              "`worldsim train depth` run")
+    if config["dataset"].get("env_id") != env_id:
+        raise CheckpointError(f"--depth {path} learnt depth in {config['dataset'].get('env_id')}; {user} is {env_id}")
+    if fov_deg is None or abs(fov_deg - config["fov_deg"]) > 1e-6:
+        raise CheckpointError(f"--depth {path} learnt depth through a {config['fov_deg']} degree field of view; "
+                              f"{user}'s pose model has {fov_deg}: re-rendering needs the same camera")
+    net = DepthNet(DepthConfig(**config["depth"]))
+    net.load_state_dict(with_prefix(tensors, MODEL))
+    return net.eval(), config

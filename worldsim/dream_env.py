@@ -184,8 +184,11 @@ class _DreamBase:
             return self.model.decode(z[:, None])[:, 0].cpu().numpy()
 
     def _observe(self, z):
-        """latents (N, C, h, w) -> observations (N, ...)."""
-        return z.cpu().numpy().astype(np.float32) if self.obs_type == "latent" else self._decode(z)
+        """latents (N, C, h, w) just dreamed -> observations (N, ...). A re-rendering core
+        has decoded them already, for its memory."""
+        if self.obs_type == "latent":
+            return z.cpu().numpy().astype(np.float32)
+        return self.core.last_pixels.cpu().numpy() if self.core.rerender else self._decode(z)
 
     def get_state(self) -> dict:
         """A copy of the dream's whole state (the model's KV cache, memory, clocks, the

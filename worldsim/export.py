@@ -11,7 +11,7 @@ import numpy as np
 
 from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import episode_paths, read_episode
-from worldsim.depth import DepthConfig, DepthNet
+from worldsim.depth import load_depth_run
 from worldsim.dynamics import Dynamics, DynamicsConfig
 from worldsim.replay import calibrate_ends as calibrate
 from worldsim.tokenizer import Tokenizer
@@ -89,19 +89,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
         first.load_state_dict(with_prefix(first_tensors, MODEL))
     depth_net = None
     if depth:
-        depth_tensors, depth_config = load_checkpoint(depth)
-        if depth_config.get("kind") != "depth":
-            raise CheckpointError(f"--depth {depth} is a {depth_config.get('kind')!r} checkpoint; expected a "
-                                  "`worldsim train depth` run")
-        if depth_config["dataset"].get("env_id") != meta.get("env_id"):
-            raise CheckpointError(f"--depth {depth} learnt depth in {depth_config['dataset'].get('env_id')}; "
-                                  f"{dynamics_ckpt} dreams {meta.get('env_id')}")
-        fov = (meta.get("pose_model") or {}).get("fov_deg")
-        if fov is None or abs(fov - depth_config["fov_deg"]) > 1e-6:
-            raise CheckpointError(f"--depth {depth} learnt depth through a {depth_config['fov_deg']} degree field of "
-                                  f"view; {dynamics_ckpt}'s pose model has {fov}: re-rendering needs the same camera")
-        depth_net = DepthNet(DepthConfig(**depth_config["depth"]))
-        depth_net.load_state_dict(with_prefix(depth_tensors, MODEL))
+        depth_net, depth_config = load_depth_run(depth, meta.get("env_id"), (meta.get("pose_model") or {}).get("fov_deg"),
+                                                 f"{dynamics_ckpt}'s dream")
     firsts = []
     frames_dataset = meta.get("frames_dataset")
     if frames_dataset and Path(frames_dataset).exists():

@@ -28,6 +28,7 @@ import torch
 # similarity of latent keys.
 SAME_VIEW = {"pose": 0.9, "latent": 0.98}
 MIN_LIKENESS = {"pose": 0.1, "latent": 0.5}
+SEEN_HERE = (0.0, 0.0, 1.0, 0.0)  # the pose features of a view seen from the query pose itself
 
 
 def _frustum_points(fov_deg: float, reach: float, n: int = 8) -> np.ndarray:

@@ -10,7 +10,8 @@ point at infinity (a sky, or a ceiling drawn by row alone), which only turns mov
 Every pixel is cut into `sub` x `sub` samples, each sample goes to its 3D point and into
 the new view, and the nearest sample that lands on a pixel colours it (a z-buffer), so a
 view seen from nearer is magnified without gaps (up to `sub` times). Pixels no sample reaches (what
-the old view did not see) are left uncovered.
+the old view did not see) are left uncovered. `rerender` puts several such views of one
+place together: what a dream's memory shows from where it now stands.
 """
 
 from __future__ import annotations
@@ -86,3 +87,22 @@ def fuse(frames: torch.Tensor, inverse_depth: torch.Tensor) -> tuple[torch.Tenso
     pick = (inverse_depth >= 0).int().argmax(1)  # (B, H, W): the first source showing it; 0 where none
     out = frames.gather(1, pick[:, None, ..., None].expand(-1, 1, *frames.shape[2:]))[:, 0]
     return out, inverse_depth.gather(1, pick[:, None])[:, 0]
+
+
+def rerender(frames: torch.Tensor, inverse_depth: torch.Tensor, poses: torch.Tensor, shown: torch.Tensor,
+             fov_deg: float) -> torch.Tensor:
+    """Sources (R, S, H, W, C) with their inverse depths (R, S, H, W) and poses (R, S, 3)
+    relative to a new view (which looks along +x from the origin), `shown` (R, S) the
+    sources that count, as one view from there (R, H, W, C). Where sources see the same
+    surface, the one seen from nearest the new pose gives it (the least moved, so the
+    least blurred by depth errors); what none sees is source 0 as it was (a dream's last
+    frame, the likeliest guess of what is new)."""
+    r, s = frames.shape[:2]
+    views, near = reproject(frames.flatten(0, 1), inverse_depth.flatten(0, 1), poses.flatten(0, 1),
+                            torch.zeros_like(poses.flatten(0, 1)), fov_deg)
+    near = torch.where(shown.flatten()[:, None, None], near, -1.0).unflatten(0, (r, s))
+    moved = poses[..., :2].norm(dim=-1) + poses[..., 2].abs()
+    order = torch.argsort(moved, dim=1, stable=True)
+    pick = lambda t: t.gather(1, order.view(r, s, *[1] * (t.ndim - 2)).expand_as(t))  # noqa: E731
+    view, near = fuse(pick(views.unflatten(0, (r, s))), pick(near))
+    return torch.where(near[..., None] >= 0, view, frames[:, 0])

@@ -21,8 +21,8 @@ from worldsim.checkpoint import (DEPTH, DYNAMICS, FIRST_FRAME, TOKENIZER, Checkp
                                  prefixed, save_checkpoint, with_prefix)
 from worldsim.depth import DepthConfig, DepthNet
 from worldsim.dynamics import Dynamics, DynamicsConfig
-from worldsim.memory import MemoryBank, PoseTracker, relative_poses_batched
-from worldsim.reproject import fuse, reproject
+from worldsim.memory import SEEN_HERE, MemoryBank, PoseTracker, relative_poses_batched
+from worldsim.reproject import rerender
 from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
 
@@ -364,9 +364,9 @@ class DreamCore:
         return recalled
 
     def _rerendered(self, z, feats, valid, pixels, inverse, before):
-        """Memory as one view from each row's new pose: the recalled entries (their frames
-        and inverse depths, poses relative to the new one in `feats`) and the last frame
-        (seen from `before`) re-rendered there and fused."""
+        """Memory as one view from each row's new pose: the last frame (seen from `before`)
+        and the recalled entries (their frames and inverse depths, poses relative to the
+        new one in `feats`) re-rendered there and fused (`reproject.rerender`)."""
         reach, fov = self.memories.reach, self.memories.fov_deg
         rows = valid.any(1)
         rel_last = relative_poses_batched(torch.as_tensor(self.poses, device=self.device),
@@ -379,21 +379,10 @@ class DreamCore:
         frames = torch.cat([self.last_pixels[:, None], pixels], 1)[rows]  # (R, S, H, W, 3)
         depth = torch.cat([self.last_inverse[:, None], inverse], 1)[rows]
         shown = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)[rows]
-        r, s = frames.shape[:2]
-        views, near = reproject(frames.flatten(0, 1), depth.flatten(0, 1), poses.flatten(0, 1),
-                                torch.zeros_like(poses.flatten(0, 1)), fov)
-        near = torch.where(shown.flatten()[:, None, None], near, -1.0).unflatten(0, (r, s))
-        # Where sources see the same surface, the one seen from nearest the new pose (the
-        # least moved, so the least blurred by depth errors) gives it.
-        moved = poses[..., :2].norm(dim=-1) + poses[..., 2].abs()
-        order = torch.argsort(moved, dim=1, stable=True)
-        pick = lambda t: t.gather(1, order.view(r, s, *[1] * (t.ndim - 2)).expand_as(t))  # noqa: E731
-        view, near = fuse(pick(views.unflatten(0, (r, s))), pick(near))
-        view = torch.where(near[..., None] >= 0, view, frames[:, 0])  # what nothing saw: the last frame as it was
+        view = rerender(frames, depth, poses, shown, fov)
         out_z = torch.zeros(self.n, 1, *self.dyn.cfg.latent_shape, device=self.device)
         out_z[rows] = self.model.encode(view[:, None])
-        out_feats = torch.zeros(self.n, 1, 4, device=self.device)
-        out_feats[..., 2] = 1.0  # seen from the new pose itself: no offset, no turn
+        out_feats = torch.tensor(SEEN_HERE, device=self.device).repeat(self.n, 1, 1)
         return out_z, out_feats, rows[:, None]
 
     def step(self, actions, generator):
