@@ -152,6 +152,9 @@ def test_dream_envs_step_with_rerendered_memory_and_show_the_frames_they_dream(d
     vec.reset(seed=0)
     obs = vec.step(np.array([ACTIONS.index("TURN_LEFT")] * 2))[0]
     assert obs.shape == (2, *rgb.observation_space.shape) and np.array_equal(obs, vec.render())
+    seen = obs.copy()
+    vec.reset(options={"reset_mask": np.array([True, False])})
+    assert np.array_equal(obs, seen)  # the caller's frames are its own, not the dream's buffers
 
 
 def test_the_revisit_probe_scores_rerendering_beside_plain_memory(depth_world, tmp_path):
@@ -228,30 +231,55 @@ def test_dream_replays_an_episode_with_rerendered_memory(depth_world, rooms_data
 
 
 def _rerender_windows(pipeline, depth_world, share=1.0):
-    from training.train_dynamics import MemoryWindows, RerenderedMemory, dataset_pose_model
+    from training.train_dynamics import MemoryWindows, dataset_pose_model
     from worldsim.dataset import load_meta
 
     latents = pipeline[0] / "latents"
-    meta = load_meta(latents)
-    pose_model = dataset_pose_model(meta)
-    rerenderer = RerenderedMemory(str(depth_world[0] / "depth" / "latest.safetensors"), meta, pose_model["fov_deg"])
-    return MemoryWindows(latents, 6, 0, 2, pose_model, "pose", rerenderer=rerenderer, rerender_share=share)
+    return MemoryWindows(latents, 6, 0, 2, dataset_pose_model(load_meta(latents)), "pose", rerender_share=share,
+                         depth_run=str(depth_world[0] / "depth" / "latest.safetensors"))
+
+
+def test_training_recalls_what_the_dreams_memory_bank_recalls(pipeline, depth_world):
+    """The re-render sources of a training window are the frame before the last and what
+    a MemoryBank filled as a dream fills it (poses dead-reckoned from the actions, near
+    copies replaced) recalls for the last frame, with the same poses relative to it."""
+    from worldsim.memory import MemoryBank, PoseTracker, pose_features, relative_poses
+
+    data = _rerender_windows(pipeline, depth_world)
+    ep = max(data.episodes, key=lambda e: len(e["latents"]))
+    track = PoseTracker(data.pose_model["motion"]).path(ep["actions"])
+    bank = MemoryBank(1, ep["latents"].shape[1:], fov_deg=data.fov, reach=data.reach)
+    recalled = 0
+    for last in range(1, len(ep["latents"])):
+        bank.add(torch.from_numpy(ep["latents"][last - 1:last]).float(), track[last - 1:last], [last - 1])
+        sources, poses = data.dream_recall(ep, last)
+        z, feats, valid = bank.retrieve(track[last:last + 1], data.k, [last])
+        n = int(valid.sum())
+        assert sources[0] == last - 1 and len(sources) == n + 1
+        assert np.allclose(poses[0], relative_poses(track[last], track[last - 1:last])[0], atol=1e-5)
+        assert torch.equal(z[0, :n], torch.from_numpy(ep["latents"][sources[1:]]).float())
+        assert np.allclose(feats[0, :n].numpy(), pose_features(poses[1:], data.reach), atol=1e-5)
+        recalled += n
+    assert recalled > len(ep["latents"])  # most frames recall something
+    assert (ep["dropped_at"] < len(ep["latents"])).any()  # and the bank did replace views on the way
 
 
 def test_training_gives_memory_as_the_dream_rerenders_it(pipeline, depth_world):
-    """With --rerender the training memory is the dream's one view from the last frame's
-    pose: the frame before the last moved there (and, where it does not reach, itself).
-    Standing still, that is the frame before the last; turning in place,
-    it is that frame turned by the step's turn (depth decides only which of the samples
-    that land on one pixel is nearest)."""
+    """With --rerender-share the training memory is the dream's one view from the last
+    frame's pose: the frame before the last moved there (and, where it does not reach,
+    itself). Standing still, that is the frame before the last; turning in place, it is
+    that frame turned by the step's turn (depth decides only which of the samples that
+    land on one pixel is nearest)."""
     from worldsim.memory import SEEN_HERE
-    from worldsim.reproject import reproject
 
     data = _rerender_windows(pipeline, depth_world)
     tok = data.rerenderer.tokenizer
+    noop, left = ACTIONS.index("NOOP"), ACTIONS.index("TURN_LEFT")
     turn = 0.05  # small enough that no earlier frame (episodes of 100) turns a whole circle back nearer
-    for ep in data.episodes:  # every frame from one place: first still, then turning left a step at a time
-        ep["gt/pose"][:] = 0.0
+    data.pose_model["motion"] = np.array(data.pose_model["motion"]) * 0 + [[0.0, 0.0, turn if a == left else 0.0]
+                                                                           for a in range(len(ACTIONS))]
+    for ep in data.episodes:
+        ep["actions"][:] = noop
     batch = data.batch(6, 0, 0)
     z, feats, valid = batch["memory"]
     kept = valid[:, 0]
@@ -261,7 +289,8 @@ def test_training_gives_memory_as_the_dream_rerenders_it(pipeline, depth_world):
         before_last = tok.decode(batch["z"][:, -2:-1])
         assert torch.allclose(z[kept][:, 0], tok.encode(before_last[kept])[:, 0], atol=1e-5)
         for ep in data.episodes:
-            ep["gt/pose"][:, 2] = turn * np.arange(len(ep["gt/pose"]))
+            ep["actions"][:] = left
+            ep.pop("dream_poses", None)  # poses follow the new actions
         batch = data.batch(6, 1, 0)
         z, _, valid = batch["memory"]
         kept = valid[:, 0]  # all but the windows trained without memory
@@ -282,20 +311,26 @@ def test_training_rerenders_a_share_of_memory_windows_and_decodes_each_frame_onc
     from training.train_dynamics import TrainConfig, train
 
     data = _rerender_windows(pipeline, depth_world, share=0.5)
+    tok = data.rerenderer.tokenizer
+    decoded = []
+    decode = tok.decode
+    tok.decode = lambda z: decoded.append(z.shape[1]) or decode(z)
     batch = data.batch(64, 0, 0)
     one_view = batch["memory"][2][:, 0] & ~batch["memory"][2][:, 1:].any(1)
     assert 10 < one_view.sum() < 54  # about half; the rest recall as before
-    made = sum(kept[2].sum() for kept in data.rerenderer.kept.values())
-    data.batch(64, 0, 0)  # the same windows again: nothing more to decode
-    assert sum(kept[2].sum() for kept in data.rerenderer.kept.values()) == made
+    assert decoded and sum(decoded) <= sum(len(e["latents"]) for e in data.episodes)
+    made = len(decoded)
+    again = data.batch(64, 0, 0)  # the same windows again: nothing more to decode, and the same memory
+    assert len(decoded) == made and torch.equal(again["memory"][0], batch["memory"][0])
     root = pipeline[0]
     depth = str(depth_world[0] / "depth" / "latest.safetensors")
     common = dict(data=str(root / "latents"), config="tiny", memory=2, steps=4, batch_size=4, warmup=1, ckpt_every=4,
                   log_every=2, init=str(root / "dyn" / "latest.safetensors"))
-    summary = train(TrainConfig(out=str(tmp_path / "run"), rerender=0.5, depth=depth, **common), progress=False)
+    summary = train(TrainConfig(out=str(tmp_path / "run"), rerender_share=0.5, depth=depth, **common), progress=False)
     assert summary["step"] == 4 and np.isfinite(summary["last_batch"]["loss"])
-    for bad, match in [(dict(rerender=0.5), "--depth"), (dict(depth=depth), "--rerender"),
-                       (dict(rerender=1.5, depth=depth), r"\[0, 1\]"),
-                       (dict(rerender=0.5, depth=depth, memory_key="latent"), "keyed by pose")]:
+    for bad, match in [(dict(rerender_share=0.5), "--depth"), (dict(depth=depth), "--rerender-share"),
+                       (dict(rerender_share=1.5, depth=depth), r"in \[0, 1\]"),
+                       (dict(rerender_share=0.5, depth=depth, memory_key="latent"), "keyed by pose"),
+                       (dict(rerender_share=0.5, depth=depth, memory=0), "needs --memory")]:
         with pytest.raises(ValueError, match=match):
             train(TrainConfig(out=str(tmp_path / "bad"), **{**common, **bad}), progress=False)

@@ -14,10 +14,11 @@ is drawn from windows where the memory is needed: the last view left the window 
 window frame sees 90% of it) and an earlier frame sees at least 90% of it, as when the
 agent turns away and back. A tenth of the windows get no memory, so the same model also
 predicts without it: that is what memory guidance (`DynamicsConfig.memory_guidance`)
-contrasts. With `--rerender SHARE --depth DEPTH_RUN` that share of them gets its memory
-as a dream with rerender=True does (worldsim/world_model.py, DreamCore): one view, the
-frame before the last and the recalled frames re-rendered at the last frame's pose and
-fused, so the model learns what to trust in such views.
+contrasts. With `--rerender-share SHARE --depth DEPTH_RUN` that share of them gets its
+memory as a dream with rerender=True does (worldsim/world_model.py, DreamCore): one view,
+the frame before the last and what the dream's memory bank would recall re-rendered at
+the last frame's pose and fused, all placed by dead reckoning from the actions as the
+dream places them, so the model learns how far to trust such views.
 `--init CHECKPOINT` starts from a trained world model's or dynamics run's weights; for a
 new tokenizer with the same token grid (16x16x4 latents in `--patch 4` against 8x8x8 in
 patches of 2) the transformer body carries over and the latent input/output layers start
@@ -38,8 +39,8 @@ from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, load_checkpoin
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.depth import load_depth_run
-from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, SEEN_HERE, best_views, fit_pose_model, gather, latent_keys,
-                             relative_poses, view_overlap, view_points_seen)
+from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, SEEN_HERE, PoseTracker, bank_drops, best_views, fit_pose_model,
+                             gather, latent_keys, relative_poses, view_overlap, view_points_seen)
 from worldsim.objective import diffusion_forcing_loss, distillation_loss
 from worldsim.reproject import rerender
 from worldsim.text import TEXT_DIM, whitening
@@ -58,8 +59,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
-    rerender: float = 0.0  # with --memory keyed by pose and --depth: share of the windows with memory whose memory is what a dream with rerender=True gives: the frame before the last and the recalled views re-rendered at the last frame's pose and fused into one view
-    depth: str | None = None  # a depth run (`worldsim train depth`) that gives --rerender's frames their depth
+    rerender_share: float = 0.0  # with --memory keyed by pose and --depth: share of the windows with memory whose memory is what a dream with rerender=True gives: the frame before the last and the recalled views re-rendered at the last frame's pose and fused into one view
+    depth: str | None = None  # a depth run (`worldsim train depth`) that gives --rerender-share's frames their depth
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
     init: str | None = None  # start from this world model's or dynamics run's weights
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
@@ -204,39 +205,42 @@ class FootageWindows:
 class RerenderedMemory:
     """The view a dream with rerender=True gives its network as memory (DreamCore), made
     from training latents: the sources decoded by the dataset's tokenizer, given depth by
-    a depth run's network, re-rendered at the new pose, fused and encoded again. Each
-    frame is decoded and given depth once, when first needed, and kept (uint8 frames and
-    float16 depth: about 20 KB a 64x64 frame)."""
+    a depth run's network, re-rendered at the new pose, fused and encoded again. Frames
+    are decoded and given depth in fixed chunks of an episode when first needed (so a
+    batch does not depend on which came before it) and kept: about 20 KB a 64x64 frame."""
+
+    CHUNK = 32
 
     def __init__(self, depth_run: str, meta: dict, fov_deg: float):
         self.depth = load_depth_run(depth_run, meta.get("env_id"), fov_deg, "--data")[0]
         if not meta.get("tokenizer"):
-            raise ValueError("--rerender decodes the training latents: the dataset must record its tokenizer "
+            raise ValueError("--rerender-share decodes the training latents: the dataset must record its tokenizer "
                              "(`worldsim encode` writes it)")
         self.tokenizer = Tokenizer.load(meta["tokenizer"]).eval()
         self.fov_deg = fov_deg
-        self.kept = {}  # episode path -> (frames, inverse depth, which are made)
+        self.kept = {}  # episode path -> (frames, inverse depth, which chunks are made)
 
-    def _views(self, ep: dict, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _views(self, ep: dict, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(ep["latents"])
         if ep["path"] not in self.kept:
             h, w = self.tokenizer.cfg.frame_size
             self.kept[ep["path"]] = (np.zeros((n, h, w, 3), np.uint8), np.zeros((n, h, w), np.float16),
-                                     np.zeros(n, bool))
+                                     np.zeros(-(-n // self.CHUNK), bool))
         pixels, inverse, made = self.kept[ep["path"]]
-        todo = np.unique(frames[~made[frames]])
-        if len(todo):
-            decoded = self.tokenizer.decode(torch.from_numpy(ep["latents"][todo]).float()[None])[0]
-            pixels[todo], inverse[todo], made[todo] = decoded.numpy(), self.depth.predict(decoded).numpy(), True
-        return pixels[frames], inverse[frames]
+        for c in np.unique(indices // self.CHUNK):
+            if not made[c]:
+                part = slice(c * self.CHUNK, (c + 1) * self.CHUNK)
+                decoded = self.tokenizer.decode(torch.from_numpy(ep["latents"][part]).float()[None])[0]
+                pixels[part], inverse[part], made[c] = decoded.numpy(), self.depth.predict(decoded).numpy(), True
+        return pixels[indices], inverse[indices]
 
     @torch.no_grad()
     def __call__(self, episodes: list, sources: list, poses: np.ndarray, shown: np.ndarray) -> torch.Tensor:
         """For each of `episodes`, the frames `sources` (the last frame first) with their
         poses relative to the new view (R, S, 3; S the most sources, `shown` (R, S) those
         that count) -> the view's latents (R, C, h, w)."""
-        frames = np.stack([np.resize(src, poses.shape[1]) for src in sources])  # short rows padded, not shown
-        views = [self._views(ep, src) for ep, src in zip(episodes, frames)]
+        indices = np.stack([np.pad(src, (0, poses.shape[1] - len(src)), mode="edge") for src in sources])
+        views = [self._views(ep, idx) for ep, idx in zip(episodes, indices)]
         pixels, inverse = (torch.from_numpy(np.stack(v)) for v in zip(*views))
         view = rerender(pixels, inverse.float(), torch.from_numpy(poses), torch.from_numpy(shown), self.fov_deg)
         return self.tokenizer.encode(view[:, None])[:, 0]
@@ -251,11 +255,11 @@ class MemoryWindows:
 
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
                  match: float = 0.0, captions: WindowCaptions | None = None, object_share: float = 0.0,
-                 rerenderer: "RerenderedMemory | None" = None, rerender_share: float = 0.0):
+                 rerender_share: float = 0.0, depth_run: str | None = None):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses. `key`: pose,
-        latent, or auto (pose when every episode has its poses). `rerenderer`: gives
-        `rerender_share` of the windows with memory the dream's re-rendered view."""
+        latent, or auto (pose when every episode has its poses). `rerender_share` of the
+        windows with memory get the dream's re-rendered view, with `depth_run`'s depth."""
         if key not in ("pose", "latent", "auto"):
             raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         self.paths = episode_paths(root, "train")
@@ -283,10 +287,9 @@ class MemoryWindows:
                 ep["gt/pose"] = ep["gt/pose"].astype(np.float64)
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
         self.object_share = object_share
-        if rerenderer and key != "pose":
-            raise ValueError("--rerender moves recalled views to the last frame's pose: it needs memory keyed by pose "
-                             "(info['gt']['pose'])")
-        self.rerenderer, self.rerender_share = rerenderer, rerender_share
+        if rerender_share and key != "pose":
+            raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
+                             "pose (info['gt']['pose'])")
         if match and key != "pose":
             raise ValueError(f"--memory-match {match} counts the last view's points that earlier frames see: it needs "
                              "memory keyed by pose (info['gt']['pose']), not by latent")
@@ -303,6 +306,8 @@ class MemoryWindows:
                                             pose_model.get("fov_deg"), pose_model.get("reach"))
             self.pose_model = pose_model
             self.fov, self.reach = pose_model["fov_deg"], pose_model["reach"]
+        self.rerender_share = rerender_share
+        self.rerenderer = RerenderedMemory(depth_run, load_meta(root), self.fov) if rerender_share else None
         lengths = np.array([len(ep["latents"]) - window for ep in self.episodes], float)
         self.weights = lengths / lengths.sum()
         if self.match:  # a share no window reaches would train on random windows without a word
@@ -350,18 +355,34 @@ class MemoryWindows:
                 return ep, s, True
         return ep, s, False
 
-    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False, rerender: bool = False):
+    def dream_recall(self, ep, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """What a dream's memory re-renders for frame `last`: the frame before it and the
+        entries its bank (worldsim/memory.py) would recall, with their poses relative to
+        the last frame's, (S, 3). Poses are the dream's own, dead-reckoned from the actions
+        (walking into a wall still moves them); the bank replaces near-copies of a view and
+        drops its oldest entry when full, so the frames it still holds are computed once
+        an episode, by filling a bank as the dream does."""
+        if "dream_poses" not in ep:
+            ep["dream_poses"] = PoseTracker(self.pose_model["motion"]).path(ep["actions"])
+            ep["dropped_at"] = bank_drops(ep["dream_poses"], self.fov, self.reach)
+        poses = ep["dream_poses"]
+        held = np.nonzero(ep["dropped_at"][:last] >= last)[0]  # entries in the bank when frame `last` is dreamed
+        order = held[best_views(view_overlap(poses[last], poses[held], self.fov, self.reach), self.k,
+                                MIN_LIKENESS["pose"])]
+        sources = np.concatenate([[last - 1], order]).astype(int)
+        return sources, relative_poses(poses[last], poses[sources]).astype(np.float32)
+
+    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False, rerendered: bool = False):
         ep, s, _ = self.draw(rng, want_match, want_object)
         last = s + self.window - 1
         end = s + self.window
         window = {"z": ep["latents"][s:end], "actions": ep["actions"][s:end - 1], "rewards": ep["rewards"][s:end - 1],
                   "terminated": ep["terminated"][s:end - 1], "start": (ep["path"], s)}
-        if rerender and not drop:  # as the dream recalls: from every earlier frame, the window's too
-            order = best_views(self._likeness(ep, last, slice(0, last)), self.k, MIN_LIKENESS["pose"])
-            sources = np.concatenate([[last - 1], order]).astype(int)
-            poses = np.zeros((self.k + 1, 3), np.float32)
-            poses[:len(sources)] = relative_poses(ep["gt/pose"][last], ep["gt/pose"][sources])
-            return {**window, "sources": (ep, sources, poses, np.arange(self.k + 1) < len(sources))}
+        if rerendered and not drop:
+            sources, poses = self.dream_recall(ep, last)
+            if len(sources) > 1:
+                return {**window, "sources": (ep, sources, poses)}
+            drop = True  # the bank recalls nothing: the dream goes without memory
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
         order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
         poses = ep["gt/pose"] if self.key == "pose" else None
@@ -374,8 +395,8 @@ class MemoryWindows:
         rng = np.random.default_rng([self.seed, step, rank])
         drop = rng.random(n) < self.drop_share
         objects = rng.random(n) < self.object_share if self.object_share else np.zeros(n, bool)
-        rerender = rng.random(n) < self.rerender_share if self.rerenderer else np.zeros(n, bool)
-        items = [self.item(rng, i < n * self.match_share, drop[i], objects[i], rerender[i]) for i in range(n)]
+        rerendered = rng.random(n) < self.rerender_share if self.rerenderer else np.zeros(n, bool)
+        items = [self.item(rng, i < n * self.match_share, drop[i], objects[i], rerendered[i]) for i in range(n)]
         self.rerender_memory([it for it in items if "sources" in it])
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
@@ -387,18 +408,21 @@ class MemoryWindows:
 
     def rerender_memory(self, items):
         """Give each item with re-render sources its memory as the dream's: their one
-        view in slot 0, seen from the last frame's own pose; none where nothing was recalled."""
+        view in slot 0, seen from the last frame's own pose."""
         if not items:
             return
-        episodes, sources, poses, shown = zip(*(it.pop("sources") for it in items))
-        views = self.rerenderer(episodes, sources, np.stack(poses), np.stack(shown))
-        for it, src, view in zip(items, sources, views):
-            recalled = len(src) > 1
+        episodes, sources, poses = zip(*(it.pop("sources") for it in items))
+        most = max(len(p) for p in poses)
+        padded = np.zeros((len(items), most, 3), np.float32)
+        shown = np.zeros((len(items), most), bool)
+        for i, p in enumerate(poses):
+            padded[i, :len(p)], shown[i, :len(p)] = p, True
+        views = self.rerenderer(episodes, sources, padded, shown)
+        for it, view in zip(items, views):
             it["mem_z"] = np.zeros((self.k, *view.shape), np.float32)
             it["mem_pose"] = np.zeros((self.k, 4), np.float32)
             it["mem_valid"] = np.zeros(self.k, bool)
-            if recalled:
-                it["mem_z"][0], it["mem_pose"][0], it["mem_valid"][0] = view.numpy(), SEEN_HERE, True
+            it["mem_z"][0], it["mem_pose"][0], it["mem_valid"][0] = view.numpy(), SEEN_HERE, True
 
 
 def dataset_pose_model(meta: dict) -> dict:
@@ -486,17 +510,18 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     if cfg.object_share + cfg.end_share > 1:
         raise ValueError(f"--object-share {cfg.object_share} and --end-share {cfg.end_share} are shares of one batch: "
                          "together at most 1")
-    if (cfg.rerender > 0) != bool(cfg.depth) or not 0 <= cfg.rerender <= 1:
-        raise ValueError(f"--rerender (a share in [0, 1], got {cfg.rerender}) and --depth (a depth run, got {cfg.depth}) "
-                         "come together: the share of memory windows re-rendered with that run's depth")
-    if cfg.rerender and not cfg.memory:
-        raise ValueError("--rerender re-renders the memory: it needs --memory")
+    if not 0 <= cfg.rerender_share <= 1:
+        raise ValueError(f"--rerender-share is a share of the windows with memory, in [0, 1]; got {cfg.rerender_share}")
+    if bool(cfg.rerender_share) != bool(cfg.depth):
+        raise ValueError("--rerender-share and --depth come together: the share of memory windows re-rendered, and "
+                         f"the depth run (`worldsim train depth`) that gives their frames depth; got {cfg.rerender_share} "
+                         f"and {cfg.depth}")
+    if cfg.rerender_share and not (cfg.memory and cfg.memory_key != "latent"):
+        raise ValueError("--rerender-share re-renders memory keyed by pose: it needs --memory and --memory-key pose or auto")
     if cfg.memory:
-        pose_model = dataset_pose_model(meta)
-        rerenderer = RerenderedMemory(cfg.depth, meta, pose_model.get("fov_deg")) if cfg.rerender else None
-        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, pose_model, cfg.memory_key, match=cfg.memory_match,
-                             captions=captions, object_share=cfg.object_share, rerenderer=rerenderer,
-                             rerender_share=cfg.rerender)
+        data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, dataset_pose_model(meta), cfg.memory_key,
+                             match=cfg.memory_match, captions=captions, object_share=cfg.object_share,
+                             rerender_share=cfg.rerender_share, depth_run=cfg.depth)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
         if cfg.memory_reproject and data.key != "pose":
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "

@@ -188,7 +188,8 @@ class _DreamBase:
         has decoded them already, for its memory."""
         if self.obs_type == "latent":
             return z.cpu().numpy().astype(np.float32)
-        return self.core.last_pixels.cpu().numpy() if self.core.rerender else self._decode(z)
+        # A copy: the core writes its frames in place, and the caller owns what it is given.
+        return self.core.last_pixels.cpu().numpy().copy() if self.core.rerender else self._decode(z)
 
     def get_state(self) -> dict:
         """A copy of the dream's whole state (the model's KV cache, memory, clocks, the

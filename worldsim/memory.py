@@ -28,6 +28,7 @@ import torch
 # similarity of latent keys.
 SAME_VIEW = {"pose": 0.9, "latent": 0.98}
 MIN_LIKENESS = {"pose": 0.1, "latent": 0.5}
+MEMORY_CAPACITY = 256  # latent frames each dream row remembers beyond its context window
 SEEN_HERE = (0.0, 0.0, 1.0, 0.0)  # the pose features of a view seen from the query pose itself
 
 
@@ -356,3 +357,19 @@ def gather(latents, poses: np.ndarray | None, order, query: np.ndarray, k: int, 
             feats[:n] = pose_features(relative_poses(query, poses[order]), reach)
         valid[:n] = True
     return z, feats, valid
+
+
+def bank_drops(poses: np.ndarray, fov_deg: float, reach: float, capacity: int = MEMORY_CAPACITY) -> np.ndarray:
+    """For frames seen from `poses` (T, 3) added one by one to a pose-keyed MemoryBank, as
+    a dream adds its frames: the frame whose adding dropped each one (a near-copy of its
+    view, or the oldest of a full bank), T where none did. Frame t is in the bank that
+    recalls for frame s when t < s and drops[t] >= s."""
+    n = len(poses)
+    bank = MemoryBank(1, (1, 1, 1), capacity=capacity, fov_deg=fov_deg, reach=reach)
+    drops = np.full(n, n)
+    for t in range(n):
+        held = {int(step) for step in bank.steps[0][bank.used[0]]}
+        bank.add(torch.zeros(1, 1, 1, 1), np.asarray(poses[t:t + 1], np.float64), [t])
+        for gone in held - {int(step) for step in bank.steps[0][bank.used[0]]}:
+            drops[gone] = t
+    return drops

@@ -21,7 +21,7 @@ from worldsim.checkpoint import (DEPTH, DYNAMICS, FIRST_FRAME, TOKENIZER, Checkp
                                  prefixed, save_checkpoint, with_prefix)
 from worldsim.depth import DepthConfig, DepthNet
 from worldsim.dynamics import Dynamics, DynamicsConfig
-from worldsim.memory import SEEN_HERE, MemoryBank, PoseTracker, relative_poses_batched
+from worldsim.memory import MEMORY_CAPACITY, SEEN_HERE, MemoryBank, PoseTracker, relative_poses_batched
 from worldsim.reproject import rerender
 from worldsim.sampler import prime, sample_next
 from worldsim.tokenizer import Tokenizer, TokenizerConfig
@@ -201,7 +201,6 @@ class WorldModel(nn.Module):
         return self.decode(z[:, None])[0, 0].cpu().numpy()
 
 
-MEMORY_CAPACITY = 256  # latent frames each dream row remembers beyond its context window
 
 
 class DreamCore:
