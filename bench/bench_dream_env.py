@@ -1,7 +1,7 @@
 """DreamEnv speed: frames/s for 1, 16 and 64 envs (pixels and latents), each as a share of
 the limit this machine sets (its float32 matmul throughput, measured in the same run,
 over the model's FLOPs per frame), one-step latency, 16 envs without memory guidance and
-without memory, where a batched step with memory spends its time (retrieval, adding to
+without memory, 1 and 16 envs with memory re-rendered from new poses (a model with a depth network), where a batched step with memory spends its time (retrieval, adding to
 memory, decoding), the cost of forking the dream's state, beside the real env's frames/s,
 and memory over a long rollout.
 
@@ -34,9 +34,10 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None, device="cpu") -> float:
+def vector_fps(checkpoint, n, obs_type, steps, memory=None, memory_guidance=None, device="cpu",
+               rerender=False) -> float:
     envs_ = DreamVectorEnv(n, checkpoint=checkpoint, obs_type=obs_type, max_steps=10**9, memory=memory,
-                           memory_guidance=memory_guidance, device=device)
+                           memory_guidance=memory_guidance, device=device, rerender=rerender)
     envs_.reset(seed=0)
     actions = np.random.default_rng(0).integers(envs_.single_action_space.n, size=(steps + 2, n))
     envs_.step(actions[0])  # warm-up
@@ -156,7 +157,8 @@ def main():
     torch.set_num_threads(2)
     if gpu:  # TF32 matmuls: what an inference server on this card would run
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    has_memory = load_world_model(args.checkpoint).has_memory
+    model = load_world_model(args.checkpoint)
+    has_memory, can_rerender = model.has_memory, model.can_rerender
     r = {"device": torch.cuda.get_device_name() if gpu else "cpu"}
     print(f"device: {r['device']}")
     print(f"{'figure':<40} {'value':>10}  goal / baseline")
@@ -190,6 +192,11 @@ def main():
                    vector_fps(args.checkpoint, 16, obs_type, args.steps, memory_guidance=0.0, device=device))
             report(f"dream_fps_16_envs_{obs_type}_memory_off",
                    vector_fps(args.checkpoint, 16, obs_type, args.steps, False, device=device))
+        if can_rerender and obs_type == "rgb":  # memory re-rendered from new poses, beside plain memory just measured
+            for n in (1, 16):
+                report(f"dream_fps_{n}_envs_rgb_rerender", vector_fps(args.checkpoint, n, "rgb", args.steps, device=device,
+                                                                       rerender=True),
+                       f"plain memory {r[f'dream_fps_{n}_envs_rgb']:.1f}" + (f"; {goals[('rgb', n)]}" if n == 1 else ""))
     if has_memory:
         for part, share in step_shares(args.checkpoint, device=device).items():
             report(f"step_share_percent_{part}_16_envs", share, "of a batched pixel step with memory")
