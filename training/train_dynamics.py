@@ -235,11 +235,10 @@ class RerenderedMemory:
         return pixels[indices], inverse[indices]
 
     @torch.no_grad()
-    def __call__(self, episodes: list, sources: list, poses: np.ndarray, shown: np.ndarray) -> torch.Tensor:
-        """For each of `episodes`, the frames `sources` (the last frame first) with their
-        poses relative to the new view (R, S, 3; S the most sources, `shown` (R, S) those
-        that count) -> the view's latents (R, C, h, w)."""
-        indices = np.stack([np.pad(src, (0, poses.shape[1] - len(src)), mode="edge") for src in sources])
+    def __call__(self, episodes: list, indices: np.ndarray, poses: np.ndarray, shown: np.ndarray) -> torch.Tensor:
+        """For each of `episodes`, its frames `indices` (R, S; the last frame first) with
+        their poses relative to the new view (R, S, 3), `shown` (R, S) those that count
+        -> the view's latents (R, C, h, w)."""
         views = [self._views(ep, idx) for ep, idx in zip(episodes, indices)]
         pixels, inverse = (torch.from_numpy(np.stack(v)) for v in zip(*views))
         view = rerender(pixels, inverse.float(), torch.from_numpy(poses), torch.from_numpy(shown), self.fov_deg)
@@ -412,12 +411,13 @@ class MemoryWindows:
         if not items:
             return
         episodes, sources, poses = zip(*(it.pop("sources") for it in items))
-        most = max(len(p) for p in poses)
+        most = max(len(src) for src in sources)  # shorter rows repeat their last source, not shown
+        indices = np.stack([np.pad(src, (0, most - len(src)), mode="edge") for src in sources])
         padded = np.zeros((len(items), most, 3), np.float32)
         shown = np.zeros((len(items), most), bool)
         for i, p in enumerate(poses):
             padded[i, :len(p)], shown[i, :len(p)] = p, True
-        views = self.rerenderer(episodes, sources, padded, shown)
+        views = self.rerenderer(episodes, indices, padded, shown)
         for it, view in zip(items, views):
             it["mem_z"] = np.zeros((self.k, *view.shape), np.float32)
             it["mem_pose"] = np.zeros((self.k, 4), np.float32)

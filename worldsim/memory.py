@@ -210,7 +210,7 @@ class MemoryBank:
     decoded and given depth once, when it is added, not each time it is recalled: 20 KiB
     an entry at 64x64, 5 MiB a row at capacity 256."""
 
-    def __init__(self, rows: int, latent_shape, capacity: int = 256, fov_deg: float = 60.0, reach: float = 5.0,
+    def __init__(self, rows: int, latent_shape, capacity: int = MEMORY_CAPACITY, fov_deg: float = 60.0, reach: float = 5.0,
                  same_view: float | None = None, min_overlap: float | None = None, key: str = "pose", device="cpu",
                  view_shape: tuple[int, int] | None = None):
         if capacity < 1:

@@ -201,8 +201,6 @@ class WorldModel(nn.Module):
         return self.decode(z[:, None])[0, 0].cpu().numpy()
 
 
-
-
 class DreamCore:
     """Batched dream state: one KV cache for all rows, each row with its own clock, and,
     when the model has memory, its own pose and latent memory.
