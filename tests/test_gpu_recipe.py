@@ -57,3 +57,16 @@ def test_gpu_recipe_for_crafter_calibrates_the_ends_of_its_walks(tmp_path):
     model = gym.make("worldsim/Dream-v0", checkpoint=str(out / "crafter.safetensors")).unwrapped.model
     assert model.info["env_id"] == "worldsim/Crafter-v0" and not model.has_memory
     assert model.info["train"]["end_weight"] == 1.0 and model.dynamics.cfg.patch == 4
+
+
+def test_gpu_recipe_refuses_a_work_folder_made_with_other_options(tmp_path):
+    """A second chunk in the same --work must not resume the first chunk's finished run."""
+    from training.gpu_recipe import RecipeConfig, check_work
+
+    first = RecipeConfig(out=str(tmp_path / "out"), work=str(tmp_path / "work"))
+    first.train.seed = 48
+    check_work(first)
+    check_work(replace(first, minutes=2.0, out=str(tmp_path / "again")))  # a rerun with another budget resumes
+    second = replace(first, train=replace(first.train, seed=64, init="campaign.safetensors"))
+    with pytest.raises(ValueError, match=r"train\.seed: 48 there, 64 now.*train\.init.*new --work"):
+        check_work(second)

@@ -95,6 +95,22 @@ def depth_world(memory_world, rooms_dataset, tmp_path_factory):
     return out, summary
 
 
+def test_an_export_takes_the_depth_network_a_world_model_carries(depth_world, memory_world, tmp_path):
+    from worldsim.checkpoint import CheckpointError
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
+
+    out, _ = depth_world
+    world, _ = memory_world
+    run = str(world.parent / "dyn" / "latest.safetensors")
+    export_world_model(run, str(tmp_path / "again.safetensors"), depth=str(out / "world.safetensors"))
+    before, again = WorldModel.load(out / "world.safetensors"), WorldModel.load(tmp_path / "again.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(again.depth.state_dict().values(), before.depth.state_dict().values()))
+    assert again.info["depth_train"] == before.info["depth_train"] and again.can_rerender
+    with pytest.raises(CheckpointError, match="without a depth network"):
+        export_world_model(run, str(tmp_path / "none.safetensors"), depth=str(world))
+
+
 def test_depth_training_writes_its_scores_beside_the_mean_depth(depth_world):  # a smoke test: 30 steps learn little
     out, summary = depth_world
     scores = json.loads((out / "depth" / "scores.json").read_text())

@@ -238,6 +238,15 @@ def test_a_first_frame_network_makes_the_worlds_start_and_ships_inside_the_world
     assert first_calls >= 2 and calls[:first_calls] == ["first"] * first_calls  # the first frame is made by it; the
     # dynamics only reads it after (into its cache)
     assert env.step(1)[0].shape == obs.shape and calls[-1] == "dynamics"  # the dynamics steps the world on
+    # A world model's first-frame network serves a later export as its run would, record and all.
+    export_world_model(run, str(tmp_path / "again.safetensors"), first_frame=str(tmp_path / "w.safetensors"),
+                       text_guidance=2.0)
+    again = WorldModel.load(tmp_path / "again.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(again.first_frame.state_dict().values(),
+                                                 WorldModel.load(tmp_path / "w.safetensors").first_frame.state_dict().values()))
+    assert again.info["first_frame_train"] == model.info["first_frame_train"] and again.first_frame.cfg == by_first.cfg
+    with pytest.raises(CheckpointError, match="without a first-frame network"):
+        export_world_model(run, str(tmp_path / "z.safetensors"), first_frame=str(text_path))
     with pytest.raises(CheckpointError, match="--text"):
         export_world_model(run, str(tmp_path / "x.safetensors"), first_frame=str(root / "dyn" / "latest.safetensors"))
     with pytest.raises(CheckpointError, match="was not trained with --text"):  # a dynamics that cannot go on from text

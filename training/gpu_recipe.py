@@ -120,6 +120,28 @@ def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
         raise RuntimeError(f"collects {failed} of {n} into {out} failed (their messages are above)")
 
 
+# Options that do not change what --work holds: a rerun with other values resumes the same data and run.
+RESUMABLE = {"out", "work", "minutes", "min_steps", "action_guidance", "text_guidance", "eval_windows", "horizons",
+             "train.loader_workers", "train.device", "train.stop_at"}
+
+
+def check_work(cfg: RecipeConfig):
+    """--work keeps one recipe's data and run, and a rerun resumes them: refuse options that
+    would make other data or another run, rather than silently resume the old one."""
+    flat = {k: v for k, v in asdict(cfg).items() if k != "train"} | {f"train.{k}": v for k, v in asdict(cfg.train).items()}
+    made = {k: v for k, v in flat.items() if k not in RESUMABLE}
+    record = Path(cfg.work) / "recipe.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        differ = [f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in made.items() if before.get(k) != v]
+        if differ:
+            raise ValueError(f"--work {cfg.work} holds the data and run of a recipe with other options "
+                             f"({'; '.join(differ)}); pass a new --work, or delete it to start over")
+    else:
+        Path(cfg.work).mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(made, indent=2))
+
+
 def paths(cfg: RecipeConfig) -> dict:
     """Where the recipe keeps what it makes: datasets and run under --work, the model in --out."""
     work = Path(cfg.work)
@@ -159,10 +181,13 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     game, where = GAMES[cfg.game], paths(cfg)
     if not where["tokenizer"].exists():
         raise FileNotFoundError(f"{where['tokenizer']} is missing: the recipe encodes {cfg.game} with its shipped tokenizer")
+    if cfg.train.text:  # fail before collecting, not after: a device image may lack the sentence encoder
+        from worldsim.text import embed_texts
+        embed_texts(["a room"])
     say = print if progress else (lambda *a, **k: None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    Path(cfg.work).mkdir(parents=True, exist_ok=True)
+    check_work(cfg)
     device = pick_device(cfg.train.device)
     t_start = time.perf_counter()
     frames, latents, run_dir = where["frames"], where["latents"], where["run"]

@@ -59,6 +59,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
+    memory_from_window: bool = False  # recall memory from the window's own earlier frames too, as a dream's bank does (it holds every frame it made): the model learns that a recalled neighbouring view is seen from another pose, not the view to paste
     rerender_share: float = 0.0  # with --memory keyed by pose and --depth: share of the windows with memory whose memory is what a dream with rerender=True gives: the frame before the last and the recalled views re-rendered at the last frame's pose and fused into one view
     depth: str | None = None  # a depth run (`worldsim train depth`) that gives --rerender-share's frames their depth
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
@@ -254,11 +255,13 @@ class MemoryWindows:
 
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
                  match: float = 0.0, captions: WindowCaptions | None = None, object_share: float = 0.0,
-                 rerender_share: float = 0.0, depth_run: str | None = None):
+                 rerender_share: float = 0.0, depth_run: str | None = None, from_window: bool = False):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses). `rerender_share` of the
-        windows with memory get the dream's re-rendered view, with `depth_run`'s depth."""
+        windows with memory get the dream's re-rendered view, with `depth_run`'s depth.
+        `from_window`: memory recalls from every frame before the last, the window's
+        included, as a dream's bank does; otherwise only from frames before the window."""
         if key not in ("pose", "latent", "auto"):
             raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         self.paths = episode_paths(root, "train")
@@ -285,6 +288,7 @@ class MemoryWindows:
             elif key == "pose":
                 ep["gt/pose"] = ep["gt/pose"].astype(np.float64)
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
+        self.from_window = from_window
         self.object_share = object_share
         if rerender_share and key != "pose":
             raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
@@ -383,7 +387,8 @@ class MemoryWindows:
                 return {**window, "sources": (ep, sources, poses)}
             drop = True  # the bank recalls nothing: the dream goes without memory
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
-        order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
+        recallable = slice(0, last if self.from_window else s)
+        order = best_views(self._likeness(ep, query, recallable), 0 if drop else self.k, MIN_LIKENESS[self.key])
         poses = ep["gt/pose"] if self.key == "pose" else None
         z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
                                      self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
@@ -521,7 +526,7 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     if cfg.memory:
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, dataset_pose_model(meta), cfg.memory_key,
                              match=cfg.memory_match, captions=captions, object_share=cfg.object_share,
-                             rerender_share=cfg.rerender_share, depth_run=cfg.depth)
+                             rerender_share=cfg.rerender_share, depth_run=cfg.depth, from_window=cfg.memory_from_window)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
         if cfg.memory_reproject and data.key != "pose":
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "

@@ -81,6 +81,21 @@ def prefixed(state: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in state.items()}
 
 
+def network_of(path, tensors: dict, config: dict, name: str) -> tuple[dict, dict]:
+    """The first-frame or depth network (`name`: first_frame | depth) a world model file
+    carries, as the run that trained it gives it: weights under MODEL, and a config with its
+    kind, network settings, train record and dataset facts; so an export can reuse the
+    network of a world model whose run is gone."""
+    if name not in config:
+        raise CheckpointError(f"{path} is a world model without a {name.replace('_', '-')} network")
+    record = config.get(f"{name}_train") or {}
+    kind, section = ("depth", "depth") if name == "depth" else ("dynamics", "dynamics")
+    run = {"kind": kind, section: config[name], "train": record.get("train"), "record": record,
+           "dataset": {"env_id": config.get("env_id"), "latent_shape": config[name].get("latent_shape")},
+           "fov_deg": (config.get("pose_model") or {}).get("fov_deg")}
+    return prefixed(with_prefix(tensors, {"first_frame": FIRST_FRAME, "depth": DEPTH}[name]), MODEL), run
+
+
 def config_from(cls, config: dict, section: str, path):
     """The dataclass `cls` built from `config[section]`, each setting checked against the
     type of its default: a bad file fails here with its name, not later in the model."""

@@ -241,10 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
     p.add_argument("--first-frame", default=None, metavar="RUN_CHECKPOINT",
                    help="for a dynamics run trained with --text: a run trained with --text --window 1 that makes "
-                        "the worlds' first frames from prompts")
+                        "the worlds' first frames from prompts, or a world model that carries one")
     p.add_argument("--depth", default=None, metavar="RUN_CHECKPOINT",
                    help="for a dynamics run with memory keyed by pose: a `worldsim train depth` run, with which the "
-                        "dream re-renders what memory holds from its new poses")
+                        "dream re-renders what memory holds from its new poses, or a world model that carries one")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 

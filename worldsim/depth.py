@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
+from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, network_of, with_prefix
 
 
 FAR_INVERSE_DEPTH = 0.05  # below this (beyond 20 units) a pixel counts as infinitely far: a ceiling or sky
@@ -66,9 +66,12 @@ class DepthNet(nn.Module):
 
 
 def load_depth_run(path, env_id: str | None, fov_deg: float | None, user: str) -> tuple[DepthNet, dict]:
-    """The network of a depth run (`worldsim train depth`) and its train config, checked
-    to be for `user`'s env and camera (re-rendering needs the same field of view)."""
+    """The network of a depth run (`worldsim train depth`), or the one a world model
+    carries, and its train config, checked to be for `user`'s env and camera (re-rendering
+    needs the same field of view)."""
     tensors, config = load_checkpoint(path)
+    if config.get("kind") == "world_model":  # the depth network a world model carries
+        tensors, config = network_of(path, tensors, config, "depth")
     if config.get("kind") != "depth":
         raise CheckpointError(f"--depth {path} is a {config.get('kind')!r} checkpoint; expected a "
                               "`worldsim train depth` run")

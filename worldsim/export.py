@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, with_prefix
+from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, network_of, with_prefix
 from worldsim.dataset import episode_paths, read_episode
 from worldsim.depth import load_depth_run
 from worldsim.dynamics import Dynamics, DynamicsConfig
@@ -48,7 +48,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
     the world model then makes its worlds' first frames from prompts with (`text_guidance`,
     when given, is its default too). `depth`: a depth run (`worldsim train depth`) on frames
-    of the same env, with which the dream re-renders memory from new poses."""
+    of the same env, with which the dream re-renders memory from new poses. Either may be a
+    world model that carries one (the shipped model's, once its run is gone)."""
     tensors, config = load_checkpoint(dynamics_ckpt)
     if config.get("kind") != "dynamics":
         raise CheckpointError(f"{dynamics_ckpt} is a {config.get('kind')!r} checkpoint; expected a dynamics run")
@@ -68,12 +69,14 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
                                           ("text_guidance", text_guidance)) if v is not None}
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict(with_prefix(tensors, MODEL))
-    first = None
+    first = first_record = None
     if first_frame:
         first_tensors, first_config = load_checkpoint(first_frame)
         if not train.get("text"):
             raise CheckpointError(f"{dynamics_ckpt} was not trained with --text: a first-frame network starts worlds "
                                   "from prompts, which only a text-conditioned dynamics can go on from")
+        if first_config.get("kind") == "world_model":  # reuse a world model's own, its run record with it
+            first_tensors, first_config = network_of(first_frame, first_tensors, first_config, "first_frame")
         first_train = first_config.get("train") or {}
         if first_config.get("kind") != "dynamics" or not first_train.get("text"):
             raise CheckpointError(f"--first-frame {first_frame} is not a dynamics run trained with --text")
@@ -87,6 +90,7 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
         guidance = {"text_guidance": overrides["text_guidance"]} if "text_guidance" in overrides else {}
         first = Dynamics(DynamicsConfig(**{**first_config["dynamics"], **guidance}))
         first.load_state_dict(with_prefix(first_tensors, MODEL))
+        first_record = first_config.get("record") or {"train": first_train, "compute": training_compute(first_config)}
     depth_net = None
     if depth:
         depth_net, depth_config = load_depth_run(depth, meta.get("env_id"), (meta.get("pose_model") or {}).get("fov_deg"),
@@ -103,9 +107,10 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
             "memory_key": meta.get("memory_key", "pose"),
             "train": config.get("train")}
     if first is not None:
-        info["first_frame_train"] = {"train": first_config.get("train"), "compute": training_compute(first_config)}
+        info["first_frame_train"] = first_record
     if depth_net is not None:
-        info["depth_train"] = {"train": depth_config.get("train"), "compute": training_compute(depth_config)}
+        info["depth_train"] = depth_config.get("record") or {"train": depth_config.get("train"),
+                                                              "compute": training_compute(depth_config)}
     model = WorldModel(tokenizer, dynamics, info, np.stack(firsts) if firsts else None, first, depth_net)
     calibration = {}
     if calibrate_ends:
