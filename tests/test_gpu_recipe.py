@@ -18,9 +18,10 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path, 
     monkeypatch.setattr(gpu_recipe, "seconds_per_step", lambda cfg, data, *a: timed.append((cfg, data)) or time_it(cfg, data, *a))
     monkeypatch.setattr(train_dynamics, "train", lambda cfg, **k: trained.append(cfg) or train_it(cfg, **k))
     out = tmp_path / "out"
-    main(["--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "2400", "--num-envs", "2", "--collectors", "2",
-          "--configs", "tiny", "--minutes", "0.1", "--min-steps", "1", "--batch-size", "2", "--eval-windows", "2",
-          "--horizons", "1,4", "--loader-workers", "2", "--text", "--memory-match", "0.2", "--quiet"])
+    args = ["--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "2400", "--num-envs", "2",
+            "--collectors", "2", "--configs", "tiny", "--minutes", "0.1", "--min-steps", "1", "--batch-size", "2",
+            "--eval-windows", "2", "--horizons", "1,4", "--loader-workers", "2", "--text", "--memory-match", "0.2", "--quiet"]
+    main(args)
     (cfg, data), = timed
     assert replace(cfg, steps=trained[0].steps, warmup=trained[0].warmup) == trained[0]
     assert data.match == 0.2 and data.captions is not None and data.window == 8  # tiny's context
@@ -40,7 +41,10 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path, 
     env.reset(seed=0)
     env.step(1)
     (out / "rooms.safetensors").unlink()  # as if the time limit struck before the export: --salvage exports the run
-    main(["--out", str(out), "--work", str(tmp_path / "work"), "--text", "--salvage"])
+    with pytest.raises(ValueError, match="other options"):  # another recipe's run is not salvaged as this one's
+        main(["--out", str(out), "--work", str(tmp_path / "work"), "--text", "--salvage"])
+    assert not (out / "rooms.safetensors").exists()
+    main(args + ["--salvage"])
     assert gym.make("worldsim/Dream-v0", checkpoint=str(out / "rooms.safetensors")).unwrapped.model.has_memory
 
 
@@ -70,3 +74,11 @@ def test_gpu_recipe_refuses_a_work_folder_made_with_other_options(tmp_path):
     second = replace(first, train=replace(first.train, seed=64, init="campaign.safetensors"))
     with pytest.raises(ValueError, match=r"train\.seed: 48 there, 64 now.*train\.init.*new --work"):
         check_work(second)
+    check_work(replace(first, game="crafter"))  # each game keeps its own data and run
+    record = tmp_path / "work" / "rooms_recipe.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train.text"}))
+    check_work(first)  # an option newer than the record counts as its default
+    record.unlink()
+    (tmp_path / "work" / "rooms").mkdir()
+    with pytest.raises(ValueError, match="no record"):  # data from before records were kept
+        check_work(first)

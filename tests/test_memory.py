@@ -168,33 +168,32 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
     assert summary["step"] == 30 and np.isfinite(summary["last_batch"]["loss"])
 
 
-def test_memory_from_window_recalls_as_the_dreams_bank_does(pipeline):
-    """With from_window, memory holds the best views among every frame before the last,
-    the window's own included (a dream's bank holds every frame it made); without, only
-    frames before the window."""
+def test_memory_from_window_recalls_what_the_dreams_memory_bank_recalls(pipeline):
+    """With from_window, a window's memory is what a MemoryBank filled as a dream fills it
+    (every frame before the last, the window's own included; poses dead-reckoned from the
+    actions; near-copies replaced) recalls for the last frame, features and all."""
     from envs import env_pose_model
     from training.train_dynamics import MemoryWindows
+    from worldsim.memory import MemoryBank, PoseTracker
 
     root, _, _ = pipeline
-    model = env_pose_model("worldsim/Rooms-v0")
-    recalled_inside = {}
-    for from_window in (False, True):
-        windows = MemoryWindows(root / "latents", 6, 0, 2, model, from_window=from_window)
-        episodes = {ep["path"]: ep["gt/pose"].astype(np.float64) for ep in windows.episodes}
-        rng, inside = np.random.default_rng(2), []
-        for _ in range(20):
-            it = windows.item(rng, want_match=False, drop=False)
-            path, s = it["start"]
-            poses, last = episodes[path], s + 5
-            f = it["mem_pose"][it["mem_valid"]]
-            got = view_overlap(np.zeros(3), np.concatenate([f[:, :2] * windows.reach, np.arctan2(f[:, 3:], f[:, 2:3])], 1),
-                               windows.fov, windows.reach)
-            pool = view_overlap(poses[last], poses[:last if from_window else s], windows.fov, windows.reach)
-            best = np.sort(pool[pool >= 0.1])[::-1][:2]
-            np.testing.assert_allclose(np.sort(got)[::-1], best, atol=1e-6)
-            inside.append(len(best) and best[0] > view_overlap(poses[last], poses[:s], windows.fov, windows.reach).max(initial=0))
-        recalled_inside[from_window] = np.mean(inside)
-    assert recalled_inside[False] == 0 and recalled_inside[True] > 0.5  # a window's own frames are the nearest views
+    windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), from_window=True)
+    episodes = {ep["path"]: ep for ep in windows.episodes}
+    rng = np.random.default_rng(2)
+    for k in range(8):
+        it = windows.item(rng, want_match=k % 2 == 0, drop=False)
+        path, s = it["start"]
+        ep, last = episodes[path], s + 5
+        track = PoseTracker(windows.pose_model["motion"]).path(ep["actions"])
+        bank = MemoryBank(1, ep["latents"].shape[1:], fov_deg=windows.fov, reach=windows.reach)
+        for t in range(last):
+            bank.add(torch.from_numpy(ep["latents"][t:t + 1]).float(), track[t:t + 1], [t])
+        z, feats, valid = bank.retrieve(track[last:last + 1], windows.k, [last])
+        assert np.array_equal(it["mem_valid"], valid[0].numpy())
+        assert torch.equal(torch.as_tensor(it["mem_z"]), z[0])
+        np.testing.assert_allclose(it["mem_pose"], feats[0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="keyed by pose"):
+        MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), key="latent", from_window=True)
 
 
 def test_memory_match_draws_windows_whose_last_view_only_earlier_frames_show(pipeline):

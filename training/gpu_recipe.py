@@ -122,21 +122,29 @@ def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):
 
 # Options that do not change what --work holds: a rerun with other values resumes the same data and run.
 RESUMABLE = {"out", "work", "minutes", "min_steps", "action_guidance", "text_guidance", "eval_windows", "horizons",
-             "train.loader_workers", "train.device", "train.stop_at"}
+             "train.loader_workers", "train.device", "train.stop_at", "train.ckpt_every", "train.log_every"}
 
 
 def check_work(cfg: RecipeConfig):
-    """--work keeps one recipe's data and run, and a rerun resumes them: refuse options that
-    would make other data or another run, rather than silently resume the old one."""
-    flat = {k: v for k, v in asdict(cfg).items() if k != "train"} | {f"train.{k}": v for k, v in asdict(cfg.train).items()}
-    made = {k: v for k, v in flat.items() if k not in RESUMABLE}
-    record = Path(cfg.work) / "recipe.json"
+    """--work keeps a game's data and run, and a rerun resumes them: refuse options that
+    would make other data or another run, rather than silently resume the old one.
+    Options added since the record was written count as their defaults."""
+    flat = lambda c: {k: v for k, v in asdict(c).items() if k != "train"} | {  # noqa: E731
+        f"train.{k}": v for k, v in asdict(c.train).items()}
+    made = {k: v for k, v in flat(cfg).items() if k not in RESUMABLE}
+    defaults = flat(RecipeConfig(out=""))
+    where = paths(cfg)
+    record = Path(cfg.work) / f"{cfg.game}_recipe.json"
     if record.exists():
         before = json.loads(record.read_text())
-        differ = [f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in made.items() if before.get(k) != v]
+        differ = [f"{k}: {before.get(k, defaults[k])!r} there, {v!r} now" for k, v in made.items()
+                  if before.get(k, defaults[k]) != v]
         if differ:
-            raise ValueError(f"--work {cfg.work} holds the data and run of a recipe with other options "
+            raise ValueError(f"--work {cfg.work} holds the {cfg.game} data and run of a recipe with other options "
                              f"({'; '.join(differ)}); pass a new --work, or delete it to start over")
+    elif any(where[k].exists() for k in ("frames", "latents", "run")):
+        raise ValueError(f"--work {cfg.work} holds {cfg.game} data or a run with no record of the options that made "
+                         "them; pass a new --work, or delete it to start over")
     else:
         Path(cfg.work).mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(made, indent=2))
@@ -252,6 +260,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cfg = from_args(args, RecipeConfig)
     if args.salvage:
+        if Path(cfg.work, f"{cfg.game}_recipe.json").exists():
+            check_work(cfg)  # export only this recipe's run, not another's left in --work
         if paths(cfg)["model"].exists():
             print(f"gpu_recipe: {paths(cfg)['model']} was exported already; nothing to salvage")
         elif not (paths(cfg)["run"] / "latest.safetensors").exists():

@@ -59,9 +59,9 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
-    memory_from_window: bool = False  # recall memory from the window's own earlier frames too, as a dream's bank does (it holds every frame it made): the model learns that a recalled neighbouring view is seen from another pose, not the view to paste
+    memory_from_window: bool = False  # (pose keys) memory is what a dream's bank recalls: from every frame before the last, the window's own included, near-copies replaced, at poses dead-reckoned from the actions; the model learns that a recalled neighbouring view is seen from another pose, not the view to paste
     rerender_share: float = 0.0  # with --memory keyed by pose and --depth: share of the windows with memory whose memory is what a dream with rerender=True gives: the frame before the last and the recalled views re-rendered at the last frame's pose and fused into one view
-    depth: str | None = None  # a depth run (`worldsim train depth`) that gives --rerender-share's frames their depth
+    depth: str | None = None  # a depth run (`worldsim train depth`), or a world model that carries one, that gives --rerender-share's frames their depth
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
     init: str | None = None  # start from this world model's or dynamics run's weights
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
@@ -260,8 +260,8 @@ class MemoryWindows:
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses). `rerender_share` of the
         windows with memory get the dream's re-rendered view, with `depth_run`'s depth.
-        `from_window`: memory recalls from every frame before the last, the window's
-        included, as a dream's bank does; otherwise only from frames before the window."""
+        `from_window` (pose keys): memory is what a dream's bank recalls (`bank_recall`);
+        otherwise the best views among frames before the window, at their true poses."""
         if key not in ("pose", "latent", "auto"):
             raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         self.paths = episode_paths(root, "train")
@@ -293,6 +293,10 @@ class MemoryWindows:
         if rerender_share and key != "pose":
             raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
                              "pose (info['gt']['pose'])")
+        if from_window and (key != "pose" or match):
+            raise ValueError("--memory-from-window recalls as a dream's bank does, by the poses the dream dead-reckons: "
+                             "it needs memory keyed by pose (info['gt']['pose']) and no --memory-match (which picks "
+                             "windows by what frames before the window show)")
         if match and key != "pose":
             raise ValueError(f"--memory-match {match} counts the last view's points that earlier frames see: it needs "
                              "memory keyed by pose (info['gt']['pose']), not by latent")
@@ -358,21 +362,25 @@ class MemoryWindows:
                 return ep, s, True
         return ep, s, False
 
-    def dream_recall(self, ep, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """What a dream's memory re-renders for frame `last`: the frame before it and the
-        entries its bank (worldsim/memory.py) would recall, with their poses relative to
-        the last frame's, (S, 3). Poses are the dream's own, dead-reckoned from the actions
-        (walking into a wall still moves them); the bank replaces near-copies of a view and
-        drops its oldest entry when full, so the frames it still holds are computed once
-        an episode, by filling a bank as the dream does."""
+    def bank_recall(self, ep, last: int, k: int) -> np.ndarray:
+        """The frames a dream's memory bank (worldsim/memory.py) recalls for frame `last`,
+        best view first, at most k. Poses are the dream's own (ep["dream_poses"]),
+        dead-reckoned from the actions (walking into a wall still moves them); the bank
+        replaces near-copies of a view and drops its oldest entry when full, so the frames
+        it still holds are computed once an episode, by filling a bank as the dream does."""
         if "dream_poses" not in ep:
             ep["dream_poses"] = PoseTracker(self.pose_model["motion"]).path(ep["actions"])
             ep["dropped_at"] = bank_drops(ep["dream_poses"], self.fov, self.reach)
         poses = ep["dream_poses"]
         held = np.nonzero(ep["dropped_at"][:last] >= last)[0]  # entries in the bank when frame `last` is dreamed
-        order = held[best_views(view_overlap(poses[last], poses[held], self.fov, self.reach), self.k,
-                                MIN_LIKENESS["pose"])]
-        sources = np.concatenate([[last - 1], order]).astype(int)
+        return held[best_views(view_overlap(poses[last], poses[held], self.fov, self.reach), k, MIN_LIKENESS["pose"])]
+
+    def dream_recall(self, ep, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """What a dream's memory re-renders for frame `last`: the frame before it and the
+        entries its bank recalls, with their poses relative to the last frame's, (S, 3),
+        all the dream's own."""
+        sources = np.concatenate([[last - 1], self.bank_recall(ep, last, self.k)]).astype(int)
+        poses = ep["dream_poses"]
         return sources, relative_poses(poses[last], poses[sources]).astype(np.float32)
 
     def item(self, rng, want_match: bool, drop: bool, want_object: bool = False, rerendered: bool = False):
@@ -387,9 +395,12 @@ class MemoryWindows:
                 return {**window, "sources": (ep, sources, poses)}
             drop = True  # the bank recalls nothing: the dream goes without memory
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
-        recallable = slice(0, last if self.from_window else s)
-        order = best_views(self._likeness(ep, query, recallable), 0 if drop else self.k, MIN_LIKENESS[self.key])
-        poses = ep["gt/pose"] if self.key == "pose" else None
+        if self.from_window:
+            order = self.bank_recall(ep, last, 0 if drop else self.k)
+            poses = ep["dream_poses"]
+        else:
+            order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
+            poses = ep["gt/pose"] if self.key == "pose" else None
         z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
                                      self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
         return {**window, "mem_z": z_mem.numpy(), "mem_pose": feats, "mem_valid": valid}
@@ -521,6 +532,8 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
         raise ValueError("--rerender-share and --depth come together: the share of memory windows re-rendered, and "
                          f"the depth run (`worldsim train depth`) that gives their frames depth; got {cfg.rerender_share} "
                          f"and {cfg.depth}")
+    if cfg.memory_from_window and not cfg.memory:
+        raise ValueError("--memory-from-window says where memory recalls from: it needs --memory")
     if cfg.rerender_share and not (cfg.memory and cfg.memory_key != "latent"):
         raise ValueError("--rerender-share re-renders memory keyed by pose: it needs --memory and --memory-key pose or auto")
     if cfg.memory:

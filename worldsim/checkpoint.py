@@ -89,8 +89,9 @@ def network_of(path, tensors: dict, config: dict, name: str) -> tuple[dict, dict
     if name not in config:
         raise CheckpointError(f"{path} is a world model without a {name.replace('_', '-')} network")
     record = config.get(f"{name}_train") or {}
-    kind, section = ("depth", "depth") if name == "depth" else ("dynamics", "dynamics")
-    run = {"kind": kind, section: config[name], "train": record.get("train"), "record": record,
+    kind = "depth" if name == "depth" else "dynamics"  # its config section is named as its kind
+    # The carrier's env and camera were checked against this network when it was exported.
+    run = {"kind": kind, kind: config[name], "train": record.get("train"), "record": record,
            "dataset": {"env_id": config.get("env_id"), "latent_shape": config[name].get("latent_shape")},
            "fov_deg": (config.get("pose_model") or {}).get("fov_deg")}
     return prefixed(with_prefix(tensors, {"first_frame": FIRST_FRAME, "depth": DEPTH}[name]), MODEL), run

@@ -74,7 +74,7 @@ def load_depth_run(path, env_id: str | None, fov_deg: float | None, user: str) -
         tensors, config = network_of(path, tensors, config, "depth")
     if config.get("kind") != "depth":
         raise CheckpointError(f"--depth {path} is a {config.get('kind')!r} checkpoint; expected a "
-                              "`worldsim train depth` run")
+                              "`worldsim train depth` run, or a world model that carries its depth network")
     if config["dataset"].get("env_id") != env_id:
         raise CheckpointError(f"--depth {path} learnt depth in {config['dataset'].get('env_id')}; {user} is {env_id}")
     if fov_deg is None or abs(fov_deg - config["fov_deg"]) > 1e-6:
