@@ -105,7 +105,9 @@ def test_an_export_takes_the_depth_network_a_world_model_carries(depth_world, me
     run = str(world.parent / "dyn" / "latest.safetensors")
     export_world_model(run, str(tmp_path / "again.safetensors"), depth=str(out / "world.safetensors"))
     before, again = WorldModel.load(out / "world.safetensors"), WorldModel.load(tmp_path / "again.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(again.depth.state_dict().values(), before.depth.state_dict().values()))
+    carried = before.depth.state_dict()
+    assert again.depth.state_dict().keys() == carried.keys()
+    assert all(torch.equal(v, carried[k]) for k, v in again.depth.state_dict().items())
     assert again.info["depth_train"] == before.info["depth_train"] and again.can_rerender
     with pytest.raises(CheckpointError, match="without a depth network"):
         export_world_model(run, str(tmp_path / "none.safetensors"), depth=str(world))

@@ -242,8 +242,9 @@ def test_a_first_frame_network_makes_the_worlds_start_and_ships_inside_the_world
     export_world_model(run, str(tmp_path / "again.safetensors"), first_frame=str(tmp_path / "w.safetensors"),
                        text_guidance=2.0)
     again = WorldModel.load(tmp_path / "again.safetensors")
-    assert all(torch.equal(a, b) for a, b in zip(again.first_frame.state_dict().values(),
-                                                 WorldModel.load(tmp_path / "w.safetensors").first_frame.state_dict().values()))
+    carried = WorldModel.load(tmp_path / "w.safetensors").first_frame.state_dict()
+    assert again.first_frame.state_dict().keys() == carried.keys()
+    assert all(torch.equal(v, carried[k]) for k, v in again.first_frame.state_dict().items())
     assert again.info["first_frame_train"] == model.info["first_frame_train"] and again.first_frame.cfg == by_first.cfg
     with pytest.raises(CheckpointError, match="without a first-frame network"):
         export_world_model(run, str(tmp_path / "z.safetensors"), first_frame=str(text_path))
