@@ -170,11 +170,11 @@ def test_memory_training_retrieves_by_pose_and_learns(pipeline, memory_world):
 
 def test_memory_from_window_recalls_what_the_dreams_memory_bank_recalls(pipeline):
     """With from_window, a window's memory is what a MemoryBank filled as a dream fills it
-    (every frame before the last, the window's own included; poses dead-reckoned from the
-    actions; near-copies replaced) recalls for the last frame, features and all."""
+    (every frame before the last, the window's own included; near-copies replaced) recalls
+    for the last frame, features and all, at the episode's true poses."""
     from envs import env_pose_model
     from training.train_dynamics import MemoryWindows
-    from worldsim.memory import MemoryBank, PoseTracker
+    from worldsim.memory import MemoryBank
 
     root, _, _ = pipeline
     windows = MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), from_window=True)
@@ -184,7 +184,7 @@ def test_memory_from_window_recalls_what_the_dreams_memory_bank_recalls(pipeline
         it = windows.item(rng, want_match=k % 2 == 0, drop=False)
         path, s = it["start"]
         ep, last = episodes[path], s + 5
-        track = PoseTracker(windows.pose_model["motion"]).path(ep["actions"])
+        track = ep["gt/pose"]
         bank = MemoryBank(1, ep["latents"].shape[1:], fov_deg=windows.fov, reach=windows.reach)
         for t in range(last):
             bank.add(torch.from_numpy(ep["latents"][t:t + 1]).float(), track[t:t + 1], [t])

@@ -279,7 +279,7 @@ def test_training_recalls_what_the_dreams_memory_bank_recalls(pipeline, depth_wo
         assert np.allclose(feats[0, :n].numpy(), pose_features(poses[1:], data.reach), atol=1e-5)
         recalled += n
     assert recalled > len(ep["latents"])  # most frames recall something
-    assert (ep["dropped_at"] < len(ep["latents"])).any()  # and the bank did replace views on the way
+    assert (ep["dream_poses dropped_at"] < len(ep["latents"])).any()  # and the bank did replace views on the way
 
 
 def test_training_gives_memory_as_the_dream_rerenders_it(pipeline, depth_world):

@@ -59,7 +59,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory: int = 0  # memory frames the generated frame attends to (0: no memory)
     memory_key: str = "auto"  # what memory is keyed by: pose (info['gt']['pose']) | latent (envs without one) | auto: pose when every episode has it
     memory_match: float = 0.0  # what makes half of each batch need its memory: 0 = an exact return (an earlier frame shows the last view, no window frame does); above 0 (pose keys): at least this share of the last view is seen by earlier frames and by no window frame, from any pose
-    memory_from_window: bool = False  # (pose keys) memory is what a dream's bank recalls: from every frame before the last, the window's own included, near-copies replaced, at poses dead-reckoned from the actions; the model learns that a recalled neighbouring view is seen from another pose, not the view to paste
+    memory_from_window: bool = False  # (pose keys) memory is what a dream's bank recalls: from every frame before the last, the window's own included, near-copies replaced (at the true poses); the model learns that a recalled neighbouring view is seen from another pose, not the view to paste
     rerender_share: float = 0.0  # with --memory keyed by pose and --depth: share of the windows with memory whose memory is what a dream with rerender=True gives: the frame before the last and the recalled views re-rendered at the last frame's pose and fused into one view
     depth: str | None = None  # a depth run (`worldsim train depth`), or a world model that carries one, that gives --rerender-share's frames their depth
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
@@ -260,8 +260,8 @@ class MemoryWindows:
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses). `rerender_share` of the
         windows with memory get the dream's re-rendered view, with `depth_run`'s depth.
-        `from_window` (pose keys): memory is what a dream's bank recalls (`bank_recall`);
-        otherwise the best views among frames before the window, at their true poses."""
+        `from_window` (pose keys): memory is what a dream's bank recalls (`bank_recall`, at
+        the true poses); otherwise the best views among frames before the window."""
         if key not in ("pose", "latent", "auto"):
             raise ValueError(f"--memory-key must be pose, latent or auto, got {key!r}")
         self.paths = episode_paths(root, "train")
@@ -362,17 +362,20 @@ class MemoryWindows:
                 return ep, s, True
         return ep, s, False
 
-    def bank_recall(self, ep, last: int, k: int) -> np.ndarray:
+    def bank_recall(self, ep, last: int, k: int, true_poses: bool = False) -> np.ndarray:
         """The frames a dream's memory bank (worldsim/memory.py) recalls for frame `last`,
         best view first, at most k. Poses are the dream's own (ep["dream_poses"]),
-        dead-reckoned from the actions (walking into a wall still moves them); the bank
-        replaces near-copies of a view and drops its oldest entry when full, so the frames
-        it still holds are computed once an episode, by filling a bank as the dream does."""
-        if "dream_poses" not in ep:
-            ep["dream_poses"] = PoseTracker(self.pose_model["motion"]).path(ep["actions"])
-            ep["dropped_at"] = bank_drops(ep["dream_poses"], self.fov, self.reach)
-        poses = ep["dream_poses"]
-        held = np.nonzero(ep["dropped_at"][:last] >= last)[0]  # entries in the bank when frame `last` is dreamed
+        dead-reckoned from the actions (walking into a wall still moves them), or with
+        `true_poses` the episode's (ep["gt/pose"]); the bank replaces near-copies of a view
+        and drops its oldest entry when full, so the frames it still holds are computed
+        once an episode, by filling a bank as the dream does."""
+        key = "gt/pose" if true_poses else "dream_poses"
+        if key == "dream_poses" and key not in ep:
+            ep[key] = PoseTracker(self.pose_model["motion"]).path(ep["actions"])
+        if f"{key} dropped_at" not in ep:
+            ep[f"{key} dropped_at"] = bank_drops(ep[key], self.fov, self.reach)
+        poses = ep[key]
+        held = np.nonzero(ep[f"{key} dropped_at"][:last] >= last)[0]  # entries in the bank when frame `last` is made
         return held[best_views(view_overlap(poses[last], poses[held], self.fov, self.reach), k, MIN_LIKENESS["pose"])]
 
     def dream_recall(self, ep, last: int) -> tuple[np.ndarray, np.ndarray]:
@@ -395,9 +398,9 @@ class MemoryWindows:
                 return {**window, "sources": (ep, sources, poses)}
             drop = True  # the bank recalls nothing: the dream goes without memory
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
-        if self.from_window:
-            order = self.bank_recall(ep, last, 0 if drop else self.k)
-            poses = ep["dream_poses"]
+        if self.from_window:  # true poses: dead reckoning drifts from the frames at every bump into a wall
+            order = self.bank_recall(ep, last, 0 if drop else self.k, true_poses=True)
+            poses = ep["gt/pose"]
         else:
             order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
             poses = ep["gt/pose"] if self.key == "pose" else None
