@@ -294,7 +294,7 @@ class MemoryWindows:
             raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
                              "pose (info['gt']['pose'])")
         if from_window and (key != "pose" or match):
-            raise ValueError("--memory-from-window recalls as a dream's bank does, by the poses the dream dead-reckons: "
+            raise ValueError("--memory-from-window recalls as a dream's bank does, by view overlap at the frames' poses: "
                              "it needs memory keyed by pose (info['gt']['pose']) and no --memory-match (which picks "
                              "windows by what frames before the window show)")
         if match and key != "pose":
