@@ -400,10 +400,9 @@ class MemoryWindows:
         query = last if self.key == "pose" else last - 1  # a dream knows the next pose, not the next frame
         if self.from_window:  # true poses: dead reckoning drifts from the frames at every bump into a wall
             order = self.bank_recall(ep, last, 0 if drop else self.k, true_poses=True)
-            poses = ep["gt/pose"]
         else:
             order = best_views(self._likeness(ep, query, slice(0, s)), 0 if drop else self.k, MIN_LIKENESS[self.key])
-            poses = ep["gt/pose"] if self.key == "pose" else None
+        poses = ep["gt/pose"] if self.key == "pose" else None
         z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
                                      self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
         return {**window, "mem_z": z_mem.numpy(), "mem_pose": feats, "mem_valid": valid}
