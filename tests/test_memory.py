@@ -196,6 +196,29 @@ def test_memory_from_window_recalls_what_the_dreams_memory_bank_recalls(pipeline
         MemoryWindows(root / "latents", 6, 0, 2, env_pose_model("worldsim/Rooms-v0"), key="latent", from_window=True)
 
 
+def test_bank_drops_follow_a_bank_filled_frame_by_frame():
+    """bank_drops gives, for each frame, the frame whose adding dropped it from a
+    MemoryBank (a near-copy of its view, or the oldest of a full bank), on a walk that
+    returns to its views and fills a small bank."""
+    from worldsim.memory import bank_drops
+
+    env = RoomsEnv(world_seed=3)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    poses = np.array([env.step(int(a))[4]["gt"]["pose"] for a in rng.choice([1, 3, 3, 4, 5], size=120)], np.float64)
+    for capacity in (256, 12):
+        bank = MemoryBank(1, (1, 1, 1), capacity=capacity, fov_deg=60.0, reach=5.0)
+        expected = np.full(len(poses), len(poses))
+        for t in range(len(poses)):
+            held = set(bank.steps[0][bank.used[0]].tolist())
+            bank.add(torch.zeros(1, 1, 1, 1), poses[t:t + 1], [t])
+            for gone in held - set(bank.steps[0][bank.used[0]].tolist()):
+                expected[gone] = t
+        drops = bank_drops(poses, 60.0, 5.0, capacity)
+        np.testing.assert_array_equal(drops, expected)
+        assert (drops < len(poses)).sum() > 10  # near-copies replaced (and, at 12, the oldest dropped)
+
+
 def test_memory_match_draws_windows_whose_last_view_only_earlier_frames_show(pipeline):
     """With --memory-match m, a matched window ends on a view of which at least m is
     seen by the frames memory recalls and by no window frame, from any pose; random

@@ -363,13 +363,27 @@ def bank_drops(poses: np.ndarray, fov_deg: float, reach: float, capacity: int = 
     """For frames seen from `poses` (T, 3) added one by one to a pose-keyed MemoryBank, as
     a dream adds its frames: the frame whose adding dropped each one (a near-copy of its
     view, or the oldest of a full bank), T where none did. Frame t is in the bank that
-    recalls for frame s when t < s and drops[t] >= s."""
+    recalls for frame s when t < s and drops[t] >= s.
+
+    MemoryBank.add's rules on a list kept in the order entries came (so the first of tied
+    overlaps and the oldest entry are the list's first), with the overlaps of every pair
+    computed in a few large operations: about 5x faster than filling a bank."""
     n = len(poses)
-    bank = MemoryBank(1, (1, 1, 1), capacity=capacity, fov_deg=fov_deg, reach=reach)
+    q = torch.as_tensor(np.asarray(poses, np.float64))
+    pts = torch.as_tensor(_frustum_points(fov_deg, reach), dtype=torch.float64)
+    overlap = np.zeros((n, n))  # overlap[t, j]: share of frame t's view that frame j's pose sees, j < t
+    for lo in range(0, n, 64):
+        hi = min(n, lo + 64)
+        overlap[lo:hi, :hi] = points_seen(q[lo:hi], q[None, :hi].expand(hi - lo, hi, 3), fov_deg, reach,
+                                          pts).double().mean(-1).numpy()
+    held: list[int] = []
     drops = np.full(n, n)
     for t in range(n):
-        held = {int(step) for step in bank.steps[0][bank.used[0]]}
-        bank.add(torch.zeros(1, 1, 1, 1), np.asarray(poses[t:t + 1], np.float64), [t])
-        for gone in held - {int(step) for step in bank.steps[0][bank.used[0]]}:
-            drops[gone] = t
+        if held:
+            likeness = overlap[t, held]
+            same = int(np.argmax(likeness))  # the first of ties: the entry that came first
+            gone = same if likeness[same] >= SAME_VIEW["pose"] else 0 if len(held) == capacity else None
+            if gone is not None:
+                drops[held.pop(gone)] = t
+        held.append(t)
     return drops
