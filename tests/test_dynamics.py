@@ -84,6 +84,21 @@ def test_actions_condition_the_prediction():
     assert (model(x, tau, a2, has, pos)[:, 4] - out[:, 4]).abs().max() > 1e-3
 
 
+def test_sampled_context_share_puts_the_frames_before_the_last_at_the_samplers_context_level():
+    model = tiny_model()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))  # (x, tau, ...)
+    z = torch.randn(64, 5, *model.cfg.latent_shape)
+    acts, zeros = torch.randint(0, 7, (64, 4)), torch.zeros(64, 4)
+    for share in (0.0, 0.5, 1.0):
+        diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), sampled_context_share=share)
+        tau = seen[-1]
+        as_sampled = (tau[:, :-1] == model.cfg.ctx_noise).all(1)
+        assert as_sampled.float().mean() == pytest.approx(share, abs=0.2)
+        assert not (tau[:, -1] == model.cfg.ctx_noise).any()  # the last frame keeps its random level
+        assert (tau[~as_sampled, :-1] != model.cfg.ctx_noise).all()
+
+
 def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_from():
     model = tiny_model()
     z = torch.randn(2, 5, *model.cfg.latent_shape)
@@ -361,9 +376,25 @@ def test_init_carries_the_transformer_body_to_another_latent_shape(pipeline):
     assert fresh == ["embed.weight", "final.bias", "final.weight", "heads.conv.0.weight"]
     body = "blocks.0.attn.qkv.weight"
     assert torch.equal(model.state_dict()[body], tensors[f"model/{body}"].float())
+    # Finer patches (4x the tokens a frame): the body carries over, screen positions are resampled.
+    finer = Dynamics(DynamicsConfig(**{**config["dynamics"], "patch": old.patch // 2}))
+    assert init_from(finer, path) == ["embed.weight", "final.bias", "final.weight"]
+    assert torch.equal(finer.state_dict()[body], tensors[f"model/{body}"].float())
+    assert finer.space_pos.shape == (4 * old.tokens_per_frame, old.d_model)
     wider = Dynamics(DynamicsConfig(**{**config["dynamics"], "d_model": 2 * old.d_model}))
     with pytest.raises(CheckpointError, match="do not fit"):
         init_from(wider, path)
+
+
+def test_screen_positions_resampled_to_a_finer_grid_keep_their_places():
+    from training.train_dynamics import resized_positions
+
+    rows, cols = 3, 4
+    one_hot = torch.eye(rows * cols)  # token r * cols + c holds only its own index
+    finer = resized_positions(one_hot, (rows, cols), (2 * rows, 2 * cols)).reshape(2 * rows, 2 * cols, -1)
+    for r in range(2 * rows):
+        for c in range(2 * cols):  # each new token's position is mostly the old token it lies in
+            assert int(finer[r, c].argmax()) == (r // 2) * cols + c // 2
 
 
 def test_the_next_batch_is_drawn_while_this_one_trains():

@@ -25,6 +25,7 @@ def test_gpu_recipe_collects_trains_exports_and_scores_on_unseen_maps(tmp_path, 
     (cfg, data), = timed
     assert replace(cfg, steps=trained[0].steps, warmup=trained[0].warmup) == trained[0]
     assert data.match == 0.2 and data.captions is not None and data.window == 8  # tiny's context
+    assert trained[0].patch == gpu_recipe.GAMES["rooms"]["patch"]  # the game's, where --patch is not given
     figures = json.loads((out / "figures.json").read_text())
     assert figures["config"] == "tiny" and figures["steps"] >= 1 and figures["seconds_per_step"]["tiny"] > 0
     scores = figures["held_out"]

@@ -39,8 +39,9 @@ from worldsim.options import add_fields, from_args, nested
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints"  # GAME_tokenizer.safetensors
 GAMES = {
-    # memory: pose-keyed memory frames; patch: latent cells per token side (16 tokens a frame with each
-    # game's tokenizer); end_weight 1 and calibrated ends for a dream that draws its ends (--sample-ends).
+    # memory: pose-keyed memory frames; patch: latent cells per token side where --patch is not given (16
+    # tokens a frame with each game's tokenizer); end_weight 1 and calibrated ends for a dream that draws
+    # its ends (--sample-ends).
     "rooms": {"env_id": "worldsim/Rooms-v0", "env_kwargs": {"world_seed": None}, "policy": "explore",
               "memory": 4, "patch": 4, "end_weight": 10.0, "calibrate_ends": False},
     "takecover": {"env_id": "worldsim/Vizdoom-TakeCover-v0", "env_kwargs": {}, "policy": "random",
@@ -70,7 +71,7 @@ class RecipeConfig:
     # rest. It times and trains the diffusion objective, so it takes no --teacher.
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(data="", out="", batch_size=64, lr=3e-4, action_dropout=0.15, loader_workers=12),
-        metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "patch", "end_weight", "warmup",
+        metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "end_weight", "warmup",
                                         "teacher")))
 
 
@@ -215,7 +216,7 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     candidates = [c.strip() for c in cfg.configs.split(",") if c.strip()]
     for config in candidates:  # time a step of each on the windows it would train on
         run_cfg = replace(cfg.train, data=str(latents), out=str(run_dir), config=config, memory=game["memory"],
-                          patch=game["patch"], end_weight=game["end_weight"])
+                          patch=cfg.train.patch or game["patch"], end_weight=game["end_weight"])
         data = None  # the last candidate's episodes go before the next one's load
         data, _ = training_windows(run_cfg, meta, CONFIGS[config].get("max_frames", DynamicsConfig.max_frames))
         timing[config] = seconds_per_step(run_cfg, data, meta, device)

@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from envs import env_pose_model
 from training.loop import RunConfig, pick_device, run
-from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, load_checkpoint, with_prefix
+from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, config_from, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
 from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.depth import load_depth_run
@@ -69,6 +70,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
+    sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
     text_whiten: bool = False  # with --text: captions enter whitened by their statistics in the training data, so a caption's small words (an object's side) count as much as its room
@@ -472,15 +474,27 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if init:
         fresh = init_from(model, init, first_frame=cfg.window == 1)
         if fresh:
-            print(f"--init {init}: the latent shape changed; {', '.join(fresh)} start fresh", file=sys.stderr)
+            print(f"--init {init}: the latent shape or patch changed; {', '.join(fresh)} start fresh", file=sys.stderr)
     if cfg.text and cfg.init:  # the text layer is new to the model it starts from: it learns 10x faster
         model.lr_scales = {"text.": 10.0}
     return model
 
 
 # The layers that read or write latents: a model for another tokenizer (other channels or
-# patch size, the same token grid) can still take the transformer body between them.
+# patch size) can still take the transformer body between them.
 LATENT_IO = ("embed.", "final.", "heads.conv.0.")
+
+
+def resized_positions(table: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """A (rows * cols, d) screen-position table resampled to another token grid
+    (bilinear), so that a finer patching starts with the positions its tokens' places had."""
+    d = table.shape[-1]
+    image = table.T.reshape(1, d, *grid)
+    return F.interpolate(image, size=new_grid, mode="bilinear", align_corners=False).reshape(d, -1).T
+
+
+def token_grid(cfg: DynamicsConfig) -> tuple[int, int]:
+    return cfg.latent_shape[1] // cfg.patch, cfg.latent_shape[2] // cfg.patch
 
 
 def init_from(model: Dynamics, path: str, first_frame: bool = False):
@@ -501,6 +515,9 @@ def init_from(model: Dynamics, path: str, first_frame: bool = False):
     elif unused:
         raise CheckpointError(f"{path} was trained with memory: pass --memory {config['dynamics'].get('memory')} to "
                               "keep it")
+    grid, new_grid = token_grid(config_from(DynamicsConfig, config, "dynamics", path)), token_grid(model.cfg)
+    if grid != new_grid:  # a finer or coarser patching: the body carries over, positions are resampled
+        weights["space_pos"] = resized_positions(weights["space_pos"], grid, new_grid)
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
     if any(k.startswith("text.") for k in left):
@@ -580,9 +597,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     if cfg.teacher:
-        if cfg.footage or cfg.action_dropout:
-            raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage and "
-                             "--action-dropout (the teacher's action guidance is distilled in)")
+        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share:
+            raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "
+                             "--action-dropout (the teacher's action guidance is distilled in) and "
+                             "--sampled-context-share (the student reads the sampler's context already)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
         body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
         if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:
@@ -593,8 +611,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         model.heads.requires_grad_(False)  # the teacher's, kept: distillation gives them no loss
         loss_of = lambda m, b: distillation_loss(m, teacher, **b)  # noqa: E731
     else:
+        if not 0 <= cfg.sampled_context_share <= 1:
+            raise ValueError(f"--sampled-context-share is a share of the windows, in [0, 1]; got {cfg.sampled_context_share}")
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
-                                                      end_weight=cfg.end_weight)
+                                                      end_weight=cfg.end_weight,
+                                                      sampled_context_share=cfg.sampled_context_share)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=loss_of,

@@ -20,7 +20,8 @@ from worldsim.sampler import noisy_context, sample_next
 
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
-                           end_weight: float = 10.0, memory=None, action_dropout: float = 0.0):
+                           end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
+                           sampled_context_share: float = 0.0):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -30,9 +31,16 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     (footage): no action conditions them, and the heads learn only from the others.
     `action_dropout` hides
     each frame's action with this probability, teaching the model the action-free
-    prediction that action guidance steers away from. Returns (loss, metrics)."""
+    prediction that action guidance steers away from. `sampled_context_share` of the
+    windows have every frame before the last at the sampler's context level (ctx_noise):
+    the last frame is then learnt as the dream predicts it, from a context it can read.
+    Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
+    if sampled_context_share:
+        as_sampled = torch.rand(b, 1, device=z.device) < sampled_context_share
+        before_last = torch.arange(t, device=z.device) < t - 1
+        tau = torch.where(as_sampled & before_last, model.cfg.ctx_noise, tau)
     eps = torch.randn_like(z)
     x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
     into, has = model.actions_into_frames(actions, b, t, z.device, has_action)
