@@ -390,7 +390,7 @@ def test_screen_positions_resampled_to_a_finer_grid_keep_their_places():
     from training.train_dynamics import resized_positions
 
     rows, cols = 3, 4
-    one_hot = torch.eye(rows * cols)  # token r * cols + c holds only its own index
+    one_hot = torch.eye(rows * cols, 16)  # token r * cols + c holds only its own index (d = 16 wide)
     finer = resized_positions(one_hot, (rows, cols), (2 * rows, 2 * cols)).reshape(2 * rows, 2 * cols, -1)
     for r in range(2 * rows):
         for c in range(2 * cols):  # each new token's position is mostly the old token it lies in

@@ -64,6 +64,19 @@ def test_gpu_recipe_for_crafter_calibrates_the_ends_of_its_walks(tmp_path):
     assert model.info["train"]["end_weight"] == 1.0 and model.dynamics.cfg.patch == 4
 
 
+def test_gpu_recipe_takes_the_patch_size_from_the_command_line():
+    import argparse
+
+    from training.gpu_recipe import RecipeConfig
+    from worldsim.options import add_fields, from_args
+
+    parser = argparse.ArgumentParser()
+    add_fields(parser, RecipeConfig)
+    assert from_args(parser.parse_args(["--out", "o", "--patch", "2"]), RecipeConfig).train.patch == 2
+    assert from_args(parser.parse_args(["--out", "o"]), RecipeConfig).train.patch is None  # the game's
+    assert "the game's" in parser.format_help()
+
+
 def test_gpu_recipe_refuses_a_work_folder_made_with_other_options(tmp_path):
     """A second chunk in the same --work must not resume the first chunk's finished run."""
     from training.gpu_recipe import RecipeConfig, check_work
@@ -75,6 +88,9 @@ def test_gpu_recipe_refuses_a_work_folder_made_with_other_options(tmp_path):
     second = replace(first, train=replace(first.train, seed=64, init="campaign.safetensors"))
     with pytest.raises(ValueError, match=r"train\.seed: 48 there, 64 now.*train\.init.*new --work"):
         check_work(second)
+    finer = replace(first, train=replace(first.train, patch=2))  # another token grid is another run
+    with pytest.raises(ValueError, match=r"train\.patch: None there, 2 now"):
+        check_work(finer)
     check_work(replace(first, game="crafter"))  # each game keeps its own data and run
     record = tmp_path / "work" / "rooms_recipe.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train.text"}))

@@ -72,7 +72,8 @@ class RecipeConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(data="", out="", batch_size=64, lr=3e-4, action_dropout=0.15, loader_workers=12),
         metadata=nested("", set_here=("data", "out", "config", "steps", "window", "memory", "end_weight", "warmup",
-                                        "teacher")))
+                                        "teacher"),
+                        help={"patch": "latent cells per token side (default: the game's, GAMES)"}))
 
 
 def seconds_per_step(cfg: TrainConfig, data, meta: dict, device: torch.device, trials: int = 3) -> float:
