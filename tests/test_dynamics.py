@@ -511,9 +511,10 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     assert (cfg.sample_steps, cfg.memory_guidance, cfg.action_guidance, cfg.text_guidance) == (1, 0.0, 0.0, 0.0)
     env.reset(seed=0)
     assert env.step(1)[0].shape == (64, 64, 3)
-    with pytest.raises(ValueError, match="drop --footage and --action-dropout"):
-        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
-                          teacher=str(world), action_dropout=0.1), progress=False)
+    for option in ({"action_dropout": 0.1}, {"sampled_context_share": 0.5}):
+        with pytest.raises(ValueError, match="drop --footage, --action-dropout .* and --sampled-context-share"):
+            train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
+                              teacher=str(world), **option), progress=False)
     with pytest.raises(CheckpointError, match="pass --memory 2"):  # a student without the teacher's memory
         train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other2"), config="tiny", memory=0, steps=1,
                           teacher=str(world)), progress=False)
