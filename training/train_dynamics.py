@@ -493,10 +493,6 @@ def resized_positions(table: torch.Tensor, grid: tuple[int, int], new_grid: tupl
     return F.interpolate(image, size=new_grid, mode="bilinear", align_corners=False).reshape(d, -1).T
 
 
-def token_grid(cfg: DynamicsConfig) -> tuple[int, int]:
-    return cfg.latent_shape[1] // cfg.patch, cfg.latent_shape[2] // cfg.patch
-
-
 def init_from(model: Dynamics, path: str, first_frame: bool = False):
     """Load the weights `path` shares with `model` (a world model or a dynamics run);
     parts only `model` has (the memory's pose embedding) keep their initial values, and so
@@ -515,7 +511,7 @@ def init_from(model: Dynamics, path: str, first_frame: bool = False):
     elif unused:
         raise CheckpointError(f"{path} was trained with memory: pass --memory {config['dynamics'].get('memory')} to "
                               "keep it")
-    grid, new_grid = token_grid(config_from(DynamicsConfig, config, "dynamics", path)), token_grid(model.cfg)
+    grid, new_grid = config_from(DynamicsConfig, config, "dynamics", path).token_grid, model.cfg.token_grid
     if grid != new_grid:  # a finer or coarser patching: the body carries over, positions are resampled
         weights["space_pos"] = resized_positions(weights["space_pos"], grid, new_grid)
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}

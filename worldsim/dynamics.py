@@ -57,8 +57,14 @@ class DynamicsConfig:
             raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size")
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, cols) of a frame's tokens."""
+        return self.latent_shape[1] // self.patch, self.latent_shape[2] // self.patch
+
+    @property
     def tokens_per_frame(self) -> int:
-        return (self.latent_shape[1] // self.patch) * (self.latent_shape[2] // self.patch)
+        rows, cols = self.token_grid
+        return rows * cols
 
 
 CONFIGS = {
@@ -365,8 +371,7 @@ class Dynamics(nn.Module):
         b, k = feats.shape[:2]
         if not self.cfg.memory_fov_deg:
             return self.space_pos.repeat(k, 1)
-        _, h, w = self.cfg.latent_shape
-        rows, cols = h // self.cfg.patch, w // self.cfg.patch
+        rows, cols = self.cfg.token_grid
         column, on_screen = turned_columns(torch.atan2(feats[..., 3].float(), feats[..., 2].float()), cols,
                                            self.cfg.memory_fov_deg)  # B, K, cols
         lo = column.floor().long()

@@ -31,6 +31,18 @@ def replay_windows(data: str, context: int, length: int, count: int, split: str 
     return out
 
 
+def dream_windows(model, frames: np.ndarray, actions: np.ndarray, context: int, memory=None,
+                  sample_steps: int | None = None, rerender: bool = False, batch: int = 8) -> np.ndarray:
+    """The dream of windows (N, context + L, H, W, 3) from their first `context` frames,
+    taking their real actions (N, context + L - 1): (N, L, H, W, 3), `batch` windows at a
+    time, each batch drawn with its first window's index as seed."""
+    c = context
+    return np.concatenate([model.rollout(frames[i:i + batch, :c], actions[i:i + batch, :c - 1],
+                                         actions[i:i + batch, c - 1:], steps=sample_steps, seed=i, memory=memory,
+                                         rerender=rerender)[0]
+                           for i in range(0, len(frames), batch)])
+
+
 def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
                   split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False) -> dict:
     """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory;
@@ -44,10 +56,7 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
     c = context
 
     def rollout(memory):
-        return np.concatenate([model.rollout(frames[i:i + batch, :c], actions[i:i + batch, :c - 1],
-                                             actions[i:i + batch, c - 1:], steps=sample_steps, seed=i, memory=memory,
-                                             rerender=rerender and memory is not False)[0]
-                               for i in range(0, len(ws), batch)])
+        return dream_windows(model, frames, actions, c, memory, sample_steps, rerender and memory is not False, batch)
 
     predictions = {"dream": rollout(None)}  # with the model's memory when it has one
     if model.has_memory:

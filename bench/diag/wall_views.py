@@ -17,7 +17,7 @@ import numpy as np
 
 from worldsim.dataset import read_episode
 from worldsim.dream_env import load_world_model
-from worldsim.replay import replay_windows
+from worldsim.replay import dream_windows, replay_windows
 
 # The Rooms ceiling's top rows average about 37-46; the darkest wall (umber, facing y, 0.75x) about 75.
 CEILING_ROWS, CEILING_LEVEL = 4, 58
@@ -38,16 +38,13 @@ def main():
     parser.add_argument("--samples", type=int, default=0)
     args = parser.parse_args()
     model = load_world_model(args.checkpoint or None)
-    context, length, batch = 4, 64, 8
+    context, length = 4, 64
     ws = replay_windows(args.data, context, length, args.windows, "test")
     frames, actions = np.stack([w[0] for w in ws]), np.stack([w[1] for w in ws])
     shares = {"real": wall_filled(frames[:, context:]),
               "copy_last_frame": np.repeat(wall_filled(frames[:, context - 1:context]), length, 1)}
     for name, memory in (("dream", None), ("dream_memory_off", False)):
-        dream = np.concatenate([model.rollout(frames[i:i + batch, :context], actions[i:i + batch, :context - 1],
-                                              actions[i:i + batch, context - 1:], seed=i, memory=memory)[0]
-                                for i in range(0, len(ws), batch)])
-        shares[name] = wall_filled(dream)
+        shares[name] = wall_filled(dream_windows(model, frames, actions, context, memory))
     print(f"{args.checkpoint or 'shipped model'} on {args.data}: share of frames a wall fills, {len(ws)} windows")
     print(f"{'steps':>8} | " + " ".join(f"{n:>17}" for n in shares))
     for lo, hi in ((1, 1), (2, 4), (5, 16), (17, 64)):
