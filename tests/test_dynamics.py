@@ -99,6 +99,42 @@ def test_sampled_context_share_puts_the_frames_before_the_last_at_the_samplers_c
         assert (tau[~as_sampled, :-1] != model.cfg.ctx_noise).all()
 
 
+def test_action_balance_weighs_each_frames_error_by_the_action_that_led_into_it():
+    model = tiny_model()
+    preds = []
+    model.register_forward_hook(lambda module, args, out: preds.append(out.detach()))
+    z = torch.randn(3, 5, *model.cfg.latent_shape)
+    acts, zeros = torch.randint(0, 7, (3, 4)), torch.zeros(3, 4)
+    weights = torch.linspace(0.5, 2.0, 7)
+    torch.manual_seed(1)
+    _, plain = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
+    torch.manual_seed(1)
+    _, ones = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), action_weights=torch.ones(7))
+    assert ones["denoise_mse"] == pytest.approx(plain["denoise_mse"], rel=1e-6)
+    torch.manual_seed(1)
+    _, weighted = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), action_weights=weights)
+    per_frame = (preds[-1] - z).pow(2).flatten(2).mean(2)  # the same noise, so the same prediction
+    expected = torch.cat([per_frame[:, :1], per_frame[:, 1:] * weights[acts]], 1).mean()
+    assert weighted["denoise_mse"] == pytest.approx(expected.item(), rel=1e-5)
+    assert weighted["last_mse"] == pytest.approx((per_frame[:, -1] * weights[acts[:, -1]]).mean().item(), rel=1e-5)
+
+
+def test_action_weights_give_every_action_the_same_total_weight(rooms_dataset):
+    from training.train_dynamics import action_weights
+    from worldsim.dataset import episode_paths, load_meta, read_episode
+
+    paths = episode_paths(rooms_dataset, "train")
+    counts = np.bincount(np.concatenate([read_episode(p).actions for p in paths]), minlength=7)
+    freq = counts / counts.sum()
+    full = action_weights(paths, load_meta(rooms_dataset), 1.0).numpy()
+    assert (freq * full).sum() == pytest.approx(1.0)  # frames weigh 1 on average
+    seen = freq > 0
+    assert np.allclose(freq[seen] * full[seen], 1 / seen.sum()) and (full[~seen] == 0).all()
+    assert np.allclose(action_weights(paths, load_meta(rooms_dataset), 0.0).numpy()[seen], 1.0)
+    with pytest.raises(ValueError, match="weighs discrete actions"):
+        action_weights(paths, {"env_id": "x", "action_space": {"type": "Dict"}}, 1.0)
+
+
 def test_action_dropout_trains_the_action_free_prediction_that_guidance_steers_from():
     model = tiny_model()
     z = torch.randn(2, 5, *model.cfg.latent_shape)
@@ -511,7 +547,7 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     assert (cfg.sample_steps, cfg.memory_guidance, cfg.action_guidance, cfg.text_guidance) == (1, 0.0, 0.0, 0.0)
     env.reset(seed=0)
     assert env.step(1)[0].shape == (64, 64, 3)
-    for option in ({"action_dropout": 0.1}, {"sampled_context_share": 0.5}):
+    for option in ({"action_dropout": 0.1}, {"sampled_context_share": 0.5}, {"action_balance": 1.0}):
         with pytest.raises(ValueError, match="drop --footage, --action-dropout .* and --sampled-context-share"):
             train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
                               teacher=str(world), **option), progress=False)

@@ -71,6 +71,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
+    action_balance: float = 0.0  # (discrete actions) each frame's denoising error weighs frequency^-balance of the action that led into it in the training data, normalised to a mean of 1 over its frames: 1 gives every action the same total weight, so rare moves (strafes, steps back) are learnt as well as common ones; 0 weighs frames as the data has them
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
     text_whiten: bool = False  # with --text: captions enter whitened by their statistics in the training data, so a caption's small words (an object's side) count as much as its room
@@ -573,6 +574,21 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     return data, meta
 
 
+def action_weights(paths, meta: dict, balance: float) -> torch.Tensor:
+    """Per action, the weight of a frame it led into: frequency^-balance over the episodes'
+    actions, scaled so that the frames' mean weight is 1 (`--action-balance`)."""
+    space = meta.get("action_space", {})
+    if space.get("type") != "Discrete":
+        raise ValueError(f"--action-balance weighs discrete actions; {meta.get('env_id')} has a {space.get('type')} action space")
+    counts = np.zeros(space["n"])
+    for path in paths:
+        with open_episode(path) as f:
+            counts += np.bincount(read_array(f, "actions"), minlength=space["n"])
+    freq = counts / counts.sum()
+    weights = np.where(freq > 0, np.maximum(freq, 1e-12) ** -balance, 0.0)
+    return torch.tensor(weights / (freq * weights).sum(), dtype=torch.float32)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     probe = WindowDataset(cfg.data, split="train", context=1, horizon=0, field="latents")
     model = build(cfg, probe.meta)
@@ -593,10 +609,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     if cfg.teacher:
-        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share:
+        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance:
             raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "
-                             "--action-dropout (the teacher's action guidance is distilled in) and "
-                             "--sampled-context-share (the student reads the sampler's context already)")
+                             "--action-dropout (the teacher's action guidance is distilled in), --action-balance "
+                             "and --sampled-context-share (the student reads the sampler's context already)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
         body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
         if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:
@@ -609,9 +625,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     else:
         if not 0 <= cfg.sampled_context_share <= 1:
             raise ValueError(f"--sampled-context-share is a share of the windows, in [0, 1]; got {cfg.sampled_context_share}")
+        weights = action_weights(probe.paths, meta, cfg.action_balance).to(device) if cfg.action_balance else None
+        if weights is not None:
+            config["action_weights"] = weights.tolist()
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
                                                       end_weight=cfg.end_weight,
-                                                      sampled_context_share=cfg.sampled_context_share)
+                                                      sampled_context_share=cfg.sampled_context_share,
+                                                      action_weights=weights)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=loss_of,

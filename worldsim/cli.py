@@ -91,10 +91,15 @@ def cmd_export(args):
                                   first_frame=args.first_frame, depth=args.depth)
     if args.calibrate_ends or args.first_frame or args.depth:
         raise SystemExit("--calibrate-ends, --first-frame and --depth go with a dynamics run's checkpoint")
-    if config.get("kind") != "tokenizer":
-        raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer or dynamics run")
+    if config.get("kind") not in ("tokenizer", "inverse_dynamics"):
+        raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer, "
+                         "dynamics or inverse-dynamics run")
     if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
-        raise ValueError("guidance weights are for a dynamics run; a tokenizer has none")
+        raise ValueError("guidance weights are for a dynamics run; this checkpoint has none")
+    if config["kind"] == "inverse_dynamics":
+        from worldsim.inverse_dynamics import export_inverse_dynamics
+
+        return export_inverse_dynamics(args.checkpoint, args.out)
     model = Tokenizer.load(args.checkpoint)
     model.save(args.out, extra={k: config[k] for k in ("step", "train", "dataset") if k in config})
     return {"out": args.out, "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
@@ -167,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     import agents.imagine
     import training.train_depth
     import training.train_dynamics
+    import training.train_inverse_dynamics
     import training.train_recaptioner
     import training.train_tokenizer
 
@@ -176,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("tokenizer", training.train_tokenizer, "the video compression network (frames <-> latents)"),
             ("dynamics", training.train_dynamics, "the action-conditioned diffusion transformer, on encoded latents"),
             ("recaptioner", training.train_recaptioner, "the video-to-caption network, on exact Rooms captions"),
-            ("depth", training.train_depth, "the depth network that lets memory re-render views from new poses, on Rooms frames")):
+            ("depth", training.train_depth, "the depth network that lets memory re-render views from new poses, on Rooms frames"),
+            ("inverse-dynamics", training.train_inverse_dynamics,
+             "the judge of which action led from one frame to the next (the control probe's second reading)")):
         t = models.add_parser(name, help=text)
         add_fields(t, module.TrainConfig)
         t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -227,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("export", help="a run's checkpoint -> a file to ship (tokenizer, or world model from dynamics)")
-    p.add_argument("--checkpoint", required=True, help="a run's latest.safetensors (tokenizer or dynamics)")
+    p.add_argument("--checkpoint", required=True, help="a run's latest.safetensors (tokenizer, dynamics or inverse-dynamics)")
     p.add_argument("--tokenizer", default=None, help="for a dynamics run: its tokenizer (default: the one its data names)")
     p.add_argument("--memory-guidance", type=float, default=None,
                    help="for a dynamics run with memory: the world model's default guidance weight (default: the run's)")

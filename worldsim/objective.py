@@ -21,7 +21,7 @@ from worldsim.sampler import noisy_context, sample_next
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
                            end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
-                           sampled_context_share: float = 0.0):
+                           sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -34,6 +34,8 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     prediction that action guidance steers away from. `sampled_context_share` of the
     windows have every frame before the last at the sampler's context level (ctx_noise):
     the last frame is then learnt as the dream predicts it, from a context it can read.
+    `action_weights` (A,), discrete actions: each frame's denoising error weighs as much as
+    the action that led into it (the first frame's weighs 1).
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -49,12 +51,14 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
     pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
-    denoise = F.mse_loss(pred.float(), z.float())
-    last = F.mse_loss(pred[:, -1].float(), z[:, -1].float())
+    per_frame = (pred.float() - z.float()).pow(2).flatten(2).mean(2)  # (B, T)
+    if action_weights is not None:
+        per_frame = per_frame * torch.cat([torch.ones_like(per_frame[:, :1]), action_weights[actions.long()]], 1)
+    denoise, last = per_frame.mean(), per_frame[:, -1].mean()
     if memory is not None:
         denoise = denoise + last
     if text is not None and t > 1:  # the first frame has only the text to go on: a world's start from a prompt
-        denoise = denoise + F.mse_loss(pred[:, 0].float(), z[:, 0].float())
+        denoise = denoise + per_frame[:, 0].mean()
     if t == 1:  # a single frame (a world's start from its caption): no step for the heads to learn
         return denoise, {"loss": denoise.item(), "denoise_mse": denoise.item(), "last_mse": last.item()}
     # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.

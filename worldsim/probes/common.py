@@ -62,6 +62,7 @@ class ProbeSetup:
     drift_episodes: int = 4
     drift_steps: int = 1000
     progress: bool = True  # print each score as it comes
+    judge: object = None  # an InverseDynamics for the control probe's second reading (worldsim/inverse_dynamics.py)
 
 
 @dataclass(frozen=True)

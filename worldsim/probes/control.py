@@ -1,6 +1,12 @@
 """Action control: at each step the real env renders what every action would have shown
 from the real state; the dream agrees when its frame is nearest the render of the action
-it was given.
+it was given. After the first step that also counts drift: a dream that showed a strafe
+as a turn faces elsewhere from then on, and its later steps are compared with renders
+from a state it is no longer in.
+
+A second reading, with an inverse dynamics model (worldsim/inverse_dynamics.py) as the
+judge: the dream shows the action when the judge reads it from the pair (the dream's
+previous frame, its frame), the step as the dream itself took it.
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ def control_scenarios(env, count: int, context: int, horizon: int = 8, seed: int
     return out
 
 
-def score_control(scenarios, predictions, names) -> dict:
+def score_control(scenarios, predictions, names, judge=None) -> dict:
     """Agreement: the predicted frame is nearest the real render of the given action (ties
-    between actions with the same render count as agreement). Also a confusion matrix."""
+    between actions with the same render count as agreement). Also a confusion matrix.
+    With `judge` (an InverseDynamics), also `shown`: the share of steps whose pair (the
+    previous frame, the last context frame for the first, and the predicted one) it reads
+    as the given action, by step and as a confusion matrix."""
     n = len(names)
     confusion = np.zeros((n, n), int)
     hits = []  # (steps dreamed, agreed)
@@ -39,13 +48,37 @@ def score_control(scenarios, predictions, names) -> dict:
     steps, agreed = np.array(hits, float).T
     # The first step starts from the real state; later ones from the dream's own, so
     # they measure control and drift together.
-    return {"agreement": float(agreed.mean()), "steps": len(hits), "chance": 1.0 / n,
-            "agreement_by_step": [float(agreed[steps == t].mean()) for t in range(int(steps.max()) + 1)],
-            "confusion": confusion.tolist(), "action_names": list(names)}
+    out = {"agreement": float(agreed.mean()), "steps": len(hits), "chance": 1.0 / n,
+           "agreement_by_step": [float(agreed[steps == t].mean()) for t in range(int(steps.max()) + 1)],
+           "confusion": confusion.tolist(), "action_names": list(names)}
+    if judge is not None:
+        out.update(judged_control(scenarios, predictions, judge, n))
+    return out
+
+
+def judged_control(scenarios, predictions, judge, n: int) -> dict:
+    """How often `judge` reads each predicted step as the action given (see score_control)."""
+    import torch
+
+    before, after, given, steps = [], [], [], []
+    for s, p in zip(scenarios, predictions):
+        horizon = len(s.meta["candidates"])
+        before.append(np.concatenate([s.frames[s.context - 1:s.context], p[:horizon - 1]]))
+        after.append(p[:horizon])
+        given.append(s.actions[s.context - 1:s.context - 1 + horizon])
+        steps.append(np.arange(horizon))
+    given, steps = np.concatenate(given).astype(int), np.concatenate(steps)
+    judged = judge.predict(torch.from_numpy(np.concatenate(before)), torch.from_numpy(np.concatenate(after))).numpy()
+    confusion = np.zeros((n, n), int)
+    np.add.at(confusion, (given, judged), 1)
+    shown = judged == given
+    return {"shown": float(shown.mean()), "shown_by_step": [float(shown[steps == t].mean()) for t in range(steps.max() + 1)],
+            "shown_confusion": confusion.tolist()}
 
 
 def control_headline(score: dict) -> str:
-    return f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
+    line = f"action agreement {score['agreement']:.2f} over {score['steps']} steps (chance {score['chance']:.2f})"
+    return line + (f"; shown by its own step {score['shown']:.2f} (judge)" if "shown" in score else "")
 
 
 def confusion_plot(cases, views: dict, control: dict, path):
@@ -71,6 +104,6 @@ def confusion_plot(cases, views: dict, control: dict, path):
 
 
 PROBE = Probe("control", lambda setup: control_scenarios(setup.rooms, setup.count, setup.context, seed=setup.seed),
-              lambda cases, predictions, reference, setup: score_control(cases, predictions, setup.names),
+              lambda cases, predictions, reference, setup: score_control(cases, predictions, setup.names, setup.judge),
               control_headline, rooms_only=True, figure=confusion_plot,
               figure_file="control_confusion.png")

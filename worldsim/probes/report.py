@@ -25,12 +25,14 @@ from envs import GRID_MOVES
 from worldsim.dataset import atomic_write_bytes
 from worldsim.dream_env import load_world_model
 from worldsim.dream_video import side_by_side, write_video
+from worldsim.inverse_dynamics import load_inverse_dynamics
 from worldsim.probes import PROBES
 from worldsim.probes.common import ROOMS_ID, ProbeSetup, copy_last, dream, make_rooms, maps_of, tokenizer_ceiling
 from worldsim.probes.revisit import GOAL_DB
 from worldsim.world_model import RERENDER_MEMORY_GUIDANCE
 
 ROOMS_ONLY = tuple(name for name, probe in PROBES.items() if probe.rooms_only)
+SHIPPED_JUDGES = {ROOMS_ID: Path(__file__).parents[1] / "checkpoints" / "rooms_inverse_dynamics.safetensors"}
 
 
 def default_probes(env_id: str, action_names) -> list[str]:
@@ -55,6 +57,7 @@ class ProbeConfig:
     memory_guidance: float | None = None  # memory guidance weight w, 0 for none (default: the model's)
     rerender: bool = False  # also score the dream with memory re-rendered from new poses (`dream_rerender`; a model with a depth network)
     seed: int = 0  # scripts and sampling noise; each seed scripts episodes no other seed does
+    inverse_dynamics: str | None = None  # the judge of the control probe's second reading (`worldsim train inverse-dynamics`); default on Rooms: the shipped one, "none" for no judge
 
 
 def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
@@ -87,10 +90,16 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
 
+    judge_path = None
+    if "control" in probes and cfg.inverse_dynamics != "none":
+        shipped = SHIPPED_JUDGES.get(env_id)
+        judge_path = cfg.inverse_dynamics or (shipped if shipped is not None and shipped.exists() else None)
+    judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
     real_kwargs = {**(model.info.get("env_kwargs") or {}), **cfg.env_kwargs}
     rooms = make_rooms(real_kwargs, collectible=False) if env_id == ROOMS_ID else None
     setup = ProbeSetup(env_id, real_kwargs, rooms, names, cfg.count, context, cfg.seed,
-                       [context // 2, context, 2 * context, 4 * context], cfg.drift_episodes, cfg.drift_steps, progress)
+                       [context // 2, context, 2 * context, 4 * context], cfg.drift_episodes, cfg.drift_steps, progress,
+                       judge)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(cfg.checkpoint or "shipped Rooms model"), "env_id": env_id, "env_kwargs": real_kwargs,
@@ -99,7 +108,8 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
               "sample_steps": cfg.sample_steps or model.dynamics.cfg.sample_steps,
               "memory_guidance": None if not model.has_memory else
               model.dynamics.cfg.memory_guidance if cfg.memory_guidance is None else cfg.memory_guidance,
-              "action_guidance": model.dynamics.cfg.action_guidance}
+              "action_guidance": model.dynamics.cfg.action_guidance,
+              "inverse_dynamics": None if judge_path is None else str(judge_path)}
     if cfg.rerender:  # re-rendering runs without memory guidance unless given (DreamCore)
         report["rerender_memory_guidance"] = (RERENDER_MEMORY_GUIDANCE if cfg.memory_guidance is None
                                               else cfg.memory_guidance)

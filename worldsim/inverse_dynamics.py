@@ -1,0 +1,76 @@
+"""Which action led from one frame to the next: a small convolutional network on the pair
+of frames (the inverse dynamics model of VPT, here a judge rather than a labeller).
+
+It reads pixels, so it judges any world model of its env, whatever the tokenizer. The
+action-control probe uses it to ask whether each dreamed step shows the action it was
+given, seen from the dream's own previous frame; the probe's other figure compares the
+dream with the real env's renders of every action from the real state, so it also
+counts every step on which the dream has drifted off the real track.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, prefixed, save_checkpoint, with_prefix
+
+
+@dataclass
+class InverseDynamicsConfig:
+    n_actions: int  # a discrete action space's size
+    width: int = 32  # channels after the first halving; doubled at the next two
+
+
+class InverseDynamics(nn.Module):
+    def __init__(self, cfg: InverseDynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.width
+        layers, cin = [], 9  # the frame before, the frame after, and their difference
+        for cout in (c, 2 * c, 4 * c, 4 * c):  # each halves the frame
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.GroupNorm(8, cout), nn.GELU()]
+            cin = cout
+        # A 2x2 grid keeps where things moved (a turn shifts the whole view, a strafe the near walls more).
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * cin, cfg.n_actions))
+
+    def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """before, after (B, H, W, 3) uint8 frames -> action logits (B, n_actions)."""
+        a, b = (f.permute(0, 3, 1, 2).float() / 127.5 - 1 for f in (before, after))
+        return self.net(torch.cat([a, b, b - a], 1))
+
+    @torch.no_grad()
+    def predict(self, before, after, batch: int = 512) -> torch.Tensor:
+        """The most likely action for each pair (B,), in batches."""
+        return torch.cat([self(before[i:i + batch], after[i:i + batch]).argmax(1) for i in range(0, len(before), batch)])
+
+    def loss(self, before, after, actions) -> tuple[torch.Tensor, dict]:
+        logits = self(before, after)
+        loss = F.cross_entropy(logits, actions.long())
+        return loss, {"loss": loss.item(), "accuracy": (logits.argmax(1) == actions).float().mean().item()}
+
+
+def load_inverse_dynamics(path, env_id: str | None) -> InverseDynamics:
+    """A `worldsim train inverse-dynamics` run or the file it exports, checked to be for `env_id`."""
+    tensors, config = load_checkpoint(path)
+    if config.get("kind") != "inverse_dynamics":
+        raise CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint; expected an inverse dynamics model "
+                              "(`worldsim train inverse-dynamics`)")
+    trained_on = config["dataset"].get("env_id")
+    if env_id is not None and trained_on != env_id:
+        raise CheckpointError(f"{path} judges actions in {trained_on}; the world model is of {env_id}")
+    model = InverseDynamics(InverseDynamicsConfig(**config["inverse_dynamics"]))
+    model.load_state_dict({k: v.float() for k, v in with_prefix(tensors, MODEL).items()})
+    return model.eval()
+
+
+def export_inverse_dynamics(run_checkpoint, out) -> dict:
+    """A training run's checkpoint -> the file to ship: fp16 weights and the config, no optimizer."""
+    _, config = load_checkpoint(run_checkpoint)
+    model = load_inverse_dynamics(run_checkpoint, None)
+    save_checkpoint(out, prefixed({k: v.half() for k, v in model.state_dict().items()}, MODEL),
+                    {k: config[k] for k in ("kind", "inverse_dynamics", "train", "dataset", "step") if k in config})
+    return {"out": str(out), "step": config.get("step"), "parameters": sum(p.numel() for p in model.parameters())}
