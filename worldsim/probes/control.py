@@ -82,22 +82,27 @@ def control_headline(score: dict) -> str:
 
 
 def confusion_plot(cases, views: dict, control: dict, path):
-    """Given action against the action whose real render the dream's frame is nearest."""
+    """Given action against the action whose real render the dream's frame is nearest; with
+    a judge, a second row: given action against the action the judge reads from the step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     dreams = [n for n in ("dream_memory_on", "dream_memory_off") if n in control]
-    fig, axes = plt.subplots(1, len(dreams), figsize=(5.5 * len(dreams), 5), squeeze=False)
-    for ax, name in zip(axes[0], dreams):
-        m = np.array(control[name]["confusion"], float)
-        labels = control[name]["action_names"]
-        ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Greens", vmin=0, vmax=1)
-        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_xlabel("action whose real render is nearest the dream")
-        ax.set_ylabel("action given")
-        ax.set_title(f"{name}: agreement {control[name]['agreement']:.2f}")
+    readings = [("confusion", "agreement", "action whose real render is nearest the dream")]
+    if "shown_confusion" in control[dreams[0]]:
+        readings.append(("shown_confusion", "shown", "action the judge reads from the dream's step"))
+    fig, axes = plt.subplots(len(readings), len(dreams), figsize=(5.5 * len(dreams), 5 * len(readings)), squeeze=False)
+    for row, (key, figure, xlabel) in zip(axes, readings):
+        for ax, name in zip(row, dreams):
+            m = np.array(control[name][key], float)
+            labels = control[name]["action_names"]
+            ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Greens", vmin=0, vmax=1)
+            ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("action given")
+            ax.set_title(f"{name}: {figure} {control[name][figure]:.2f}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
