@@ -117,6 +117,13 @@ def test_action_balance_weighs_each_frames_error_by_the_action_that_led_into_it(
     expected = torch.cat([per_frame[:, :1], per_frame[:, 1:] * weights[acts]], 1).mean()
     assert weighted["denoise_mse"] == pytest.approx(expected.item(), rel=1e-5)
     assert weighted["last_mse"] == pytest.approx((per_frame[:, -1] * weights[acts[:, -1]]).mean().item(), rel=1e-5)
+    footage = torch.zeros(3, dtype=torch.bool)  # windows with no action given keep weight 1
+    torch.manual_seed(1)
+    _, unweighted = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), has_action=footage)
+    torch.manual_seed(1)
+    _, footage_weighted = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), has_action=footage,
+                                                 action_weights=weights)
+    assert footage_weighted["denoise_mse"] == pytest.approx(unweighted["denoise_mse"], rel=1e-6)
 
 
 def test_action_weights_give_every_action_the_same_total_weight(rooms_dataset):

@@ -35,7 +35,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     windows have every frame before the last at the sampler's context level (ctx_noise):
     the last frame is then learnt as the dream predicts it, from a context it can read.
     `action_weights` (A,), discrete actions: each frame's denoising error weighs as much as
-    the action that led into it (the first frame's weighs 1).
+    the action that led into it (the first frame's, and action-free windows', weigh 1).
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -52,8 +52,11 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
     pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
     per_frame = (pred.float() - z.float()).pow(2).flatten(2).mean(2)  # (B, T)
-    if action_weights is not None:
-        per_frame = per_frame * torch.cat([torch.ones_like(per_frame[:, :1]), action_weights[actions.long()]], 1)
+    if action_weights is not None:  # footage windows (no action given) keep weight 1
+        weights = action_weights[actions.long()]
+        if has_action is not None:
+            weights = torch.where(has_action[:, None], weights, torch.ones_like(weights))
+        per_frame = per_frame * torch.cat([torch.ones_like(per_frame[:, :1]), weights], 1)
     denoise, last = per_frame.mean(), per_frame[:, -1].mean()
     if memory is not None:
         denoise = denoise + last

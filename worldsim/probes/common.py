@@ -17,6 +17,7 @@ import torch
 from agents.policies import ExplorePolicy
 from envs.rooms import ACTIONS, RoomsEnv
 from worldsim.dataset import PROBE_SEEDS_START
+from worldsim.inverse_dynamics import InverseDynamics
 
 ROOMS_ID = "worldsim/Rooms-v0"
 SEEDS_PER_PROBE_SEED = 100_000  # env seeds a probe seed owns: seeds k and k+1 script disjoint episodes
@@ -62,7 +63,7 @@ class ProbeSetup:
     drift_episodes: int = 4
     drift_steps: int = 1000
     progress: bool = True  # print each score as it comes
-    judge: object = None  # an InverseDynamics for the control probe's second reading (worldsim/inverse_dynamics.py)
+    judge: InverseDynamics | None = None  # the control probe's second reading (worldsim/inverse_dynamics.py)
 
 
 @dataclass(frozen=True)

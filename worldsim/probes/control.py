@@ -12,6 +12,7 @@ previous frame, its frame), the step as the dream itself took it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from worldsim.probes.common import Probe, Scenario, context_walk, first_env_seed, replay
 
@@ -58,8 +59,6 @@ def score_control(scenarios, predictions, names, judge=None) -> dict:
 
 def judged_control(scenarios, predictions, judge, n: int) -> dict:
     """How often `judge` reads each predicted step as the action given (see score_control)."""
-    import torch
-
     before, after, given, steps = [], [], [], []
     for s, p in zip(scenarios, predictions):
         horizon = len(s.meta["candidates"])
