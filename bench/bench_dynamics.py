@@ -5,7 +5,9 @@
 Replays windows of a split in the dream and scores them at each horizon beside
 copy-last-frame and the tokenizer ceiling (worldsim/replay.py); the reward and
 termination heads as detectors (precision and recall); training tokens/s and sampling
-frames/s on this machine. Writes JSON and a plot to bench/results/.
+frames/s on this machine. Where the env has a judge (an inverse dynamics model,
+worldsim/inverse_dynamics.py; shipped for Rooms), also how often each dreamed step shows
+its real action, read from the frame before it. Writes JSON and a plot to bench/results/.
 
 For a multi-map dataset (`--env-kwargs '{"world_seed": null}'`), the test split's maps
 are ones the model never saw; `--split train` scores its training maps.
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldsim.inverse_dynamics import load_inverse_dynamics, shipped_judge
 from worldsim.replay import heads_detection, plot_replay, replay_scores, uncertainty_vs_error
 from worldsim.objective import diffusion_forcing_loss
 from worldsim.sampler import prime, sample_next
@@ -76,16 +79,21 @@ def main():
     parser.add_argument("--rerender", action="store_true",
                         help="the replays' memory re-rendered from new poses (a model with a depth network); the "
                              "heads and speed figures stay the plain model's")
+    parser.add_argument("--inverse-dynamics", default=None,
+                        help="the judge that reads each dreamed step's action (default: the env's shipped one; none: no judge)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = WorldModel.load(args.checkpoint)
+    env_id = model.info.get("env_id")
+    judge_path = None if args.inverse_dynamics == "none" else args.inverse_dynamics or shipped_judge(env_id)
+    judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
     result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"), "rerender": args.rerender,
               "trained_on": {"env_kwargs": model.info.get("env_kwargs"), "steps": model.info.get("trained_steps")},
               **replay_scores(model, args.data, args.context, args.horizons, args.windows, args.split,
-                              args.sample_steps, rerender=args.rerender)}
+                              args.sample_steps, rerender=args.rerender, judge=judge)}
     result["dream_beats_copy_last_frame_at_every_horizon"] = all(v > 0 for v in result["dream_minus_copy_last_frame_db"].values())
     result["heads"] = heads_detection(model, args.data, args.split)
     if args.uncertainty:
@@ -103,6 +111,10 @@ def main():
         print(f"{h:>8} | {result['dream_psnr_db'][k]:>10.2f} {off:>10.2f} {result['copy_last_frame_psnr_db'][k]:>10.2f} "
               f"{result['tokenizer_ceiling_psnr_db'][k]:>10.2f} | {result['dream_ssim'][k]:>10.3f} "
               f"{result['copy_last_frame_ssim'][k]:>10.3f} {result['tokenizer_ceiling_ssim'][k]:>10.3f}")
+    for name in ("dream", "dream_memory_off", "copy_last_frame", "tokenizer_ceiling"):
+        if f"{name}_shown" in result:
+            print(f"{name}: its real action shown (judge), steps " +
+                  ", ".join(f"{k}: {v:.2f}" for k, v in result[f"{name}_shown"].items()))
     heads = result["heads"]
     for event in ("pickups", "ends"):
         d = heads[event]

@@ -88,3 +88,29 @@ def test_the_judge_sees_the_real_steps_and_not_a_still_frame(judge_run):
     assert truth["shown"] > still["shown"] + 0.2
     assert len(truth["shown_by_step"]) == 8 and np.array(truth["shown_confusion"]).sum() == truth["steps"]
     assert "shown by its own step" in P.PROBES["control"].headline(truth)
+
+
+def test_shown_judges_each_step_of_a_rollout_from_the_frame_before_it(judge_run):
+    from worldsim.dataset import episode_paths, read_episode
+
+    root, _ = judge_run
+    judge = load_inverse_dynamics(root / "run" / "latest.safetensors", "worldsim/Rooms-v0")
+    ep = read_episode(episode_paths(root / "data", "test")[0])
+    frames, actions = ep.frames[:21], ep.actions[:20].astype(int)
+    shown = judge.shown(frames[None, 0], frames[None, 1:], actions[None])
+    direct = judge.predict(torch.from_numpy(frames[:-1]), torch.from_numpy(frames[1:])).numpy() == actions
+    assert shown.shape == (1, 20) and (shown[0] == direct).all()
+
+
+def test_replays_report_the_judges_reading_between_horizons(judge_run, pipeline, rooms_dataset):
+    from worldsim.replay import replay_scores
+    from worldsim.world_model import WorldModel
+
+    root, _ = judge_run
+    judge = load_inverse_dynamics(root / "run" / "latest.safetensors", "worldsim/Rooms-v0")
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    result = replay_scores(model, str(rooms_dataset), context=4, horizons=(1, 4), count=2, judge=judge)
+    for name in ("dream", "copy_last_frame", "tokenizer_ceiling"):
+        assert set(result[f"{name}_shown"]) == {"1", "2-4"}
+        assert all(0 <= v <= 1 for v in result[f"{name}_shown"].values())
+    assert "dream_shown" not in replay_scores(model, str(rooms_dataset), context=4, horizons=(1,), count=1)

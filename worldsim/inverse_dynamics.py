@@ -11,12 +11,23 @@ counts every step on which the dream has drifted off the real track.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, prefixed, save_checkpoint, with_prefix
+
+
+SHIPPED = {"worldsim/Rooms-v0": Path(__file__).parent / "checkpoints" / "rooms_inverse_dynamics.safetensors"}
+
+
+def shipped_judge(env_id: str | None) -> Path | None:
+    """The judge shipped for `env_id`, if there is one."""
+    path = SHIPPED.get(env_id)
+    return path if path is not None and path.exists() else None
 
 
 @dataclass
@@ -46,6 +57,15 @@ class InverseDynamics(nn.Module):
     def predict(self, before, after, batch: int = 512) -> torch.Tensor:
         """The most likely action for each pair (B,), in batches."""
         return torch.cat([self(before[i:i + batch], after[i:i + batch]).argmax(1) for i in range(0, len(before), batch)])
+
+    def shown(self, last_context, frames, actions) -> np.ndarray:
+        """Whether each step of rollouts shows its action: frames (N, L, H, W, 3) uint8 that
+        followed last_context (N, H, W, 3) by actions (N, L) -> (N, L) bool, each step judged
+        from the frame before it."""
+        before = np.concatenate([last_context[:, None], frames[:, :-1]], 1)
+        judged = self.predict(torch.from_numpy(before.reshape(-1, *before.shape[2:])),
+                              torch.from_numpy(np.ascontiguousarray(frames).reshape(-1, *frames.shape[2:])))
+        return judged.numpy().reshape(actions.shape) == actions
 
     def loss(self, before, after, actions) -> tuple[torch.Tensor, dict]:
         logits = self(before, after)

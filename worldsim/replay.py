@@ -44,10 +44,13 @@ def dream_windows(model, frames: np.ndarray, actions: np.ndarray, context: int, 
 
 
 def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
-                  split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False) -> dict:
+                  split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False,
+                  judge=None) -> dict:
     """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory;
     `rerender`: memory re-rendered from new poses), copy-last-frame and the tokenizer
-    ceiling, on `count` windows of `split`."""
+    ceiling, on `count` windows of `split`. With `judge` (worldsim/inverse_dynamics.py),
+    also `<name>_shown`: the share of steps, between consecutive horizons, whose real
+    action the judge reads from the frame before and the frame."""
     length = max(horizons)
     ws = replay_windows(data, context, length, count, split)
     if not ws:
@@ -71,6 +74,13 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
     for name, pred in predictions.items():
         result[f"{name}_psnr_db"] = {str(h): psnr_pooled(real[:, h - 1], pred[:, h - 1]) for h in horizons}
         result[f"{name}_ssim"] = {str(h): float(ssim(real[:, h - 1], pred[:, h - 1]).mean()) for h in horizons}
+    if judge is not None:
+        acts = actions[:, c - 1:c - 1 + length].astype(int)
+        edges = [0, *sorted(horizons)]
+        for name, pred in predictions.items():
+            shown = judge.shown(frames[:, c - 1], pred, acts)
+            result[f"{name}_shown"] = {(f"{a + 1}-{b}" if b > a + 1 else str(b)): float(shown[:, a:b].mean())
+                                       for a, b in zip(edges, edges[1:])}
     result["dream_minus_copy_last_frame_db"] = {
         str(h): result["dream_psnr_db"][str(h)] - result["copy_last_frame_psnr_db"][str(h)] for h in horizons}
     return result

@@ -25,14 +25,13 @@ from envs import GRID_MOVES
 from worldsim.dataset import atomic_write_bytes
 from worldsim.dream_env import load_world_model
 from worldsim.dream_video import side_by_side, write_video
-from worldsim.inverse_dynamics import load_inverse_dynamics
+from worldsim.inverse_dynamics import load_inverse_dynamics, shipped_judge
 from worldsim.probes import PROBES
 from worldsim.probes.common import ROOMS_ID, ProbeSetup, copy_last, dream, make_rooms, maps_of, tokenizer_ceiling
 from worldsim.probes.revisit import GOAL_DB
 from worldsim.world_model import RERENDER_MEMORY_GUIDANCE
 
 ROOMS_ONLY = tuple(name for name, probe in PROBES.items() if probe.rooms_only)
-SHIPPED_JUDGES = {ROOMS_ID: Path(__file__).parents[1] / "checkpoints" / "rooms_inverse_dynamics.safetensors"}
 
 
 def default_probes(env_id: str, action_names) -> list[str]:
@@ -92,8 +91,7 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
 
     judge_path = None
     if "control" in probes and cfg.inverse_dynamics != "none":
-        shipped = SHIPPED_JUDGES.get(env_id)
-        judge_path = cfg.inverse_dynamics or (shipped if shipped is not None and shipped.exists() else None)
+        judge_path = cfg.inverse_dynamics or shipped_judge(env_id)
     judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
     real_kwargs = {**(model.info.get("env_kwargs") or {}), **cfg.env_kwargs}
     rooms = make_rooms(real_kwargs, collectible=False) if env_id == ROOMS_ID else None
