@@ -177,7 +177,7 @@ def export(cfg: RecipeConfig) -> Path:
     return where["model"]
 
 
-def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
+def recipe(cfg: RecipeConfig, progress: bool = True, prepare_only: bool = False) -> dict:
     from training.loop import pick_device
     from training.train_dynamics import train, training_windows
     from training.train_tokenizer import encode_dataset
@@ -211,6 +211,8 @@ def recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
         encode_dataset(str(where["tokenizer"]), str(frames), str(latents), progress=progress, device=cfg.train.device,
                        workers=cfg.train.loader_workers)
 
+    if prepare_only:  # the data alone, for runs of its own (training/gpu_ab.sh)
+        return {"frames": str(frames), "latents": str(latents)}
     meta = load_meta(latents)
     budget = cfg.minutes * 60
     chosen, timing = None, {}
@@ -257,6 +259,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fields(parser, RecipeConfig)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="collect and encode the data into --work, then stop (for runs of your own on it)")
     parser.add_argument("--salvage", action="store_true",
                         help="only export the run's last checkpoint (for a recipe stopped before it exported)")
     args = parser.parse_args(argv)
@@ -271,7 +275,7 @@ def main(argv=None):
         else:
             print(f"gpu_recipe: exported the last checkpoint to {export(cfg)}")
         return
-    recipe(cfg, progress=not args.quiet)
+    recipe(cfg, progress=not args.quiet, prepare_only=args.prepare_only)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ fresh.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -72,6 +73,9 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
     action_balance: float = 0.0  # (discrete actions) each frame's denoising error weighs frequency^-balance of the action that led into it in the training data, normalised to a mean of 1 over its frames: 1 gives every action the same total weight, so rare moves (strafes, steps back) are learnt as well as common ones; 0 weighs frames as the data has them
+    judge: str | None = None  # a judge of latents (`worldsim train inverse-dynamics` on a latent dataset of this tokenizer): its cross-entropy on each predicted frame beside the frame before (against --judge-target) joins the loss
+    judge_weight: float = 0.1  # with --judge: the weight of that cross-entropy beside the denoising error
+    judge_target: str = "action"  # with --judge: what each predicted frame should show: action (the action given) | real (what the judge reads from the real pair: a walk into a wall shows no move)
     text: bool = False  # condition each window on the caption of its start (Rooms ground truth; envs/rooms_captions.py)
     text_dropout: float = 0.1  # share of windows given the null text, for text guidance at sampling
     text_whiten: bool = False  # with --text: captions enter whitened by their statistics in the training data, so a caption's small words (an object's side) count as much as its room
@@ -589,6 +593,23 @@ def action_weights(paths, meta: dict, balance: float) -> torch.Tensor:
     return torch.tensor(weights / (freq * weights).sum(), dtype=torch.float32)
 
 
+def latent_judge(path, meta: dict):
+    """The frozen judge of latents `--judge` names, checked to read this dataset's latents."""
+    from worldsim.inverse_dynamics import load_inverse_dynamics
+
+    if meta.get("action_space", {}).get("type") != "Discrete":
+        raise ValueError(f"--judge reads discrete actions; {meta.get('env_id')} has a "
+                         f"{meta.get('action_space', {}).get('type')} action space")
+    judge = load_inverse_dynamics(path, meta.get("env_id"), latents=True)
+    _, config = load_checkpoint(path)
+    seen = config["dataset"]
+    if seen.get("latent_shape") != meta.get("latent_shape") or \
+            Path(seen.get("tokenizer", "")).name != Path(meta.get("tokenizer", "")).name:
+        raise ValueError(f"--judge {path} reads latents {seen.get('latent_shape')} of {seen.get('tokenizer')}; this "
+                         f"dataset holds {meta.get('latent_shape')} of {meta.get('tokenizer')}")
+    return judge.requires_grad_(False)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     probe = WindowDataset(cfg.data, split="train", context=1, horizon=0, field="latents")
     model = build(cfg, probe.meta)
@@ -609,10 +630,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     if cfg.teacher:
-        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance:
+        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge:
             raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "
-                             "--action-dropout (the teacher's action guidance is distilled in), --action-balance "
-                             "and --sampled-context-share (the student reads the sampler's context already)")
+                             "--action-dropout (the teacher's action guidance is distilled in), --action-balance, "
+                             "--judge and --sampled-context-share (the student reads the sampler's context already)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
         body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
         if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:
@@ -628,10 +649,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         weights = action_weights(probe.paths, meta, cfg.action_balance).to(device) if cfg.action_balance else None
         if weights is not None:
             config["action_weights"] = weights.tolist()
+        if cfg.judge_target not in ("action", "real"):
+            raise ValueError(f"--judge-target is action or real; got {cfg.judge_target!r}")
+        judge = latent_judge(cfg.judge, meta).to(device) if cfg.judge else None
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
                                                       end_weight=cfg.end_weight,
                                                       sampled_context_share=cfg.sampled_context_share,
-                                                      action_weights=weights)
+                                                      action_weights=weights, judge=judge,
+                                                      judge_weight=cfg.judge_weight, judge_target=cfg.judge_target)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=loss_of,

@@ -5,7 +5,8 @@ frames and the action between them, and score it on the test split.
     worldsim export --checkpoint RUN/latest.safetensors --out judge.safetensors
 
 DIR is a dataset of frames with discrete actions (`worldsim collect`); a random policy's
-data gives every action its share. At the end the run directory holds `scores.json`:
+data gives every action its share. A latent dataset (`worldsim encode`) trains a judge of
+latents, the one `worldsim train dynamics --judge` takes. At the end the run directory holds `scores.json`:
 accuracy on the test split's pairs, recall per action and the confusion matrix, beside
 always guessing the split's most common action. Some pairs no judge can tell apart (a
 step into a wall shows what NOOP shows), so its accuracy on real pairs is the ceiling
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from training.loop import RunConfig, pick_device, run
-from worldsim.dataset import DatasetError, WindowDataset
+from worldsim.dataset import DatasetError, WindowDataset, load_meta
 from worldsim.inverse_dynamics import InverseDynamics, InverseDynamicsConfig
 
 
@@ -36,11 +37,14 @@ class TrainConfig(RunConfig):  # data: a dataset of frames with discrete actions
 
 
 class FramePairs:
-    """Random (frame, next frame, action) triples of a split. The draw for a step depends
-    only on (seed, step), so a resumed run sees the same batches."""
+    """Random (frame, next frame, action) triples of a split, latent frames where the
+    dataset holds latents. The draw for a step depends only on (seed, step), so a resumed
+    run sees the same batches."""
 
     def __init__(self, root, split: str, seed: int):
-        self.windows = WindowDataset(root, split=split, context=2, horizon=0)
+        self.latent_shape = load_meta(root).get("latent_shape")
+        self.windows = WindowDataset(root, split=split, context=2, horizon=0,
+                                     field="latents" if self.latent_shape else "frames")
         space = self.windows.meta.get("action_space", {})
         if not self.windows.has_actions or space.get("type") != "Discrete":
             raise DatasetError(f"{root}: the inverse dynamics model learns discrete actions; this dataset has "
@@ -72,7 +76,10 @@ def score(model: InverseDynamics, before, after, actions, n_actions: int) -> dic
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     data = FramePairs(cfg.data, "train", cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = InverseDynamics(InverseDynamicsConfig(n_actions=data.n_actions, width=cfg.width))
+    shape = data.latent_shape or (3, *data.windows.meta["frame_shape"][:2])
+    halvings = max(int(np.log2(shape[1] // 4)), 1)  # down to a 4x4 grid, then pooled to 2x2
+    model = InverseDynamics(InverseDynamicsConfig(n_actions=data.n_actions, width=cfg.width, channels=shape[0],
+                                                  halvings=halvings, latents=bool(data.latent_shape)))
     config = {"kind": "inverse_dynamics", "inverse_dynamics": asdict(model.cfg), "train": asdict(cfg),
               "dataset": data.windows.meta}
     result = run(model, cfg, "inverse_dynamics", config,

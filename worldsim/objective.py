@@ -21,7 +21,8 @@ from worldsim.sampler import noisy_context, sample_next
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
                            end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
-                           sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None):
+                           sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
+                           judge=None, judge_weight: float = 0.0, judge_target: str = "action"):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -36,6 +37,13 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     the last frame is then learnt as the dream predicts it, from a context it can read.
     `action_weights` (A,), discrete actions: each frame's denoising error weighs as much as
     the action that led into it (the first frame's, and action-free windows', weigh 1).
+    `judge` (a frozen InverseDynamics of latents): each predicted x0 whose action was given
+    is read beside the clean frame before it, and the judge's cross-entropy adds
+    `judge_weight` times its mean: which action a frame shows becomes part of the
+    objective, where a squared error weighs a strafe drawn as a turn as little. Its target,
+    `judge_target`: "action", the action given; "real", the judge's reading of the real
+    pair (soft), so a step the real world did not show (a walk into a wall) is not drawn
+    as a move.
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -75,9 +83,26 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         labelled = has_action[:, None].float().expand(b, t - 1).flatten()
         labelled = labelled / labelled.sum().clamp(min=1)
         reward_loss, end_loss = (reward_loss * labelled).sum(), (end_loss * labelled).sum()
-    total = denoise + reward_loss + 0.1 * end_loss
+    judge_term, judged = 0.0, {}
+    if judge is not None:
+        before = z[:, :-1].flatten(0, 1)
+        logits = judge(before, pred[:, 1:].flatten(0, 1)).float()
+        given = has[:, 1:].flatten().float()  # not hidden by action dropout, not footage
+        if judge_target == "real":
+            with torch.no_grad():
+                target = judge(before, z[:, 1:].flatten(0, 1)).float().softmax(1)
+        elif judge_target == "action":
+            target = actions.flatten().long()
+        else:
+            raise ValueError(f"judge_target is 'action' or 'real'; got {judge_target!r}")
+        ce = F.cross_entropy(logits, target, reduction="none")
+        judge_ce = (ce * given).sum() / given.sum().clamp(min=1)
+        judge_term = judge_weight * judge_ce
+        shown = ((logits.argmax(1) == actions.flatten()).float() * given).sum() / given.sum().clamp(min=1)
+        judged = {"judge_ce": judge_ce.item(), "judge_shown": shown.item()}
+    total = denoise + reward_loss + 0.1 * end_loss + judge_term
     return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
-                   "end_bce": end_loss.item(), "last_mse": last.item()}
+                   "end_bce": end_loss.item(), "last_mse": last.item(), **judged}
 
 
 def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):

@@ -78,7 +78,7 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
         acts = actions[:, c - 1:c - 1 + length].astype(int)
         edges = [0, *sorted(horizons)]
         for name, pred in predictions.items():
-            shown = judge.shown(frames[:, c - 1], pred, acts)
+            shown = judge.read_steps(frames[:, c - 1], pred) == acts
             result[f"{name}_shown"] = {(f"{a + 1}-{b}" if b > a + 1 else str(b)): float(shown[:, a:b].mean())
                                        for a, b in zip(edges, edges[1:])}
     result["dream_minus_copy_last_frame_db"] = {

@@ -12,7 +12,6 @@ previous frame, its frame), the step as the dream itself took it.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from worldsim.probes.common import Probe, Scenario, context_walk, first_env_seed, replay
 
@@ -59,19 +58,16 @@ def score_control(scenarios, predictions, names, judge=None) -> dict:
 
 def judged_control(scenarios, predictions, judge, n: int) -> dict:
     """How often `judge` reads each predicted step as the action given (see score_control)."""
-    before, after, given, steps = [], [], [], []
+    given, judged = [], []
     for s, p in zip(scenarios, predictions):
         horizon = len(s.meta["candidates"])
-        before.append(np.concatenate([s.frames[s.context - 1:s.context], p[:horizon - 1]]))
-        after.append(p[:horizon])
-        given.append(s.actions[s.context - 1:s.context - 1 + horizon])
-        steps.append(np.arange(horizon))
-    given, steps = np.concatenate(given).astype(int), np.concatenate(steps)
-    judged = judge.predict(torch.from_numpy(np.concatenate(before)), torch.from_numpy(np.concatenate(after))).numpy()
+        judged.append(judge.read_steps(s.frames[None, s.context - 1], p[None, :horizon])[0])
+        given.append(s.actions[s.context - 1:s.context - 1 + horizon].astype(int))
     confusion = np.zeros((n, n), int)
-    np.add.at(confusion, (given, judged), 1)
-    shown = judged == given
-    return {"shown": float(shown.mean()), "shown_by_step": [float(shown[steps == t].mean()) for t in range(steps.max() + 1)],
+    np.add.at(confusion, (np.concatenate(given), np.concatenate(judged)), 1)
+    shown = [g == j for g, j in zip(given, judged)]
+    by_step = [[x[t] for x in shown if t < len(x)] for t in range(max(len(x) for x in shown))]
+    return {"shown": float(np.concatenate(shown).mean()), "shown_by_step": [float(np.mean(x)) for x in by_step],
             "shown_confusion": confusion.tolist()}
 
 

@@ -56,6 +56,7 @@ class ProbeConfig:
     memory_guidance: float | None = None  # memory guidance weight w, 0 for none (default: the model's)
     rerender: bool = False  # also score the dream with memory re-rendered from new poses (`dream_rerender`; a model with a depth network)
     seed: int = 0  # scripts and sampling noise; each seed scripts episodes no other seed does
+    device: str = "cpu"  # where the world model dreams: cpu or cuda (the real env and the judge stay on the CPU)
     inverse_dynamics: str | None = None  # the judge of the control probe's second reading (`worldsim train inverse-dynamics`); default on Rooms: the shipped one, "none" for no judge
 
 
@@ -64,7 +65,7 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     baselines. `cfg.env_kwargs` go to the real env over the model's own, e.g.
     {"world_seed": None}: a new map per script, drawn from the script's env seed (so from
     the probe seed), maps the model never saw. The report records the maps run on."""
-    model = load_world_model(cfg.checkpoint, cfg.env)
+    model = load_world_model(cfg.checkpoint, cfg.env, device=cfg.device)
     env_id = cfg.env or model.info.get("env_id")
     names = list(model.info.get("action_meanings") or [])
     if not names and model.info["action_space"]["type"] == "Discrete":
