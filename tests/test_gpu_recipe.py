@@ -99,3 +99,34 @@ def test_gpu_recipe_refuses_a_work_folder_made_with_other_options(tmp_path):
     (tmp_path / "work" / "rooms").mkdir()
     with pytest.raises(ValueError, match="no record"):  # data from before records were kept
         check_work(first)
+
+
+def test_gpu_ab_trains_two_runs_on_one_collect_and_scores_both(tmp_path):
+    """training/gpu_ab.sh, tiny on CPU: both runs read the same collect, only B gets B's
+    options, and the figures come back in one archive beside the two models."""
+    import os
+    import subprocess
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DEV": "cpu", "COLLECT": "2400", "STEPS": "3", "TRAIN_S": "600", "SEEDS": "0", "COUNT": "4",
+           "WINDOWS": "2", "WORK": str(tmp_path / "work"), "PREPARE": "--collectors 2 --num-envs 2 --loader-workers 2",
+           "COMMON": "--config tiny --patch 4 --memory 4 --batch-size 2 --action-dropout 0.15"}
+    judge = "worldsim/checkpoints/rooms_latent_judge.safetensors"
+    proc = subprocess.run(["bash", "training/gpu_ab.sh", str(tmp_path / "out"), "", f"--judge {judge} --judge-target real"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "== A: 3 steps" in proc.stdout and "== B: 3 steps" in proc.stdout
+    with tarfile.open(tmp_path / "out" / "figures.tgz") as tar:
+        tar.extractall(tmp_path / "figures", filter="data")
+    figures = tmp_path / "figures"
+    header = {arm: (figures / arm / "metrics.csv").read_text().splitlines()[0] for arm in "AB"}
+    assert "judge_ce" in header["B"] and "judge_ce" not in header["A"]
+    for arm in "AB":
+        report = json.loads((figures / arm / "control_seed0.json").read_text())
+        assert report["probes"]["control"]["dream_memory_on"]["steps"] == 4 * 8
+        assert json.loads((figures / arm / "replays.json").read_text())["windows"] == 2
+        assert gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "out" / arm / "rooms.safetensors")).unwrapped.model
+    data = json.loads((tmp_path / "work" / "rooms_recipe.json").read_text())
+    assert data["collect_steps"] == 2400  # one collect, made by the recipe's --prepare-only

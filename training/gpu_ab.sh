@@ -9,7 +9,8 @@
 #
 # Environment: COMMON (the options both runs share; default: continue the campaign's S in
 # 2x2 patches), STEPS (1200), TRAIN_S (training time limit, 300), COLLECT (200000 steps),
-# SEEDS (control-probe seeds, "0 5"), WINDOWS (replay windows, 32), DEV (cuda). Carry .whl
+# SEEDS (control-probe seeds, "0 5"), COUNT (scripts per seed, 48), WINDOWS (replay windows,
+# 32), DEV (cuda), PREPARE (more gpu_recipe options for the collect). Carry .whl
 # (gymnasium) as for training/gpu_chunk.sh. OUT gets A/ and B/: the model, metrics.csv,
 # the probe reports and the replay figures.
 set -u
@@ -20,12 +21,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=$PWD:/tmp/site
 fi
 DEV=${DEV:-cuda}; STEPS=${STEPS:-1200}; TRAIN_S=${TRAIN_S:-300}; COLLECT=${COLLECT:-200000}; SEEDS=${SEEDS:-0 5}
-WINDOWS=${WINDOWS:-32}; work=${WORK:-/tmp/worldsim_ab}
+WINDOWS=${WINDOWS:-32}; COUNT=${COUNT:-48}; work=${WORK:-/tmp/worldsim_ab}
 COMMON=${COMMON:---config S --patch 2 --memory 4 --init worldsim/checkpoints/campaign/rooms_S_p2.safetensors --memory-match 0.2 --action-dropout 0.15 --batch-size 64 --lr 3e-4 --seed 112}
 mkdir -p "$out/A" "$out/B"
 t0=$(date +%s); say() { echo "[ab $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/log.txt"; }
 python3 -m training.gpu_recipe --out "$out" --work "$work" --collect-steps "$COLLECT" --seed 112 --device "$DEV" \
-    --prepare-only --quiet >> "$out/log.txt" 2>&1 || { say "collect failed"; tail -20 "$out/log.txt"; exit 4; }
+    ${PREPARE:-} --prepare-only --quiet >> "$out/log.txt" 2>&1 || { say "collect failed"; tail -20 "$out/log.txt"; exit 4; }
 say "collected and encoded $COLLECT steps"
 for arm in A B; do
     opts=$a; [ $arm = B ] && opts=$b
@@ -41,7 +42,7 @@ for arm in A B; do
         --tokenizer worldsim/checkpoints/rooms_tokenizer.safetensors --out "$out/$arm/rooms.safetensors" >> "$out/log.txt" 2>&1
     for s in $SEEDS; do
         OMP_NUM_THREADS=2 python3 -m worldsim.cli probe --checkpoint "$out/$arm/rooms.safetensors" --probes control \
-            --count 48 --seed "$s" --env-kwargs '{"world_seed": null}' --device "$DEV" --out "$work/probe_${arm}_$s" \
+            --count "$COUNT" --seed "$s" --env-kwargs '{"world_seed": null}' --device "$DEV" --out "$work/probe_${arm}_$s" \
             > "$out/$arm/probe_$s.log" 2>&1 &
     done
     OMP_NUM_THREADS=2 python3 bench/bench_dynamics.py --checkpoint "$out/$arm/rooms.safetensors" --data "$work/rooms" \
