@@ -28,8 +28,8 @@ fresh.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -6,9 +6,9 @@ frames and the action between them, and score it on the test split.
 
 DIR is a dataset of frames with discrete actions (`worldsim collect`); a random policy's
 data gives every action its share. A latent dataset (`worldsim encode`) trains a judge of
-latents, the one `worldsim train dynamics --judge` takes. At the end the run directory holds `scores.json`:
-accuracy on the test split's pairs, recall per action and the confusion matrix, beside
-always guessing the split's most common action. Some pairs no judge can tell apart (a
+latents, the one `worldsim train dynamics --judge` takes. At the end the run directory
+holds `scores.json`: accuracy on the test split's pairs, recall per action and the
+confusion matrix, beside always guessing the split's most common action. Some pairs no judge can tell apart (a
 step into a wall shows what NOOP shows), so its accuracy on real pairs is the ceiling
 that a dream's score under it is read against.
 """
