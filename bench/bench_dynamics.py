@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldsim.inverse_dynamics import load_inverse_dynamics, shipped_judge
+from worldsim.inverse_dynamics import find_judge, load_inverse_dynamics
 from worldsim.replay import heads_detection, plot_replay, replay_scores, uncertainty_vs_error
 from worldsim.objective import diffusion_forcing_loss
 from worldsim.sampler import prime, sample_next
@@ -89,7 +89,7 @@ def main():
     torch.set_num_threads(2)
     model = WorldModel.load(args.checkpoint, device=args.device)
     env_id = model.info.get("env_id")
-    judge_path = None if args.inverse_dynamics == "none" else args.inverse_dynamics or shipped_judge(env_id)
+    judge_path = find_judge(args.inverse_dynamics, env_id)
     judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
     result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"), "rerender": args.rerender,
               "trained_on": {"env_kwargs": model.info.get("env_kwargs"), "steps": model.info.get("trained_steps")},

@@ -649,8 +649,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         weights = action_weights(probe.paths, meta, cfg.action_balance).to(device) if cfg.action_balance else None
         if weights is not None:
             config["action_weights"] = weights.tolist()
-        if cfg.judge_target not in ("action", "real"):
-            raise ValueError(f"--judge-target is action or real; got {cfg.judge_target!r}")
         judge = latent_judge(cfg.judge, meta).to(device) if cfg.judge else None
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
                                                       end_weight=cfg.end_weight,

@@ -30,8 +30,13 @@ from worldsim.checkpoint import MODEL, CheckpointError, load_checkpoint, prefixe
 SHIPPED = {"worldsim/Rooms-v0": Path(__file__).parent / "checkpoints" / "rooms_inverse_dynamics.safetensors"}
 
 
-def shipped_judge(env_id: str | None) -> Path | None:
-    """The judge shipped for `env_id`, if there is one."""
+def find_judge(choice: str | None, env_id: str | None) -> Path | None:
+    """The judge an `--inverse-dynamics` choice names: a path; "none", no judge; None, the
+    one shipped for `env_id` if there is one."""
+    if choice == "none":
+        return None
+    if choice:
+        return Path(choice)
     path = SHIPPED.get(env_id)
     return path if path is not None and path.exists() else None
 

@@ -94,7 +94,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         elif judge_target == "action":
             target = actions.flatten().long()
         else:
-            raise ValueError(f"judge_target is 'action' or 'real'; got {judge_target!r}")
+            raise ValueError(f"--judge-target is action or real; got {judge_target!r}")
         ce = F.cross_entropy(logits, target, reduction="none")
         judge_ce = (ce * given).sum() / given.sum().clamp(min=1)
         judge_term = judge_weight * judge_ce

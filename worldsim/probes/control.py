@@ -63,11 +63,12 @@ def judged_control(scenarios, predictions, judge, n: int) -> dict:
         horizon = len(s.meta["candidates"])
         judged.append(judge.read_steps(s.frames[None, s.context - 1], p[None, :horizon])[0])
         given.append(s.actions[s.context - 1:s.context - 1 + horizon].astype(int))
+    steps = np.concatenate([np.arange(len(g)) for g in given])
+    given, judged = np.concatenate(given), np.concatenate(judged)
     confusion = np.zeros((n, n), int)
-    np.add.at(confusion, (np.concatenate(given), np.concatenate(judged)), 1)
-    shown = [g == j for g, j in zip(given, judged)]
-    by_step = [[x[t] for x in shown if t < len(x)] for t in range(max(len(x) for x in shown))]
-    return {"shown": float(np.concatenate(shown).mean()), "shown_by_step": [float(np.mean(x)) for x in by_step],
+    np.add.at(confusion, (given, judged), 1)
+    shown = judged == given
+    return {"shown": float(shown.mean()), "shown_by_step": [float(shown[steps == t].mean()) for t in range(steps.max() + 1)],
             "shown_confusion": confusion.tolist()}
 
 

@@ -25,7 +25,7 @@ from envs import GRID_MOVES
 from worldsim.dataset import atomic_write_bytes
 from worldsim.dream_env import load_world_model
 from worldsim.dream_video import side_by_side, write_video
-from worldsim.inverse_dynamics import load_inverse_dynamics, shipped_judge
+from worldsim.inverse_dynamics import find_judge, load_inverse_dynamics
 from worldsim.probes import PROBES
 from worldsim.probes.common import ROOMS_ID, ProbeSetup, copy_last, dream, make_rooms, maps_of, tokenizer_ceiling
 from worldsim.probes.revisit import GOAL_DB
@@ -90,9 +90,7 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
     predictors["copy_last"] = copy_last
     predictors["tokenizer_ceiling"] = tokenizer_ceiling(model)
 
-    judge_path = None
-    if "control" in probes and cfg.inverse_dynamics != "none":
-        judge_path = cfg.inverse_dynamics or shipped_judge(env_id)
+    judge_path = find_judge(cfg.inverse_dynamics, env_id) if "control" in probes else None
     judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
     real_kwargs = {**(model.info.get("env_kwargs") or {}), **cfg.env_kwargs}
     rooms = make_rooms(real_kwargs, collectible=False) if env_id == ROOMS_ID else None
