@@ -123,7 +123,9 @@ def main():
         print(f"{event} head as a detector: {d['events']} real, {d['predicted']} predicted, "
               f"precision {d['precision']}, recall {d['recall']}"
               + (f"; {d['expected']:.1f} expected (sum of probabilities), R-precision {d['r_precision']}"
-                 if "expected" in d else ""))
+                 if "expected" in d else "")
+              + (f"; of the {d['in_view_before']} whose object was in view the frame before, recall "
+                 f"{d['recall_in_view_before']}" if "in_view_before" in d else ""))
     if args.uncertainty:
         u = result["uncertainty"]
         print(f"uncertainty (sample disagreement) against error, {u['windows']} windows x {u['steps']} steps: "

@@ -564,3 +564,35 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     with pytest.raises(CheckpointError, match="do not fit this model's config"):  # the teacher's weights, another size
         train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other3"), config="XS", memory=2, steps=1,
                           teacher=str(world)), progress=False)
+
+
+def test_pickup_detection_counts_the_pickups_whose_object_was_in_view(pipeline, rooms_dataset, tmp_path):
+    from worldsim.dataset import DatasetWriter, Episode, episode_paths, load_meta
+    from worldsim.replay import heads_detection
+    from worldsim.world_model import WorldModel
+
+    class PaysForForward(torch.nn.Module):  # a head that pays 1 for FORWARD (action 1), never ends
+        def forward(self, z_prev, z_next, actions):
+            return (actions == 1).float(), torch.full((len(actions),), -20.0)
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    model.dynamics.heads = PaysForForward()
+    steps, rng = 8, np.random.default_rng(0)
+    actions = np.array([0, 1, 2, 1, 1, 0, 3, 0])  # pickups at steps 1 (FORWARD), 2 (BACK), 4 (FORWARD)
+    rewards = np.zeros(steps, np.float32)
+    rewards[[1, 2, 4]] = 1.0
+    alive = np.ones((steps + 1, 3), bool)
+    alive[2:, 0] = alive[3:, 1] = alive[5:, 2] = False  # object k gone after its pickup
+    in_view = np.zeros((steps + 1, 3), bool)
+    in_view[:2, 0] = in_view[:3, 1] = True  # objects 0 and 1 seen before they were reached; object 2 never
+    writer = DatasetWriter(tmp_path / "data", load_meta(rooms_dataset))
+    shape = load_meta(rooms_dataset)["frame_shape"]
+    writer.write(Episode(frames=rng.integers(0, 256, (steps + 1, *shape), dtype=np.uint8), actions=actions,
+                         rewards=rewards, terminated=np.zeros(steps, bool), truncated=np.eye(1, steps, steps - 1, dtype=bool)[0],
+                         gt={"objects_alive": alive, "objects_in_view": in_view}))
+    (split,) = {p.parent.name for p in episode_paths(tmp_path / "data")}
+    pickups = heads_detection(model, str(tmp_path / "data"), split)["pickups"]
+    # Paid at the three FORWARD steps: two pickups found (one in view, one not) and one false alarm.
+    assert pickups["events"] == 3 and pickups["predicted"] == 3
+    assert pickups["precision"] == pytest.approx(2 / 3) and pickups["recall"] == pytest.approx(2 / 3)
+    assert pickups["in_view_before"] == 2 and pickups["recall_in_view_before"] == pytest.approx(0.5)

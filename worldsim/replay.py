@@ -140,8 +140,12 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
     end a probability above 0.5. For ends also `expected`, the sum of the probabilities
     (the ends a dream that draws them would deal, against `events` real ones), and
     `r_precision`, the share of real ends among the as many transitions the head rates
-    most likely to end (threshold-free)."""
-    preds, reals, end_p, end_r = [], [], [], []
+    most likely to end (threshold-free).
+
+    Where the ground truth names the objects (Rooms: gt/objects_alive, gt/objects_in_view),
+    pickups also split by whether the collected object was in view the frame before:
+    one reached backwards or sideways leaves no trace in the pair of frames the head reads."""
+    preds, reals, end_p, end_r, in_view = [], [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
         e = read_episode(path)
@@ -150,13 +154,20 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
             r, end = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
         end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
+        if "objects_alive" in e.gt and "objects_in_view" in e.gt:
+            alive, view = np.asarray(e.gt["objects_alive"], bool), np.asarray(e.gt["objects_in_view"], bool)
+            in_view.append((alive[:-1] & ~alive[1:] & view[:-1]).any(1))  # a pickup's object, seen before it
         seen += len(e)
         if seen >= max_steps:
             break
     p, r, ep, er = map(np.concatenate, (preds, reals, end_p, end_r))
+    pickups = _detector(np.abs(p) > 0.5, np.abs(r) > 0.5)
+    if len(in_view) == len(preds):
+        seen_before = np.concatenate(in_view) & (np.abs(r) > 0.5)
+        pickups["in_view_before"] = int(seen_before.sum())
+        pickups["recall_in_view_before"] = float((np.abs(p) > 0.5)[seen_before].mean()) if seen_before.any() else None
     return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
-            "reward_mse_always_zero": float((r ** 2).mean()),
-            "pickups": _detector(np.abs(p) > 0.5, np.abs(r) > 0.5),
+            "reward_mse_always_zero": float((r ** 2).mean()), "pickups": pickups,
             "ends": _detector(ep > 0.5, er) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
 
 
