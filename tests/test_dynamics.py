@@ -395,7 +395,7 @@ def test_training_options_that_cannot_work_say_why(pipeline, tmp_path):
 
     root, _, _ = pipeline
     base = dict(data=str(root / "latents"), config="tiny", steps=1, batch_size=2)
-    with pytest.raises(ValueError, match="no terminated episode"):  # these short explore episodes never end
+    with pytest.raises(ValueError, match="terminated is nonzero"):  # these short explore episodes never end
         train(TrainConfig(out=str(tmp_path / "a"), end_share=0.25, **base), progress=False)
     with pytest.raises(ValueError, match="do not combine"):
         train(TrainConfig(out=str(tmp_path / "b"), end_share=0.25, memory=2, **base), progress=False)
@@ -596,3 +596,30 @@ def test_pickup_detection_counts_the_pickups_whose_object_was_in_view(pipeline, 
     assert pickups["events"] == 3 and pickups["predicted"] == 3
     assert pickups["precision"] == pytest.approx(2 / 3) and pickups["recall"] == pytest.approx(2 / 3)
     assert pickups["in_view_before"] == 2 and pickups["recall_in_view_before"] == pytest.approx(0.5)
+
+
+def test_reward_share_draws_windows_whose_last_step_pays(pipeline, tmp_path):
+    import shutil
+
+    import h5py
+
+    from training.train_dynamics import LatentWindows
+    from worldsim.dataset import episode_paths
+
+    root, _, _ = pipeline
+    data = tmp_path / "latents"
+    shutil.copytree(root / "latents", data)
+    for path in episode_paths(data, "train"):  # a reward every 7th step, rare as pickups are
+        with h5py.File(path, "r+") as f:
+            rewards = np.zeros(len(f["rewards"]), np.float32)
+            rewards[3::7] = 1.0
+            f["rewards"][...] = rewards
+    plain = LatentWindows(str(data), 4, seed=0).batch(32, 0, 0)
+    batch = LatentWindows(str(data), 4, seed=0, reward_share=0.5).batch(32, 0, 0)
+    assert (batch["rewards"][:16, -1] == 1).all()  # the drawn half ends on a step that pays
+    assert plain["rewards"][:, -1].mean() < 0.5 and torch.equal(batch["z"][16:], plain["z"][16:])
+    for path in episode_paths(data, "train"):
+        with h5py.File(path, "r+") as f:
+            f["rewards"][...] = 0.0
+    with pytest.raises(ValueError, match="rewards is nonzero"):  # nothing pays: nothing to draw
+        LatentWindows(str(data), 4, seed=0, reward_share=0.25)

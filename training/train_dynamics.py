@@ -68,6 +68,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     init: str | None = None  # start from this world model's or dynamics run's weights
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
+    reward_share: float = 0.0  # share of each batch drawn from windows whose last step pays a reward (rare pickups: the model learns to draw what pays, so a dream's head can pay for it)
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
@@ -133,25 +134,20 @@ class WindowCaptions:
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
-    step ends the episode, so the termination head sees deaths, rare as they are, and
-    `object_share` (with captions) from windows that start with an object in view."""
+    step ends the episode, so the termination head sees deaths, rare as they are,
+    `reward_share` from windows whose last step pays a reward, so the model learns to draw
+    the step that pays (an object reached and gone), and `object_share` (with captions)
+    from windows that start with an object in view."""
 
     def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None,
-                 object_share: float = 0.0):
+                 object_share: float = 0.0, reward_share: float = 0.0):
         self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
         self.captions = captions
         if not self.windows.has_actions:
             raise ValueError(f"{root} has no actions; the dynamics model needs action-labelled episodes")
-        self.seed, self.end_share = seed, end_share
-        self.ending = []
-        if end_share:
-            ends = {}
-            for e, path in enumerate(self.windows.paths):
-                with open_episode(path) as f:
-                    ends[e] = read_array(f, "terminated")
-            self.ending = [i for i, (e, t) in enumerate(self.windows.index) if ends[e][t + window - 2]]
-            if not self.ending:
-                raise ValueError(f"--end-share {end_share}: {root} has no terminated episode to draw from")
+        self.seed, self.end_share, self.reward_share = seed, end_share, reward_share
+        self.ending = self._ending_in(root, "terminated", window, "--end-share", end_share) if end_share else []
+        self.paying = self._ending_in(root, "rewards", window, "--reward-share", reward_share) if reward_share else []
         self.object_share, self.showing = object_share, []
         if object_share:
             self.showing = [i for i, (e, t) in enumerate(self.windows.index)
@@ -159,16 +155,29 @@ class LatentWindows:
             if not self.showing:
                 raise ValueError(f"--object-share {object_share}: no window of {root} starts with an object in view")
 
+    def _ending_in(self, root, field: str, window: int, option: str, share: float) -> list[int]:
+        """The windows whose last step has a nonzero `field` (an end, a reward)."""
+        marked = {}
+        for e, path in enumerate(self.windows.paths):
+            with open_episode(path) as f:
+                marked[e] = read_array(f, field) != 0
+        found = [i for i, (e, t) in enumerate(self.windows.index) if marked[e][t + window - 2]]
+        if not found:
+            raise ValueError(f"{option} {share}: no window of {root}'s train split ends with a step whose {field} "
+                             "is nonzero")
+        return found
+
     def batch(self, n, step, rank):
         """A batch of CPU tensors (the training loop moves it to its device)."""
         rng = np.random.default_rng([self.seed, step, rank])
         idx = rng.integers(len(self.windows), size=n)
-        ends = int(round(n * self.end_share))
-        if ends:
-            idx[:ends] = rng.choice(self.ending, size=ends)
-        objects = int(round(n * self.object_share))
-        if objects:
-            idx[ends:ends + objects] = rng.choice(self.showing, size=objects)
+        start = 0
+        for share, pool in ((self.end_share, self.ending), (self.reward_share, self.paying),
+                            (self.object_share, self.showing)):
+            k = int(round(n * share))
+            if k:
+                idx[start:start + k] = rng.choice(pool, size=k)
+            start += k
         items = [self.windows[int(i)] for i in idx]
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
@@ -538,14 +547,15 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     """The windows `cfg` trains on (memory, captions, footage as it asks), and the dataset
     facts the run records beside them (its pose model and memory key)."""
     meta = dict(meta)
-    if cfg.memory and cfg.end_share:
-        raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
+    for option, share in (("--end-share", cfg.end_share), ("--reward-share", cfg.reward_share)):
+        if cfg.memory and share:
+            raise ValueError(f"{option} and --memory do not combine yet: memory windows are drawn by view overlap")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
     if cfg.object_share and not cfg.text:
         raise ValueError("--object-share draws windows by their captions: it needs --text")
-    if cfg.object_share + cfg.end_share > 1:
-        raise ValueError(f"--object-share {cfg.object_share} and --end-share {cfg.end_share} are shares of one batch: "
-                         "together at most 1")
+    if cfg.object_share + cfg.end_share + cfg.reward_share > 1:
+        raise ValueError(f"--object-share {cfg.object_share}, --end-share {cfg.end_share} and --reward-share "
+                         f"{cfg.reward_share} are shares of one batch: together at most 1")
     if not 0 <= cfg.rerender_share <= 1:
         raise ValueError(f"--rerender-share is a share of the windows with memory, in [0, 1]; got {cfg.rerender_share}")
     if bool(cfg.rerender_share) != bool(cfg.depth):
@@ -565,7 +575,7 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
                              f"{data.key!r}: its episodes need gt/pose")
     else:
-        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions, cfg.object_share)
+        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions, cfg.object_share, cfg.reward_share)
     if cfg.footage:
         if cfg.memory:
             raise ValueError("--footage and --memory do not combine yet: memory windows are drawn by pose, which "
