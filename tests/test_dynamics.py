@@ -603,8 +603,8 @@ def test_reward_share_draws_windows_whose_last_step_pays(pipeline, tmp_path):
 
     import h5py
 
-    from training.train_dynamics import LatentWindows
-    from worldsim.dataset import episode_paths
+    from training.train_dynamics import LatentWindows, MemoryWindows, dataset_pose_model
+    from worldsim.dataset import episode_paths, load_meta
 
     root, _, _ = pipeline
     data = tmp_path / "latents"
@@ -618,8 +618,12 @@ def test_reward_share_draws_windows_whose_last_step_pays(pipeline, tmp_path):
     batch = LatentWindows(str(data), 4, seed=0, reward_share=0.5).batch(32, 0, 0)
     assert (batch["rewards"][:16, -1] == 1).all()  # the drawn half ends on a step that pays
     assert plain["rewards"][:, -1].mean() < 0.5 and torch.equal(batch["z"][16:], plain["z"][16:])
+    memory = MemoryWindows(str(data), 4, 0, 2, dataset_pose_model(load_meta(data)), reward_share=1.0).batch(8, 0, 0)
+    assert (memory["rewards"][:, -1] == 1).all() and memory["memory"][0].shape[:2] == (8, 2)
     for path in episode_paths(data, "train"):
         with h5py.File(path, "r+") as f:
             f["rewards"][...] = 0.0
     with pytest.raises(ValueError, match="rewards is nonzero"):  # nothing pays: nothing to draw
         LatentWindows(str(data), 4, seed=0, reward_share=0.25)
+    with pytest.raises(ValueError, match="rewards is nonzero"):
+        MemoryWindows(str(data), 4, 0, 2, dataset_pose_model(load_meta(data)), reward_share=0.25)

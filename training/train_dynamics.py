@@ -271,7 +271,8 @@ class MemoryWindows:
 
     def __init__(self, root, window, seed, k, pose_model, key="pose", match_share=0.5, drop_share=0.1,
                  match: float = 0.0, captions: WindowCaptions | None = None, object_share: float = 0.0,
-                 rerender_share: float = 0.0, depth_run: str | None = None, from_window: bool = False):
+                 rerender_share: float = 0.0, depth_run: str | None = None, from_window: bool = False,
+                 reward_share: float = 0.0):
         """`pose_model`: the env's, or only its view (fov_deg, reach, either optional):
         the motion per action is then fitted from the episodes' poses. `key`: pose,
         latent, or auto (pose when every episode has its poses). `rerender_share` of the
@@ -305,7 +306,13 @@ class MemoryWindows:
                 ep["gt/pose"] = ep["gt/pose"].astype(np.float64)
         self.window, self.seed, self.k, self.key, self.captions = window, seed, k, key, captions
         self.from_window = from_window
-        self.object_share = object_share
+        self.object_share, self.reward_share = object_share, reward_share
+        # (episode, start) of every window whose last step pays a reward
+        self.paying = [(e, int(t) - window + 2) for e, ep in enumerate(self.episodes)
+                       for t in np.flatnonzero(ep["rewards"]) if t - window + 2 >= 1]
+        if reward_share and not self.paying:
+            raise ValueError(f"--reward-share {reward_share}: no window of {root}'s train split ends with a step whose "
+                             "rewards is nonzero")
         if rerender_share and key != "pose":
             raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
                              "pose (info['gt']['pose'])")
@@ -402,8 +409,13 @@ class MemoryWindows:
         poses = ep["dream_poses"]
         return sources, relative_poses(poses[last], poses[sources]).astype(np.float32)
 
-    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False, rerendered: bool = False):
-        ep, s, _ = self.draw(rng, want_match, want_object)
+    def item(self, rng, want_match: bool, drop: bool, want_object: bool = False, rerendered: bool = False,
+             want_reward: bool = False):
+        if want_reward:
+            e, s = self.paying[rng.integers(len(self.paying))]
+            ep = self.episodes[e]
+        else:
+            ep, s, _ = self.draw(rng, want_match, want_object)
         last = s + self.window - 1
         end = s + self.window
         window = {"z": ep["latents"][s:end], "actions": ep["actions"][s:end - 1], "rewards": ep["rewards"][s:end - 1],
@@ -429,7 +441,9 @@ class MemoryWindows:
         drop = rng.random(n) < self.drop_share
         objects = rng.random(n) < self.object_share if self.object_share else np.zeros(n, bool)
         rerendered = rng.random(n) < self.rerender_share if self.rerenderer else np.zeros(n, bool)
-        items = [self.item(rng, i < n * self.match_share, drop[i], objects[i], rerendered[i]) for i in range(n)]
+        paying = rng.random(n) < self.reward_share if self.reward_share else np.zeros(n, bool)
+        items = [self.item(rng, i < n * self.match_share, drop[i], objects[i], rerendered[i], paying[i])
+                 for i in range(n)]
         self.rerender_memory([it for it in items if "sources" in it])
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
@@ -547,9 +561,8 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     """The windows `cfg` trains on (memory, captions, footage as it asks), and the dataset
     facts the run records beside them (its pose model and memory key)."""
     meta = dict(meta)
-    for option, share in (("--end-share", cfg.end_share), ("--reward-share", cfg.reward_share)):
-        if cfg.memory and share:
-            raise ValueError(f"{option} and --memory do not combine yet: memory windows are drawn by view overlap")
+    if cfg.memory and cfg.end_share:
+        raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
     if cfg.object_share and not cfg.text:
         raise ValueError("--object-share draws windows by their captions: it needs --text")
@@ -569,7 +582,8 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     if cfg.memory:
         data = MemoryWindows(cfg.data, window, cfg.seed, cfg.memory, dataset_pose_model(meta), cfg.memory_key,
                              match=cfg.memory_match, captions=captions, object_share=cfg.object_share,
-                             rerender_share=cfg.rerender_share, depth_run=cfg.depth, from_window=cfg.memory_from_window)
+                             rerender_share=cfg.rerender_share, depth_run=cfg.depth, from_window=cfg.memory_from_window,
+                             reward_share=cfg.reward_share)
         meta["pose_model"], meta["memory_key"] = data.pose_model, data.key
         if cfg.memory_reproject and data.key != "pose":
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
