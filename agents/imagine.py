@@ -44,6 +44,7 @@ class ImagineConfig:
     seed: int = 0
     memory: bool | None = None  # the dream's latent memory on or off (neither: on when the model has one)
     sample_ends: bool = False  # draw dream terminations from the head's probability (see dream_env)
+    whole_rewards: bool = False  # round each dream reward to the nearest whole number (games that pay whole rewards, as Rooms' objects): the head's small outputs where it is unsure pay nothing, so they cannot be farmed
     uncertainty_penalty: float = 0.0  # subtract this times the dream's uncertainty from each dream reward (Dropout's Dream Land): less to gain where the model does not know what comes next; 0 = off
 
 
@@ -129,7 +130,7 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
 
     venv = VecMonitor(SB3DreamVecEnv(cfg.num_envs, checkpoint=model, obs_type=cfg.obs, max_steps=cfg.horizon,
                                      memory=cfg.memory, sample_ends=cfg.sample_ends,
-                                     uncertainty_penalty=cfg.uncertainty_penalty))
+                                     uncertainty_penalty=cfg.uncertainty_penalty, whole_rewards=cfg.whole_rewards))
     if cfg.frame_stack > 1:
         venv = VecFrameStack(venv, cfg.frame_stack)
     venv.seed(cfg.seed)

@@ -12,14 +12,18 @@ class SB3DreamVecEnv(VecEnv):
     observations go to info["terminal_observation"], time-limit ends are flagged. With
     `uncertainty_penalty` w > 0 each reward is lowered by w times the step's uncertainty
     (info["uncertainty"], the spread of two samples of the frame), and the raw reward is
-    kept in info["dream_reward"]."""
+    kept in info["dream_reward"]. With `whole_rewards` each reward is rounded to the
+    nearest whole number first, for games that pay whole rewards (a Rooms object is worth
+    1): a reward head's small outputs on steps it is unsure of then pay nothing, where
+    an agent could otherwise farm them step after step."""
 
-    def __init__(self, num_envs: int = 8, uncertainty_penalty: float = 0.0, **dream_kwargs):
+    def __init__(self, num_envs: int = 8, uncertainty_penalty: float = 0.0, whole_rewards: bool = False,
+                 **dream_kwargs):
         from worldsim.dream_env import DreamVectorEnv
 
         if uncertainty_penalty < 0:
             raise ValueError(f"uncertainty_penalty must be >= 0, got {uncertainty_penalty}")
-        self.penalty = uncertainty_penalty
+        self.penalty, self.whole_rewards = uncertainty_penalty, whole_rewards
         self.venv = DreamVectorEnv(num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
                                    uncertainty=uncertainty_penalty > 0, **dream_kwargs)
         super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
@@ -38,9 +42,12 @@ class SB3DreamVecEnv(VecEnv):
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         dones = terminated | truncated
         infos = [{} for _ in range(self.num_envs)]
-        if self.penalty:
+        if self.penalty or self.whole_rewards:
             for i in range(self.num_envs):
                 infos[i]["dream_reward"] = float(rewards[i])
+        if self.whole_rewards:
+            rewards = np.round(rewards)
+        if self.penalty:
             rewards = rewards - self.penalty * info["uncertainty"]
         for i in np.nonzero(dones)[0]:
             infos[i]["terminal_observation"] = info["final_obs"][i]

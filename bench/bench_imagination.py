@@ -99,6 +99,9 @@ def main(argv=None):
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--uncertainty-penalty", type=float, default=1.0,
                    help="dream_ppo_penalised: each dream reward less this times the dream's uncertainty")
+    p.add_argument("--whole-rewards", action="store_true",
+                   help="dream agents: each dream reward rounded to the nearest whole number (games that pay whole "
+                        "rewards, as Rooms' objects), so the head's small outputs cannot be farmed")
     p.add_argument("--eval-every", type=int, default=50_000,
                    help="score the dream agents in the real env every this many dream steps (20 episodes)")
     p.add_argument("--seed", type=int, default=0)
@@ -145,7 +148,7 @@ def run(env_name, args):
             cfg = ImagineConfig(checkpoint=checkpoint, out=str(work / name), algo=algo, steps=args.dream_steps,
                                 obs="latent" if algo == "cmaes" else preset["obs"], frame_stack=stack,
                                 horizon=horizon, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
-                                sample_ends=preset["sample_ends"], seed=args.seed,
+                                sample_ends=preset["sample_ends"], seed=args.seed, whole_rewards=args.whole_rewards,
                                 uncertainty_penalty=args.uncertainty_penalty if name.endswith("_penalised") else 0.0)
             report = imagine(cfg)
             rows[name] = {**report["real"], "real_steps": real_steps, "dream_steps": report["dream_steps"],

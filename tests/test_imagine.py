@@ -144,3 +144,27 @@ def test_uncertainty_penalty_lowers_each_dream_reward_by_the_dreams_doubt(pipeli
     assert spread_seen > 0  # the dream was unsure somewhere, and it cost the agent
     with pytest.raises(ValueError, match="uncertainty_penalty"):
         SB3DreamVecEnv(2, checkpoint=world, uncertainty_penalty=-1.0)
+
+
+def test_whole_rewards_pay_what_the_head_is_sure_of(pipeline):
+    """Rounded to whole numbers, a head's 0.2 on every step pays nothing and its 0.9 pays 1;
+    the raw reward stays in the info."""
+    import torch
+
+    from agents.sb3_vec_env import SB3DreamVecEnv
+    from worldsim.world_model import WorldModel
+
+    class UnsureHead(torch.nn.Module):  # 0.9 for FORWARD (action 1), 0.2 otherwise; never ends
+        def forward(self, z_prev, z_next, actions):
+            return 0.2 + 0.7 * (actions == 1).float(), torch.full((len(actions),), -20.0)
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    model.dynamics.heads = UnsureHead()
+    for whole, paid in ((False, [0.2, 0.9, 0.2]), (True, [0.0, 1.0, 0.0])):
+        venv = SB3DreamVecEnv(3, checkpoint=model, whole_rewards=whole)
+        venv.reset()
+        venv.step_async(np.array([0, 1, 2]))
+        _, rewards, _, infos = venv.step_wait()
+        np.testing.assert_allclose(rewards, paid, atol=1e-6)
+        if whole:
+            np.testing.assert_allclose([i["dream_reward"] for i in infos], [0.2, 0.9, 0.2], atol=1e-6)
