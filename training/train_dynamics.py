@@ -146,8 +146,11 @@ class LatentWindows:
         if not self.windows.has_actions:
             raise ValueError(f"{root} has no actions; the dynamics model needs action-labelled episodes")
         self.seed, self.end_share, self.reward_share = seed, end_share, reward_share
-        self.ending = self._ending_in(root, "terminated", window, "--end-share", end_share) if end_share else []
-        self.paying = self._ending_in(root, "rewards", window, "--reward-share", reward_share) if reward_share else []
+        self.ending, self.paying = [], []
+        if end_share:
+            self.ending = self._windows_ending_with(root, "terminated", window, "--end-share", end_share)
+        if reward_share:
+            self.paying = self._windows_ending_with(root, "rewards", window, "--reward-share", reward_share)
         self.object_share, self.showing = object_share, []
         if object_share:
             self.showing = [i for i, (e, t) in enumerate(self.windows.index)
@@ -155,7 +158,7 @@ class LatentWindows:
             if not self.showing:
                 raise ValueError(f"--object-share {object_share}: no window of {root} starts with an object in view")
 
-    def _ending_in(self, root, field: str, window: int, option: str, share: float) -> list[int]:
+    def _windows_ending_with(self, root, field: str, window: int, option: str, share: float) -> list[int]:
         """The windows whose last step has a nonzero `field` (an end, a reward)."""
         marked = {}
         for e, path in enumerate(self.windows.paths):
