@@ -131,6 +131,11 @@ class WindowCaptions:
         return np.where(rng.random((len(text), 1)) < self.dropout, 0.0, text).astype(np.float32)
 
 
+def nothing_to_draw(option: str, share: float, root, field: str) -> ValueError:
+    """The error of a share of windows ending on a step with a nonzero `field` when none does."""
+    return ValueError(f"{option} {share}: no window of {root}'s train split ends with a step whose {field} is nonzero")
+
+
 class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
@@ -166,8 +171,7 @@ class LatentWindows:
                 marked[e] = read_array(f, field) != 0
         found = [i for i, (e, t) in enumerate(self.windows.index) if marked[e][t + window - 2]]
         if not found:
-            raise ValueError(f"{option} {share}: no window of {root}'s train split ends with a step whose {field} "
-                             "is nonzero")
+            raise nothing_to_draw(option, share, root, field)
         return found
 
     def batch(self, n, step, rank):
@@ -314,8 +318,7 @@ class MemoryWindows:
         self.paying = [(e, int(t) - window + 2) for e, ep in enumerate(self.episodes)
                        for t in np.flatnonzero(ep["rewards"]) if t - window + 2 >= 1]
         if reward_share and not self.paying:
-            raise ValueError(f"--reward-share {reward_share}: no window of {root}'s train split ends with a step whose "
-                             "rewards is nonzero")
+            raise nothing_to_draw("--reward-share", reward_share, root, "rewards")
         if rerender_share and key != "pose":
             raise ValueError("--rerender-share moves recalled views to the last frame's pose: it needs memory keyed by "
                              "pose (info['gt']['pose'])")
