@@ -99,6 +99,48 @@ def test_sampled_context_share_puts_the_frames_before_the_last_at_the_samplers_c
         assert (tau[~as_sampled, :-1] != model.cfg.ctx_noise).all()
 
 
+def test_a_dreamed_context_is_what_a_dream_draws_from_the_real_frames_before_it():
+    from worldsim.objective import dreamed_context
+
+    model = tiny_model(sample_steps=2, action_guidance=1.5)
+    z, acts = torch.randn(3, 6, *model.cfg.latent_shape), torch.randint(0, 7, (3, 5))
+    torch.manual_seed(4)
+    out = dreamed_context(model, z, acts, frames=3)
+    torch.manual_seed(4)  # the same dream, stepped by hand: 2 real frames primed, 3 sampled
+    cache, into, has = model.new_cache(), *model.actions_into_frames(acts, 3, 6, "cpu")
+    index = torch.arange(6).expand(3, 6)
+    prime(model, cache, z[:, :2], into[:, :2], has[:, :2], index[:, :2])
+    dream = [sample_next(model, cache, into[:, j], index[:, j]) for j in (2, 3, 4)]
+    torch.testing.assert_close(out[:, 2:5], torch.stack(dream, 1))
+    assert torch.equal(out[:, :2], z[:, :2]) and torch.equal(out[:, 5], z[:, 5])  # the start and the target stay real
+    assert (out[:, 2:5] - z[:, 2:5]).abs().mean() > 0.1
+    with pytest.raises(ValueError, match="dreams 1 to 4 of them"):
+        dreamed_context(model, z, acts, frames=5)
+
+
+def test_rollout_share_feeds_the_dreamed_context_and_still_learns_the_real_frames():
+    """With no context noise the network's input shows which frames were dreamed: with
+    rollout_share 1, every row's frames before the last but the real start are samples,
+    at the context level; the loss is still the error against the real frames."""
+    model = tiny_model(ctx_noise=0.0)
+    seen, preds = [], []
+    model.register_forward_pre_hook(lambda module, args: seen.append((args[0].clone(), args[1].clone())))
+    model.register_forward_hook(lambda module, args, out: preds.append(out.detach()))
+    z = torch.randn(4, 6, *model.cfg.latent_shape)
+    acts, zeros = torch.randint(0, 7, (4, 5)), torch.zeros(4, 5)
+    for share in (0.0, 1.0):
+        _, metrics = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), rollout_share=share, rollout_frames=3)
+        x, tau = seen[-1]
+        assert torch.equal(x[:, :2], z[:, :2]) == bool(share)  # real frames at level 0 only when set there
+        dreamed = (x[:, 2:5] - z[:, 2:5]).flatten(2).abs().mean(2)
+        assert (dreamed > 0.1).all() if share else True
+        if share:
+            assert (tau[:, :-1] == 0).all() and (tau[:, -1] > 0).all()
+            assert "dreamed_last_mse" in metrics
+        loss_vs_real = (preds[-1] - z).pow(2).flatten(2).mean(2).mean()
+        assert metrics["denoise_mse"] == pytest.approx(loss_vs_real.item(), rel=1e-5)
+
+
 def test_action_balance_weighs_each_frames_error_by_the_action_that_led_into_it():
     model = tiny_model()
     preds = []
@@ -402,6 +444,10 @@ def test_training_options_that_cannot_work_say_why(pipeline, tmp_path):
     from worldsim.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="takes a world model or a dynamics run"):
         train(TrainConfig(out=str(tmp_path / "c"), init=str(root / "tok" / "latest.safetensors"), **base), progress=False)
+    with pytest.raises(ValueError, match="--rollout-frames 20: a window of .* frames dreams 1 to"):
+        train(TrainConfig(out=str(tmp_path / "d"), rollout_share=0.5, rollout_frames=20, **base), progress=False)
+    train(TrainConfig(out=str(tmp_path / "e"), rollout_share=1.0, rollout_frames=2, **base), progress=False)
+    assert "dreamed_last_mse" in (tmp_path / "e" / "metrics.csv").read_text().splitlines()[0]  # the option reached the loss
 
 
 def test_init_carries_the_transformer_body_to_another_latent_shape(pipeline):
@@ -554,7 +600,8 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
     assert (cfg.sample_steps, cfg.memory_guidance, cfg.action_guidance, cfg.text_guidance) == (1, 0.0, 0.0, 0.0)
     env.reset(seed=0)
     assert env.step(1)[0].shape == (64, 64, 3)
-    for option in ({"action_dropout": 0.1}, {"sampled_context_share": 0.5}, {"action_balance": 1.0}):
+    for option in ({"action_dropout": 0.1}, {"sampled_context_share": 0.5}, {"action_balance": 1.0},
+                   {"rollout_share": 0.5}):
         with pytest.raises(ValueError, match="drop --footage, --action-dropout .* and --sampled-context-share"):
             train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
                               teacher=str(world), **option), progress=False)

@@ -73,6 +73,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
+    rollout_share: float = 0.0  # share of windows whose frames just before the last are the model's own samples (drawn as a dream draws them, real actions), the last frame still learnt towards the real one: the model learns to predict from its own dreams and to pull a drifting one back
+    rollout_frames: int = 4  # with --rollout-share: how many frames before the last are dreamed (from the real frames before them)
     action_balance: float = 0.0  # (discrete actions) each frame's denoising error weighs frequency^-balance of the action that led into it in the training data, normalised to a mean of 1 over its frames: 1 gives every action the same total weight, so rare moves (strafes, steps back) are learnt as well as common ones; 0 weighs frames as the data has them
     judge: str | None = None  # a judge of latents (`worldsim train inverse-dynamics` on a latent dataset of this tokenizer): its cross-entropy on each predicted frame beside the frame before (against --judge-target) joins the loss
     judge_weight: float = 0.1  # with --judge: the weight of that cross-entropy beside the denoising error
@@ -660,10 +662,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
     if cfg.teacher:
-        if cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge:
+        if (cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge
+                or cfg.rollout_share):
             raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "
                              "--action-dropout (the teacher's action guidance is distilled in), --action-balance, "
-                             "--judge and --sampled-context-share (the student reads the sampler's context already)")
+                             "--judge, --rollout-share and --sampled-context-share (the student reads the sampler's "
+                             "context already)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
         body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
         if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:
@@ -676,6 +680,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     else:
         if not 0 <= cfg.sampled_context_share <= 1:
             raise ValueError(f"--sampled-context-share is a share of the windows, in [0, 1]; got {cfg.sampled_context_share}")
+        if not 0 <= cfg.rollout_share <= 1:
+            raise ValueError(f"--rollout-share is a share of the windows, in [0, 1]; got {cfg.rollout_share}")
+        if cfg.rollout_share and not 1 <= cfg.rollout_frames <= window - 2:
+            raise ValueError(f"--rollout-frames {cfg.rollout_frames}: a window of {window} frames dreams 1 to "
+                             f"{window - 2} of them (a real frame to start from, the real last frame to learn)")
+        if cfg.rollout_share and cfg.footage:
+            raise ValueError("--rollout-share dreams with the real actions, which footage does not have: drop --footage")
         weights = action_weights(probe.paths, meta, cfg.action_balance).to(device) if cfg.action_balance else None
         if weights is not None:
             config["action_weights"] = weights.tolist()
@@ -684,7 +695,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                                       end_weight=cfg.end_weight,
                                                       sampled_context_share=cfg.sampled_context_share,
                                                       action_weights=weights, judge=judge,
-                                                      judge_weight=cfg.judge_weight, judge_target=cfg.judge_target)
+                                                      judge_weight=cfg.judge_weight, judge_target=cfg.judge_target,
+                                                      rollout_share=cfg.rollout_share,
+                                                      rollout_frames=cfg.rollout_frames)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=loss_of,

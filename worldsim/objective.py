@@ -6,6 +6,13 @@ x0 of every frame from the noisy window, so one network learns both to denoise t
 newest frame and to read past frames at any noise level (worldsim/sampler.py keeps them
 at `ctx_noise`). The reward/termination head learns beside it, on clean latents.
 
+Dreamed context (scheduled sampling for a video model): in a share of the windows the
+frames just before the last are the model's own samples, drawn as a dream draws them
+from the real frames before, with the real actions; the last frame is still learnt
+towards the real one. A dream reads its own frames after its first step, so this is the
+context it must predict from, and the real frame after it teaches it to pull a drifting
+dream back to the world.
+
 Distillation into one step: a student learns to predict, in one pass from pure noise,
 the frame a teacher samples from the same noise in its several guided passes.
 """
@@ -16,13 +23,41 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.dynamics import Dynamics
-from worldsim.sampler import noisy_context, sample_next
+from worldsim.sampler import noisy_context, prime, sample_next
+
+
+def _rows(a, i):
+    """Frames (or rows) i of actions, which may be a dict of tensors."""
+    return a[i] if not isinstance(a, dict) else {k: v[i] for k, v in a.items()}
+
+
+@torch.no_grad()
+def dreamed_context(model: Dynamics, z, actions, frames: int, text=None):
+    """z (B, T, C, h, w) with frames T-1-frames .. T-2 replaced by the model's samples:
+    the frames before them primed into a cache at the context noise level, then each one
+    sampled (the model's sampler and guidance, without memory) with the real action that
+    led into it, as a dream steps. The first and last frames stay real."""
+    b, t = z.shape[:2]
+    start = t - 1 - frames
+    if not 1 <= start < t - 1:
+        raise ValueError(f"--rollout-frames {frames}: a window of {t} frames dreams 1 to {t - 2} of them (at least "
+                         "one real frame to start from and the real last frame to learn)")
+    into, has = model.actions_into_frames(actions, b, t, z.device)
+    index = torch.arange(t, device=z.device).expand(b, t)
+    before = slice(0, start)
+    cache = model.new_cache()
+    prime(model, cache, z[:, before], _rows(into, (slice(None), before)), has[:, before], index[:, before], text=text)
+    out = z.clone()
+    for j in range(start, t - 1):
+        out[:, j] = sample_next(model, cache, _rows(into, (slice(None), j)), index[:, j], text=text)
+    return out
 
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
                            end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
                            sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
-                           judge=None, judge_weight: float = 0.0, judge_target: str = "action"):
+                           judge=None, judge_weight: float = 0.0, judge_target: str = "action",
+                           rollout_share: float = 0.0, rollout_frames: int = 4):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -44,15 +79,26 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     `judge_target`: "action", the action given; "real", the judge's reading of the real
     pair (soft), so a step the real world did not show (a walk into a wall) is not drawn
     as a move.
+    `rollout_share` of the windows read a dreamed context (`dreamed_context`, its last
+    `rollout_frames` before the last frame), every frame before the last at the context
+    level as the dream holds them; every frame is still learnt towards the real one.
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
+    before_last = torch.arange(t, device=z.device) < t - 1
     if sampled_context_share:
         as_sampled = torch.rand(b, 1, device=z.device) < sampled_context_share
-        before_last = torch.arange(t, device=z.device) < t - 1
         tau = torch.where(as_sampled & before_last, model.cfg.ctx_noise, tau)
+    z_in = z
+    if rollout_share:
+        dreamed = torch.rand(b, device=z.device) < rollout_share
+        if dreamed.any():
+            z_in = z.clone()
+            z_in[dreamed] = dreamed_context(model, z[dreamed], _rows(actions, dreamed), rollout_frames,
+                                            None if text is None else text[dreamed]).to(z.dtype)
+        tau = torch.where(dreamed[:, None] & before_last, model.cfg.ctx_noise, tau)
     eps = torch.randn_like(z)
-    x = (1 - tau[..., None, None, None]) * z + tau[..., None, None, None] * eps
+    x = (1 - tau[..., None, None, None]) * z_in + tau[..., None, None, None] * eps
     into, has = model.actions_into_frames(actions, b, t, z.device, has_action)
     if action_dropout:
         has = has & (torch.rand(b, t, device=z.device) >= action_dropout)
@@ -60,6 +106,9 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
     pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
     per_frame = (pred.float() - z.float()).pow(2).flatten(2).mean(2)  # (B, T)
+    dreamed_metrics = {}
+    if rollout_share and dreamed.any():  # how far the last frame lands from the world after a dreamed context
+        dreamed_metrics = {"dreamed_last_mse": per_frame[dreamed, -1].mean().item()}
     if action_weights is not None:  # footage windows (no action given) keep weight 1
         weights = action_weights[actions.long()]
         if has_action is not None:
@@ -102,7 +151,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         judged = {"judge_ce": judge_ce.item(), "judge_shown": shown.item()}
     total = denoise + reward_loss + 0.1 * end_loss + judge_term
     return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
-                   "end_bce": end_loss.item(), "last_mse": last.item(), **judged}
+                   "end_bce": end_loss.item(), "last_mse": last.item(), **judged, **dreamed_metrics}
 
 
 def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):
@@ -114,7 +163,7 @@ def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None,
     b, t = z.shape[:2]
     into, has = model.actions_into_frames(actions, b, t, z.device, None)
     frames = torch.arange(t, device=z.device).expand(b, t)
-    pick = lambda a, i: a[:, i] if not isinstance(a, dict) else {k: v[:, i] for k, v in a.items()}  # noqa: E731
+    pick = lambda a, i: _rows(a, (slice(None), i))  # noqa: E731
     eps = torch.randn_like(z[:, -1])
     context = noisy_context(model, z[:, :-1])  # both read the same noised context
     tau = torch.full((b, t), model.cfg.ctx_noise, device=z.device)
