@@ -141,6 +141,29 @@ def test_rollout_share_feeds_the_dreamed_context_and_still_learns_the_real_frame
         assert metrics["denoise_mse"] == pytest.approx(loss_vs_real.item(), rel=1e-5)
 
 
+def test_a_dreamed_window_recalls_its_dreamed_frames_not_the_real_ones():
+    """Memory that recalls a window frame the rollout dreamed gets that dream (as a dream's
+    bank would hold it), so the real frame cannot come back through memory; memory of a
+    real frame (the window's start, or before it) stays as it was."""
+    model = tiny_model(ctx_noise=0.0, memory=3)
+    recalled, seen = [], []
+    encode = model.encode_memory
+    model.encode_memory = lambda z, *rest: recalled.append(z.clone()) or encode(z, *rest)
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    z = torch.randn(2, 6, *model.cfg.latent_shape)
+    acts, zeros = torch.randint(0, 7, (2, 5)), torch.zeros(2, 5)
+    mem_z = torch.randn(2, 3, *model.cfg.latent_shape)
+    mem_z[:, 0], mem_z[:, 1] = z[:, 3], z[:, 1]  # a dreamed frame's and a real one's real latents
+    memory = (mem_z, torch.zeros(2, 3, 4), torch.ones(2, 3, dtype=torch.bool))
+    slot = torch.tensor([[3, 1, -1]] * 2)
+    diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), memory=memory, memory_slot=slot,
+                           rollout_share=1.0, rollout_frames=3)
+    x = seen[-1]
+    torch.testing.assert_close(recalled[-1][:, 0], x[:, 3])  # the dream of frame 3, not the real frame
+    assert (recalled[-1][:, 0] - z[:, 3]).abs().mean() > 0.1
+    torch.testing.assert_close(recalled[-1][:, 1:], mem_z[:, 1:])
+
+
 def test_action_balance_weighs_each_frames_error_by_the_action_that_led_into_it():
     model = tiny_model()
     preds = []

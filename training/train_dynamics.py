@@ -441,7 +441,9 @@ class MemoryWindows:
         poses = ep["gt/pose"] if self.key == "pose" else None
         z_mem, feats, valid = gather(ep["latents"], poses, order, None if poses is None else poses[last], self.k,
                                      self.reach if poses is not None else 1.0, ep["latents"].shape[1:])
-        return {**window, "mem_z": z_mem.numpy(), "mem_pose": feats, "mem_valid": valid}
+        slot = np.full(self.k, -1)  # where in the window each memory frame sits (-1: before it, or none)
+        slot[:len(order)] = np.where((order >= s) & (order < last), order - s, -1)
+        return {**window, "mem_z": z_mem.numpy(), "mem_pose": feats, "mem_valid": valid, "mem_slot": slot}
 
     def batch(self, n, step, rank):
         """A batch of CPU tensors (the training loop moves it to its device)."""
@@ -456,7 +458,8 @@ class MemoryWindows:
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("z").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                  "terminated": stack("terminated"),
-                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid"))}
+                 "memory": (stack("mem_z").float(), stack("mem_pose"), stack("mem_valid")),
+                 "memory_slot": stack("mem_slot")}
         if self.captions:
             batch["text"] = torch.from_numpy(self.captions.batch(rng, [it["start"] for it in items]))
         return batch
@@ -479,6 +482,7 @@ class MemoryWindows:
             it["mem_pose"] = np.zeros((self.k, 4), np.float32)
             it["mem_valid"] = np.zeros(self.k, bool)
             it["mem_z"][0], it["mem_pose"][0], it["mem_valid"][0] = view.numpy(), SEEN_HERE, True
+            it["mem_slot"] = np.full(self.k, -1)  # a view of its own, not a window frame
 
 
 def dataset_pose_model(meta: dict) -> dict:

@@ -57,7 +57,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
                            end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
                            sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
                            judge=None, judge_weight: float = 0.0, judge_target: str = "action",
-                           rollout_share: float = 0.0, rollout_frames: int = 4):
+                           rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -82,6 +82,8 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     `rollout_share` of the windows read a dreamed context (`dreamed_context`, its last
     `rollout_frames` before the last frame), every frame before the last at the context
     level as the dream holds them; every frame is still learnt towards the real one.
+    `memory_slot` (B, K): where in the window each memory frame sits (-1: before it); a
+    dreamed window's memory of a dreamed frame is that dream, as a dream's bank holds it.
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -97,6 +99,11 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
             z_in[dreamed] = dreamed_context(model, z[dreamed], _rows(actions, dreamed), rollout_frames,
                                             None if text is None else text[dreamed]).to(z.dtype)
         tau = torch.where(dreamed[:, None] & before_last, model.cfg.ctx_noise, tau)
+        if memory is not None and memory_slot is not None:  # the real frame must not come back through memory
+            start = t - 1 - rollout_frames
+            swap = dreamed[:, None] & (memory_slot >= start) & (memory_slot < t - 1)
+            recalled = z_in[torch.arange(b, device=z.device)[:, None], memory_slot.clamp(0, t - 1)]
+            memory = (torch.where(swap[..., None, None, None], recalled, memory[0]), *memory[1:])
     eps = torch.randn_like(z)
     x = (1 - tau[..., None, None, None]) * z_in + tau[..., None, None, None] * eps
     into, has = model.actions_into_frames(actions, b, t, z.device, has_action)
