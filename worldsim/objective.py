@@ -10,8 +10,8 @@ Dreamed context (scheduled sampling for a video model): in a share of the window
 frames just before the last are the model's own samples, drawn as a dream draws them
 from the real frames before, with the real actions; the last frame is still learnt
 towards the real one. A dream reads its own frames after its first step, so this is the
-context it must predict from, and the real frame after it teaches it to pull a drifting
-dream back to the world.
+context it must predict from. (After a dream that drifted, the real next frame may not be
+predictable from it, and a squared error then rewards a blur.)
 
 Distillation into one step: a student learns to predict, in one pass from pure noise,
 the frame a teacher samples from the same noise in its several guided passes.
@@ -36,7 +36,7 @@ def dreamed_context(model: Dynamics, z, actions, frames: int, text=None):
     """z (B, T, C, h, w) with frames T-1-frames .. T-2 replaced by the model's samples:
     the frames before them primed into a cache at the context noise level, then each one
     sampled (the model's sampler and guidance, without memory) with the real action that
-    led into it, as a dream steps. The first and last frames stay real."""
+    led into it, as a dream steps. The frames before them and the last frame stay real."""
     b, t = z.shape[:2]
     start = t - 1 - frames
     if not 1 <= start < t - 1:
