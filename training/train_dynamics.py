@@ -43,7 +43,7 @@ from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.depth import load_depth_run
 from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, SEEN_HERE, PoseTracker, bank_drops, best_views, fit_pose_model,
                              gather, latent_keys, relative_poses, view_overlap, view_points_seen)
-from worldsim.objective import diffusion_forcing_loss, distillation_loss
+from worldsim.objective import diffusion_forcing_loss, distillation_loss, first_dreamed
 from worldsim.reproject import rerender
 from worldsim.text import TEXT_DIM, whitening
 from worldsim.tokenizer import Tokenizer
@@ -686,9 +686,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             raise ValueError(f"--sampled-context-share is a share of the windows, in [0, 1]; got {cfg.sampled_context_share}")
         if not 0 <= cfg.rollout_share <= 1:
             raise ValueError(f"--rollout-share is a share of the windows, in [0, 1]; got {cfg.rollout_share}")
-        if cfg.rollout_share and not 1 <= cfg.rollout_frames <= window - 2:
-            raise ValueError(f"--rollout-frames {cfg.rollout_frames}: a window of {window} frames dreams 1 to "
-                             f"{window - 2} of them (a real frame to start from, the real last frame to learn)")
+        if cfg.rollout_share:
+            first_dreamed(window, cfg.rollout_frames)  # a window too short says so before the first step
         if cfg.rollout_share and cfg.footage:
             raise ValueError("--rollout-share dreams with the real actions, which footage does not have: drop --footage")
         weights = action_weights(probe.paths, meta, cfg.action_balance).to(device) if cfg.action_balance else None

@@ -31,6 +31,15 @@ def _rows(a, i):
     return a[i] if not isinstance(a, dict) else {k: v[i] for k, v in a.items()}
 
 
+def first_dreamed(t: int, frames: int) -> int:
+    """The first dreamed frame of a window of t frames whose `frames` before the last are
+    dreamed: at least one real frame before them to start from, and the last one real."""
+    if not 1 <= frames <= t - 2:
+        raise ValueError(f"--rollout-frames {frames}: a window of {t} frames dreams 1 to {t - 2} of them (at least "
+                         "one real frame to start from and the real last frame to learn)")
+    return t - 1 - frames
+
+
 @torch.no_grad()
 def dreamed_context(model: Dynamics, z, actions, frames: int, text=None):
     """z (B, T, C, h, w) with frames T-1-frames .. T-2 replaced by the model's samples:
@@ -38,10 +47,7 @@ def dreamed_context(model: Dynamics, z, actions, frames: int, text=None):
     sampled (the model's sampler and guidance, without memory) with the real action that
     led into it, as a dream steps. The frames before them and the last frame stay real."""
     b, t = z.shape[:2]
-    start = t - 1 - frames
-    if not 1 <= start < t - 1:
-        raise ValueError(f"--rollout-frames {frames}: a window of {t} frames dreams 1 to {t - 2} of them (at least "
-                         "one real frame to start from and the real last frame to learn)")
+    start = first_dreamed(t, frames)
     into, has = model.actions_into_frames(actions, b, t, z.device)
     index = torch.arange(t, device=z.device).expand(b, t)
     before = slice(0, start)
@@ -100,7 +106,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
                                             None if text is None else text[dreamed]).to(z.dtype)
         tau = torch.where(dreamed[:, None] & before_last, model.cfg.ctx_noise, tau)
         if memory is not None and memory_slot is not None:  # the real frame must not come back through memory
-            start = t - 1 - rollout_frames
+            start = first_dreamed(t, rollout_frames)
             swap = dreamed[:, None] & (memory_slot >= start) & (memory_slot < t - 1)
             recalled = z_in[torch.arange(b, device=z.device)[:, None], memory_slot.clamp(0, t - 1)]
             memory = (torch.where(swap[..., None, None, None], recalled, memory[0]), *memory[1:])
