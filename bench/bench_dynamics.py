@@ -118,7 +118,9 @@ def main():
             print(f"{name}: its real action shown (judge), steps " +
                   ", ".join(f"{k}: {v:.2f}" for k, v in result[f"{name}_shown"].items()))
     heads = result["heads"]
-    for event in ("pickups", "ends"):
+    for event in ("pickups", "ends", "events", "unlocks"):
+        if event not in heads:  # events and unlocks: a model with counted events (Crafter's achievements)
+            continue
         d = heads[event]
         print(f"{event} head as a detector: {d['events']} real, {d['predicted']} predicted, "
               f"precision {d['precision']}, recall {d['recall']}"
@@ -126,6 +128,9 @@ def main():
                  if "expected" in d else "")
               + (f"; of the {d['in_view_before']} whose object was in view the frame before, recall "
                  f"{d['recall_in_view_before']}" if "in_view_before" in d else ""))
+    paid = heads["returns"]
+    print(f"return per real episode as the heads pay it: {paid['paid']:.2f} (the game paid {paid['real']:.2f}; "
+          f"{paid['episodes']} episodes)")
     if args.uncertainty:
         u = result["uncertainty"]
         print(f"uncertainty (sample disagreement) against error, {u['windows']} windows x {u['steps']} steps: "

@@ -139,6 +139,25 @@ def env_pose_model(env_id: str | None, env_kwargs: dict | None = None) -> dict |
         env.close()
 
 
+def gt_names(env_id: str | None, key: str, size: int) -> tuple[str, ...]:
+    """What each of the `size` entries of the ground-truth vector `key` is (Crafter's
+    achievements by name), where the env's ``gt_names`` says; else "key[i]"."""
+    names = None
+    try:
+        resolve_env_id(env_id)
+    except ValueError:
+        pass
+    else:
+        env = gym.make(env_id)
+        try:
+            names = (optional_attr(env, "gt_names") or {}).get(key)
+        finally:
+            env.close()
+    if names is not None and len(names) != size:
+        raise ValueError(f"{env_id} names {len(names)} entries of gt/{key}; the data holds {size}")
+    return tuple(names) if names is not None else tuple(f"{key}[{i}]" for i in range(size))
+
+
 def register_envs():
     if "worldsim/Rooms-v0" in gym.registry:
         return

@@ -104,6 +104,7 @@ class CrafterEnv(gym.Env):
     """Crafter behind the gymnasium API, with its ground truth in ``info["gt"]``."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    gt_names = {"inventory": INVENTORY, "achievements": ACHIEVEMENTS}  # what each entry of those gt vectors is
 
     def __init__(self, size: int = 64, length: int = 10000, area: int = 64, view: int = 9,
                  render_mode: str | None = None):

@@ -138,7 +138,7 @@ def test_ppo_learns_on_the_batched_dream(world):
 
     class PaysForForward(torch.nn.Module):  # a dream that pays 1 for FORWARD (action 1) and never ends
         def forward(self, z_prev, z_next, actions):
-            return (actions == 1).float(), torch.full((len(actions),), -20.0)
+            return (actions == 1).float(), torch.full((len(actions),), -20.0), torch.zeros(len(actions), 0)
 
     model = WorldModel.load(world)
     model.dynamics.heads = PaysForForward()

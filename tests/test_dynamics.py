@@ -643,7 +643,7 @@ def test_pickup_detection_counts_the_pickups_whose_object_was_in_view(pipeline, 
 
     class PaysForForward(torch.nn.Module):  # a head that pays 1 for FORWARD (action 1), never ends
         def forward(self, z_prev, z_next, actions):
-            return (actions == 1).float(), torch.full((len(actions),), -20.0)
+            return (actions == 1).float(), torch.full((len(actions),), -20.0), torch.zeros(len(actions), 0)
 
     model = WorldModel.load(pipeline[0] / "world.safetensors")
     model.dynamics.heads = PaysForForward()

@@ -57,7 +57,7 @@ class _PaysForAction(torch.nn.Module):
         self.action = action
 
     def forward(self, z_prev, z_next, actions):
-        return (actions == self.action).float(), torch.full((len(actions),), -20.0)
+        return (actions == self.action).float(), torch.full((len(actions),), -20.0), torch.zeros(len(actions), 0)
 
 
 def test_cmaes_controller_learns_what_the_dream_pays(pipeline, tmp_path):
@@ -156,7 +156,7 @@ def test_whole_rewards_pay_what_the_head_is_sure_of(pipeline):
 
     class UnsureHead(torch.nn.Module):  # 0.9 for FORWARD (action 1), 0.2 otherwise; never ends
         def forward(self, z_prev, z_next, actions):
-            return 0.2 + 0.7 * (actions == 1).float(), torch.full((len(actions),), -20.0)
+            return 0.2 + 0.7 * (actions == 1).float(), torch.full((len(actions),), -20.0), torch.zeros(len(actions), 0)
 
     model = WorldModel.load(pipeline[0] / "world.safetensors")
     model.dynamics.heads = UnsureHead()

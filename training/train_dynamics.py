@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs import env_pose_model
+from envs import env_pose_model, gt_names
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, config_from, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
@@ -43,7 +43,7 @@ from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
 from worldsim.depth import load_depth_run
 from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, SEEN_HERE, PoseTracker, bank_drops, best_views, fit_pose_model,
                              gather, latent_keys, relative_poses, view_overlap, view_points_seen)
-from worldsim.objective import diffusion_forcing_loss, distillation_loss, first_dreamed
+from worldsim.objective import diffusion_forcing_loss, distillation_loss, first_dreamed, heads_loss
 from worldsim.reproject import rerender
 from worldsim.text import TEXT_DIM, whitening
 from worldsim.tokenizer import Tokenizer
@@ -69,6 +69,8 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     reward_share: float = 0.0  # share of each batch drawn from windows whose last step pays a reward (rare pickups: the model learns to draw what pays, so a dream's head can pay for it)
+    events: str = ""  # a ground-truth key of per-frame event counts (Crafter: achievements): the heads learn which counts rose at each step, the dream pays 1 the first time each rises in an episode, and the reward head learns the reward less those first rises (Crafter's reward: an achievement pays once an episode, which no pair of frames shows)
+    heads_only: bool = False  # train only the reward, end and event heads, on clean real latents (the transformer as --init left it, no denoising): a head added to a trained model in minutes
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
@@ -144,11 +146,14 @@ class LatentWindows:
     step ends the episode, so the termination head sees deaths, rare as they are,
     `reward_share` from windows whose last step pays a reward, so the model learns to draw
     the step that pays (an object reached and gone), and `object_share` (with captions)
-    from windows that start with an object in view."""
+    from windows that start with an object in view. With `events` (a gt key) each batch
+    carries the frames' event counts."""
 
     def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None,
-                 object_share: float = 0.0, reward_share: float = 0.0):
-        self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents")
+                 object_share: float = 0.0, reward_share: float = 0.0, events: str = ""):
+        self.events = events
+        self.windows = WindowDataset(root, split="train", context=window, horizon=0, field="latents",
+                                     gt_keys=(events,) if events else ())
         self.captions = captions
         if not self.windows.has_actions:
             raise ValueError(f"{root} has no actions; the dynamics model needs action-labelled episodes")
@@ -191,6 +196,8 @@ class LatentWindows:
         stack = lambda k: as_tensors(np.stack([it[k] for it in items]))  # noqa: E731
         batch = {"z": stack("context").float(), "actions": stack("actions"), "rewards": stack("rewards"),
                  "terminated": stack("terminated")}
+        if self.events:
+            batch["events"] = stack(f"gt/{self.events}")
         if self.captions:
             starts = [(self.windows.paths[e], t) for e, t in (self.windows.index[int(i)] for i in idx)]
             batch["text"] = torch.from_numpy(self.captions.batch(rng, starts))
@@ -504,6 +511,7 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
                              "pose, and the camera's field of view (the env's pose_model()['fov_deg'])")
     one_step = {"sample_steps": 1, "memory_guidance": 0.0, "action_guidance": 0.0, "text_guidance": 0.0}
     dyn_cfg = DynamicsConfig(latent_shape=tuple(meta["latent_shape"]), action_space=meta["action_space"],
+                             events=event_names(cfg, meta),
                              **{**CONFIGS[cfg.config], "memory": cfg.memory, "memory_fov_deg": fov,
                                 **({"patch": cfg.patch} if cfg.patch else {}),
                                 **({"text_dim": TEXT_DIM, "text_whiten": cfg.text_whiten} if cfg.text else {}),
@@ -518,6 +526,20 @@ def build(cfg: TrainConfig, meta: dict) -> Dynamics:
     if cfg.text and cfg.init:  # the text layer is new to the model it starts from: it learns 10x faster
         model.lr_scales = {"text.": 10.0}
     return model
+
+
+def event_names(cfg: TrainConfig, meta: dict) -> tuple[str, ...]:
+    """The names of the counts `--events` points the heads at (the env's, else key[i])."""
+    if not cfg.events:
+        return ()
+    with open_episode(episode_paths(cfg.data, "train")[0]) as f:
+        if f"gt/{cfg.events}" not in f:
+            raise ValueError(f"--events {cfg.events}: {cfg.data}'s episodes have no gt/{cfg.events}; they have "
+                             f"{sorted(f['gt']) if 'gt' in f else 'no ground truth'}")
+        shape = f["gt"][cfg.events].shape
+    if len(shape) != 2:
+        raise ValueError(f"--events {cfg.events}: expected a vector of counts per frame, (T + 1, E); got {shape}")
+    return gt_names(meta.get("env_id"), cfg.events, shape[1])
 
 
 # The layers that read or write latents: a model for another tokenizer (other channels or
@@ -535,8 +557,8 @@ def resized_positions(table: torch.Tensor, grid: tuple[int, int], new_grid: tupl
 
 def init_from(model: Dynamics, path: str, first_frame: bool = False):
     """Load the weights `path` shares with `model` (a world model or a dynamics run);
-    parts only `model` has (the memory's pose embedding) keep their initial values, and so
-    do the latent input/output layers when the latent shape or patch size changed. A
+    parts only `model` has (the memory's pose embedding, event rows of the heads) keep their
+    initial values, and so do the latent input/output layers when the latent shape or patch size changed. A
     `first_frame` model (single frames) leaves out the memory layers of `path`."""
     tensors, config = load_checkpoint(path)
     prefix = NETWORK_OF_KIND.get(config.get("kind"))
@@ -554,6 +576,10 @@ def init_from(model: Dynamics, path: str, first_frame: bool = False):
     grid, new_grid = config_from(DynamicsConfig, config, "dynamics", path).token_grid, model.cfg.token_grid
     if grid != new_grid:  # a finer or coarser patching: the body carries over, positions are resampled
         weights["space_pos"] = resized_positions(weights["space_pos"], grid, new_grid)
+    out = "heads.out.2."  # the heads' last layer: reward and end rows first, then one per event
+    if out + "weight" in weights and own[out + "weight"].shape[0] > weights[out + "weight"].shape[0] == 2:
+        for k in (out + "weight", out + "bias"):  # events new to the model: reward and end carry over
+            weights[k] = torch.cat([weights[k], own[k][2:]])
     shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     left = sorted(set(weights) - set(shared))
     if any(k.startswith("text.") for k in left):
@@ -575,6 +601,8 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
     meta = dict(meta)
     if cfg.memory and cfg.end_share:
         raise ValueError("--end-share and --memory do not combine yet: memory windows are drawn by view overlap")
+    if cfg.events and (cfg.memory or cfg.footage):
+        raise ValueError("--events does not combine with --memory or --footage yet: their windows carry no ground truth")
     captions = WindowCaptions(episode_paths(cfg.data, "train"), cfg.text_dropout) if cfg.text else None
     if cfg.object_share and not cfg.text:
         raise ValueError("--object-share draws windows by their captions: it needs --text")
@@ -601,7 +629,8 @@ def training_windows(cfg: TrainConfig, meta: dict, window: int):
             raise ValueError(f"--memory-reproject turns memory views by their pose, but {cfg.data} is keyed by "
                              f"{data.key!r}: its episodes need gt/pose")
     else:
-        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions, cfg.object_share, cfg.reward_share)
+        data = LatentWindows(cfg.data, window, cfg.seed, cfg.end_share, captions, cfg.object_share, cfg.reward_share,
+                             cfg.events)
     if cfg.footage:
         if cfg.memory:
             raise ValueError("--footage and --memory do not combine yet: memory windows are drawn by pose, which "
@@ -665,7 +694,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
-    if cfg.teacher:
+    if cfg.heads_only:
+        if not cfg.init or cfg.teacher:
+            raise ValueError("--heads-only trains the heads of a trained model: it needs --init MODEL, and no --teacher")
+        model.requires_grad_(False)
+        model.heads.requires_grad_(True)
+        loss_of = lambda m, b: heads_loss(m, **b, end_weight=cfg.end_weight)  # noqa: E731
+    elif cfg.teacher:
         if (cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge
                 or cfg.rollout_share):
             raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "

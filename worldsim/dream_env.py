@@ -228,6 +228,8 @@ class _DreamBase:
                 "steps": steps, "memory_frames": int(self.core.retrieved[row])}
         if self.uncertainty:
             info["uncertainty"] = float(self.core.spread[row]) if steps else 0.0
+        if self.core.dyn.cfg.events:
+            info["events"] = self.core.happened[row].copy()
         return info
 
 
@@ -261,7 +263,10 @@ class DreamEnv(_DreamBase, gym.Env):
 
     ## Rewards
     The model's reward head on each transition (Rooms: about 1 where an object is
-    reached).
+    reached). A model with counted events (Crafter's achievements, `model.dynamics.cfg.events`)
+    adds 1 for each event its head detects that the episode has not had yet, as Crafter
+    pays an achievement only the first time; an episode started from given frames has had
+    none.
 
     ## Starting State
     `reset(options=...)`: a real start frame held with the checkpoint (default), a dataset
@@ -276,7 +281,8 @@ class DreamEnv(_DreamBase, gym.Env):
     ## Info
     `termination_prob`, `steps`, `context_frames`, `memory_frames` (views recalled for this
     frame; with rerender, fused into the one view the network sees), `denoising_steps`, and with `uncertainty=True` `uncertainty` (the disagreement
-    of two samples of the frame).
+    of two samples of the frame); with counted events, `events` (E,) bool: those the head
+    detected in this step, in the order of `model.dynamics.cfg.events`.
 
     ## Arguments
         checkpoint: world model file or a loaded WorldModel (default: the shipped Rooms model).

@@ -47,9 +47,11 @@ class DynamicsConfig:
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action); for a model trained with action dropout
     memory_guidance: float = 1.0  # w: x0 = x0_mem + w (x0_mem - x0_no_mem) with memory; 0 turns it off
     memory_fov_deg: float = 0.0  # > 0: a memory token takes the screen position its bearing has in the new view (a camera of this horizontal field of view; turns only)
+    events: tuple[str, ...] = ()  # names of counted events the heads detect (Crafter's achievements): each pays 1 the first time it happens in an episode, and the reward head learns the rest of the reward
 
     def __post_init__(self):
         self.latent_shape = tuple(self.latent_shape)
+        self.events = tuple(self.events)
         c, h, w = self.latent_shape
         if h % self.patch or w % self.patch:
             raise ValueError(f"latent {h}x{w} is not divisible by patch {self.patch}")
@@ -239,7 +241,13 @@ class KVCache:
 
 
 class RewardEndHead(nn.Module):
-    """Reward and termination of the step (z_prev, action) -> z_next, from clean latents."""
+    """Reward, termination and events of the step (z_prev, action) -> z_next, from clean latents.
+
+    With `cfg.events` the head also says which counted events happened in the step (a
+    logit each). A pair of frames cannot tell whether an achievement is new to the
+    episode, and Crafter pays only the first; so the reward head learns the reward less
+    those first payments, and whoever steps the dream keeps what each episode has
+    unlocked and pays the rest (`paid`)."""
 
     def __init__(self, cfg: DynamicsConfig, width: int = 64):
         super().__init__()
@@ -247,14 +255,21 @@ class RewardEndHead(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(2 * c, width, 3, padding=1), nn.SiLU(),
                                   nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU())
         self.action = ActionEncoder(cfg.action_space, width, with_null=False)  # every step has its action
-        self.out = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+        self.out = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2 + len(cfg.events)))
 
     def forward(self, z_prev, z_next, actions):
-        """(N, C, h, w) x2, actions (N, ...) -> reward (N,), termination logit (N,)."""
+        """(N, C, h, w) x2, actions (N, ...) -> reward (N,), termination logit (N,), event logits (N, E)."""
         h = self.conv(torch.cat([z_prev, z_next], dim=1)).mean(dim=(2, 3))
         h = h + self.action.encode(actions, (len(h),))
-        reward, end = self.out(h).unbind(-1)
-        return reward, end
+        out = self.out(h)
+        return out[:, 0], out[:, 1], out[:, 2:]
+
+    @staticmethod
+    def paid(reward, event_logits, unlocked):
+        """The step's reward with each detected event (logit > 0) paying 1 unless `unlocked`
+        (N, E) says the episode had it already; returns (reward (N,), unlocked after the step)."""
+        happened = event_logits > 0
+        return reward + (happened & ~unlocked).sum(-1).to(reward.dtype), unlocked | happened
 
 
 class Dynamics(nn.Module):

@@ -63,7 +63,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
                            end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
                            sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
                            judge=None, judge_weight: float = 0.0, judge_target: str = "action",
-                           rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None):
+                           rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None, events=None):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -90,6 +90,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     level as the dream holds them; every frame is still learnt towards the real one.
     `memory_slot` (B, K): where in the window each memory frame sits (-1: before it); a
     dreamed window's memory of a dreamed frame is that dream, as a dream's bank holds it.
+    `events`: each frame's event counts, for the heads (`heads_loss`).
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -134,17 +135,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         denoise = denoise + per_frame[:, 0].mean()
     if t == 1:  # a single frame (a world's start from its caption): no step for the heads to learn
         return denoise, {"loss": denoise.item(), "denoise_mse": denoise.item(), "last_mse": last.item()}
-    # Heads on clean latents: each step (z_j, a_j) -> z_{j+1}.
-    flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
-    reward, end = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(), flat(actions))
-    reduction = "mean" if has_action is None else "none"
-    reward_loss = F.mse_loss(reward, rewards.flatten().float(), reduction=reduction)
-    end_loss = F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction=reduction,
-                                                  pos_weight=torch.tensor(end_weight, device=z.device))
-    if has_action is not None:  # a mean over the labelled steps only
-        labelled = has_action[:, None].float().expand(b, t - 1).flatten()
-        labelled = labelled / labelled.sum().clamp(min=1)
-        reward_loss, end_loss = (reward_loss * labelled).sum(), (end_loss * labelled).sum()
+    heads, head_metrics = heads_loss(model, z, actions, rewards, terminated, has_action, end_weight, events)
     judge_term, judged = 0.0, {}
     if judge is not None:
         before = z[:, :-1].flatten(0, 1)
@@ -162,9 +153,46 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         judge_term = judge_weight * judge_ce
         shown = ((logits.argmax(1) == actions.flatten()).float() * given).sum() / given.sum().clamp(min=1)
         judged = {"judge_ce": judge_ce.item(), "judge_shown": shown.item()}
-    total = denoise + reward_loss + 0.1 * end_loss + judge_term
-    return total, {"loss": total.item(), "denoise_mse": denoise.item(), "reward_mse": reward_loss.item(),
-                   "end_bce": end_loss.item(), "last_mse": last.item(), **judged, **dreamed_metrics}
+    total = denoise + heads + judge_term
+    return total, {"loss": total.item(), "denoise_mse": denoise.item(), **head_metrics, "last_mse": last.item(),
+                   **judged, **dreamed_metrics}
+
+
+def heads_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, end_weight: float = 10.0,
+               events=None, **_):
+    """The reward, termination and event heads on each step (z_j, a_j) -> z_{j+1} of a
+    window of clean latents z (B, T, C, h, w); action-free windows (`has_action` False)
+    teach them nothing. `events` (B, T, E), with a model that has `cfg.events`: each
+    frame's event counts so far in its episode. An event happened where its count rose;
+    the reward head learns the reward less the events new to the episode, which the dream
+    pays itself (RewardEndHead.paid). Returns (loss, metrics)."""
+    b, t = z.shape[:2]
+    flat = lambda a: a.flatten(0, 1) if not isinstance(a, dict) else {k: v.flatten(0, 1) for k, v in a.items()}  # noqa: E731
+    reward, end, event_logits = model.heads(z[:, :-1].flatten(0, 1).float(), z[:, 1:].flatten(0, 1).float(),
+                                            flat(actions))
+    target = rewards.flatten().float()
+    n_events = len(model.cfg.events)
+    if n_events:
+        if events is None or events.shape[-1] != n_events:
+            raise ValueError(f"the model's heads detect {n_events} events; the batch gives "
+                             f"{None if events is None else events.shape[-1]} event counts per frame")
+        rose = (events[:, 1:] > events[:, :-1]).flatten(0, 1).float()
+        new = rose * (events[:, :-1] == 0).flatten(0, 1).float()
+        target = target - new.sum(-1)
+    reduction = "mean" if has_action is None else "none"
+    losses = {"reward_mse": F.mse_loss(reward, target, reduction=reduction),
+              "end_bce": F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction=reduction,
+                                                            pos_weight=torch.tensor(end_weight, device=z.device))}
+    if n_events:
+        losses["event_bce"] = F.binary_cross_entropy_with_logits(event_logits, rose, reduction="none").sum(-1)
+        if has_action is None:
+            losses["event_bce"] = losses["event_bce"].mean()
+    if has_action is not None:  # a mean over the labelled steps only
+        labelled = has_action[:, None].float().expand(b, t - 1).flatten()
+        labelled = labelled / labelled.sum().clamp(min=1)
+        losses = {k: (v * labelled).sum() for k, v in losses.items()}
+    total = losses["reward_mse"] + 0.1 * losses["end_bce"] + losses.get("event_bce", 0.0)
+    return total, {k: v.item() for k, v in losses.items()}
 
 
 def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from worldsim.dataset import episode_paths, read_episode
+from worldsim.dynamics import RewardEndHead
 from worldsim.tokenizer import psnr_pooled, ssim
 from worldsim.world_model import DreamCore
 
@@ -144,14 +145,37 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
 
     Where the ground truth names the objects (Rooms: gt/objects_alive, gt/objects_in_view),
     pickups also split by whether the collected object was in view the frame before:
-    one reached backwards or sideways leaves no trace in the pair of frames the head reads."""
+    one reached backwards or sideways leaves no trace in the pair of frames the head reads.
+
+    `returns`: the mean return per episode the head pays for the real play (what a dream
+    of these episodes would pay) beside the real one. A model with counted events
+    (Crafter's achievements) pays as the dream does (the head's reward, plus each detected
+    event the episode had not had), and its event head is scored as a detector of the
+    steps where a count rose (`events`, pooled over the events) and of those with an
+    event new to the episode (`unlocks`)."""
     preds, reals, end_p, end_r, in_view = [], [], [], [], []
+    names, key = model.dynamics.cfg.events, (model.info.get("train") or {}).get("events")
+    event_p, event_r, unlock_p, unlock_r = [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
         e = read_episode(path)
         with torch.no_grad():
             z = torch.cat([model.encode(e.frames[None, s:s + 256])[0] for s in range(0, len(e.frames), 256)])
-            r, end = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
+            r, end, logits = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
+            if names:  # the episode from its start: nothing unlocked before its first step
+                unlocked = torch.zeros(1, len(names), dtype=torch.bool, device=z.device)
+                paid = []
+                for t in range(len(r)):
+                    step_reward, before = r[t:t + 1].float(), unlocked
+                    step_reward, unlocked = RewardEndHead.paid(step_reward, logits[t:t + 1], unlocked)
+                    paid.append(step_reward)
+                    unlock_p.append(bool((unlocked & ~before).any()))
+                r = torch.cat(paid)
+                if key not in e.gt:
+                    raise ValueError(f"{path}: no gt/{key}, the counts the model's event head is scored against")
+                counts = np.asarray(e.gt[key])
+                event_p.append((logits > 0).cpu().numpy()), event_r.append(counts[1:] > counts[:-1])
+                unlock_r += list(((counts[1:] > 0) & (counts[:-1] == 0)).any(1))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
         end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
         if "objects_alive" in e.gt and "objects_in_view" in e.gt:
@@ -166,9 +190,14 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
         seen_before = np.concatenate(in_view) & (np.abs(r) > 0.5)
         pickups["in_view_before"] = int(seen_before.sum())
         pickups["recall_in_view_before"] = float((np.abs(p) > 0.5)[seen_before].mean()) if seen_before.any() else None
-    return {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
-            "reward_mse_always_zero": float((r ** 2).mean()), "pickups": pickups,
-            "ends": _detector(ep > 0.5, er) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)}}
+    result = {"transitions": int(len(r)), "reward_mse": float(((p - r) ** 2).mean()),
+              "reward_mse_always_zero": float((r ** 2).mean()), "pickups": pickups,
+              "ends": _detector(ep > 0.5, er) | {"expected": float(ep.sum()), "r_precision": _r_precision(ep, er)},
+              "returns": {"episodes": len(preds), "paid": float(p.sum() / len(preds)), "real": float(r.sum() / len(preds))}}
+    if names:
+        result["events"] = _detector(np.concatenate(event_p).ravel(), np.concatenate(event_r).ravel())
+        result["unlocks"] = _detector(np.array(unlock_p), np.array(unlock_r))
+    return result
 
 
 def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000, batch: int = 64,

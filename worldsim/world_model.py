@@ -20,7 +20,7 @@ import torch.nn as nn
 from worldsim.checkpoint import (DEPTH, DYNAMICS, FIRST_FRAME, TOKENIZER, CheckpointError, config_from, load_checkpoint,
                                  prefixed, save_checkpoint, with_prefix)
 from worldsim.depth import DepthConfig, DepthNet
-from worldsim.dynamics import Dynamics, DynamicsConfig
+from worldsim.dynamics import Dynamics, DynamicsConfig, RewardEndHead
 from worldsim.memory import MEMORY_CAPACITY, SEEN_HERE, MemoryBank, PoseTracker, relative_poses_batched
 from worldsim.reproject import rerender
 from worldsim.sampler import prime, sample_next
@@ -263,6 +263,9 @@ class DreamCore:
                 self.last_inverse = torch.zeros(num_rows, *model.frame_shape[:2], device=self.device)
             self.memories = MemoryBank(num_rows, **self.memory_args, device=self.device)
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # memory frames the last step attended to
+        # Events (cfg.events) each row's episode has had, paid once each; and those of the last step.
+        self.unlocked = torch.zeros(num_rows, len(self.dyn.cfg.events), dtype=torch.bool, device=self.device)
+        self.happened = np.zeros((num_rows, len(self.dyn.cfg.events)), dtype=bool)
         self.uncertainty = uncertainty
         self.spread = np.zeros(num_rows, dtype=np.float32)  # the last step's sample disagreement (uncertainty=True)
         self.spread_generator = None  # the second sample's own noise: the dream itself is the same with or without it
@@ -272,11 +275,11 @@ class DreamCore:
 
     # What a step reads and writes; the network and the settings are not part of a state.
     STATE = ("cache", "clock", "last", "last_pixels", "last_inverse", "poses", "memories", "retrieved", "spread",
-             "spread_generator", "text")
+             "spread_generator", "text", "unlocked", "happened")
 
     def get_state(self) -> dict:
         """A copy of the dream's state: KV cache, clocks, last latents, poses, memories,
-        text, the second sample's noise (uncertainty)."""
+        text, the second sample's noise (uncertainty), the events each episode has had."""
         return copy.deepcopy({"rows": self.n, **{k: getattr(self, k) for k in self.STATE if hasattr(self, k)}})
 
     def set_state(self, state: dict):
@@ -341,6 +344,7 @@ class DreamCore:
                     if self.by_pose:
                         self.poses[row] = poses[-1]
                 self.retrieved[row] = 0
+                self.unlocked[row], self.happened[row] = False, False  # a context's own events are not known
 
     def _recall(self, actions):
         """Move each row's pose by its action and fetch its memory for the next frame."""
@@ -398,7 +402,9 @@ class DreamCore:
             nxt = sample(generator, True)
             if self.uncertainty:
                 self.spread = ((nxt - other).pow(2).mean(dim=(1, 2, 3)) / 2).sqrt().float().cpu().numpy()
-            reward, end = self.dyn.heads(self.last, nxt, a)
+            reward, end, events = self.dyn.heads(self.last, nxt, a)
+            reward, self.unlocked = RewardEndHead.paid(reward.float(), events, self.unlocked)
+            self.happened = (events > 0).cpu().numpy()
             self.last = nxt
             if self.memory:
                 views = None
