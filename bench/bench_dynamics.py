@@ -55,10 +55,12 @@ def training_tokens_per_s(model: WorldModel, batch: int = 8, steps: int = 3) -> 
     z = torch.randn(batch, t, *dyn.cfg.latent_shape)
     a = torch.zeros(batch, t - 1, dtype=torch.long)
     opt = torch.optim.AdamW(dyn.parameters(), lr=0.0)
-    diffusion_forcing_loss(dyn, z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))[0].backward()
+    window = dict(rewards=torch.zeros(batch, t - 1), terminated=torch.zeros(batch, t - 1, dtype=torch.bool),
+                  events=torch.zeros(batch, t, len(dyn.cfg.events)))
+    diffusion_forcing_loss(dyn, z, a, **window)[0].backward()
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss, _ = diffusion_forcing_loss(dyn, z, a, torch.zeros(batch, t - 1), torch.zeros(batch, t - 1, dtype=torch.bool))
+        loss, _ = diffusion_forcing_loss(dyn, z, a, **window)
         opt.zero_grad()
         loss.backward()
         opt.step()

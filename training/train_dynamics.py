@@ -557,9 +557,9 @@ def resized_positions(table: torch.Tensor, grid: tuple[int, int], new_grid: tupl
 
 def init_from(model: Dynamics, path: str, first_frame: bool = False):
     """Load the weights `path` shares with `model` (a world model or a dynamics run);
-    parts only `model` has (the memory's pose embedding, event rows of the heads) keep their
-    initial values, and so do the latent input/output layers when the latent shape or patch size changed. A
-    `first_frame` model (single frames) leaves out the memory layers of `path`."""
+    parts only `model` has (the memory's pose embedding, the heads' event rows) keep their
+    initial values, and so do the latent input/output layers when the latent shape or
+    patch size changed. A `first_frame` model (single frames) leaves out the memory layers of `path`."""
     tensors, config = load_checkpoint(path)
     prefix = NETWORK_OF_KIND.get(config.get("kind"))
     if prefix is None:
