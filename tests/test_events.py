@@ -153,3 +153,13 @@ def test_head_detection_scores_the_events_and_the_paid_returns(event_world, room
     assert result["events"] == {"events": 2, "predicted": 4, "precision": 0.5, "recall": 1.0}
     assert result["unlocks"] == {"events": 1, "predicted": 1, "precision": 0.0, "recall": 0.0}  # paid at step 0, not 1
     assert result["returns"] == {"episodes": 1, "paid": 1.0, "real": 1.0}
+
+
+def test_reward_share_with_events_draws_windows_whose_last_step_has_an_event(pipeline, tmp_path):
+    from training.train_dynamics import LatentWindows
+
+    data = with_counts(pipeline, tmp_path)
+    batch = LatentWindows(str(data), 4, seed=0, reward_share=0.5, events="achievements").batch(16, 0, 0)
+    counts = batch["events"]
+    assert (counts[:8, -1] > counts[:8, -2]).any(-1).all()  # the drawn half ends on a step with an event
+    assert (batch["rewards"][:8, -1] == 0).any()  # an event the episode had already: drawn, though it paid nothing

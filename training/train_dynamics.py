@@ -68,7 +68,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     init: str | None = None  # start from this world model's or dynamics run's weights
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
-    reward_share: float = 0.0  # share of each batch drawn from windows whose last step pays a reward (rare pickups: the model learns to draw what pays, so a dream's head can pay for it)
+    reward_share: float = 0.0  # share of each batch drawn from windows whose last step pays a reward (rare pickups: the model learns to draw what pays, so a dream's head can pay for it); with --events, whose last step has an event
     events: str = ""  # a ground-truth key of per-frame event counts (Crafter: achievements): the heads learn which counts rose at each step, the dream pays 1 the first time each rises in an episode, and the reward head learns the reward less those first rises (Crafter's reward: an achievement pays once an episode, which no pair of frames shows)
     heads_only: bool = False  # train only the reward, end and event heads, on clean real latents (the transformer as --init left it, no denoising): a head added to a trained model in minutes
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
@@ -144,8 +144,9 @@ class LatentWindows:
     """Random windows of latents with their actions, rewards and ends; the draw depends
     only on (seed, step, rank). `end_share` of each batch comes from windows whose last
     step ends the episode, so the termination head sees deaths, rare as they are,
-    `reward_share` from windows whose last step pays a reward, so the model learns to draw
-    the step that pays (an object reached and gone), and `object_share` (with captions)
+    `reward_share` from windows whose last step pays a reward (with `events`, has an
+    event), so the model learns to draw the step that pays (an object reached and gone, a
+    sapling gathered), and `object_share` (with captions)
     from windows that start with an object in view. With `events` (a gt key) each batch
     carries the frames' event counts."""
 
@@ -161,8 +162,9 @@ class LatentWindows:
         self.ending, self.paying = [], []
         if end_share:
             self.ending = self._windows_ending_with(root, "terminated", window, "--end-share", end_share)
-        if reward_share:
-            self.paying = self._windows_ending_with(root, "rewards", window, "--reward-share", reward_share)
+        if reward_share:  # with events, the steps that pay are those where an event happens
+            self.paying = self._windows_ending_with(root, f"gt/{events}" if events else "rewards", window,
+                                                    "--reward-share", reward_share)
         self.object_share, self.showing = object_share, []
         if object_share:
             self.showing = [i for i, (e, t) in enumerate(self.windows.index)
@@ -171,11 +173,13 @@ class LatentWindows:
                 raise ValueError(f"--object-share {object_share}: no window of {root} starts with an object in view")
 
     def _windows_ending_with(self, root, field: str, window: int, option: str, share: float) -> list[int]:
-        """The windows whose last step has a nonzero `field` (an end, a reward)."""
+        """The windows whose last step has a nonzero `field` (an end, a reward), or for a
+        gt key of per-frame counts, a rise in one of them (an event)."""
         marked = {}
         for e, path in enumerate(self.windows.paths):
             with open_episode(path) as f:
-                marked[e] = read_array(f, field) != 0
+                values = read_array(f, field)
+            marked[e] = (np.diff(values, axis=0) > 0).any(1) if field.startswith("gt/") else values != 0
         found = [i for i, (e, t) in enumerate(self.windows.index) if marked[e][t + window - 2]]
         if not found:
             raise nothing_to_draw(option, share, root, field)
