@@ -6,9 +6,11 @@ Each test episode of DATA (a frames dataset with the events' ground truth) is dr
 its first frame with its own actions, as long as it lasted. Printed per event: how often
 the game counted it (real), how often the head detects it on the real frames (the
 ceiling of what it can pay), and how often in the dream; then the unlocks per episode
-(events new to the episode) that each would pay.
+(events new to the episode) that each would pay. With --lead L, each real event is also
+dreamed from the 4 real frames ending L steps before it, with the real actions, and
+counted where the head detects that event on the dreamed step (L = 0: one step ahead).
 
-    python bench/diag/dream_events.py CHECKPOINT DATA [--episodes 64]
+    python bench/diag/dream_events.py CHECKPOINT DATA [--episodes 64] [--lead 0 4]
 """
 import argparse
 
@@ -31,6 +33,7 @@ def main():
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lead", type=int, nargs="*", default=[], help="also dream each event from L steps before it")
     args = p.parse_args()
     torch.set_num_threads(2)
     model = WorldModel.load(args.checkpoint)
@@ -70,6 +73,34 @@ def main():
             print(f"{name:<22} {real[j]:>6} {detected[j]:>13} {dreamed[j]:>6}")
     print("unlocks per episode (what would be paid): " + ", ".join(
         f"{name} {np.mean(v):.2f}" for name, v in per_episode.items()))
+    for lead in args.lead:
+        found = drawn_from(model, episodes, key, lead, args.batch, generator)
+        print(f"events dreamed from real frames {lead} steps before: " + ", ".join(
+            f"{names[j]} {hit}/{total}" for j, (hit, total) in sorted(found.items())))
+
+
+def drawn_from(model, episodes, key, lead: int, batch: int, generator, context: int = 4) -> dict:
+    """{event: (dreamed steps the head detects it on, real events)} for the events dreamed
+    from the `context` real frames ending `lead` steps before each, with the real actions."""
+    cases = []
+    for e in episodes:
+        counts = np.asarray(e.gt[key])
+        for t, j in zip(*np.nonzero(counts[1:] > counts[:-1])):  # event j in step t (frame t -> t + 1)
+            if t - lead >= context - 1:
+                cases.append((e, int(t), int(j)))
+    found = {}
+    for i in range(0, len(cases), batch):
+        chunk = cases[i:i + batch]
+        core = DreamCore(model, len(chunk))
+        starts = [t - lead - context + 1 for _, t, _ in chunk]
+        core.reset_rows(range(len(chunk)), [(e.frames[s:s + context], e.actions[s:s + context - 1])
+                                            for (e, _, _), s in zip(chunk, starts)], generator)
+        for k in range(lead + 1):
+            core.step(np.stack([e.actions[t - lead + k] for e, t, _ in chunk]), generator)
+        for row, (_, _, j) in enumerate(chunk):
+            hit, total = found.get(j, (0, 0))
+            found[j] = (hit + int(core.happened[row, j]), total + 1)
+    return found
 
 
 if __name__ == "__main__":
