@@ -90,6 +90,10 @@ def test_heads_only_training_adds_event_heads_and_leaves_the_transformer(pipelin
         train(TrainConfig(out=str(tmp_path / "b"), heads_only=True, **base), progress=False)
     with pytest.raises(ValueError, match="--events does not combine with --memory"):
         train(TrainConfig(out=str(tmp_path / "c"), events="achievements", memory=2, **base), progress=False)
+    from worldsim.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=r"counts events \(2 of them\): pass --events"):
+        train(TrainConfig(out=str(tmp_path / "d"), init=str(tmp_path / "heads" / "latest.safetensors"), **base),
+              progress=False)
 
 
 @pytest.fixture

@@ -146,9 +146,8 @@ class LatentWindows:
     step ends the episode, so the termination head sees deaths, rare as they are,
     `reward_share` from windows whose last step pays a reward (with `events`, has an
     event), so the model learns to draw the step that pays (an object reached and gone, a
-    sapling gathered), and `object_share` (with captions)
-    from windows that start with an object in view. With `events` (a gt key) each batch
-    carries the frames' event counts."""
+    sapling gathered), and `object_share` (with captions) from windows that start with an
+    object in view. With `events` (a gt key) each batch carries the frames' event counts."""
 
     def __init__(self, root, window, seed, end_share: float = 0.0, captions: WindowCaptions | None = None,
                  object_share: float = 0.0, reward_share: float = 0.0, events: str = ""):
@@ -590,6 +589,9 @@ def init_from(model: Dynamics, path: str, first_frame: bool = False):
         raise CheckpointError(f"{path} was trained with captions: pass --text to keep its text conditioning")
     if any(k in left for k in ("text_mean", "text_whitening")):
         raise CheckpointError(f"{path} was trained with --text-whiten: pass it to keep its caption whitening")
+    if out + "weight" in left and not model.cfg.events:
+        raise CheckpointError(f"{path} counts events ({len(weights[out + 'weight']) - 2} of them): pass --events "
+                              "with their ground-truth key to keep them")
     if "memory_offscreen" in left:
         raise CheckpointError(f"{path} was trained with --memory-reproject: pass it to keep its memory positions")
     misfit = [k for k in left if not k.startswith(LATENT_IO)]
