@@ -16,6 +16,7 @@ and exact ground truth in ``info["gt"]``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import gymnasium as gym
@@ -120,39 +121,41 @@ def optional_attr(env: gym.Env | gym.vector.VectorEnv, name: str, default=None):
     return env.get_wrapper_attr(name) if env.has_wrapper_attr(name) else default
 
 
+@contextlib.contextmanager
+def _made(env_id: str | None, env_kwargs: dict | None = None):
+    """The env made from a known id, closed after use; None for an unknown id."""
+    try:
+        resolve_env_id(env_id)
+    except ValueError:
+        env = None
+    else:
+        env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        yield env
+    finally:
+        if env is not None:
+            env.close()
+
+
 def env_pose_model(env_id: str | None, env_kwargs: dict | None = None) -> dict | None:
     """What the env says about its camera, for keying latent memory by pose: its whole
     pose model (motion per action, field of view, reach) when it has a ``pose_model()``
     method, else the view attributes it offers (``fov_deg``, ``view_reach``) for a motion
     model fitted from data (worldsim.memory.fit_pose_model); None for an unknown env."""
-    try:
-        resolve_env_id(env_id)
-    except ValueError:
-        return None
-    env = gym.make(env_id, **(env_kwargs or {}))
-    try:
+    with _made(env_id, env_kwargs) as env:
+        if env is None:
+            return None
         if hasattr(env.unwrapped, "pose_model"):
             return env.unwrapped.pose_model()
         view = {"fov_deg": optional_attr(env, "fov_deg"), "reach": optional_attr(env, "view_reach")}
         return {k: float(v) for k, v in view.items() if v is not None}
-    finally:
-        env.close()
 
 
 def gt_names(env_id: str | None, key: str, size: int) -> tuple[str, ...]:
     """What each of the `size` entries of the ground-truth vector `key` is (Crafter's
     achievements by name), where the env's ``gt_names`` says; else "key[i]"."""
-    names = None
-    try:
-        resolve_env_id(env_id)
-    except ValueError:
-        pass
-    else:
-        env = gym.make(env_id)
-        try:
-            names = (optional_attr(env, "gt_names") or {}).get(key)
-        finally:
-            env.close()
+    with _made(env_id) as env:
+        names = None if env is None else (optional_attr(env, "gt_names") or {}).get(key)
     if names is not None and len(names) != size:
         raise ValueError(f"{env_id} names {len(names)} entries of gt/{key}; the data holds {size}")
     return tuple(names) if names is not None else tuple(f"{key}[{i}]" for i in range(size))

@@ -39,7 +39,7 @@ from envs import env_pose_model, gt_names
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import NETWORK_OF_KIND, CheckpointError, config_from, load_checkpoint, with_prefix
 from worldsim.dataset import WindowDataset, episode_paths, load_meta, open_episode, read_array
-from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig
+from worldsim.dynamics import CONFIGS, Dynamics, DynamicsConfig, event_rises
 from worldsim.depth import load_depth_run
 from worldsim.memory import (MIN_LIKENESS, SAME_VIEW, SEEN_HERE, PoseTracker, bank_drops, best_views, fit_pose_model,
                              gather, latent_keys, relative_poses, view_overlap, view_points_seen)
@@ -178,7 +178,7 @@ class LatentWindows:
         for e, path in enumerate(self.windows.paths):
             with open_episode(path) as f:
                 values = read_array(f, field)
-            marked[e] = (np.diff(values, axis=0) > 0).any(1) if field.startswith("gt/") else values != 0
+            marked[e] = event_rises(values).any(-1) if field.startswith("gt/") else values != 0
         found = [i for i, (e, t) in enumerate(self.windows.index) if marked[e][t + window - 2]]
         if not found:
             raise nothing_to_draw(option, share, root, field)

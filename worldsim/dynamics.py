@@ -240,6 +240,17 @@ class KVCache:
             self.frames = self.max_frames - 1
 
 
+def event_rises(counts):
+    """Per-frame event counts (..., T + 1, E), numpy or torch -> (..., T, E) bool: the events
+    that happened in each step (their count rose)."""
+    return counts[..., 1:, :] > counts[..., :-1, :]
+
+
+def first_rises(counts):
+    """The events of each step (as `event_rises`) that are new to the episode: what Crafter pays."""
+    return event_rises(counts) & (counts[..., :-1, :] == 0)
+
+
 class RewardEndHead(nn.Module):
     """Reward, termination and events of the step (z_prev, action) -> z_next, from clean latents.
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldsim.dynamics import Dynamics
+from worldsim.dynamics import Dynamics, event_rises, first_rises
 from worldsim.sampler import noisy_context, prime, sample_next
 
 
@@ -176,9 +176,8 @@ def heads_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None
         if events is None or events.shape[-1] != n_events:
             raise ValueError(f"the model's heads detect {n_events} events; the batch gives "
                              f"{None if events is None else events.shape[-1]} event counts per frame")
-        rose = (events[:, 1:] > events[:, :-1]).flatten(0, 1).float()
-        new = rose * (events[:, :-1] == 0).flatten(0, 1).float()
-        target = target - new.sum(-1)
+        rose = event_rises(events).flatten(0, 1).float()
+        target = target - first_rises(events).flatten(0, 1).sum(-1)
     reduction = "mean" if has_action is None else "none"
     losses = {"reward_mse": F.mse_loss(reward, target, reduction=reduction),
               "end_bce": F.binary_cross_entropy_with_logits(end, terminated.flatten().float(), reduction=reduction,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from worldsim.dataset import episode_paths, read_episode
-from worldsim.dynamics import RewardEndHead
+from worldsim.dynamics import RewardEndHead, event_rises, first_rises
 from worldsim.tokenizer import psnr_pooled, ssim
 from worldsim.world_model import DreamCore
 
@@ -174,8 +174,8 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
                 if key not in e.gt:
                     raise ValueError(f"{path}: no gt/{key}, the counts the model's event head is scored against")
                 counts = np.asarray(e.gt[key])
-                event_p.append((logits > 0).cpu().numpy()), event_r.append(counts[1:] > counts[:-1])
-                unlock_r += list(((counts[1:] > 0) & (counts[:-1] == 0)).any(1))
+                event_p.append((logits > 0).cpu().numpy()), event_r.append(event_rises(counts))
+                unlock_r += list(first_rises(counts).any(1))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
         end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
         if "objects_alive" in e.gt and "objects_in_view" in e.gt:

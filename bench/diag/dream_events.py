@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from worldsim.dataset import episode_paths, read_episode
+from worldsim.dynamics import event_rises
 from worldsim.world_model import DreamCore, WorldModel
 
 
@@ -55,8 +56,7 @@ def main():
                 if t < len(e):
                     steps[row].append(core.happened[row].copy())
         for e, dream in zip(chunk, steps):
-            counts = np.asarray(e.gt[key])
-            rose = counts[1:] > counts[:-1]
+            rose = event_rises(np.asarray(e.gt[key]))
             with torch.no_grad():
                 z = model.encode(e.frames[None])[0]
                 _, _, logits = model.dynamics.heads(z[:-1], z[1:], torch.as_tensor(e.actions, device=z.device))
@@ -84,8 +84,7 @@ def drawn_from(model, episodes, key, lead: int, batch: int, generator, context: 
     from the `context` real frames ending `lead` steps before each, with the real actions."""
     cases = []
     for e in episodes:
-        counts = np.asarray(e.gt[key])
-        for t, j in zip(*np.nonzero(counts[1:] > counts[:-1])):  # event j in step t (frame t -> t + 1)
+        for t, j in zip(*np.nonzero(event_rises(np.asarray(e.gt[key])))):  # event j in step t (frame t -> t + 1)
             if t - lead >= context - 1:
                 cases.append((e, int(t), int(j)))
     found = {}
