@@ -85,6 +85,9 @@ def main():
                         help="the judge that reads each dreamed step's action (default: the env's shipped one; none: no judge)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--device", default="cpu", help="where the world model dreams: cpu or cuda")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the CPU sampling and training speed figures (a minute or two; meaningless while "
+                             "other jobs share the cores)")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main():
     result["heads"] = heads_detection(model, args.data, args.split)
     if args.uncertainty:
         result["uncertainty"] = uncertainty_vs_error(model, args.data, args.context, 16, args.windows, args.split)
-    if args.device == "cpu":  # the speed figures are the CPU's (bench_dream_env.py measures a GPU's)
+    if args.device == "cpu" and not args.no_speed:  # the speed figures are the CPU's (bench_dream_env.py measures a GPU's)
         for b in (1, 16):
             result[f"cpu_sampling_fps_pixels_batch{b}"] = sampling_fps(model, b)
             result[f"cpu_sampling_fps_latents_batch{b}"] = sampling_fps(model, b, pixels=False)

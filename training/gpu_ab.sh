@@ -24,6 +24,7 @@ DEV=${DEV:-cuda}; STEPS=${STEPS:-1200}; TRAIN_S=${TRAIN_S:-300}; COLLECT=${COLLE
 WINDOWS=${WINDOWS:-32}; COUNT=${COUNT:-48}; work=${WORK:-/tmp/worldsim_ab}
 COMMON=${COMMON:---config S --patch 2 --memory 4 --init worldsim/checkpoints/campaign/rooms_S_p2.safetensors --memory-match 0.2 --action-dropout 0.15 --batch-size 64 --lr 3e-4 --seed 112}
 mkdir -p "$out/A" "$out/B"
+threads=$(( $(nproc) / 8 > 1 ? $(nproc) / 8 : 1 ))  # the scoring jobs run side by side: more threads than cores only spin
 t0=$(date +%s); say() { echo "[ab $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/log.txt"; }
 python3 -m training.gpu_recipe --out "$out" --work "$work" --collect-steps "$COLLECT" --seed 112 --device "$DEV" \
     ${PREPARE:-} --prepare-only --quiet >> "$out/log.txt" 2>&1 || { say "collect failed"; tail -20 "$out/log.txt"; exit 4; }
@@ -41,12 +42,12 @@ for arm in A B; do
     python3 -m worldsim.cli export --checkpoint "$work/$arm/latest.safetensors" --action-guidance 2 \
         --tokenizer worldsim/checkpoints/rooms_tokenizer.safetensors --out "$out/$arm/rooms.safetensors" >> "$out/log.txt" 2>&1
     for s in $SEEDS; do
-        OMP_NUM_THREADS=2 python3 -m worldsim.cli probe --checkpoint "$out/$arm/rooms.safetensors" --probes control \
+        OMP_NUM_THREADS=$threads python3 -m worldsim.cli probe --checkpoint "$out/$arm/rooms.safetensors" --probes control \
             --count "$COUNT" --seed "$s" --env-kwargs '{"world_seed": null}' --device "$DEV" --out "$work/probe_${arm}_$s" \
             > "$out/$arm/probe_$s.log" 2>&1 &
     done
-    OMP_NUM_THREADS=2 python3 bench/bench_dynamics.py --checkpoint "$out/$arm/rooms.safetensors" --data "$work/rooms" \
-        --windows "$WINDOWS" --device "$DEV" --name "ab_$arm" > "$out/$arm/replays.log" 2>&1 &
+    OMP_NUM_THREADS=$threads python3 bench/bench_dynamics.py --checkpoint "$out/$arm/rooms.safetensors" --data "$work/rooms" \
+        --windows "$WINDOWS" --device "$DEV" --no-speed --name "ab_$arm" > "$out/$arm/replays.log" 2>&1 &
 done
 wait
 say "scored"
