@@ -136,6 +136,10 @@ def main():
     paid = heads["returns"]
     print(f"return per real episode as the heads pay it: {paid['paid']:.2f} (the game paid {paid['real']:.2f}; "
           f"{paid['episodes']} episodes)")
+    if "reward_rest" in heads:
+        rest = heads["reward_rest"]
+        print(f"reward head on the reward less the first payments: correlation {rest['corr']}, squared error "
+              f"{rest['mse']:.2e} (always its mean: {rest['mse_of_the_mean']:.2e})")
     if args.uncertainty:
         u = result["uncertainty"]
         print(f"uncertainty (sample disagreement) against error, {u['windows']} windows x {u['steps']} steps: "

@@ -23,7 +23,9 @@ def test_the_reward_head_learns_the_reward_less_the_events_new_to_the_episode():
                            [[0, 1], [0, 2], [0, 2], [1, 2]]])
     rewards = torch.tensor([[0.0, 1.0, 0.0], [-0.1, 0.0, 1.2]])
     terminated = torch.zeros(2, 3, dtype=torch.bool)
-    _, metrics = heads_loss(model, z, actions, rewards, terminated, events=counts)
+    total, metrics = heads_loss(model, z, actions, rewards, terminated, events=counts)
+    weighted, _ = heads_loss(model, z, actions, rewards, terminated, events=counts, reward_weight=10.0)
+    assert (weighted - total).item() == pytest.approx(9 * metrics["reward_mse"], rel=1e-4)
     reward, _, logits = model.heads(z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1), actions.flatten())
     target = torch.tensor([0.0, 0.0, 0.0, -0.1, 0.0, 0.2])
     assert metrics["reward_mse"] == pytest.approx(F.mse_loss(reward, target).item(), rel=1e-5)
@@ -150,13 +152,16 @@ def test_head_detection_scores_the_events_and_the_paid_returns(event_world, room
     counts = np.array([[0, 0], [0, 0], [1, 0], [2, 0], [2, 0]], np.int32)  # the first rises at steps 1 and 2
     writer = DatasetWriter(tmp_path / "frames", load_meta(rooms_dataset))
     writer.write(Episode(frames=rng.integers(0, 256, (5, *shape), dtype=np.uint8), actions=np.zeros(4, np.int64),
-                         rewards=np.array([0, 1, 0, 0], np.float32), terminated=np.zeros(4, bool),
+                         rewards=np.array([0, 1, -0.1, 0], np.float32), terminated=np.zeros(4, bool),
                          truncated=np.array([0, 0, 0, 1], bool), gt={"achievements": counts}))
     (split,) = {p.parent.name for p in episode_paths(tmp_path / "frames")}
     result = heads_detection(model, str(tmp_path / "frames"), split)
     assert result["events"] == {"events": 2, "predicted": 4, "precision": 0.5, "recall": 1.0}
     assert result["unlocks"] == {"events": 1, "predicted": 1, "precision": 0.0, "recall": 0.0}  # paid at step 0, not 1
-    assert result["returns"] == {"episodes": 1, "paid": 1.0, "real": 1.0}
+    assert result["returns"] == {"episodes": 1, "paid": 1.0, "real": pytest.approx(0.9)}
+    rest = result["reward_rest"]  # the head pays 0 besides events; the rest is the health-like -0.1
+    assert rest["corr"] is None and rest["mse"] == pytest.approx(0.01 / 4)
+    assert rest["mse_of_the_mean"] == pytest.approx(np.var([0, 0, -0.1, 0]))
 
 
 def test_reward_share_with_events_draws_windows_whose_last_step_has_an_event(pipeline, tmp_path):

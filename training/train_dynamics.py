@@ -72,6 +72,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     events: str = ""  # a ground-truth key of per-frame event counts (Crafter: achievements): the heads learn which counts rose at each step, the dream pays 1 the first time each rises in an episode, and the reward head learns the reward less those first rises (Crafter's reward: an achievement pays once an episode, which no pair of frames shows)
     heads_only: bool = False  # train only the reward, end and event heads, on clean real latents (the transformer as --init left it, no denoising): a head added to a trained model in minutes
     end_weight: float = 10.0  # weight of an end in the termination loss: 10 a detector that fires early; 1 calibrated probabilities, for a dream that draws its ends (--sample-ends)
+    reward_weight: float = 1.0  # weight of the reward's squared error: a reward far below 1 (Crafter's health, 0.1 a point) is otherwise lost beside the event and end losses
     patch: int | None = None  # latent cells per token side (default: DynamicsConfig's, 2); 4 keeps a 16x16 latent at 16 tokens a frame
     action_dropout: float = 0.0  # share of frames trained without their action, for action guidance at sampling
     sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
@@ -705,7 +706,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             raise ValueError("--heads-only trains the heads of a trained model: it needs --init MODEL, and no --teacher")
         model.requires_grad_(False)
         model.heads.requires_grad_(True)
-        loss_of = lambda m, b: heads_loss(m, **b, end_weight=cfg.end_weight)  # noqa: E731
+        loss_of = lambda m, b: heads_loss(m, **b, end_weight=cfg.end_weight, reward_weight=cfg.reward_weight)  # noqa: E731
     elif cfg.teacher:
         if (cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge
                 or cfg.rollout_share):
@@ -736,7 +737,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             config["action_weights"] = weights.tolist()
         judge = latent_judge(cfg.judge, meta).to(device) if cfg.judge else None
         loss_of = lambda m, b: diffusion_forcing_loss(m, **b, action_dropout=cfg.action_dropout,  # noqa: E731
-                                                      end_weight=cfg.end_weight,
+                                                      end_weight=cfg.end_weight, reward_weight=cfg.reward_weight,
                                                       sampled_context_share=cfg.sampled_context_share,
                                                       action_weights=weights, judge=judge,
                                                       judge_weight=cfg.judge_weight, judge_target=cfg.judge_target,

@@ -60,7 +60,8 @@ def dreamed_context(model: Dynamics, z, actions, frames: int, text=None):
 
 
 def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, text=None,
-                           end_weight: float = 10.0, memory=None, action_dropout: float = 0.0,
+                           end_weight: float = 10.0, reward_weight: float = 1.0, memory=None,
+                           action_dropout: float = 0.0,
                            sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
                            judge=None, judge_weight: float = 0.0, judge_target: str = "action",
                            rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None, events=None):
@@ -135,7 +136,8 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         denoise = denoise + per_frame[:, 0].mean()
     if t == 1:  # a single frame (a world's start from its caption): no step for the heads to learn
         return denoise, {"loss": denoise.item(), "denoise_mse": denoise.item(), "last_mse": last.item()}
-    heads, head_metrics = heads_loss(model, z, actions, rewards, terminated, has_action, end_weight, events)
+    heads, head_metrics = heads_loss(model, z, actions, rewards, terminated, has_action, end_weight, reward_weight,
+                                     events)
     judge_term, judged = 0.0, {}
     if judge is not None:
         before = z[:, :-1].flatten(0, 1)
@@ -159,7 +161,7 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
 
 
 def heads_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None, end_weight: float = 10.0,
-               events=None, **_):
+               reward_weight: float = 1.0, events=None, **_):
     """The reward, termination and event heads on each step (z_j, a_j) -> z_{j+1} of a
     window of clean latents z (B, T, C, h, w); action-free windows (`has_action` False)
     teach them nothing. `events` (B, T, E), with a model that has `cfg.events`: each
@@ -190,7 +192,7 @@ def heads_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None
         labelled = has_action[:, None].float().expand(b, t - 1).flatten()
         labelled = labelled / labelled.sum().clamp(min=1)
         losses = {k: (v * labelled).sum() for k, v in losses.items()}
-    total = losses["reward_mse"] + 0.1 * losses["end_bce"] + losses.get("event_bce", 0.0)
+    total = reward_weight * losses["reward_mse"] + 0.1 * losses["end_bce"] + losses.get("event_bce", 0.0)
     return total, {k: v.item() for k, v in losses.items()}
 
 

@@ -152,10 +152,12 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
     (Crafter's achievements) pays as the dream does (the head's reward, plus each detected
     event the episode had not had), and its event head is scored as a detector of the
     steps where a count rose (`events`, pooled over the events) and of those with an
-    event new to the episode (`unlocks`)."""
+    event new to the episode (`unlocks`); `reward_rest` scores the reward head on what it
+    learns, the reward less those first payments (Crafter: the health change), beside
+    always saying that rest's mean."""
     preds, reals, end_p, end_r, in_view = [], [], [], [], []
     names, key = model.dynamics.cfg.events, (model.info.get("train") or {}).get("events")
-    event_p, event_r, unlock_p, unlock_r = [], [], [], []
+    event_p, event_r, unlock_p, unlock_r, rest_p, rest_r = [], [], [], [], [], []
     seen = 0
     for path in episode_paths(data, split):
         e = read_episode(path)
@@ -165,6 +167,7 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
             if names:  # the episode from its start: nothing unlocked before its first step
                 unlocked = torch.zeros(1, len(names), dtype=torch.bool, device=z.device)
                 paid = []
+                rest_p.append(r.float().cpu().numpy())
                 for t in range(len(r)):
                     step_reward, before = r[t:t + 1].float(), unlocked
                     step_reward, unlocked = RewardEndHead.paid(step_reward, logits[t:t + 1], unlocked)
@@ -176,6 +179,7 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
                 counts = np.asarray(e.gt[key])
                 event_p.append((logits > 0).cpu().numpy()), event_r.append(event_rises(counts))
                 unlock_r += list(first_rises(counts).any(1))
+                rest_r.append(e.rewards - first_rises(counts).sum(1))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
         end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
         if "objects_alive" in e.gt and "objects_in_view" in e.gt:
@@ -197,6 +201,9 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
     if names:
         result["events"] = _detector(np.concatenate(event_p).ravel(), np.concatenate(event_r).ravel())
         result["unlocks"] = _detector(np.array(unlock_p), np.array(unlock_r))
+        rp, rr = np.concatenate(rest_p), np.concatenate(rest_r)
+        result["reward_rest"] = {"corr": float(np.corrcoef(rp, rr)[0, 1]) if rp.std() and rr.std() else None,
+                                 "mse": float(((rp - rr) ** 2).mean()), "mse_of_the_mean": float(rr.var())}
     return result
 
 
