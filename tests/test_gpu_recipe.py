@@ -54,14 +54,17 @@ def test_gpu_recipe_for_crafter_calibrates_the_ends_of_its_walks(tmp_path):
     out = tmp_path / "out"
     main(["--game", "crafter", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "4000",
           "--num-envs", "2", "--collectors", "2", "--configs", "tiny", "--minutes", "0.05", "--min-steps", "1",
-          "--batch-size", "2", "--eval-windows", "2", "--horizons", "1,4", "--loader-workers", "2", "--quiet"])
+          "--batch-size", "2", "--eval-windows", "2", "--horizons", "1,4", "--loader-workers", "2",
+          "--events", "achievements", "--reward-share", "0.25", "--quiet"])  # as the shipped model trains
     figures = json.loads((out / "figures.json").read_text())
     assert figures["held_out"]["windows"] == 2 and figures["held_out"]["split"] == "test"
+    assert "unlocks" in figures["heads"] and "reward_rest" in figures["heads"]
     calibration = figures["end_calibration"]
     assert calibration["split"] == "val" and calibration["real_ends"] > 0  # random play dies; the dream is shifted to match
     model = gym.make("worldsim/Dream-v0", checkpoint=str(out / "crafter.safetensors")).unwrapped.model
     assert model.info["env_id"] == "worldsim/Crafter-v0" and not model.has_memory
     assert model.info["train"]["end_weight"] == 1.0 and model.dynamics.cfg.patch == 4
+    assert len(model.dynamics.cfg.events) == 22  # Crafter's achievements, counted
 
 
 def test_gpu_recipe_takes_the_patch_size_from_the_command_line():
