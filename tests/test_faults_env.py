@@ -310,11 +310,14 @@ def read_xwd(data: bytes) -> np.ndarray:
     return np.stack([(pixels & m) >> (int(m).bit_length() - 8) for m in header[14:17]], -1).astype(np.uint8)
 
 
+def windows_named(env: dict, name: str) -> list[str]:
+    return subprocess.run(["xdotool", "search", "--name", name], env=env, capture_output=True, text=True).stdout.split()
+
+
 def window_showing_a_frame(env: dict, name: str) -> str | None:
     """The id of a window of that name whose centre shows a picture, not a flat colour; Qt
     may make more than one window of a name, and paints the image a while after mapping."""
-    found = subprocess.run(["xdotool", "search", "--name", name], env=env, capture_output=True, text=True)
-    for window in found.stdout.split():
+    for window in windows_named(env, name):
         shot = subprocess.run(["xwd", "-id", window, "-silent"], env=env, capture_output=True)
         image = read_xwd(shot.stdout) if shot.returncode == 0 else None
         if image is not None and min(image.shape[:2]) >= 256:
@@ -334,9 +337,8 @@ def test_play_shows_the_dream_in_a_window(display):
             window = window_showing_a_frame(env, "worldsim play")
             time.sleep(0.5)
         assert play.poll() is None, f"worldsim play ended: {play.communicate()[1][-2000:]}"
-        names = subprocess.run(["xdotool", "search", "--name", "worldsim play"], env=env, capture_output=True,
-                               text=True).stdout.split()
-        assert window, f"{len(names)} 'worldsim play' windows, none showing a frame after 300 s"
+        assert window, (f"{len(windows_named(env, 'worldsim play'))} 'worldsim play' windows, none showing a frame "
+                        "after 300 s")
         subprocess.run(["xdotool", "windowfocus", window, "key", "Escape"], env=env, check=True)  # Esc quits
         out, err = play.communicate(timeout=60)
     finally:

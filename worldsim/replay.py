@@ -167,7 +167,7 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
             if names:  # the episode from its start: nothing unlocked before its first step
                 unlocked = torch.zeros(1, len(names), dtype=torch.bool, device=z.device)
                 paid = []
-                rest_p.append(r.float().cpu().numpy())
+                rest_p.append(r.float().cpu().numpy())  # the head's own reward, before events are paid
                 for t in range(len(r)):
                     step_reward, before = r[t:t + 1].float(), unlocked
                     step_reward, unlocked = RewardEndHead.paid(step_reward, logits[t:t + 1], unlocked)
@@ -177,9 +177,10 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
                 if key not in e.gt:
                     raise ValueError(f"{path}: no gt/{key}, the counts the model's event head is scored against")
                 counts = np.asarray(e.gt[key])
+                first = first_rises(counts)
                 event_p.append((logits > 0).cpu().numpy()), event_r.append(event_rises(counts))
-                unlock_r += list(first_rises(counts).any(1))
-                rest_r.append(e.rewards - first_rises(counts).sum(1))
+                unlock_r += list(first.any(1))
+                rest_r.append(e.rewards - first.sum(1))
         preds.append(r.float().cpu().numpy()), reals.append(e.rewards)
         end_p.append(torch.sigmoid(end).float().cpu().numpy()), end_r.append(e.terminated.astype(bool))
         if "objects_alive" in e.gt and "objects_in_view" in e.gt:
