@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldsim.cells import fit_for_model
 from worldsim.inverse_dynamics import find_judge, load_inverse_dynamics
 from worldsim.replay import heads_detection, plot_replay, replay_scores, uncertainty_vs_error
 from worldsim.objective import diffusion_forcing_loss
@@ -88,6 +89,9 @@ def main():
     parser.add_argument("--no-speed", action="store_true",
                         help="skip the CPU sampling and training speed figures (a minute or two; meaningless while "
                              "other jobs share the cores)")
+    parser.add_argument("--cells", action="store_true",
+                        help="also read what each prediction draws in the view's cells (a grid world: Crafter), with a "
+                             "cell reader fitted on the data's train split; scores what PSNR cannot: a dream of grass")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also score the dream's sample disagreement as a predictor of its error (2x the replays)")
     args = parser.parse_args()
@@ -96,10 +100,17 @@ def main():
     env_id = model.info.get("env_id")
     judge_path = find_judge(args.inverse_dynamics, env_id)
     judge = None if judge_path is None else load_inverse_dynamics(judge_path, env_id)
+    cells = None
+    if args.cells:
+        cells, reader_accuracy = fit_for_model(model, args.data)
+        print(f"cell reader: reads {reader_accuracy['real']:.3f} of the val split's real cells right, "
+              f"{reader_accuracy['reconstructed']:.3f} of their reconstructions")
     result = {"checkpoint": args.checkpoint, "env_id": model.info.get("env_id"), "rerender": args.rerender,
               "trained_on": {"env_kwargs": model.info.get("env_kwargs"), "steps": model.info.get("trained_steps")},
               **replay_scores(model, args.data, args.context, args.horizons, args.windows, args.split,
-                              args.sample_steps, rerender=args.rerender, judge=judge)}
+                              args.sample_steps, rerender=args.rerender, judge=judge, cells=cells)}
+    if args.cells:
+        result["cell_reader_accuracy"] = reader_accuracy
     result["dream_beats_copy_last_frame_at_every_horizon"] = all(v > 0 for v in result["dream_minus_copy_last_frame_db"].values())
     result["heads"] = heads_detection(model, args.data, args.split)
     if args.uncertainty:
@@ -122,6 +133,15 @@ def main():
         if f"{name}_shown" in result:
             print(f"{name}: its real action shown (judge), steps " +
                   ", ".join(f"{k}: {v:.2f}" for k, v in result[f"{name}_shown"].items()))
+    if args.cells:
+        print(f"{'cells':>18} | " + " | ".join(f"{'agree':>6} {'mix':>5} {'!grass':>6}  @{h:<3}" for h in args.horizons))
+        for name in ("dream", "dream_memory_off", "copy_last_frame", "tokenizer_ceiling", "grass_only"):
+            if f"{name}_cells" in result:
+                print(f"{name:>18} | " + " | ".join(
+                    f"{c['agree']:>6.3f} {c['mix_distance']:>5.3f} {c['not_grass']:>6.3f}     "
+                    for c in result[f"{name}_cells"].values()))
+        print(f"{'real frames':>18} | " + " | ".join(f"{'':>6} {'':>5} {c['real_not_grass']:>6.3f}     "
+                                                    for c in result["dream_cells"].values()))
     heads = result["heads"]
     for event in ("pickups", "ends", "events", "unlocks"):
         if event not in heads:  # events and unlocks: a model with counted events (Crafter's achievements)

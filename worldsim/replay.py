@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from worldsim.cells import cell_scores
 from worldsim.dataset import episode_paths, read_episode
 from worldsim.dynamics import RewardEndHead, event_rises, first_rises
 from worldsim.tokenizer import psnr_pooled, ssim
@@ -46,12 +47,15 @@ def dream_windows(model, frames: np.ndarray, actions: np.ndarray, context: int, 
 
 def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
                   split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False,
-                  judge=None) -> dict:
+                  judge=None, cells=None) -> dict:
     """PSNR and SSIM by horizon of the dream (memory on and off when the model has memory;
     `rerender`: memory re-rendered from new poses), copy-last-frame and the tokenizer
     ceiling, on `count` windows of `split`. With `judge` (worldsim/inverse_dynamics.py),
     also `<name>_shown`: the share of steps, between consecutive horizons, whose real
-    action the judge reads from the frame before and the frame."""
+    action the judge reads from the frame before and the frame. With `cells` (a grid
+    world's `worldsim.cells.CellReader`), also `<name>_cells`: what each prediction draws
+    in the view's cells against what the real frame shows (`cell_scores`), beside a dream
+    of open grass only (`grass_only_cells`)."""
     length = max(horizons)
     ws = replay_windows(data, context, length, count, split)
     if not ws:
@@ -82,6 +86,12 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
             shown = judge.read_steps(frames[:, c - 1], pred) == acts
             result[f"{name}_shown"] = {(f"{a + 1}-{b}" if b > a + 1 else str(b)): float(shown[:, a:b].mean())
                                        for a, b in zip(edges, edges[1:])}
+    if cells is not None:
+        read_real = cells.read(real)
+        grass_only = np.full_like(read_real, cells.names.index("grass"))
+        for name, read in [*((n, cells.read(p)) for n, p in predictions.items()), ("grass_only", grass_only)]:
+            result[f"{name}_cells"] = {str(h): cell_scores(read[:, h - 1], read_real[:, h - 1], cells.names)
+                                       for h in horizons}
     result["dream_minus_copy_last_frame_db"] = {
         str(h): result["dream_psnr_db"][str(h)] - result["copy_last_frame_psnr_db"][str(h)] for h in horizons}
     return result
