@@ -599,16 +599,6 @@ def test_one_step_distillation_learns_the_teachers_guided_sample():
     torch.manual_seed(0)
     _, again = distillation_loss(student, teacher, z, acts)
     assert again["target_vs_real_mse"] == pytest.approx(((target - z[:, -1]) ** 2).mean().item(), rel=1e-5)
-    # teacher_steps: the teacher samples in that many steps instead of its own
-    cache = teacher.new_cache()
-    torch.manual_seed(0)
-    eps = torch.randn_like(z[:, -1])
-    prime(teacher, cache, z[:, :-1], into[:, :-1], has[:, :-1], torch.arange(4).expand(4, 4))
-    target8 = sample_next(teacher, cache, into[:, -1], torch.full((4,), 4), steps=8, noise=eps, write_cache=False)
-    torch.manual_seed(0)
-    _, eight = distillation_loss(student, teacher, z, acts, teacher_steps=8)
-    assert eight["target_vs_real_mse"] == pytest.approx(((target8 - z[:, -1]) ** 2).mean().item(), rel=1e-5)
-    assert eight["target_vs_real_mse"] != pytest.approx(again["target_vs_real_mse"], rel=1e-3)
 
 
 def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_world, tmp_path):
@@ -638,9 +628,6 @@ def test_a_distilled_run_samples_in_one_step_without_guidance(pipeline, memory_w
         with pytest.raises(ValueError, match="drop --footage, --action-dropout .* and --sampled-context-share"):
             train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other"), config="tiny", memory=2, steps=1,
                               teacher=str(world), **option), progress=False)
-    with pytest.raises(ValueError, match="--teacher-steps sets the steps of a --teacher's sampler"):
-        train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other4"), config="tiny", steps=1,
-                          teacher_steps=8), progress=False)
     with pytest.raises(CheckpointError, match="pass --memory 2"):  # a student without the teacher's memory
         train(TrainConfig(data=str(root / "latents"), out=str(tmp_path / "other2"), config="tiny", memory=0, steps=1,
                           teacher=str(world)), progress=False)

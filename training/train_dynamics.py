@@ -67,7 +67,6 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     memory_reproject: bool = False  # memory tokens take the screen column their bearing has in the new view (turns; the env's field of view), so a view seen from another heading lines up
     init: str | None = None  # start from this world model's or dynamics run's weights
     teacher: str | None = None  # distil this world model's guided sampler into one step: the run (from the teacher's weights unless --init) learns to predict in one pass, from the same noise, the frame the teacher samples; it samples in 1 step with no guidance
-    teacher_steps: int = 0  # with --teacher: the teacher's denoising steps (0: its own); more steps draw sharper, more varied frames than a few do
     end_share: float = 0.0  # share of each batch drawn from windows that end the episode (rare deaths)
     reward_share: float = 0.0  # share of each batch drawn from windows whose last step pays a reward (rare pickups: the model learns to draw what pays, so a dream's head can pay for it); with --events, whose last step has an event
     events: str = ""  # a ground-truth key of per-frame event counts (Crafter: achievements): the heads learn which counts rose at each step, the dream pays 1 the first time each rises in an episode, and the reward head learns the reward less those first rises (Crafter's reward: an achievement pays once an episode, which no pair of frames shows)
@@ -702,8 +701,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     device = pick_device(cfg.device)
     config = {"kind": "dynamics", "dynamics": asdict(model.cfg), "train": asdict(cfg), "dataset": meta}
     tokens = (window + cfg.memory) * model.cfg.tokens_per_frame
-    if cfg.teacher_steps and not cfg.teacher:
-        raise ValueError("--teacher-steps sets the steps of a --teacher's sampler: pass --teacher MODEL")
     if cfg.heads_only:
         if not cfg.init or cfg.teacher:
             raise ValueError("--heads-only trains the heads of a trained model: it needs --init MODEL, and no --teacher")
@@ -725,9 +722,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                              f"{({k: getattr(model.cfg, k) for k in body})} for windows of {window}: pass the "
                              "teacher's --config, --patch, --memory, --text, --memory-reproject")
         model.heads.requires_grad_(False)  # the teacher's, kept: distillation gives them no loss
-        if cfg.teacher_steps < 0:
-            raise ValueError(f"--teacher-steps is a number of denoising steps (0: the teacher's own); got {cfg.teacher_steps}")
-        loss_of = lambda m, b: distillation_loss(m, teacher, **b, teacher_steps=cfg.teacher_steps or None)  # noqa: E731
+        loss_of = lambda m, b: distillation_loss(m, teacher, **b)  # noqa: E731
     else:
         if not 0 <= cfg.sampled_context_share <= 1:
             raise ValueError(f"--sampled-context-share is a share of the windows, in [0, 1]; got {cfg.sampled_context_share}")

@@ -86,9 +86,8 @@ class CellReader(nn.Module):
         """uint8 frames (..., H, W, 3) -> the class read in each view cell (..., rows, cols)."""
         cells = cell_patches(frames, self.view)
         flat = torch.from_numpy(np.ascontiguousarray(cells.reshape(-1, *cells.shape[-3:])))
-        ids = torch.cat([self(flat[i:i + batch]).argmax(-1) for i in range(0, len(flat), batch)]) if len(flat) else \
-            torch.zeros(0, dtype=torch.long)
-        return ids.numpy().reshape(cells.shape[:-3])
+        ids = [self(flat[i:i + batch]).argmax(-1) for i in range(0, len(flat), batch)]
+        return torch.cat(ids or [torch.zeros(0, dtype=torch.long)]).numpy().reshape(cells.shape[:-3])
 
 
 def fit_cell_reader(frames: np.ndarray, labels: np.ndarray, names=SEMANTIC_IDS, steps: int = 1500, batch: int = 512,

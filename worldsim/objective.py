@@ -196,11 +196,10 @@ def heads_loss(model: Dynamics, z, actions, rewards, terminated, has_action=None
     return total, {k: v.item() for k, v in losses.items()}
 
 
-def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None,
-                      teacher_steps: int | None = None, **_):
+def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None, memory=None, **_):
     """One-step distillation on a window of clean latents z (B, T, C, h, w): the teacher,
     with the T-1 context frames (noised to the context level) in its cache, samples the
-    last frame (in `teacher_steps`, default its sample_steps, with its guidance) from noise eps; the model reads the same
+    last frame (its sample_steps and guidance) from noise eps; the model reads the same
     noised context and eps at tau = 1, and predicts that frame in one pass. The reward
     and termination heads are not trained. Returns (loss, metrics)."""
     b, t = z.shape[:2]
@@ -214,8 +213,8 @@ def distillation_loss(model: Dynamics, teacher: Dynamics, z, actions, text=None,
         cache = teacher.new_cache()
         teacher(context, tau[:, :-1], pick(into, slice(0, -1)), has[:, :-1], frames[:, :-1], text, cache,
                 write_cache=True)
-        target = sample_next(teacher, cache, pick(into, -1), frames[:, -1], steps=teacher_steps, text=text,
-                             memory=memory, noise=eps, write_cache=False)
+        target = sample_next(teacher, cache, pick(into, -1), frames[:, -1], text=text, memory=memory, noise=eps,
+                             write_cache=False)
     x = torch.cat([context, eps[:, None]], 1)
     tau[:, -1] = 1.0
     if memory is not None:
