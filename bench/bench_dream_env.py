@@ -151,6 +151,8 @@ def main():
     parser.add_argument("--envs", default=None,
                         help="comma-separated sub-env counts (default 1,16,64 on the CPU, 1,16,256,1024 on a GPU)")
     args = parser.parse_args()
+    if args.memory_steps < 100:
+        parser.error(f"--memory-steps: at least 100 (memory is read after 100 steps and at the end); got {args.memory_steps}")
     device = args.device
     gpu = torch.device(device).type == "cuda"
     counts = [int(n) for n in (args.envs or ("1,16,256,1024" if gpu else "1,16,64")).split(",")]

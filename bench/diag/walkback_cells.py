@@ -1,0 +1,50 @@
+"""The walkback probe's returned cells read as cells: of the start view's far-edge cells
+that left and came back, the share each world model draws as the real frame has them,
+beside copy-last-frame and the tokenizer ceiling, within and beyond the context window.
+
+    python bench/diag/walkback_cells.py worldsim/checkpoints/crafter.safetensors worldsim/checkpoints/campaign/crafter_p2.safetensors --data data/crafter
+
+The probe's own scripts (`worldsim probe --probes walkback`, probe seed 0); cells read by
+the reader of `bench_dynamics.py --cells`, fitted on `--data`'s train split.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from worldsim.cells import cell_patches, fit_for_model
+from worldsim.probes.common import copy_last, dream, tokenizer_ceiling
+from worldsim.probes.walkback import walkback_scenarios
+from worldsim.world_model import WorldModel
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--data", default="data/crafter")
+    parser.add_argument("--count", type=int, default=24)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    models = {path: WorldModel.load(path) for path in args.checkpoints}
+    first = models[args.checkpoints[0]]
+    reader, _ = fit_for_model(first, args.data)
+    context = first.dynamics.cfg.max_frames - 1  # as the probe gives it
+    scenarios = walkback_scenarios(first.info["env_id"], {}, args.count, context)
+    predictions = {**{path: dream(m, None)(scenarios) for path, m in models.items()},
+                   "copy-last-frame": copy_last(scenarios), "tokenizer ceiling": tokenizer_ceiling(first)(scenarios)}
+    for name, predicted in predictions.items():
+        agree = {}
+        for s, p in zip(scenarios, predicted):
+            j = s.meta["return"] - s.context
+            returned = cell_patches(np.repeat(s.gt["returned"][..., None], 3, -1)).all(axis=(-3, -2, -1))
+            drawn, real = reader.read(p[j]), reader.read(s.frames[s.meta["return"]])
+            agree.setdefault(s.meta["kind"], []).append(np.mean(drawn[returned] == real[returned]))
+        print(f"{name}: returned cells drawn as the real frame has them {np.mean(sum(agree.values(), [])):.3f} ("
+              + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in agree.items()) + ")")
+
+
+if __name__ == "__main__":
+    main()
