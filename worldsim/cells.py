@@ -108,7 +108,7 @@ def fit_cell_reader(frames: np.ndarray, labels: np.ndarray, names=SEMANTIC_IDS, 
     reader = CellReader(unit, names, view=view)
     opt = torch.optim.Adam(reader.parameters(), lr=3e-3)
     loss_of = nn.CrossEntropyLoss(weight=weight / weight[y].mean())
-    for step in range(steps):
+    for _ in range(steps):
         i = torch.randint(len(x), (batch,), generator=gen)
         loss = loss_of(reader(x[i]), y[i])
         opt.zero_grad()

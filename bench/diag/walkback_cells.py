@@ -35,16 +35,17 @@ def main():
     scenarios = walkback_scenarios(first.info["env_id"], {}, args.count, context)
     predictions = {**{path: dream(m, None)(scenarios) for path, m in models.items()},
                    "copy-last-frame": copy_last(scenarios), "tokenizer ceiling": tokenizer_ceiling(first)(scenarios)}
+    # per script: the returned frame's index, its returned cells, and what the reader sees there in the real frame
+    returns = []
+    for s in scenarios:
+        returned = cell_patches(np.repeat(s.gt["returned"][..., None], 3, -1)).all(axis=(-3, -2, -1))
+        returns.append((s.meta["return"] - s.context, returned, reader.read(s.frames[s.meta["return"]])[returned]))
     for name, predicted in predictions.items():
         agree = {}
-        for s, p in zip(scenarios, predicted):
-            j = s.meta["return"] - s.context
-            returned = cell_patches(np.repeat(s.gt["returned"][..., None], 3, -1)).all(axis=(-3, -2, -1))
-            drawn, real = reader.read(p[j]), reader.read(s.frames[s.meta["return"]])
-            agree.setdefault(s.meta["kind"], []).append(np.mean(drawn[returned] == real[returned]))
+        for s, p, (j, returned, real) in zip(scenarios, predicted, returns):
+            agree.setdefault(s.meta["kind"], []).append(np.mean(reader.read(p[j])[returned] == real))
         print(f"{name}: returned cells drawn as the real frame has them {np.mean(sum(agree.values(), [])):.3f} ("
               + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in agree.items()) + ")")
-
 
 if __name__ == "__main__":
     main()
