@@ -497,6 +497,30 @@ def test_crafter_walkback_probe_scripts_real_returns_and_scores_the_cells_that_c
     assert set(last["returned_cells_by_kind"]) == {"within context", "beyond context"}
 
 
+def test_crafter_placed_probe_plants_walks_away_and_scores_the_plant_from_a_new_cell(crafter):
+    from envs import GRID_MOVES
+    from worldsim import probes as P
+    from worldsim.probes.placed import RETURN_DISTANCE
+    from worldsim.probes.walkback import BACK, cells_to_pixels
+
+    scenarios = P.placed_scenarios("worldsim/Crafter-v0", {}, count=2, context=10)
+    assert [s.meta["kind"] for s in scenarios] == ["within context", "beyond context"]
+    for s in scenarios:
+        dx, dy = GRID_MOVES[BACK[s.meta["way"]]]  # the plant lies against the walk away
+        seen = np.zeros((7, 9), bool)
+        seen[3 + 2 * dy, 4 + 2 * dx] = True  # two cells off in the last context frame
+        seen = cells_to_pixels(seen, (64, 64))
+        ret, last = s.frames[s.meta["return"]].astype(int), s.frames[s.context - 1].astype(int)
+        assert s.gt["plant"].sum() == 49 and not (s.gt["plant"] & seen).any()
+        assert np.abs(ret[s.gt["plant"]] - last[seen]).mean() < 12  # the same plant, drawn RETURN_DISTANCE cells off
+        assert np.abs(ret[s.gt["plant"]] - last[s.gt["plant"]]).mean() > 10  # where holding the last frame has none
+        assert RETURN_DISTANCE == 3 and len(s.frames) == s.meta["return"] + 1
+    real = P.score_placed(scenarios, P.ground_truth(scenarios))
+    last = P.score_placed(scenarios, P.copy_last(scenarios))
+    assert real["plant_cell_psnr_db"] == 99.0 and last["plant_cell_psnr_db"] < 25
+    assert set(last["plant_cell_by_kind"]) == {"within context", "beyond context"}
+
+
 def test_crafter_agents_are_scored_by_achievements(crafter):
     from agents.imagine import achievement_score, evaluate, random_actor, real_env
 

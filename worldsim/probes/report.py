@@ -35,11 +35,14 @@ ROOMS_ONLY = tuple(name for name, probe in PROBES.items() if probe.rooms_only)
 
 
 def default_probes(env_id: str, action_names) -> list[str]:
-    """Rooms: every probe but lookback and walkback (loop measures what they do there);
-    grid worlds: drift and walkback; any other env: drift and lookback."""
+    """Rooms: the probes made for it (loop measures there what lookback and walkback do);
+    grid worlds: drift and walkback, and placed where the agent can plant; any other env:
+    drift and lookback."""
     if env_id == ROOMS_ID:
-        return [p for p in PROBES if p not in ("lookback", "walkback")]
-    return ["drift", "walkback" if set(GRID_MOVES) <= set(action_names) else "lookback"]
+        return [p for p in PROBES if p not in ("lookback", "walkback", "placed")]
+    if not set(GRID_MOVES) <= set(action_names):
+        return ["drift", "lookback"]
+    return ["drift", "walkback"] + (["placed"] if {"do", "place_plant"} <= set(action_names) else [])
 
 
 @dataclass(kw_only=True)
@@ -47,7 +50,7 @@ class ProbeConfig:
     out: str  # directory for report.json, summary.png and videos
     checkpoint: str | None = None  # world model (default: the shipped Rooms model)
     env: str | None = None  # the real env to score against (default: the model's)
-    probes: str = ""  # comma-separated names (worldsim/probes/: loop, objects, revisit, control, drift, lookback, walkback); empty: all but lookback and walkback on Rooms, drift,walkback on grid worlds such as Crafter, drift,lookback on other envs
+    probes: str = ""  # comma-separated names (worldsim/probes/: loop, objects, revisit, control, drift, lookback, walkback, placed); empty: loop, objects, revisit, control and drift on Rooms, drift,walkback,placed on Crafter, drift,lookback on other envs
     count: int = 24  # scripts per probe (objects: per gap)
     env_kwargs: dict = field(default_factory=dict)  # JSON keyword arguments for the real env over the model's, e.g. '{"world_seed": null}' (a new map per script: unseen maps) or '{"world_seed": 7}'
     drift_episodes: int = 4  # real replays the drift probe scores
@@ -77,7 +80,7 @@ def run_probes(cfg: ProbeConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown probes {sorted(unknown)}; expected some of {tuple(PROBES)}")
     if env_id != ROOMS_ID and set(probes) & set(ROOMS_ONLY):
         raise ValueError(f"the {'/'.join(ROOMS_ONLY)} probes need {ROOMS_ID}'s exact ground truth (object masks, "
-                         f"a state that can be copied); for {env_id} run --probes drift and lookback or walkback")
+                         f"a state that can be copied); for {env_id} run --probes drift and lookback, or walkback and placed")
     context = model.dynamics.cfg.max_frames - 1
     predictors = {}
     if model.has_memory:
@@ -188,6 +191,17 @@ def _summary_plot(report: dict, path):
         sizes = ", ".join(f"{b} {r:.2f}" for b, r in best["recall_all_by_size"].items())
         ax.set_title(f"object persistence\n{report['predictors'][0]}: {best['recall_all']:.2f} ± "
                      f"{best['recall_all_stderr']:.2f} of {best['objects_all']}\nby size: {sizes}", fontsize=8)
+    elif "placed" in results:  # grid worlds: what the agent placed, seen again from another cell
+        kinds = sorted(results["placed"][report["predictors"][0]]["plant_cell_by_kind"])
+        names = [n for n in report["predictors"] if n in results["placed"]]
+        for i, name in enumerate(names):
+            ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names),
+                   [results["placed"][name]["plant_cell_by_kind"][k] for k in kinds], 0.8 / len(names), label=name,
+                   color=colours[name])
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_ylabel("the planted cell's PSNR vs real (dB)")
+        ax.legend(fontsize=8)
+        ax.set_title("placed: a planted sapling seen again from another cell")
     else:
         ax.set_title("object persistence")
     ax = axes[1, 0]

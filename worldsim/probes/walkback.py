@@ -129,8 +129,6 @@ def returned_cells(way: str, steps: int, view, frame_hw) -> np.ndarray:
     """Pixels of the start view's cells that leave it on a walk of `steps` cells `way`
     (the view's far edge) and come back when the walk returns."""
     cols, rows = view
-    unit = frame_hw[1] // cols  # square cells, centred in the frame as crafter draws them (a border at sizes
-    border = (frame_hw[1] - unit * cols) // 2  # that are not a multiple of the columns)
     cells = np.zeros((rows, cols), bool)
     dx, dy = GRID_MOVES[way]
     if dx:
@@ -138,6 +136,14 @@ def returned_cells(way: str, steps: int, view, frame_hw) -> np.ndarray:
     else:
         cells[slice(rows - steps, rows) if dy < 0 else slice(0, steps)] = True
     cells[rows // 2, cols // 2] = False  # the player's cell
+    return cells_to_pixels(cells, frame_hw)
+
+
+def cells_to_pixels(cells: np.ndarray, frame_hw) -> np.ndarray:
+    """A (rows, cols) mask of view cells as a mask of the frame's pixels."""
+    rows, cols = cells.shape
+    unit = frame_hw[1] // cols  # square cells, centred in the frame as crafter draws them (a border at sizes
+    border = (frame_hw[1] - unit * cols) // 2  # that are not a multiple of the columns)
     mask = np.zeros(frame_hw, bool)
     mask[border:border + rows * unit, border:border + cols * unit] = np.kron(cells, np.ones((unit, unit), bool))
     return mask
