@@ -10,7 +10,7 @@ import numpy as np
 
 from envs import GRID_MOVES, action_meanings
 from worldsim.probes.common import Probe, Scenario, first_env_seed, masked_psnr
-from worldsim.probes.walkback import BACK, _GridWalk, cells_to_pixels
+from worldsim.probes.walkback import BACK, GridWalk, cells_to_pixels
 from worldsim.tokenizer import psnr
 
 RETURN_DISTANCE = 3  # cells between the returned player and its plant: no context frame shows the plant there
@@ -44,7 +44,7 @@ def placed_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, se
         rng = np.random.default_rng(s)
         s += 1
         wait = 0 if len(out) % 2 == 0 else context
-        walk = _GridWalk(env, s - 1)
+        walk = GridWalk(env, s - 1)
         if not walk.take(rng.integers(len(names), size=context).tolist()):
             continue
         world, here = walk.gt["semantic"], np.asarray(walk.gt["player_pos"])

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import GRID_MOVES, action_meanings
+from worldsim.cells import view_geometry
 from worldsim.probes.common import Probe, Scenario, first_env_seed, masked_psnr
 from worldsim.probes.loop import loop_headline, score_loop
 
@@ -44,7 +45,7 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
         rng = np.random.default_rng(s)
         s += 1
         wait = 0 if len(out) % 2 == 0 else context
-        walk, ways = _GridWalk(env, s - 1), []
+        walk, ways = GridWalk(env, s - 1), []
         while not ways and len(walk.actions) < max_scan:  # random play until a walk would show something
             if not walk.take([int(rng.integers(len(names)))]):
                 break
@@ -75,7 +76,7 @@ def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, 
     return out
 
 
-class _GridWalk:
+class GridWalk:
     """A real episode stepped a plan at a time: its frames, actions, player positions."""
 
     def __init__(self, env, seed: int):
@@ -142,8 +143,7 @@ def returned_cells(way: str, steps: int, view, frame_hw) -> np.ndarray:
 def cells_to_pixels(cells: np.ndarray, frame_hw) -> np.ndarray:
     """A (rows, cols) mask of view cells as a mask of the frame's pixels."""
     rows, cols = cells.shape
-    unit = frame_hw[1] // cols  # square cells, centred in the frame as crafter draws them (a border at sizes
-    border = (frame_hw[1] - unit * cols) // 2  # that are not a multiple of the columns)
+    unit, border = view_geometry(frame_hw, (cols, rows))
     mask = np.zeros(frame_hw, bool)
     mask[border:border + rows * unit, border:border + cols * unit] = np.kron(cells, np.ones((unit, unit), bool))
     return mask
