@@ -184,3 +184,6 @@ def test_probe_refuses_what_it_cannot_score(memory_world, tmp_path):
         run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), probes="loops"))
     with pytest.raises(CheckpointError, match="trained on"):
         run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), env="worldsim/Vizdoom-TakeCover-v0", probes="drift"))
+    for probe, expected in (("walkback", "walks a grid"), ("placed", "plants a sapling")):  # Rooms turns, plants nothing
+        with pytest.raises(ValueError, match=expected):
+            run_probes(ProbeConfig(checkpoint=str(world), out=str(tmp_path), probes=probe))
