@@ -21,9 +21,9 @@ from worldsim.cells import cell_patches, fit_for_model
 from worldsim.probes.common import copy_last, dream, tokenizer_ceiling
 from worldsim.probes.placed import placed_scenarios
 from worldsim.probes.walkback import walkback_scenarios
+from worldsim.world_model import WorldModel
 
 SCRIPTS = {"walkback": (walkback_scenarios, "returned"), "placed": (placed_scenarios, "plant")}  # and the cells they score
-from worldsim.world_model import WorldModel
 
 
 def main():

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import GRID_MOVES, action_meanings
+from worldsim.cells import VIEW
 from worldsim.probes.common import Probe, Scenario, first_env_seed, masked_psnr
 from worldsim.probes.walkback import BACK, GridWalk, cells_to_pixels
 from worldsim.tokenizer import psnr
@@ -17,7 +18,7 @@ RETURN_DISTANCE = 3  # cells between the returned player and its plant: no conte
 
 
 def placed_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0,
-                     view=(9, 7), max_tries: int = 60) -> list[Scenario]:
+                     view=VIEW, max_tries: int = 60) -> list[Scenario]:
     """Random play for a context window, then: step one cell a way whose next cell is grass,
     `do` on that grass until a sapling is in the inventory (at most `max_tries`), plant it,
     and step one cell back (the plant two cells off): the context ends there. The script
@@ -49,26 +50,26 @@ def placed_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, se
             continue
         world, here = walk.gt["semantic"], np.asarray(walk.gt["player_pos"])
         hide = (cols // 2 + 1, rows // 2 + 1)  # cells away at which the plant leaves the view, across / up-down
-        ways = []
+        ways = {}  # the open ways, and how far each walks away
         for way, d in GRID_MOVES.items():
             away = hide[0] if d[0] else hide[1]
             cells = [here + np.multiply(d, k) for k in range(-away, 3) if k]  # the walk away, a step, the plant's cell
             if all(0 <= c[0] < world.shape[0] and 0 <= c[1] < world.shape[1] for c in cells) and all(
                     world[tuple(c)] in walkable for c in cells[:-1]) and world[tuple(cells[-1])] == grass:
-                ways.append(way)
+                ways[way] = away
         if not ways:
             continue
-        way = str(rng.choice(ways))
-        d, away = np.asarray(GRID_MOVES[way]), hide[0] if GRID_MOVES[way][0] else hide[1]
+        way = str(rng.choice(list(ways)))
+        d, away = np.asarray(GRID_MOVES[way]), ways[way]
         if not walk.take([names.index(way)]):
             continue
-        target = tuple(np.asarray(walk.gt["player_pos"]) + d)
+        target = np.asarray(walk.gt["player_pos"]) + d
         for _ in range(max_tries):
             if walk.gt["inventory"][sapling] > 0 or not walk.take([names.index("do")]):
                 break
         if walk.gt["inventory"][sapling] == 0 or not walk.take([names.index("place_plant")]):
             continue
-        if walk.gt["semantic"][target] != plant:
+        if walk.gt["semantic"][tuple(target)] != plant:
             continue
         if not walk.take([names.index(BACK[way])]):
             continue
@@ -79,10 +80,9 @@ def placed_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, se
             continue
         pos = np.stack(walk.positions)
         far = last + out_steps
-        if not (np.array_equal(np.asarray(target) - pos[last], 2 * d)
-                and np.array_equal(np.asarray(target) - pos[far], away * d)
-                and np.array_equal(np.asarray(target) - pos[-1], RETURN_DISTANCE * d)
-                and walk.gt["semantic"][target] == plant):
+        if not (np.array_equal(target - pos[last], 2 * d) and np.array_equal(target - pos[far], away * d)
+                and np.array_equal(target - pos[-1], RETURN_DISTANCE * d)
+                and walk.gt["semantic"][tuple(target)] == plant):
             continue
         first = last - (context - 1)
         frames, actions = np.stack(walk.frames[first:]), np.asarray(walk.actions[first:])

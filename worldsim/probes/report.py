@@ -162,15 +162,9 @@ def _summary_plot(report: dict, path):
     loop = next((p for p in ("loop", "lookback", "walkback") if p in results), "loop")  # loop closure, for each kind of env
     by_kind = "returned_cells_by_kind" if loop == "walkback" else "by_kind"  # a walk scores the cells that came back
     if loop in results:
-        kinds = sorted(results[loop][report["predictors"][0]][by_kind])
-        names = [n for n in report["predictors"] if n in results[loop]]
-        for i, name in enumerate(names):
-            vals = [results[loop][name][by_kind][k] for k in kinds]
-            ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names), vals, 0.8 / len(names),
-                   label=name, color=colours[name])
+        _bars_by_kind(ax, results[loop], by_kind, report["predictors"], colours)
         if loop != "walkback":  # the loop-closure goal; the walk has none of its own
             ax.axhline(25, ls="--", c="k", lw=1, label="goal 25 dB")
-        ax.set_xticks(range(len(kinds)), kinds)
         ax.set_ylabel("returned cells PSNR vs real (dB)" if loop == "walkback" else "returned view PSNR vs real (dB)")
         ax.legend(fontsize=8)
     ax.set_title({"loop": "loop closure (gap > context window)", "lookback": "lookback (gap > context window)",
@@ -192,13 +186,7 @@ def _summary_plot(report: dict, path):
         ax.set_title(f"object persistence\n{report['predictors'][0]}: {best['recall_all']:.2f} ± "
                      f"{best['recall_all_stderr']:.2f} of {best['objects_all']}\nby size: {sizes}", fontsize=8)
     elif "placed" in results:  # grid worlds: what the agent placed, seen again from another cell
-        kinds = sorted(results["placed"][report["predictors"][0]]["plant_cell_by_kind"])
-        names = [n for n in report["predictors"] if n in results["placed"]]
-        for i, name in enumerate(names):
-            ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names),
-                   [results["placed"][name]["plant_cell_by_kind"][k] for k in kinds], 0.8 / len(names), label=name,
-                   color=colours[name])
-        ax.set_xticks(range(len(kinds)), kinds)
+        _bars_by_kind(ax, results["placed"], "plant_cell_by_kind", report["predictors"], colours)
         ax.set_ylabel("the planted cell's PSNR vs real (dB)")
         ax.legend(fontsize=8)
         ax.set_title("placed: a planted sapling seen again from another cell")
@@ -246,6 +234,17 @@ def _summary_plot(report: dict, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _bars_by_kind(ax, entry: dict, key: str, predictors, colours: dict):
+    """One group of bars per script kind (within / beyond the context window...), one bar
+    per predictor: `entry[predictor][key][kind]`."""
+    names = [n for n in predictors if n in entry]
+    kinds = sorted(entry[names[0]][key])
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(kinds)) + (i - len(names) / 2 + 0.5) * 0.8 / len(names),
+               [entry[name][key][k] for k in kinds], 0.8 / len(names), label=name, color=colours[name])
+    ax.set_xticks(range(len(kinds)), kinds)
 
 
 def _revisit_panels(report: dict, bars, scatter, colours: dict):

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import GRID_MOVES, action_meanings
-from worldsim.cells import view_geometry
+from worldsim.cells import VIEW, view_geometry
 from worldsim.probes.common import Probe, Scenario, first_env_seed, masked_psnr
 from worldsim.probes.loop import loop_headline, score_loop
 
@@ -16,7 +16,7 @@ BACK = {"move_left": "move_right", "move_right": "move_left", "move_up": "move_d
 
 
 def walkback_scenarios(env_id: str, env_kwargs: dict, count: int, context: int, seed: int = 0, steps: int = 4,
-                       view=(9, 7), min_change: float = 10.0, max_scan: int = 300) -> list[Scenario]:
+                       view=VIEW, min_change: float = 10.0, max_scan: int = 300) -> list[Scenario]:
     """Top-down grid worlds (Crafter: move_left/right/up/down, info["gt"]["player_pos"], a
     `view` of cells around the player in the frame's top rows, drawn as crafter draws
     them): random play (as the data was collected) until a walk would show something (at
