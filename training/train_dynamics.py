@@ -78,6 +78,7 @@ class TrainConfig(RunConfig):  # data: a latent dataset from `worldsim encode`
     sampled_context_share: float = 0.0  # share of windows whose frames before the last sit at the sampler's context noise level, so the last frame is learnt as the dream predicts it (the rest: every frame at its own random level)
     rollout_share: float = 0.0  # share of windows whose frames just before the last are the model's own samples (drawn as a dream draws them, real actions), the last frame still learnt towards the real one: a dream reads its own frames, not real ones
     rollout_frames: int = 4  # with --rollout-share: how many frames before the last are dreamed (from the real frames before them)
+    change_weight: float = 0.0  # each latent position's denoising error weighs 1 + this times how much the real latent changed there since the frame before (over the batch's mean change): small moving things (TakeCover's fireballs) count beside a still background
     action_balance: float = 0.0  # (discrete actions) each frame's denoising error weighs frequency^-balance of the action that led into it in the training data, normalised to a mean of 1 over its frames: 1 gives every action the same total weight, so rare moves (strafes, steps back) are learnt as well as common ones; 0 weighs frames as the data has them
     judge: str | None = None  # a judge of latents (`worldsim train inverse-dynamics` on a latent dataset of this tokenizer): its cross-entropy on each predicted frame beside the frame before (against --judge-target) joins the loss
     judge_weight: float = 0.1  # with --judge: the weight of that cross-entropy beside the denoising error
@@ -742,7 +743,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                                       action_weights=weights, judge=judge,
                                                       judge_weight=cfg.judge_weight, judge_target=cfg.judge_target,
                                                       rollout_share=cfg.rollout_share,
-                                                      rollout_frames=cfg.rollout_frames)
+                                                      rollout_frames=cfg.rollout_frames,
+                                                      change_weight=cfg.change_weight)
     return run(model, cfg, "dynamics", config,
                batch_at=lambda step, rank: data.batch(cfg.batch_size, step, rank),
                loss_of=loss_of,

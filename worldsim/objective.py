@@ -64,7 +64,8 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
                            action_dropout: float = 0.0,
                            sampled_context_share: float = 0.0, action_weights: torch.Tensor | None = None,
                            judge=None, judge_weight: float = 0.0, judge_target: str = "action",
-                           rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None, events=None):
+                           rollout_share: float = 0.0, rollout_frames: int = 4, memory_slot=None, events=None,
+                           change_weight: float = 0.0):
     """Diffusion-forcing loss on a window of clean latents z (B, T, C, h, w).
 
     actions[:, j] led from frame j to j+1 (T-1 of them); rewards and terminated
@@ -92,6 +93,10 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     `memory_slot` (B, K): where in the window each memory frame sits (-1: before it); a
     dreamed window's memory of a dreamed frame is that dream, as a dream's bank holds it.
     `events`: each frame's event counts, for the heads (`heads_loss`).
+    `change_weight`: each latent position's error weighs 1 + change_weight * how much the
+    real latent changed there since the frame before (squared, over the batch's mean
+    change): small moving things (a fireball) count beside the still background that
+    otherwise fills a squared error.
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -120,7 +125,12 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     if memory is not None:
         memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
     pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
-    per_frame = (pred.float() - z.float()).pow(2).flatten(2).mean(2)  # (B, T)
+    error = (pred.float() - z.float()).pow(2)  # (B, T, C, h, w)
+    if change_weight and t > 1:
+        change = (z[:, 1:].float() - z[:, :-1].float()).pow(2).mean(2, keepdim=True)  # (B, T-1, 1, h, w)
+        weight = 1 + change_weight * change / change.mean().clamp(min=1e-8)
+        error = torch.cat([error[:, :1], error[:, 1:] * weight], 1)
+    per_frame = error.flatten(2).mean(2)  # (B, T)
     dreamed_metrics = {}
     if rollout_share and dreamed.any():  # how far the last frame lands from the world after a dreamed context
         dreamed_metrics = {"dreamed_last_mse": per_frame[dreamed, -1].mean().item()}
