@@ -88,9 +88,9 @@ def cmd_export(args):
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
                                   memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
                                   text_guidance=args.text_guidance, calibrate_ends=args.calibrate_ends,
-                                  first_frame=args.first_frame, depth=args.depth)
-    if args.calibrate_ends or args.first_frame or args.depth:
-        raise SystemExit("--calibrate-ends, --first-frame and --depth go with a dynamics run's checkpoint")
+                                  first_frame=args.first_frame, depth=args.depth, sample_steps=args.sample_steps)
+    if args.calibrate_ends or args.first_frame or args.depth or args.sample_steps:
+        raise SystemExit("--calibrate-ends, --first-frame, --depth and --sample-steps go with a dynamics run's checkpoint")
     if config.get("kind") not in ("tokenizer", "inverse_dynamics"):
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer, "
                          "dynamics or inverse-dynamics run")
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their ends, --sample-ends)")
     p.add_argument("--text-guidance", type=float, default=None,
                    help="for a dynamics run trained with --text: the default text guidance weight (default 0)")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="for a dynamics run: the world model's default denoising steps a frame (default: the run's); "
+                        "more draw what is uncertain (a fireball) where few average it away, at that many passes a frame")
     p.add_argument("--first-frame", default=None, metavar="RUN_CHECKPOINT",
                    help="for a dynamics run trained with --text: a run trained with --text --window 1 that makes "
                         "the worlds' first frames from prompts, or a world model that carries one")

@@ -39,10 +39,11 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
                        half: bool = True, memory_guidance: float | None = None,
                        action_guidance: float | None = None, text_guidance: float | None = None,
                        calibrate_ends: str | None = None, first_frame: str | None = None, depth: str | None = None,
-                       device: str = "cpu") -> dict:
+                       device: str = "cpu", sample_steps: int | None = None) -> dict:
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
-    guidance weights. `calibrate_ends` (a frames
+    guidance weights, `sample_steps` its default denoising steps a frame (a dream that must
+    draw what is uncertain, TakeCover's fireballs, needs more than the run's). `calibrate_ends` (a frames
     dataset) shifts the termination head before the file is written, on `device`
     (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model.
     `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
@@ -67,6 +68,10 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
                               "learnt the null-text prediction that text guidance contrasts")
     overrides = {k: float(v) for k, v in (("memory_guidance", memory_guidance), ("action_guidance", action_guidance),
                                           ("text_guidance", text_guidance)) if v is not None}
+    if sample_steps is not None:
+        if sample_steps < 1:
+            raise ValueError(f"--sample-steps is the denoising steps a frame, at least 1; got {sample_steps}")
+        overrides["sample_steps"] = int(sample_steps)
     dynamics = Dynamics(DynamicsConfig(**{**config["dynamics"], **overrides}))
     dynamics.load_state_dict(with_prefix(tensors, MODEL))
     first = first_record = None

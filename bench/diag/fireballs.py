@@ -2,9 +2,12 @@
 actions; in each predicted frame the fireball pixels (bright yellow, the only such colour
 in the game) are set against the real frame's, beside copy-last-frame and the tokenizer
 ceiling: recall (real fireball pixels with a predicted one within 2 pixels), precision
-(the other way round), and how many fireball pixels each draws, by horizon.
+(the other way round), and how many fireball pixels each draws, by horizon. --deaths: what
+the last frames before a death show, in the game (the test split's random play) and in
+each dream (random play, ends drawn from the head): a dream that kills for the game's
+reason kills after a fireball came close.
 
-    python bench/diag/fireballs.py worldsim/checkpoints/takecover.safetensors --data data/takecover_big
+    python bench/diag/fireballs.py worldsim/checkpoints/takecover.safetensors --data data/takecover_big --deaths
 
 A dream without fireballs has nothing for an agent to dodge: what kills in the game never
 comes in the dream (RESULTS, "TakeCover agents"). --picture writes real | each model's
@@ -18,12 +21,13 @@ import json
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_dilation
+import torch.nn.functional as F
 
 from worldsim.replay import dream_windows, replay_windows
 from worldsim.world_model import WorldModel
 
 BUCKETS = ((1, 1), (2, 4), (5, 8), (9, 16))  # horizons scored together
+CLOSE = 40  # fireball pixels in a 64x64 frame: one that is about to hit (a far one is a few pixels)
 
 
 def fireball_mask(frames: np.ndarray) -> np.ndarray:
@@ -33,10 +37,9 @@ def fireball_mask(frames: np.ndarray) -> np.ndarray:
 
 
 def near(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
-    """Each frame's mask grown by `pixels` in every direction (frames along the first axes)."""
-    flat = mask.reshape(-1, *mask.shape[-2:])
-    grown = np.stack([binary_dilation(m, iterations=pixels) if m.any() else m for m in flat])
-    return grown.reshape(mask.shape)
+    """Each frame's mask grown by `pixels` in every direction (a square; frames along the first axes)."""
+    flat = torch.from_numpy(mask.reshape(-1, 1, *mask.shape[-2:])).float()
+    return (F.max_pool2d(flat, 2 * pixels + 1, stride=1, padding=pixels) > 0).numpy().reshape(mask.shape)
 
 
 def scores(real: np.ndarray, predicted: np.ndarray) -> dict:
@@ -53,6 +56,58 @@ def scores(real: np.ndarray, predicted: np.ndarray) -> dict:
     return out
 
 
+def death_scores(last_frames: list[np.ndarray], episode_steps: list[int], close_share: float) -> dict:
+    """The frames before each death (each (k, H, W, 3): the last k of an episode that ended
+    in a death): how many show a fireball about to hit, and the fireball pixels they hold;
+    beside `close_share`, the share of all frames with a fireball about to hit."""
+    px = np.array([fireball_mask(f).sum(axis=(1, 2)).max() for f in last_frames])
+    return {"close_fireball_any_frame": close_share, "deaths": len(px), "close_fireball_before_death": float((px >= CLOSE).mean()) if len(px) else float("nan"),
+            "fireball_pixels_before_death": float(px.mean()) if len(px) else float("nan"),
+            "steps_to_death": float(np.mean(episode_steps)) if episode_steps else float("nan")}
+
+
+def real_deaths(data: str, last: int = 2) -> dict:
+    from worldsim.dataset import episode_paths, read_episode
+
+    frames, steps, close = [], [], []
+    for path in episode_paths(data, "test"):
+        e = read_episode(path)
+        close.append(fireball_mask(e.frames).sum(axis=(1, 2)) >= CLOSE)
+        if e.terminated[-1]:
+            frames.append(e.frames[-last:])
+            steps.append(len(e))
+    return death_scores(frames, steps, float(np.concatenate(close).mean()))
+
+
+def dream_deaths(checkpoint: str, envs: int, steps: int, last: int = 2, seed: int = 0) -> dict:
+    """Random play in the dream with ends drawn from the head; the last frames before each end."""
+    import gymnasium as gym
+
+    import worldsim  # noqa: F401  (registers the dream env)
+
+    env = gym.make_vec("worldsim/Dream-v0", num_envs=envs, vectorization_mode="vector_entry_point",
+                       checkpoint=checkpoint, obs_type="rgb", sample_ends=True, max_steps=10_000)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    recent = [[o] for o in obs]
+    started, frames, lengths, restart = np.zeros(envs, int), [], [], np.zeros(envs, bool)
+    close = []
+    for t in range(steps):
+        obs, _, terminated, truncated, _ = env.step(rng.integers(env.single_action_space.n, size=envs))
+        close.append(fireball_mask(obs).sum(axis=(1, 2)) >= CLOSE)
+        for i in range(envs):
+            if restart[i]:  # NEXT_STEP autoreset: this obs is a new episode's first frame
+                recent[i], started[i] = [obs[i]], t
+                continue
+            recent[i] = (recent[i] + [obs[i]])[-last:]
+            if terminated[i]:
+                frames.append(np.stack(recent[i]))
+                lengths.append(t + 1 - started[i])
+        restart = terminated | truncated
+    env.close()
+    return death_scores(frames, lengths, float(np.mean(close)))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoints", nargs="+")
@@ -62,6 +117,9 @@ def main():
     parser.add_argument("--sample-steps", type=int, default=None)
     parser.add_argument("--picture", default=None, help="a PNG of real | dream frames")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--deaths", action="store_true", help="also what comes before each death, game and dreams")
+    parser.add_argument("--dream-envs", type=int, default=16)
+    parser.add_argument("--dream-steps", type=int, default=300, help="random steps of each dream env for --deaths")
     args = parser.parse_args()
     torch.set_num_threads(2)
     length = BUCKETS[-1][1]
@@ -85,6 +143,14 @@ def main():
                                                 for v in s.values()))
     print(f"{'real fireball pixels per frame':>58} | "
           + " | ".join(f"{v['real_pixels_per_frame']:22.1f}" for v in result["scores"]["copy-last-frame"].values()))
+    if args.deaths:
+        result["deaths"] = {"game (test split, random play)": real_deaths(args.data),
+                            **{path: dream_deaths(path, args.dream_envs, args.dream_steps) for path in args.checkpoints}}
+        print(f"before each death (its last 2 frames), random play; a fireball about to hit: {CLOSE}+ pixels")
+        for name, d in result["deaths"].items():
+            print(f"{name[-58:]:>58} | {d['deaths']:5d} deaths, {d['close_fireball_before_death']:.2f} after a close "
+                  f"fireball, {d['fireball_pixels_before_death']:5.1f} fireball pixels, "
+                  f"{d['steps_to_death']:6.1f} steps to a death; {d['close_fireball_any_frame']:.3f} of all frames show a close one")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
