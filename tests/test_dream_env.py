@@ -262,3 +262,16 @@ def test_uncertainty_reports_sample_disagreement(world, pipeline, rooms_dataset)
     u = uncertainty_vs_error(model, str(rooms_dataset), context=2, length=3, count=4)
     assert u["windows"] == 4 and -1 <= u["spearman_within_step"] <= 1 and 0 <= u["worst_quarter_caught"] <= 1
     assert u["spread_mean"] > 0 and u["error_mean"] > 0
+
+
+def test_export_sets_the_denoising_steps_a_dream_takes(pipeline, tmp_path):
+    from worldsim.export import export_world_model
+    from worldsim.world_model import WorldModel
+
+    root, _, _ = pipeline
+    run = str(root / "dyn" / "latest.safetensors")
+    export_world_model(run, str(tmp_path / "s.safetensors"), sample_steps=7)
+    assert WorldModel.load(tmp_path / "s.safetensors").dynamics.cfg.sample_steps == 7
+    assert WorldModel.load(root / "world.safetensors").dynamics.cfg.sample_steps != 7
+    with pytest.raises(ValueError, match="at least 1"):
+        export_world_model(run, str(tmp_path / "z.safetensors"), sample_steps=0)

@@ -146,19 +146,6 @@ def test_export_refuses_guidance_a_run_never_learnt(pipeline, text_world, tmp_pa
     assert WorldModel.load(tmp_path / "t.safetensors").dynamics.cfg.text_guidance == 2.0
 
 
-def test_export_sets_the_denoising_steps_a_dream_takes(pipeline, tmp_path):
-    from worldsim.export import export_world_model
-    from worldsim.world_model import WorldModel
-
-    root, _, _ = pipeline
-    run = str(root / "dyn" / "latest.safetensors")
-    export_world_model(run, str(tmp_path / "s.safetensors"), sample_steps=7)
-    assert WorldModel.load(tmp_path / "s.safetensors").dynamics.cfg.sample_steps == 7
-    assert WorldModel.load(root / "world.safetensors").dynamics.cfg.sample_steps != 7
-    with pytest.raises(ValueError, match="at least 1"):
-        export_world_model(run, str(tmp_path / "z.safetensors"), sample_steps=0)
-
-
 def test_continuing_a_text_model_without_text_says_to_pass_it(text_world):
     from training.train_dynamics import init_from
     from worldsim.checkpoint import CheckpointError

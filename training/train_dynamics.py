@@ -710,11 +710,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         loss_of = lambda m, b: heads_loss(m, **b, end_weight=cfg.end_weight, reward_weight=cfg.reward_weight)  # noqa: E731
     elif cfg.teacher:
         if (cfg.footage or cfg.action_dropout or cfg.sampled_context_share or cfg.action_balance or cfg.judge
-                or cfg.rollout_share):
+                or cfg.rollout_share or cfg.change_weight):
             raise ValueError("--teacher learns the teacher's samples for the given actions: drop --footage, "
                              "--action-dropout (the teacher's action guidance is distilled in), --action-balance, "
-                             "--judge, --rollout-share and --sampled-context-share (the student reads the sampler's "
-                             "context already)")
+                             "--change-weight, --judge, --rollout-share and --sampled-context-share (the student "
+                             "reads the sampler's context already)")
         teacher = WorldModel.load(cfg.teacher, device=device).dynamics.eval().requires_grad_(False)
         body = ("latent_shape", "patch", "d_model", "n_layers", "memory", "text_dim", "memory_fov_deg")
         if any(getattr(teacher.cfg, k) != getattr(model.cfg, k) for k in body) or teacher.cfg.max_frames < window:

@@ -43,8 +43,8 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
     """Bundle a trained dynamics run with its tokenizer and real start frames;
     `memory_guidance`, `action_guidance` and `text_guidance` set the model's default
     guidance weights, `sample_steps` its default denoising steps a frame (a dream that must
-    draw what is uncertain, TakeCover's fireballs, needs more than the run's). `calibrate_ends` (a frames
-    dataset) shifts the termination head before the file is written, on `device`
+    draw what is uncertain, TakeCover's fireballs, needs more than the run's).
+    `calibrate_ends` (a frames dataset) shifts the termination head before the file is written, on `device`
     (worldsim/replay.py `calibrate_ends`), so the file never holds an uncalibrated model.
     `first_frame`: a dynamics run trained with --text on single frames (`--window 1`) that
     the world model then makes its worlds' first frames from prompts with (`text_guidance`,
