@@ -61,7 +61,8 @@ def death_scores(last_frames: list[np.ndarray], episode_steps: list[int], close_
     in a death): how many show a fireball about to hit, and the fireball pixels they hold;
     beside `close_share`, the share of all frames with a fireball about to hit."""
     px = np.array([fireball_mask(f).sum(axis=(1, 2)).max() for f in last_frames])
-    return {"close_fireball_any_frame": close_share, "deaths": len(px), "close_fireball_before_death": float((px >= CLOSE).mean()) if len(px) else float("nan"),
+    return {"close_fireball_any_frame": close_share, "deaths": len(px),
+            "close_fireball_before_death": float((px >= CLOSE).mean()) if len(px) else float("nan"),
             "fireball_pixels_before_death": float(px.mean()) if len(px) else float("nan"),
             "steps_to_death": float(np.mean(episode_steps)) if episode_steps else float("nan")}
 
@@ -96,8 +97,8 @@ def dream_deaths(checkpoint: str, envs: int, steps: int, last: int = 2, seed: in
         obs, _, terminated, truncated, _ = env.step(rng.integers(env.single_action_space.n, size=envs))
         close.append(fireball_mask(obs).sum(axis=(1, 2)) >= CLOSE)
         for i in range(envs):
-            if restart[i]:  # NEXT_STEP autoreset: this obs is a new episode's first frame
-                recent[i], started[i] = [obs[i]], t
+            if restart[i]:  # NEXT_STEP autoreset: this obs is a new episode's first frame, no step taken
+                recent[i], started[i] = [obs[i]], t + 1
                 continue
             recent[i] = (recent[i] + [obs[i]])[-last:]
             if terminated[i]:
