@@ -191,7 +191,7 @@ def test_action_balance_weighs_each_frames_error_by_the_action_that_led_into_it(
     assert footage_weighted["denoise_mse"] == pytest.approx(unweighted["denoise_mse"], rel=1e-6)
 
 
-def test_change_weight_weighs_each_positions_error_by_how_much_the_real_latent_moved_there():
+def test_change_weight_weighs_each_positions_error_by_how_much_the_real_latent_moved_there_the_step_before():
     model = tiny_model()
     preds = []
     model.register_forward_hook(lambda module, args, out: preds.append(out.detach()))
@@ -201,14 +201,28 @@ def test_change_weight_weighs_each_positions_error_by_how_much_the_real_latent_m
     torch.manual_seed(1)
     _, weighted = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), change_weight=2.0)
     error = (preds[-1] - z).pow(2)  # the same noise as below: the same prediction
-    change = torch.zeros(2, 3, 1, *model.cfg.latent_shape[1:])
-    change[:, 1, :, 1, 1] = 9.0
-    weight = torch.cat([torch.ones(2, 1, 1, *change.shape[-2:]), 1 + 2.0 * change / change.mean()], 1)
+    change = torch.zeros(2, 2, 1, *model.cfg.latent_shape[1:])  # the steps before frames 2 and 3
+    change[:, 1, :, 1, 1] = 9.0  # the step into frame 2 weighs frame 3
+    weight = torch.cat([torch.ones(2, 2, 1, *change.shape[-2:]), 1 + 2.0 * change / change.mean()], 1)
     assert weighted["denoise_mse"] == pytest.approx((error * weight).flatten(2).mean(2).mean().item(), rel=1e-5)
     torch.manual_seed(1)
     _, plain = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
     assert plain["denoise_mse"] == pytest.approx(error.mean().item(), rel=1e-5)
     assert weighted["denoise_mse"] > plain["denoise_mse"]  # the moved position's error counts many times over
+
+
+def test_change_weight_never_reads_the_frame_it_weighs():
+    """A weight that grew with the frame's own change would teach the model that big changes are
+    more likely than they are: here only the last frame changes, so nothing weighs more."""
+    model = tiny_model()
+    z = torch.zeros(2, 4, *model.cfg.latent_shape)
+    z[:, 3, :, 1, 1] = 3.0
+    acts, zeros = torch.randint(0, 7, (2, 3)), torch.zeros(2, 3)
+    torch.manual_seed(1)
+    _, weighted = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool(), change_weight=2.0)
+    torch.manual_seed(1)
+    _, plain = diffusion_forcing_loss(model, z, acts, zeros, zeros.bool())
+    assert weighted["denoise_mse"] == pytest.approx(plain["denoise_mse"], rel=1e-6)
 
 
 def test_action_weights_give_every_action_the_same_total_weight(rooms_dataset):

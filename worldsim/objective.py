@@ -94,9 +94,11 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
     dreamed window's memory of a dreamed frame is that dream, as a dream's bank holds it.
     `events`: each frame's event counts, for the heads (`heads_loss`).
     `change_weight`: each latent position's error weighs 1 + change_weight * how much the
-    real latent changed there since the frame before (squared, over the batch's mean
-    change): small moving things (a fireball) count beside the still background that
-    otherwise fills a squared error.
+    real latent changed there in the step before (squared, over the batch's mean change):
+    small moving things (a fireball) count beside the still background that otherwise
+    fills a squared error. The weight reads only frames before the one it weighs: a
+    weight that read the frame itself would tilt the model towards outcomes that change a
+    lot (it learns w(x) p(x), not p(x)).
     Returns (loss, metrics)."""
     b, t = z.shape[:2]
     tau = torch.rand(b, t, device=z.device)
@@ -126,10 +128,10 @@ def diffusion_forcing_loss(model: Dynamics, z, actions, rewards, terminated, has
         memory = model.encode_memory(memory[0], memory[1], memory[2], torch.full((b,), t - 1, device=z.device))
     pred = model(x, tau, into, has, torch.arange(t, device=z.device).expand(b, t), text, memory=memory)
     error = (pred.float() - z.float()).pow(2)  # (B, T, C, h, w)
-    if change_weight and t > 1:
-        change = (z[:, 1:].float() - z[:, :-1].float()).pow(2).mean(2, keepdim=True)  # (B, T-1, 1, h, w)
-        weight = 1 + change_weight * change / change.mean().clamp(min=1e-8)
-        error = torch.cat([error[:, :1], error[:, 1:] * weight], 1)
+    if change_weight and t > 2:
+        change = (z[:, 1:-1].float() - z[:, :-2].float()).pow(2).mean(2, keepdim=True)  # (B, T-2, 1, h, w)
+        weight = 1 + change_weight * change / change.mean().clamp(min=1e-8)  # frame j's: the step j-2 -> j-1
+        error = torch.cat([error[:, :2], error[:, 2:] * weight], 1)
     per_frame = error.flatten(2).mean(2)  # (B, T)
     dreamed_metrics = {}
     if rollout_share and dreamed.any():  # how far the last frame lands from the world after a dreamed context

@@ -1,0 +1,139 @@
+"""Does the TakeCover dream pay what the game pays? Three fixed policies, scored in the
+real game and in each dream: standing still, random moves, and dodging (step away from
+the biggest fireball in view). In the game, dodging outlives random play and random play
+outlives standing still. A dream that ranks them otherwise cannot teach an agent to
+dodge, however long the agent trains in it: check this before spending hours there.
+
+    python bench/diag/policy_ranks.py worldsim/checkpoints/takecover.safetensors --episodes 100
+
+The game is scored on the real episodes the agents are (bench_imagination.py's seeds);
+each dream on `--dream-envs` rows of `--episodes-per-row` episodes each (a row's first
+episodes, so that short ones are not favoured), ends drawn from the head, returns summed
+from the reward head: what an agent trained there would be paid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fireballs import fireball_mask  # noqa: E402
+
+NOOP, LEFT, RIGHT = 0, 1, 2  # worldsim/Vizdoom-TakeCover-v0's actions
+SEEN = 4  # fireball pixels (of 64 x 64) before the dodger reacts: fewer are specks of the imps' sprites
+
+
+def dodge(frame: np.ndarray) -> int:
+    """Step away from the biggest fireball in view (the closest), else stand still."""
+    mask = fireball_mask(frame)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return NOOP
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    biggest = int(np.argmax(sizes))
+    if sizes[biggest] < SEEN:
+        return NOOP
+    x = np.nonzero(labels == biggest + 1)[1].mean()
+    return RIGHT if x < frame.shape[1] / 2 else LEFT
+
+
+def policies(seed: int = 0) -> dict:
+    """name -> act(frames (N, H, W, 3)) -> actions (N,)."""
+    rng = np.random.default_rng(seed)
+    return {"stand still": lambda frames: np.full(len(frames), NOOP),
+            "random": lambda frames: rng.integers(3, size=len(frames)),
+            "dodge": lambda frames: np.array([dodge(f) for f in frames])}
+
+
+def game_returns(act, episodes: int, seed: int, horizon: int) -> list[float]:
+    from agents.imagine import real_env
+
+    env = real_env("worldsim/Vizdoom-TakeCover-v0", {}, horizon)
+    returns = []
+    for k in range(episodes):
+        frame, _ = env.reset(seed=seed + k)
+        done, total = False, 0.0
+        while not done:
+            frame, reward, terminated, truncated, _ = env.step(int(act(frame[None])[0]))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def dream_returns(env, act, episodes_per_row: int, seed: int) -> list[float]:
+    """The first `episodes_per_row` episodes of each row of a NEXT_STEP-autoreset vector dream."""
+    rows = env.num_envs
+    frames, _ = env.reset(seed=seed)
+    totals, done, restart = np.zeros(rows), [[] for _ in range(rows)], np.zeros(rows, bool)
+    while min(len(d) for d in done) < episodes_per_row:
+        frames, rewards, terminated, truncated, _ = env.step(act(frames))
+        totals += np.where(restart, 0.0, rewards)  # an autoreset step takes no action and pays nothing
+        ended = (terminated | truncated) & ~restart
+        for i in np.nonzero(ended)[0]:
+            done[i].append(float(totals[i]))
+        totals[restart | ended] = 0.0
+        restart = terminated | truncated
+    return [r for d in done for r in d[:episodes_per_row]]
+
+
+def summary(returns) -> dict:
+    r = np.asarray(returns, float)
+    return {"mean": float(r.mean()), "stderr": float(r.std(ddof=1) / np.sqrt(len(r))), "episodes": len(r)}
+
+
+def main(argv=None):
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the game)
+    import worldsim  # noqa: F401  (registers the dream)
+    from worldsim.dataset import EVAL_SEEDS_START
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="*", help="TakeCover world models (none: the game only)")
+    p.add_argument("--episodes", type=int, default=100, help="real episodes per policy")
+    p.add_argument("--dream-envs", type=int, default=16)
+    p.add_argument("--episodes-per-row", type=int, default=4)
+    p.add_argument("--horizon", type=int, default=525, help="steps an episode may last (bench_imagination's 2,100 tics)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    names = list(policies())
+    result = {"episodes": args.episodes, "dream_episodes": args.dream_envs * args.episodes_per_row, "returns": {}}
+    t0 = time.perf_counter()
+    result["returns"]["game"] = {name: summary(game_returns(policies(args.seed)[name], args.episodes,
+                                                            EVAL_SEEDS_START + args.seed, args.horizon)) for name in names}
+    print(f"game: {time.perf_counter() - t0:.0f} s", flush=True)
+    for path in args.checkpoints:
+        t0 = time.perf_counter()
+        env = gym.make_vec("worldsim/Dream-v0", num_envs=args.dream_envs, vectorization_mode="vector_entry_point",
+                           checkpoint=path, obs_type="rgb", sample_ends=True, max_steps=args.horizon)
+        result["returns"][path] = {name: summary(dream_returns(env, policies(args.seed)[name],
+                                                               args.episodes_per_row, args.seed)) for name in names}
+        env.close()
+        print(f"{path}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"mean return ± standard error; the game on {args.episodes} episodes a policy, each dream on "
+          f"{result['dream_episodes']}")
+    print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names) + " | dodge - random")
+    for where, row in result["returns"].items():
+        premium = row["dodge"]["mean"] - row["random"]["mean"]
+        se = np.hypot(row["dodge"]["stderr"], row["random"]["stderr"])
+        print(f"{where[-48:]:>48} | " + " | ".join(f"{row[n]['mean']:6.1f} ± {row[n]['stderr']:5.1f}" for n in names)
+              + f" | {premium:+6.1f} ± {se:4.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""bench/diag: the TakeCover fixed-policy ranking (does the dream pay what the game pays)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench" / "diag"))
+
+import policy_ranks  # noqa: E402
+
+YELLOW = (230, 180, 40)  # an imp's fireball (fireballs.fireball_mask)
+
+
+def frame_with_fireball(x0: int, size: int) -> np.ndarray:
+    frame = np.full((64, 64, 3), 60, np.uint8)
+    frame[30:30 + size, x0:x0 + size] = YELLOW
+    return frame
+
+
+def test_dodge_steps_away_from_the_biggest_fireball_and_ignores_specks():
+    assert policy_ranks.dodge(frame_with_fireball(5, 6)) == policy_ranks.RIGHT
+    assert policy_ranks.dodge(frame_with_fireball(50, 6)) == policy_ranks.LEFT
+    assert policy_ranks.dodge(np.full((64, 64, 3), 60, np.uint8)) == policy_ranks.NOOP
+    assert policy_ranks.dodge(frame_with_fireball(5, 1)) == policy_ranks.NOOP  # one pixel: not a fireball yet
+    two = frame_with_fireball(50, 3)
+    two[30:38, 2:10] = YELLOW  # the bigger one, on the left, is the one to avoid
+    assert policy_ranks.dodge(two) == policy_ranks.RIGHT
+
+
+class FixedLengthEpisodes:
+    """A NEXT_STEP-autoreset vector env (gymnasium's default): row i's episodes last
+    lengths[i] steps, each step pays 1, and the step after an end is the reset (pays 0)."""
+
+    def __init__(self, lengths):
+        self.lengths, self.num_envs = np.asarray(lengths), len(lengths)
+
+    def reset(self, seed=None):
+        self.t, self.restart = np.zeros(self.num_envs, int), np.zeros(self.num_envs, bool)
+        return np.zeros((self.num_envs, 64, 64, 3), np.uint8), {}
+
+    def step(self, actions):
+        assert len(actions) == self.num_envs
+        self.t = np.where(self.restart, 0, self.t + 1)
+        rewards = np.where(self.restart, 0.0, 1.0)
+        terminated = ~self.restart & (self.t == self.lengths)
+        self.restart = terminated
+        return np.zeros((self.num_envs, 64, 64, 3), np.uint8), rewards, terminated, np.zeros_like(terminated), {}
+
+
+def test_dream_returns_keep_each_rows_first_episodes_whole():
+    env = FixedLengthEpisodes([2, 7, 3])
+    returns = policy_ranks.dream_returns(env, policy_ranks.policies()["random"], episodes_per_row=3, seed=0)
+    # the long row sets the pace; the short rows' later episodes are left out, so short ones are not favoured
+    assert sorted(returns) == [2.0] * 3 + [3.0] * 3 + [7.0] * 3
+
+
+def test_policy_ranks_scores_each_policy_in_the_game_and_the_dream(tmp_path):
+    pytest.importorskip("vizdoom")
+    out = tmp_path / "ranks.json"
+    policy_ranks.main(["worldsim/checkpoints/takecover.safetensors", "--episodes", "2", "--dream-envs", "2",
+                       "--episodes-per-row", "1", "--horizon", "3", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["returns"]) == {"game", "worldsim/checkpoints/takecover.safetensors"}
+    for where, row in result["returns"].items():
+        assert set(row) == {"stand still", "random", "dodge"}
+        for name, score in row.items():
+            assert score["episodes"] == 2, (where, name)
+            # at most 3 steps of 4 tics: the game pays each tic alive, the dream's reward head about as much
+            assert 0 < score["mean"] <= 15, (where, name, score)
