@@ -45,6 +45,17 @@ def dream_windows(model, frames: np.ndarray, actions: np.ndarray, context: int, 
                            for i in range(0, len(frames), batch)])
 
 
+def baselines(model, frames: np.ndarray, context: int) -> dict:
+    """What every replayed dream is set beside, for windows (N, context + L, H, W, 3):
+    `copy_last_frame` (the last context frame held) and `tokenizer_ceiling` (each real
+    frame encoded and decoded: the best any dream of this tokenizer can draw), (N, L, H, W, 3)."""
+    real = frames[:, context:]
+    with torch.no_grad():
+        ceiling = np.stack([model.decode(model.encode(real[i:i + 1]))[0].cpu().numpy() for i in range(len(real))])
+    return {"copy_last_frame": np.repeat(frames[:, context - 1:context], real.shape[1], 1),
+            "tokenizer_ceiling": ceiling}
+
+
 def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), count: int = 32,
                   split: str = "test", sample_steps: int | None = None, batch: int = 8, rerender: bool = False,
                   judge=None, cells=None) -> dict:
@@ -70,10 +81,7 @@ def replay_scores(model, data: str, context: int = 4, horizons=(1, 4, 16, 64), c
     if model.has_memory:
         predictions["dream_memory_off"] = rollout(False)
     real = frames[:, c:]
-    with torch.no_grad():
-        predictions["tokenizer_ceiling"] = np.stack([model.decode(model.encode(real[i:i + 1]))[0].cpu().numpy()
-                                                     for i in range(len(real))])
-    predictions["copy_last_frame"] = np.repeat(frames[:, c - 1:c], length, 1)
+    predictions |= baselines(model, frames, c)
     result = {"data": str(data), "split": split, "windows": len(ws), "context": c, "horizons": list(horizons),
               "sample_steps": sample_steps or model.dynamics.cfg.sample_steps}
     for name, pred in predictions.items():

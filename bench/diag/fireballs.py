@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worldsim.replay import dream_windows, replay_windows
+from worldsim.replay import baselines, dream_windows, replay_windows
 from worldsim.world_model import WorldModel
 
 BUCKETS = ((1, 1), (2, 4), (5, 8), (9, 16))  # horizons scored together
@@ -129,21 +129,18 @@ def main():
     real = frames[:, args.context:]
     models = {path: WorldModel.load(path) for path in args.checkpoints}
     first = models[args.checkpoints[0]]
-    with torch.no_grad():
-        ceiling = np.stack([first.decode(first.encode(real[i:i + 1]))[0].cpu().numpy() for i in range(len(real))])
     predictions = {path: dream_windows(m, frames, actions, args.context, sample_steps=args.sample_steps)
                    for path, m in models.items()}
-    predictions |= {"copy-last-frame": np.repeat(frames[:, args.context - 1:args.context], length, 1),
-                    "tokenizer ceiling": ceiling}
+    predictions |= baselines(first, frames, args.context)
     result = {"data": args.data, "windows": len(ws), "context": args.context, "sample_steps": args.sample_steps,
               "scores": {name: scores(real, p) for name, p in predictions.items()}}
     print(f"{len(ws)} windows of {args.data}'s test split, {args.context} real frames then the real actions")
-    print(f"{'':>58} | " + " | ".join(f"{'steps ' + k:>22}" for k in result["scores"]["copy-last-frame"]))
+    print(f"{'':>58} | " + " | ".join(f"{'steps ' + k:>22}" for k in result["scores"]["copy_last_frame"]))
     for name, s in result["scores"].items():
         print(f"{name[-58:]:>58} | " + " | ".join(f"rec {v['recall']:.2f} pre {v['precision']:.2f} px {v['pixels_per_frame']:4.1f}"
                                                 for v in s.values()))
     print(f"{'real fireball pixels per frame':>58} | "
-          + " | ".join(f"{v['real_pixels_per_frame']:22.1f}" for v in result["scores"]["copy-last-frame"].values()))
+          + " | ".join(f"{v['real_pixels_per_frame']:22.1f}" for v in result["scores"]["copy_last_frame"].values()))
     if args.deaths:
         result["deaths"] = {"game (test split, random play)": real_deaths(args.data),
                             **{path: dream_deaths(path, args.dream_envs, args.dream_steps) for path in args.checkpoints}}
