@@ -70,3 +70,19 @@ def test_policy_ranks_scores_each_policy_in_the_game_and_the_dream(tmp_path):
             assert score["episodes"] == 2, (where, name)
             # at most 3 steps of 4 tics: the game pays each tic alive, the dream's reward head about as much
             assert 0 < score["mean"] <= 15, (where, name, score)
+
+
+def test_fireball_sides_and_the_steps_that_dodge_them():
+    import fireballs
+
+    frame = frame_with_fireball(5, 3)
+    frame[30:36, 40:46] = YELLOW  # the bigger one, right of centre
+    pixels, column = fireballs.biggest_fireball(frame)
+    assert (pixels, column) == (36, 42.5)
+    assert fireballs.biggest_fireball(np.full((64, 64, 3), 60, np.uint8)) == (0, None)
+    # one on the left is dodged by stepping right (2), met by stepping left (1)
+    assert fireballs.step_class(np.array([2, 2]), on_left=True) == fireballs.AWAY
+    assert fireballs.step_class(np.array([1, 1]), on_left=True) == fireballs.TOWARD
+    assert fireballs.step_class(np.array([1, 1]), on_left=False) == fireballs.AWAY
+    assert fireballs.step_class(np.array([0, 0]), on_left=False) == fireballs.STILL
+    assert fireballs.step_class(np.array([0, 2]), on_left=False) is None  # mixed steps belong to no class

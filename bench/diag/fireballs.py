@@ -109,6 +109,91 @@ def dream_deaths(checkpoint: str, envs: int, steps: int, last: int = 2, seed: in
     return death_scores(frames, lengths, float(np.mean(close)))
 
 
+AWAY, TOWARD, STILL = "away", "toward", "still"  # the first two steps after a fireball is seen
+SEEN = (10, CLOSE)  # fireball pixels of one on its way: seen, not yet about to hit
+AHEAD = 4  # steps scored after it is seen
+
+
+def biggest_fireball(frame: np.ndarray):
+    """(pixels, mean column) of the biggest fireball in a frame, or (0, None)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(fireball_mask(frame))
+    if n == 0:
+        return 0, None
+    sizes = ndimage.sum(labels > 0, labels, range(1, n + 1))
+    k = int(np.argmax(sizes))
+    return int(sizes[k]), float(np.nonzero(labels == k + 1)[1].mean())
+
+
+def dodge_windows(data: str, context: int, count: int):
+    """Windows of the test split whose last context frame shows a fireball on its way
+    (SEEN pixels), followed by AHEAD real steps; each with the fireball's side (the
+    column is left of centre) and, in the game, whether the player was hit in those steps
+    (health fell). Returns (frames (N, context + AHEAD, ...), actions, on_left (N,), hit (N,))."""
+    from worldsim.dataset import episode_paths, read_episode
+
+    frames, actions, on_left, hit = [], [], [], []
+    for path in episode_paths(data, "test"):
+        e = read_episode(path)
+        health = e.gt["game_variables"][:, 0]
+        for t in range(context - 1, len(e) - AHEAD + 1, 2):
+            pixels, column = biggest_fireball(e.frames[t])
+            if SEEN[0] <= pixels < SEEN[1]:
+                frames.append(e.frames[t - context + 1:t + AHEAD + 1])
+                actions.append(e.actions[t - context + 1:t + AHEAD])
+                on_left.append(column < e.frames.shape[2] / 2)
+                hit.append(bool((health[t + 1:t + AHEAD + 1] < health[t]).any()))
+                if len(frames) == count:
+                    return np.stack(frames), np.stack(actions), np.array(on_left), np.array(hit)
+    return np.stack(frames), np.stack(actions), np.array(on_left), np.array(hit)
+
+
+def step_class(first_two: np.ndarray, on_left: bool) -> str | None:
+    """AWAY, TOWARD or STILL when both steps are that move (TakeCover: 0 still, 1 left, 2 right)."""
+    away, toward = (2, 1) if on_left else (1, 2)
+    for name, a in ((AWAY, away), (TOWARD, toward), (STILL, 0)):
+        if (first_two == a).all():
+            return name
+    return None
+
+
+def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: int = 0) -> dict:
+    """Does stepping away from a fireball keep it from coming close, in the game and in each
+    dream? For windows where one is on its way: the share whose next AHEAD frames show it
+    close (CLOSE pixels), by the first two steps (away from it, toward it, standing still);
+    in the game also the share where the player was hit, in each dream the chance the
+    dream ends in those steps (a death; the game's deaths come after about 7 hits). The
+    game's classes come from its random play; each dream takes all three from the same
+    frames, its steps after the first two the real ones."""
+    frames, actions, on_left, hit = dodge_windows(data, context, count)
+    after = frames[:, context:]
+    close = fireball_mask(after).sum(axis=(2, 3)).max(1) >= CLOSE
+    classes = np.array([step_class(a[context - 1:context + 1], left) for a, left in zip(actions, on_left)])
+    game = {c: {"windows": int((classes == c).sum()), "close": float(close[classes == c].mean()),
+                "hit": float(hit[classes == c].mean())} for c in (AWAY, TOWARD, STILL)}
+    out = {"windows": len(frames), "game": game}
+    for path in checkpoints:
+        model = WorldModel.load(path)
+        row = {}
+        for c in (AWAY, TOWARD, STILL):
+            acts = actions[:, context - 1:].copy()
+            move = np.where(on_left, 2, 1) if c == AWAY else np.where(on_left, 1, 2) if c == TOWARD else 0
+            acts[:, :2] = np.broadcast_to(np.asarray(move).reshape(-1, 1), (len(acts), 2))
+            dreamed, ends = [], []
+            for i in range(0, len(frames), 8):
+                f, _, p = model.rollout(frames[i:i + 8, :context], actions[i:i + 8, :context - 1], acts[i:i + 8],
+                                        seed=seed + i)
+                dreamed.append(f)
+                ends.append(1 - np.prod(1 - p, axis=1))
+            dreamed = np.concatenate(dreamed)
+            row[c] = {"windows": len(frames),
+                      "close": float((fireball_mask(dreamed).sum(axis=(2, 3)).max(1) >= CLOSE).mean()),
+                      "end": float(np.concatenate(ends).mean())}
+        out[path] = row
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoints", nargs="+")
@@ -121,6 +206,8 @@ def main():
     parser.add_argument("--deaths", action="store_true", help="also what comes before each death, game and dreams")
     parser.add_argument("--dream-envs", type=int, default=16)
     parser.add_argument("--dream-steps", type=int, default=300, help="random steps of each dream env for --deaths")
+    parser.add_argument("--dodge", type=int, default=0, metavar="N",
+                        help="also, on N windows with a fireball on its way: does stepping away keep it off")
     args = parser.parse_args()
     torch.set_num_threads(2)
     length = BUCKETS[-1][1]
@@ -149,6 +236,16 @@ def main():
             print(f"{name[-58:]:>58} | {d['deaths']:5d} deaths, {d['close_fireball_before_death']:.2f} after a close "
                   f"fireball, {d['fireball_pixels_before_death']:5.1f} fireball pixels, "
                   f"{d['steps_to_death']:6.1f} steps to a death; {d['close_fireball_any_frame']:.3f} of all frames show a close one")
+    if args.dodge:
+        d = result["dodge"] = dodge_scores(args.data, args.checkpoints, args.context, args.dodge)
+        print(f"{d['windows']} windows with a fireball on its way ({SEEN[0]} to {SEEN[1] - 1} pixels); the next "
+              f"{AHEAD} frames show it close ({CLOSE}+ pixels) / the player is hit (game) / the dream ends, "
+              f"by the first two steps")
+        for name in ("game", *args.checkpoints):
+            print(f"{name[-58:]:>58} | " + " | ".join(
+                f"{c} {v['close']:.2f} / " + (f"hit {v['hit']:.2f} (n={v['windows']})" if name == "game"
+                                              else f"end {v['end']:.3f}")
+                for c, v in d[name].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
