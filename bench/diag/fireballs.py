@@ -158,14 +158,15 @@ def step_class(first_two: np.ndarray, on_left: bool) -> str | None:
     return None
 
 
-def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: int = 0) -> dict:
+def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: int = 0, picture=None) -> dict:
     """Does stepping away from a fireball keep it from coming close, in the game and in each
     dream? For windows where one is on its way: the share whose next AHEAD frames show it
     close (CLOSE pixels), by the first two steps (away from it, toward it, standing still);
     in the game also the share where the player was hit, in each dream the chance the
     dream ends in those steps (a death; the game's deaths come after about 7 hits). The
     game's classes come from its random play; each dream takes all three from the same
-    frames, its steps after the first two the real ones."""
+    frames, its steps after the first two the real ones. `picture`: a PNG of 3 windows,
+    each the real frames, then each dream's away, toward and still."""
     frames, actions, on_left, hit = dodge_windows(data, context, count)
     after = frames[:, context:]
     close = fireball_mask(after).sum(axis=(2, 3)).max(1) >= CLOSE
@@ -173,6 +174,8 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
     game = {c: {"windows": int((classes == c).sum()), "close": float(close[classes == c].mean()),
                 "hit": float(hit[classes == c].mean())} for c in (AWAY, TOWARD, STILL)}
     out = {"windows": len(frames), "game": game}
+    shown = np.arange(0, len(frames), max(len(frames) // 3, 1))[:3]
+    rows = {i: [frames[i, context - 1:]] for i in shown}
     for path in checkpoints:
         model = WorldModel.load(path)
         row = {}
@@ -187,10 +190,17 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
                 dreamed.append(f)
                 ends.append(1 - np.prod(1 - p, axis=1))
             dreamed = np.concatenate(dreamed)
+            for i in shown:
+                rows[i].append(np.concatenate([frames[i, context - 1:context], dreamed[i]]))
             row[c] = {"windows": len(frames),
                       "close": float((fireball_mask(dreamed).sum(axis=(2, 3)).max(1) >= CLOSE).mean()),
                       "end": float(np.concatenate(ends).mean())}
         out[path] = row
+    if picture:
+        from PIL import Image
+
+        grid = np.concatenate([np.concatenate(list(r), 1) for i in shown for r in rows[i]], 0)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(picture)
     return out
 
 
@@ -208,6 +218,9 @@ def main():
     parser.add_argument("--dream-steps", type=int, default=300, help="random steps of each dream env for --deaths")
     parser.add_argument("--dodge", type=int, default=0, metavar="N",
                         help="also, on N windows with a fireball on its way: does stepping away keep it off")
+    parser.add_argument("--dodge-picture", default=None,
+                        help="with --dodge, a PNG: for 3 windows the real frames, then each dream stepping away, "
+                             "toward and standing still")
     args = parser.parse_args()
     torch.set_num_threads(2)
     length = BUCKETS[-1][1]
@@ -237,7 +250,8 @@ def main():
                   f"fireball, {d['fireball_pixels_before_death']:5.1f} fireball pixels, "
                   f"{d['steps_to_death']:6.1f} steps to a death; {d['close_fireball_any_frame']:.3f} of all frames show a close one")
     if args.dodge:
-        d = result["dodge"] = dodge_scores(args.data, args.checkpoints, args.context, args.dodge)
+        d = result["dodge"] = dodge_scores(args.data, args.checkpoints, args.context, args.dodge,
+                                           picture=args.dodge_picture)
         print(f"{d['windows']} windows with a fireball on its way ({SEEN[0]} to {SEEN[1] - 1} pixels); the next "
               f"{AHEAD} frames show it close ({CLOSE}+ pixels) / the player is hit (game) / the dream ends, "
               f"by the first two steps")
@@ -246,6 +260,9 @@ def main():
                 f"{c} {v['close']:.2f} / " + (f"hit {v['hit']:.2f} (n={v['windows']})" if name == "game"
                                               else f"end {v['end']:.3f}")
                 for c, v in d[name].items()))
+        if args.dodge_picture:
+            print(f"wrote {args.dodge_picture}: 3 windows, each the real frames, then each dream stepping away, "
+                  f"toward and standing still for the first 2 steps (" + ", ".join(args.checkpoints) + ")")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
