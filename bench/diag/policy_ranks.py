@@ -114,7 +114,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     result["returns"]["game"] = {name: summary(game_returns(policies(args.seed)[name], args.episodes,
                                                             EVAL_SEEDS_START + args.seed, args.horizon)) for name in names}
-    print(f"game: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"mean return ± standard error; the game on {args.episodes} episodes a policy, each dream on "
+          f"{result['dream_episodes']}")
+    print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names) + " | dodge - random", flush=True)
+    _row("game", result["returns"]["game"], names, time.perf_counter() - t0)
     for path in args.checkpoints:
         t0 = time.perf_counter()
         env = gym.make_vec("worldsim/Dream-v0", num_envs=args.dream_envs, vectorization_mode="vector_entry_point",
@@ -122,17 +125,18 @@ def main(argv=None):
         result["returns"][path] = {name: summary(dream_returns(env, policies(args.seed)[name],
                                                                args.episodes_per_row, args.seed)) for name in names}
         env.close()
-        print(f"{path}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"mean return ± standard error; the game on {args.episodes} episodes a policy, each dream on "
-          f"{result['dream_episodes']}")
-    print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names) + " | dodge - random")
-    for where, row in result["returns"].items():
-        premium = row["dodge"]["mean"] - row["random"]["mean"]
-        se = np.hypot(row["dodge"]["stderr"], row["random"]["stderr"])
-        print(f"{where[-48:]:>48} | " + " | ".join(f"{row[n]['mean']:6.1f} ± {row[n]['stderr']:5.1f}" for n in names)
-              + f" | {premium:+6.1f} ± {se:4.1f}")
+        _row(path, result["returns"][path], names, time.perf_counter() - t0)
+        if args.json:  # each row as it comes: a dream can take many minutes
+            Path(args.json).write_text(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def _row(where: str, row: dict, names: list, seconds: float):
+    premium = row["dodge"]["mean"] - row["random"]["mean"]
+    se = np.hypot(row["dodge"]["stderr"], row["random"]["stderr"])
+    print(f"{where[-48:]:>48} | " + " | ".join(f"{row[n]['mean']:6.1f} ± {row[n]['stderr']:5.1f}" for n in names)
+          + f" | {premium:+6.1f} ± {se:4.1f}   ({seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
