@@ -109,6 +109,7 @@ def dream_deaths(checkpoint: str, envs: int, steps: int, last: int = 2, seed: in
     return death_scores(frames, lengths, float(np.mean(close)))
 
 
+NOOP, LEFT, RIGHT = 0, 1, 2  # worldsim/Vizdoom-TakeCover-v0's actions
 AWAY, TOWARD, STILL = "away", "toward", "still"  # the first two steps after a fireball is seen
 SEEN = (10, CLOSE)  # fireball pixels of one on its way: seen, not yet about to hit
 AHEAD = 4  # steps scored after it is seen
@@ -149,10 +150,14 @@ def dodge_windows(data: str, context: int, count: int):
     return np.stack(frames), np.stack(actions), np.array(on_left), np.array(hit)
 
 
+def moves(on_left: bool) -> dict:
+    """The action of each class for a fireball on the left (else right) of the view."""
+    return {AWAY: RIGHT if on_left else LEFT, TOWARD: LEFT if on_left else RIGHT, STILL: NOOP}
+
+
 def step_class(first_two: np.ndarray, on_left: bool) -> str | None:
-    """AWAY, TOWARD or STILL when both steps are that move (TakeCover: 0 still, 1 left, 2 right)."""
-    away, toward = (2, 1) if on_left else (1, 2)
-    for name, a in ((AWAY, away), (TOWARD, toward), (STILL, 0)):
+    """AWAY, TOWARD or STILL when both steps are that move."""
+    for name, a in moves(on_left).items():
         if (first_two == a).all():
             return name
     return None
@@ -181,8 +186,7 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
         row = {}
         for c in (AWAY, TOWARD, STILL):
             acts = actions[:, context - 1:].copy()
-            move = np.where(on_left, 2, 1) if c == AWAY else np.where(on_left, 1, 2) if c == TOWARD else 0
-            acts[:, :2] = np.broadcast_to(np.asarray(move).reshape(-1, 1), (len(acts), 2))
+            acts[:, :2] = np.array([moves(left)[c] for left in on_left])[:, None]
             dreamed, ends = [], []
             for i in range(0, len(frames), 8):
                 f, _, p = model.rollout(frames[i:i + 8, :context], actions[i:i + 8, :context - 1], acts[i:i + 8],

@@ -22,29 +22,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fireballs import fireball_mask  # noqa: E402
+from agents.imagine import summary  # noqa: E402
+from fireballs import LEFT, NOOP, RIGHT, biggest_fireball  # noqa: E402
 
-NOOP, LEFT, RIGHT = 0, 1, 2  # worldsim/Vizdoom-TakeCover-v0's actions
 SEEN = 4  # fireball pixels (of 64 x 64) before the dodger reacts: fewer are specks of the imps' sprites
 
 
 def dodge(frame: np.ndarray) -> int:
     """Step away from the biggest fireball in view (the closest), else stand still."""
-    mask = fireball_mask(frame)
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    pixels, column = biggest_fireball(frame)
+    if pixels < SEEN:
         return NOOP
-    sizes = ndimage.sum(mask, labels, range(1, n + 1))
-    biggest = int(np.argmax(sizes))
-    if sizes[biggest] < SEEN:
-        return NOOP
-    x = np.nonzero(labels == biggest + 1)[1].mean()
-    return RIGHT if x < frame.shape[1] / 2 else LEFT
+    return RIGHT if column < frame.shape[1] / 2 else LEFT
 
 
 def policies(seed: int = 0) -> dict:
@@ -87,11 +80,6 @@ def dream_returns(env, act, episodes_per_row: int, seed: int) -> list[float]:
     return [r for d in done for r in d[:episodes_per_row]]
 
 
-def summary(returns) -> dict:
-    r = np.asarray(returns, float)
-    return {"mean": float(r.mean()), "stderr": float(r.std(ddof=1) / np.sqrt(len(r))), "episodes": len(r)}
-
-
 def main(argv=None):
     import gymnasium as gym
 
@@ -118,6 +106,7 @@ def main(argv=None):
           f"{result['dream_episodes']}")
     print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names) + " | dodge - random", flush=True)
     _row("game", result["returns"]["game"], names, time.perf_counter() - t0)
+    _save(result, args.json)
     for path in args.checkpoints:
         t0 = time.perf_counter()
         env = gym.make_vec("worldsim/Dream-v0", num_envs=args.dream_envs, vectorization_mode="vector_entry_point",
@@ -126,10 +115,12 @@ def main(argv=None):
                                                                args.episodes_per_row, args.seed)) for name in names}
         env.close()
         _row(path, result["returns"][path], names, time.perf_counter() - t0)
-        if args.json:  # each row as it comes: a dream can take many minutes
-            Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        _save(result, args.json)  # each row as it comes: a dream can take many minutes
+
+
+def _save(result: dict, path: str | None):
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1))
 
 
 def _row(where: str, row: dict, names: list, seconds: float):
