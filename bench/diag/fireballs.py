@@ -56,6 +56,16 @@ def scores(real: np.ndarray, predicted: np.ndarray) -> dict:
     return out
 
 
+def one_step_predictions(model, frames: np.ndarray, actions: np.ndarray, context: int,
+                         sample_steps: int | None = None) -> np.ndarray:
+    """Each frame after the context predicted in one step from the `context` real frames just
+    before it (N, L, H, W, 3): the model's own step, without the errors of its earlier
+    steps. A dream that loses a fireball here cannot keep one over many steps."""
+    length = frames.shape[1] - context
+    return np.concatenate([dream_windows(model, frames[:, h:h + context + 1], actions[:, h:h + context], context,
+                                         sample_steps=sample_steps) for h in range(length)], 1)
+
+
 def death_scores(last_frames: list[np.ndarray], episode_steps: list[int], close_share: float) -> dict:
     """The frames before each death (each (k, H, W, 3): the last k of an episode that ended
     in a death): how many show a fireball about to hit, and the fireball pixels they hold;
@@ -208,6 +218,11 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
     return out
 
 
+def buckets(s: dict) -> str:
+    """One model's `scores` on a line, bucket by bucket."""
+    return " | ".join(f"rec {v['recall']:.2f} pre {v['precision']:.2f} px {v['pixels_per_frame']:4.1f}" for v in s.values())
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoints", nargs="+")
@@ -218,6 +233,8 @@ def main():
     parser.add_argument("--picture", default=None, help="a PNG of real | dream frames")
     parser.add_argument("--json", default=None)
     parser.add_argument("--deaths", action="store_true", help="also what comes before each death, game and dreams")
+    parser.add_argument("--one-step", action="store_true",
+                        help="also each frame predicted in one step from the real frames before it")
     parser.add_argument("--dream-envs", type=int, default=16)
     parser.add_argument("--dream-steps", type=int, default=300, help="random steps of each dream env for --deaths")
     parser.add_argument("--dodge", type=int, default=0, metavar="N",
@@ -241,10 +258,16 @@ def main():
     print(f"{len(ws)} windows of {args.data}'s test split, {args.context} real frames then the real actions")
     print(f"{'':>58} | " + " | ".join(f"{'steps ' + k:>22}" for k in result["scores"]["copy_last_frame"]))
     for name, s in result["scores"].items():
-        print(f"{name[-58:]:>58} | " + " | ".join(f"rec {v['recall']:.2f} pre {v['precision']:.2f} px {v['pixels_per_frame']:4.1f}"
-                                                for v in s.values()))
+        print(f"{name[-58:]:>58} | " + buckets(s))
     print(f"{'real fireball pixels per frame':>58} | "
           + " | ".join(f"{v['real_pixels_per_frame']:22.1f}" for v in result["scores"]["copy_last_frame"].values()))
+    if args.one_step:
+        result["one_step"] = {path: scores(real, one_step_predictions(m, frames, actions, args.context, args.sample_steps))
+                              for path, m in models.items()}
+        result["one_step"]["copy_last_frame"] = scores(real, frames[:, args.context - 1:-1])  # the real frame before
+        print("each frame in one step from the real frames before it; copy-last-frame: the real frame before it")
+        for name, s in result["one_step"].items():
+            print(f"{name[-58:]:>58} | " + buckets(s))
     if args.deaths:
         result["deaths"] = {"game (test split, random play)": real_deaths(args.data),
                             **{path: dream_deaths(path, args.dream_envs, args.dream_steps) for path in args.checkpoints}}
