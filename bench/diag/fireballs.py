@@ -10,8 +10,11 @@ reason kills after a fireball came close.
     python bench/diag/fireballs.py worldsim/checkpoints/takecover.safetensors --data data/takecover_big --deaths
 
 A dream without fireballs has nothing for an agent to dodge: what kills in the game never
-comes in the dream (RESULTS, "TakeCover agents"). --picture writes real | each model's
-dream for the windows with the most real fireball pixels.
+comes in the dream (RESULTS, "TakeCover agents"). --one-step also predicts each frame in
+one step from the real frames before it, beside copying the real frame before: whether a
+fireball is lost in the model's own step or only as the dream reads its own frames.
+--picture writes real | each model's dream for the windows with the most real fireball
+pixels.
 """
 
 from __future__ import annotations
