@@ -89,12 +89,14 @@ def test_fireball_sides_and_the_steps_that_dodge_them():
 
 
 class LastFrameModel:
-    """A stand-in world model whose dream repeats, at every step, the last frame and the
-    number of context actions it was given (in the red channel)."""
+    """A stand-in world model whose dream repeats, at every step, the last frame, with the
+    number of context actions it was given in the red channel and the action into the
+    step in the blue one."""
 
     def rollout(self, frames, context_actions, actions, steps=None, seed=0, memory=None, rerender=False):
         out = np.repeat(frames[:, -1:], actions.shape[1], 1).copy()
         out[..., 0] = context_actions.shape[1]
+        out[..., 2] = actions[:, :, None, None]
         return out, None, None
 
 
@@ -102,8 +104,9 @@ def test_one_step_predictions_start_each_frame_from_the_real_frames_just_before_
     import fireballs
 
     frames = np.arange(2 * 9, dtype=np.uint8).reshape(2, 9, 1, 1, 1).repeat(3, -1)  # frame i of row r: 9r + i
-    actions = np.zeros((2, 8), np.int64)
+    actions = 10 + np.arange(2 * 8).reshape(2, 8)  # actions[:, j] leads from frame j to j + 1
     out = fireballs.one_step_predictions(LastFrameModel(), frames, actions, context=4)
     assert out.shape == (2, 5, 1, 1, 3)
     np.testing.assert_array_equal(out[..., 1], frames[:, 3:8, ..., 1])  # each from the real frame before it
     assert (out[..., 0] == 3).all()  # with the 3 actions between its 4 context frames
+    np.testing.assert_array_equal(out[..., 0, 0, 2], actions[:, 3:8])  # and the real action into it
