@@ -8,10 +8,11 @@ last frame? RESULTS.md, "One step from the real frames", has what it measured.
     python training/pixel_prototype.py eval --ckpt runs/pixel_65.safetensors --picture pixel.png   # fireballs, one step and dreamed
     python training/pixel_prototype.py dodge --ckpt runs/pixel_65.safetensors                      # fireballs.py --dodge's moments
 
-The 65-minute weights (fp16) are `worldsim/checkpoints/campaign/takecover_pixel_proto.safetensors`:
-continue with `--resume` (a fresh optimizer, 100 warm-up steps). It reads `data/takecover_big` (RESULTS, "How the shipped checkpoints were made"). To
-become the world model's dynamics it needs the heads, export to safetensors and the
-dream env's interface.
+The 65-minute weights (fp16) are `worldsim/checkpoints/campaign/takecover_pixel_proto.safetensors`;
+continue with `--resume` (a fresh optimizer, 100 warm-up steps; the measured first run
+had no warm-up). It reads `data/takecover_big` (RESULTS, "How the shipped checkpoints
+were made"). To become a world model's dynamics it needs the reward and end heads, export
+as a world model and the dream env's interface.
 """
 import argparse
 import math
