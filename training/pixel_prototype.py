@@ -123,6 +123,23 @@ def sample(net, ctx, action, steps=3, generator=None):
     return x.clamp(-1, 1)
 
 
+@torch.no_grad()
+def rollout(net, context: np.ndarray, actions: np.ndarray, steps: int, generator) -> np.ndarray:
+    """Dream len(actions[0]) frames (N, L, H, W, 3) uint8 from CTX real frames (N, CTX, H, W, 3),
+    each step reading the frames before it as pixels, the way a dream shows them."""
+    ctx, dream = to_unit(context), []
+    for a in actions.T:
+        dream.append(to_uint8(sample(net, ctx.flatten(1, 2), torch.from_numpy(a).long(), steps, generator)))
+        ctx = torch.cat([ctx[:, 1:], to_unit(dream[-1])[:, None]], 1)
+    return np.stack(dream, 1)
+
+
+def load_net(path: str) -> UNet:
+    net = UNet()
+    net.load_state_dict(load_file(path))
+    return net.eval()
+
+
 def to_unit(frames):  # uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]
     return torch.from_numpy(frames).float().div(127.5).sub(1).movedim(-1, -3)
 
@@ -192,10 +209,9 @@ def train(args):
 def evaluate(args):
     from fireballs import buckets, scores
     from worldsim.replay import replay_windows
+    from worldsim.tokenizer import psnr
     torch.set_num_threads(2)
-    net = UNet()
-    net.load_state_dict(load_file(args.ckpt))
-    net.eval()
+    net = load_net(args.ckpt)
     ws = replay_windows("data/takecover_big", CTX, 16, args.windows)
     frames, actions = np.stack([w[0] for w in ws]), np.stack([w[1] for w in ws])
     real = frames[:, CTX:]
@@ -205,17 +221,7 @@ def evaluate(args):
         ctx = to_unit(frames[:, h:h + CTX]).flatten(1, 2)
         one.append(to_uint8(sample(net, ctx, torch.from_numpy(actions[:, h + CTX - 1]).long(), args.steps, g)))
     one = np.stack(one, 1)
-    dream, ctx = [], to_unit(frames[:, :CTX])
-    for h in range(16):
-        nxt = sample(net, ctx.flatten(1, 2), torch.from_numpy(actions[:, h + CTX - 1]).long(), args.steps, g)
-        nxt = to_unit(to_uint8(nxt))  # as pixels, the way a dream shows them
-        dream.append(to_uint8(nxt))
-        ctx = torch.cat([ctx[:, 1:], nxt[:, None]], 1)
-    dream = np.stack(dream, 1)
-
-    def psnr(a, b):
-        mse = ((a.astype(np.float32) - b.astype(np.float32)) ** 2).mean(axis=(-1, -2, -3))
-        return 10 * np.log10(255 ** 2 / np.maximum(mse, 1e-6))
+    dream = rollout(net, frames[:, :CTX], actions[:, CTX - 1:], args.steps, g)
     print(f"{len(ws)} windows; fireballs by horizon bucket (steps 1 | 2-4 | 5-8 | 9-16)")
     print("pixel U-Net dream       ", buckets(scores(real, dream)))
     print("pixel U-Net one step    ", buckets(scores(real, one)))
@@ -238,9 +244,7 @@ def dodge(args):
     way, the share whose next 4 frames show it close, by the first two steps."""
     import fireballs as fb
     torch.set_num_threads(2)
-    net = UNet()
-    net.load_state_dict(load_file(args.ckpt))
-    net.eval()
+    net = load_net(args.ckpt)
     frames, actions, on_left, hit = fb.dodge_windows("data/takecover_big", CTX, args.dodge)
     after = frames[:, CTX:]
     close = fb.fireball_mask(after).sum(axis=(2, 3)).max(1) >= fb.CLOSE
@@ -253,13 +257,7 @@ def dodge(args):
     for c in (fb.AWAY, fb.TOWARD, fb.STILL):
         acts = actions[:, CTX - 1:].copy()
         acts[:, :2] = np.array([fb.moves(left)[c] for left in on_left])[:, None]
-        ctx, dream = to_unit(frames[:, :CTX]), []
-        for h in range(fb.AHEAD):
-            nxt = to_unit(to_uint8(sample(net, ctx.flatten(1, 2), torch.from_numpy(acts[:, h]).long(), args.steps, g)))
-            dream.append(to_uint8(nxt))
-            ctx = torch.cat([ctx[:, 1:], nxt[:, None]], 1)
-        dream = np.stack(dream, 1)
-        pics[c] = dream
+        dream = pics[c] = rollout(net, frames[:, :CTX], acts[:, :fb.AHEAD], args.steps, g)
         print(c, "dream close", round(float((fb.fireball_mask(dream).sum(axis=(2, 3)).max(1) >= fb.CLOSE).mean()), 3), flush=True)
     if args.picture:
         from PIL import Image
