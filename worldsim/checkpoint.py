@@ -63,10 +63,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, config
 
 
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """The kind a worldsim checkpoint says it holds, read from its header alone (None where
+    it cannot be read: `load_checkpoint` then says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["worldsim"]).get("kind")
+    except Exception:  # a missing, damaged or foreign file: the loader's own error names it
+        return None
+
+
 # Where each part's tensors sit in a checkpoint: a training run's model and optimizer
-# (`worldsim train`, `Tokenizer.save`), and a world model's two networks (`WorldModel.save`).
-MODEL, OPTIMIZER, TOKENIZER, DYNAMICS, FIRST_FRAME, DEPTH = (
-    "model/", "optim/", "tokenizer/", "dynamics/", "first_frame/", "depth/")
+# (`worldsim train`, `Tokenizer.save`), a world model's networks (`WorldModel.save`), and a
+# pixel world model's reward/end network (`PixelWorldModel.save`).
+MODEL, OPTIMIZER, TOKENIZER, DYNAMICS, FIRST_FRAME, DEPTH, REWARD_END = (
+    "model/", "optim/", "tokenizer/", "dynamics/", "first_frame/", "depth/", "reward_end/")
 # The prefix of the network a checkpoint of each kind continues from (`--init`).
 NETWORK_OF_KIND = {"dynamics": MODEL, "world_model": DYNAMICS}
 

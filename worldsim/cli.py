@@ -78,12 +78,18 @@ def cmd_rewrite(args):
 
 def cmd_export(args):
     """A training run's checkpoint -> the file to ship: weights and config, no optimizer.
-    A dynamics run becomes a world model (with its tokenizer and real start frames)."""
+    A dynamics run becomes a world model (with its tokenizer and real start frames), a
+    pixel run a pixel world model (with its real start frames)."""
     from worldsim.checkpoint import load_checkpoint
     from worldsim.tokenizer import Tokenizer
-    from worldsim.export import export_world_model
+    from worldsim.export import export_pixel_world_model, export_world_model
 
     _, config = load_checkpoint(args.checkpoint)
+    if config.get("kind") == "pixel":
+        if args.calibrate_ends or args.first_frame or args.depth or args.tokenizer or any(
+                w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
+            raise SystemExit("a pixel run exports with --sample-steps alone: it has no tokenizer, memory, text or depth")
+        return export_pixel_world_model(args.checkpoint, args.out, sample_steps=args.sample_steps)
     if config.get("kind") == "dynamics":
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
                                   memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,
@@ -93,7 +99,7 @@ def cmd_export(args):
         raise SystemExit("--calibrate-ends, --first-frame, --depth and --sample-steps go with a dynamics run's checkpoint")
     if config.get("kind") not in ("tokenizer", "inverse_dynamics"):
         raise ValueError(f"{args.checkpoint} is a {config.get('kind')!r} checkpoint; expected a tokenizer, "
-                         "dynamics or inverse-dynamics run")
+                         "dynamics, pixel or inverse-dynamics run")
     if any(w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
         raise ValueError("guidance weights are for a dynamics run; this checkpoint has none")
     if config["kind"] == "inverse_dynamics":
@@ -173,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     import training.train_depth
     import training.train_dynamics
     import training.train_inverse_dynamics
+    import training.train_pixel
     import training.train_recaptioner
     import training.train_tokenizer
 
@@ -183,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("dynamics", training.train_dynamics, "the action-conditioned diffusion transformer, on encoded latents"),
             ("recaptioner", training.train_recaptioner, "the video-to-caption network, on exact Rooms captions"),
             ("depth", training.train_depth, "the depth network that lets memory re-render views from new poses, on Rooms frames"),
+            ("pixel", training.train_pixel, "a pixel world model: a U-Net over frames (no tokenizer) and its reward/end "
+                                            "network, on a frames dataset"),
             ("inverse-dynamics", training.train_inverse_dynamics,
              "the judge of which action led from one frame to the next (the control probe's second reading)")):
         t = models.add_parser(name, help=text)

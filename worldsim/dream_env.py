@@ -32,24 +32,24 @@ import numpy as np
 import torch
 
 from worldsim.spaces import space_from_dict
-from worldsim.world_model import DreamCore
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "rooms.safetensors"
 START_OPTIONS = ("context", "episode", "prompt")  # the reset options: one way to start
 
 
 def load_world_model(checkpoint, env_id: str | None = None, device: str = "cpu"):
-    from worldsim.checkpoint import CheckpointError
+    from worldsim.checkpoint import CheckpointError, checkpoint_kind
     from worldsim.world_model import WorldModel
 
-    if isinstance(checkpoint, WorldModel):
+    if isinstance(checkpoint, torch.nn.Module):  # a loaded world model, latent or pixel
         model = checkpoint
     else:
         path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
         if not path.exists():
             raise CheckpointError(f"no world model at {path}; expected a checkpoint from `worldsim export`"
                                   + (" (the shipped Rooms model is missing from this install)" if checkpoint is None else ""))
-        model = WorldModel.load(path, device=device)
+        from worldsim.pixel_world_model import KIND, PixelWorldModel
+        model = (PixelWorldModel if checkpoint_kind(path) == KIND else WorldModel).load(path, device=device)
     if env_id is not None and model.info.get("env_id") != env_id:
         raise CheckpointError(f"the world model was trained on {model.info.get('env_id')!r}, not {env_id!r}")
     return model
@@ -218,13 +218,13 @@ class _DreamBase:
         self._generator.set_state(state["generator"])
         self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
 
-    def _new_core(self) -> DreamCore:
-        return DreamCore(self.model, self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance,
-                         uncertainty=self.uncertainty, rerender=self.rerender)
+    def _new_core(self):
+        return self.model.new_core(self._rows, self.sample_steps, self.memory, memory_guidance=self.memory_guidance,
+                                   uncertainty=self.uncertainty, rerender=self.rerender)
 
     def _info(self, row: int, prob: float, steps: int) -> dict:
         """One env's info (the vector env batches them as gymnasium does)."""
-        info = {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.cache.frames,
+        info = {"denoising_steps": self.sample_steps, "termination_prob": prob, "context_frames": self.core.context_frames,
                 "steps": steps, "memory_frames": int(self.core.retrieved[row])}
         if self.uncertainty:
             info["uncertainty"] = float(self.core.spread[row]) if steps else 0.0

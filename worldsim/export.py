@@ -1,6 +1,8 @@
 """Export: a trained dynamics run (the checkpoint `worldsim train dynamics` writes, its
 weights under checkpoint.MODEL) bundled with its tokenizer and real start frames into the world
-model file the dream env loads (`WorldModel.save`), ends calibrated before it is written.
+model file the dream env loads (`WorldModel.save`), ends calibrated before it is written;
+a pixel run (`worldsim train pixel`) with its dataset's start frames into a pixel world
+model (`PixelWorldModel.save`).
 """
 
 from __future__ import annotations
@@ -125,4 +127,39 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
         model.info["end_calibration"] = calibration["end_calibration"] = calibrate(model, calibrate_ends)
     model.save(out, half=half)
     return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts), **calibration,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def export_pixel_world_model(run_ckpt: str, out: str, start_frames: int = 16, half: bool = True,
+                             sample_steps: int | None = None) -> dict:
+    """A pixel run (`worldsim train pixel`) -> a pixel world model: its two networks, the
+    env facts, and the first frames of the train split's episodes to start dreams from.
+    `sample_steps` sets the model's default denoising steps a frame."""
+    from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
+    from worldsim.pixel_world_model import PixelWorldModel
+
+    tensors, config = load_checkpoint(run_ckpt)
+    if config.get("kind") != "pixel":
+        raise CheckpointError(f"{run_ckpt} is a {config.get('kind')!r} checkpoint; expected a pixel run")
+    settings = dict(config["pixel"])
+    if sample_steps is not None:
+        if sample_steps < 1:
+            raise ValueError(f"--sample-steps is the denoising steps a frame, at least 1; got {sample_steps}")
+        settings["sample_steps"] = int(sample_steps)
+    cfg = PixelDynamicsConfig(**settings)
+    dynamics, heads = PixelDynamics(cfg), RewardEndNet(cfg)
+    nets = with_prefix(tensors, MODEL)
+    dynamics.load_state_dict(with_prefix(nets, "dynamics."))
+    heads.load_state_dict(with_prefix(nets, "heads."))
+    meta, data = config["dataset"], (config.get("train") or {}).get("data")
+    if not data or not Path(data).exists():
+        raise CheckpointError(f"{run_ckpt} was trained on {data!r}, which is not here: its first frames are the "
+                              "dreams' default starts")
+    firsts = np.stack([read_episode(path).frames[0] for path in episode_paths(data, "train")[:start_frames]])
+    info = {"env_id": meta.get("env_id"), "env_kwargs": meta.get("env_kwargs", {}), "action_space": meta["action_space"],
+            "action_meanings": meta.get("action_meanings"), "frame_shape": meta["frame_shape"],
+            "trained_steps": config.get("step"), "compute": training_compute(config), "train": config.get("train")}
+    model = PixelWorldModel(dynamics, heads, info, firsts)
+    model.save(out, half=half)
+    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts),
             "parameters": sum(p.numel() for p in model.parameters())}

@@ -158,6 +158,12 @@ class WorldModel(nn.Module):
     def decode(self, z) -> torch.Tensor:
         return self.tokenizer.decode(z)
 
+    def new_core(self, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
+                 memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool = False):
+        """A batched dream of `num_rows` rows (DreamCore): what the dream envs and `rollout` step."""
+        return DreamCore(self, num_rows, sample_steps, memory, memory_guidance=memory_guidance,
+                         uncertainty=uncertainty, rerender=rerender)
+
     @torch.no_grad()
     def rollout(self, context_frames, context_actions, actions, steps: int | None = None, seed: int = 0,
                 memory: bool | None = None, memory_guidance: float | None = None, rerender: bool = False):
@@ -172,8 +178,7 @@ class WorldModel(nn.Module):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         context_frames, context_actions = np.asarray(context_frames), np.asarray(context_actions)
         actions = np.asarray(actions)
-        core = DreamCore(self, len(context_frames), steps, memory, memory_guidance=memory_guidance,
-                         rerender=rerender)
+        core = self.new_core(len(context_frames), steps, memory, memory_guidance=memory_guidance, rerender=rerender)
         core.reset_rows(range(len(context_frames)), list(zip(context_frames, context_actions)), generator)
         frames, rewards, ends = [], [], []
         for k in range(actions.shape[1]):
@@ -272,6 +277,11 @@ class DreamCore:
         # Each row's text (a prompt's embedding); zeros, the null text, for rows started otherwise.
         text_dim = self.dyn.cfg.text_dim
         self.text = torch.zeros(num_rows, text_dim, device=self.device) if text_dim else None
+
+    @property
+    def context_frames(self) -> int:
+        """Frames each row's context holds (its KV cache's length)."""
+        return self.cache.frames
 
     # What a step reads and writes; the network and the settings are not part of a state.
     STATE = ("cache", "clock", "last", "last_pixels", "last_inverse", "poses", "memories", "retrieved", "spread",

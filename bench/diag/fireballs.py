@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from worldsim.replay import baselines, dream_windows, replay_windows
-from worldsim.world_model import WorldModel
+from worldsim.dream_env import load_world_model
 
 BUCKETS = ((1, 1), (2, 4), (5, 8), (9, 16))  # horizons scored together
 CLOSE = 40  # fireball pixels in a 64x64 frame: one that is about to hit (a far one is a few pixels)
@@ -195,7 +195,7 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
     shown = np.arange(0, len(frames), max(len(frames) // 3, 1))[:3]
     rows = {i: [frames[i, context - 1:]] for i in shown}
     for path in checkpoints:
-        model = WorldModel.load(path)
+        model = load_world_model(path)
         row = {}
         for c in (AWAY, TOWARD, STILL):
             acts = actions[:, context - 1:].copy()
@@ -251,7 +251,7 @@ def main():
     ws = replay_windows(args.data, args.context, length, args.windows)
     frames, actions = np.stack([w[0] for w in ws]), np.stack([w[1] for w in ws])
     real = frames[:, args.context:]
-    models = {path: WorldModel.load(path) for path in args.checkpoints}
+    models = {path: load_world_model(path) for path in args.checkpoints}
     first = models[args.checkpoints[0]]
     predictions = {path: dream_windows(m, frames, actions, args.context, sample_steps=args.sample_steps)
                    for path, m in models.items()}

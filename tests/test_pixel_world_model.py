@@ -1,0 +1,185 @@
+"""The pixel world model: U-Net dynamics and reward/end network (worldsim/pixel_dynamics.py),
+trained by `worldsim train pixel` on real TakeCover frames, exported, and stepped as the
+dream env."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import worldsim  # noqa: F401  (registers worldsim/Dream-v0)
+from training.collect import collect
+from training.train_pixel import Transitions, TrainConfig, head_scores, train
+from worldsim.checkpoint import CheckpointError, load_checkpoint
+from worldsim.dream_env import load_world_model
+from worldsim.export import export_pixel_world_model
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig
+from worldsim.pixel_world_model import PixelWorldModel
+
+TINY = dict(steps=12, batch_size=4, width=8, warmup=2, ckpt_every=6, log_every=3, eval_transitions=64)
+
+
+@pytest.fixture(scope="module")
+def takecover(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pixel")
+    collect("worldsim/Vizdoom-TakeCover-v0", "random", steps=300, out=str(root / "data"), num_envs=1, seed=3,
+            progress=False)
+    summary = train(TrainConfig(data=str(root / "data"), out=str(root / "run"), **TINY), progress=False)
+    export_pixel_world_model(str(root / "run" / "latest.safetensors"), str(root / "world.safetensors"))
+    return root, summary
+
+
+def test_transitions_pad_an_episodes_start_and_pair_each_frame_with_the_action_before_it(takecover):
+    from worldsim.dataset import episode_paths, read_episode
+
+    root, _ = takecover
+    data = Transitions(root / "data", "train", context=4)
+    first = read_episode(episode_paths(root / "data", "train")[0])
+    ctx, target, action, reward, ended = data.batch(np.array([0, 5]))
+    unit = lambda f: torch.from_numpy(f).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
+    # Frame 1's context is frame 0 four times; frame 6's is frames 2..5.
+    assert torch.equal(ctx[0], unit(first.frames[[0, 0, 0, 0]]))
+    assert torch.equal(ctx[1], unit(first.frames[2:6])) and torch.equal(target[1], unit(first.frames[6]))
+    assert action.tolist() == [first.actions[0], first.actions[5]]
+    assert reward.tolist() == [first.rewards[0], first.rewards[5]]
+    assert len(data) == sum(len(read_episode(p).frames) - 1 for p in episode_paths(root / "data", "train"))
+    assert data.ends.sum() == sum(read_episode(p).terminated.sum() for p in episode_paths(root / "data", "train"))
+
+
+def test_training_writes_a_resumable_run_and_scores_the_heads_on_held_out_ends(takecover):
+    root, summary = takecover
+    assert summary["step"] == TINY["steps"] and np.isfinite(summary["last_batch"]["denoise"])
+    scores = summary["scores"]
+    assert scores["ends"] >= 1 and 0 <= scores["end_recall"] <= 1 and scores["always_alive_accuracy"] < 1
+    _, config = load_checkpoint(root / "run" / "latest.safetensors")
+    assert config["kind"] == "pixel" and config["pixel"]["channels"] == [8, 16, 16]
+    # Asking for more steps continues the run from its checkpoint.
+    more = train(TrainConfig(data=str(root / "data"), out=str(root / "run"), **{**TINY, "steps": 15}), progress=False)
+    assert more["step"] == 15
+
+
+def test_heads_only_leaves_the_dynamics_as_init_gave_it(takecover, tmp_path):
+    root, _ = takecover
+    world = str(root / "world.safetensors")
+    before = PixelWorldModel.load(world)
+    train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "heads"), init=world, heads_only=True,
+                      **{**TINY, "steps": 5}), progress=False)
+    export_pixel_world_model(str(tmp_path / "heads" / "latest.safetensors"), str(tmp_path / "w.safetensors"))
+    after = PixelWorldModel.load(tmp_path / "w.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(before.dynamics.state_dict().values(),
+                                                  after.dynamics.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(before.heads.state_dict().values(),
+                                                      after.heads.state_dict().values()))
+    with pytest.raises(ValueError, match="give --init"):
+        train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "x"), heads_only=True, **TINY), progress=False)
+
+
+def test_the_dream_env_steps_a_pixel_world_model_and_forks_exactly(takecover):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    root, _ = takecover
+    world = str(root / "world.safetensors")
+    assert isinstance(load_world_model(world), PixelWorldModel)
+    env = gym.make("worldsim/Dream-v0", checkpoint=world, env_id="worldsim/Vizdoom-TakeCover-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and info["context_frames"] == 4 and info["memory_frames"] == 0
+    state = env.unwrapped.get_state()
+
+    def play():  # up to 4 steps: a tiny model's end head may end the episode sooner
+        shown = []
+        for a in (0, 1, 2, 2):
+            obs, reward, terminated, truncated, _ = env.step(a)
+            shown.append((obs, reward, terminated))
+            if terminated or truncated:
+                break
+        return shown
+
+    first = play()
+    env.unwrapped.set_state(state)
+    again = play()
+    assert len(first) == len(again) and all(np.array_equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(first, again))
+    env.reset(seed=1)
+    with pytest.raises(ValueError, match="outside the action space"):
+        env.step(3)
+    with pytest.raises(ValueError, match="no memory"):
+        gym.make("worldsim/Dream-v0", checkpoint=world, memory=True)
+    envs = gym.make_vec("worldsim/Dream-v0", num_envs=3, vectorization_mode="vector_entry_point", checkpoint=world,
+                        obs_type="latent", uncertainty=True)
+    obs, _ = envs.reset(seed=0)
+    obs, rewards, terminated, truncated, infos = envs.step(np.array([0, 1, 2]))
+    assert obs.shape == (3, 3, 64, 64) and obs.min() >= -1 and obs.max() <= 1
+    assert rewards.shape == (3,) and (infos["uncertainty"] > 0).all()
+
+
+def test_a_dream_reads_back_the_frames_it_shows(takecover):
+    """Each dreamed frame, rounded to 8 bits as shown, is the context of the next step:
+    rolling out two steps equals one step, then one step from the shown frames."""
+    root, _ = takecover
+    model = load_world_model(str(root / "world.safetensors"))
+    frames = np.stack([model.start_frames[:1].repeat(4, 0)] * 2)
+    two, _, _ = model.rollout(frames, np.zeros((2, 3), int), np.array([[1, 2], [0, 0]]), seed=5)
+    core = model.new_core(2)
+    core.reset_rows([0, 1], [(f, None) for f in frames], None)
+    g = torch.Generator().manual_seed(5)
+    core.step(np.array([1, 0]), g)
+    assert np.array_equal(model.decode(core.last).numpy(), two[:, 0])
+    ctx = np.concatenate([frames[:, 1:], two[:, :1]], 1)
+    core.reset_rows([0, 1], [(f, None) for f in ctx], None)
+    core.step(np.array([2, 0]), g)
+    assert np.array_equal(model.decode(core.last).numpy(), two[:, 1])
+
+
+def test_head_scores_count_ends_as_a_detector():
+    class Called(torch.nn.Module):  # calls an end where the next frame is bright
+        def forward(self, ctx, action, nxt):
+            return torch.zeros(len(nxt)), (nxt.mean(dim=(1, 2, 3)) > 0).float() * 20 - 10
+
+    class Data:
+        frames = np.zeros((6, 4, 4, 3), np.uint8)
+        frames[[2, 3]] = 255
+        rewards, ends = np.ones(5, np.float32), np.array([0, 1, 0, 1, 0], np.float32)
+
+        def __len__(self):
+            return 5
+
+        def batch(self, idx):
+            unit = lambda a: torch.from_numpy(a).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
+            return unit(self.frames[idx][:, None]), unit(self.frames[idx + 1]), torch.zeros(len(idx), dtype=torch.long), None, None
+
+    # Called at transitions 1 and 2 (into frames 2, 3); true ends at 1 and 3.
+    s = head_scores(Called(), Data(), 5, mean_reward=1.5)
+    assert (s["end_precision"], s["end_recall"], s["ends"]) == (0.5, 0.5, 2)
+    assert s["reward_mae"] == 1.0 and s["mean_reward_mae"] == 0.5 and s["always_alive_accuracy"] == pytest.approx(0.6)
+
+
+def test_the_denoiser_learns_and_samples_frames_in_range():
+    torch.manual_seed(0)
+    net = PixelDynamics(PixelDynamicsConfig(frame_size=(16, 16), channels=(8, 16), cond=16))
+    ctx = torch.rand(4, 4, 3, 16, 16) * 2 - 1
+    target = ctx[:, -1].clone()  # the next frame repeats the last: learnable in a few steps
+    action = torch.zeros(4, dtype=torch.long)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    sigma, noise = torch.full((4,), 1.0), torch.randn_like(target)
+    first = None
+    for _ in range(60):
+        loss = (net.denoise(target + noise, sigma, ctx.flatten(1, 2), action) - target).pow(2).mean()
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    frames = net.sample(ctx, action, steps=3, generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (4, 3, 16, 16) and frames.abs().max() <= 1
+
+
+def test_bad_files_and_configs_are_refused(takecover, tmp_path):
+    root, _ = takecover
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PixelDynamicsConfig(frame_size=(30, 30))
+    with pytest.raises(CheckpointError, match="expected a pixel run"):
+        export_pixel_world_model(str(root / "world.safetensors"), str(tmp_path / "x.safetensors"))
+    with pytest.raises(CheckpointError, match="expected a pixel_world_model"):
+        PixelWorldModel.load(root / "run" / "latest.safetensors")

@@ -1,0 +1,178 @@
+"""Train a pixel world model (worldsim/pixel_dynamics.py): the U-Net dynamics and the
+reward/end network, on a frames dataset; no tokenizer.
+
+    worldsim train pixel --data DIR --out RUN [--steps 6000]
+    worldsim train pixel --data DIR --out RUN2 --init WORLD_MODEL --heads-only --steps 1500
+    worldsim export --checkpoint RUN/latest.safetensors --out world.safetensors
+
+Each batch holds frames of the train split with the `context` frames before each in its
+episode (an episode's first frames pad their context with the episode's first frame, as
+the dream pads a reset from one start frame), the action that led to it, its reward and
+whether the episode ended there. Both networks learn from every batch; `--heads-only`
+trains the reward/end network alone, the dynamics as `--init` left it. At the end
+`scores.json` holds the heads as detectors on the test split's transitions: precision and
+recall of episode ends, the reward's mean error, beside always predicting "alive" and the
+mean reward. Checkpoints, logs, resume and GPU: training/loop.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from training.loop import RunConfig, pick_device, run
+from worldsim.checkpoint import DYNAMICS, MODEL, REWARD_END, CheckpointError, load_checkpoint, with_prefix
+from worldsim.dataset import DatasetError, episode_paths, load_meta, read_episode
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    context: int = 4  # past frames the dynamics reads (PixelDynamicsConfig)
+    width: int = 32  # U-Net channels at full resolution; its three levels have 1, 2 and 2 times as many
+    sample_steps: int = 3  # denoising steps a dream frame takes (the model's default)
+    max_frames: int = 0  # read at most this many train frames (0: the whole split)
+    end_weight: float = 10.0  # termination cross-entropy weight of an episode's end against a step that goes on
+    init: str | None = None  # start from this pixel world model's or pixel run's weights
+    heads_only: bool = False  # train only the reward/end network (the dynamics as --init left it)
+    eval_transitions: int = 20_000  # held-out transitions the heads are scored on at the end
+
+
+class PixelNets(nn.Module):
+    """The two networks a pixel world model holds, trained side by side."""
+
+    def __init__(self, cfg: PixelDynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.dynamics, self.heads = PixelDynamics(cfg), RewardEndNet(cfg)
+
+    def loss(self, batch, end_weight: float, heads_only: bool):
+        ctx, target, action, reward, ended = batch
+        head = self.heads.loss(ctx, action, target, reward, ended, end_weight)
+        if heads_only:
+            return head, {"heads": head.item()}
+        dyn = self.dynamics.loss(ctx, target, action)
+        return dyn + head, {"denoise": dyn.item(), "heads": head.item()}
+
+
+class Transitions:
+    """A split's frames in memory, and every transition into a frame after an episode's
+    first: the context before it (front-padded in the episode), its action, reward, end."""
+
+    def __init__(self, root, split: str, context: int, max_frames: int = 0):
+        meta = load_meta(root)
+        if meta.get("action_space", {}).get("type") != "Discrete":
+            raise DatasetError(f"{root}: a pixel world model acts on a Discrete action space, the dataset's is "
+                               f"{meta.get('action_space')!r}")
+        frames, rows, actions, rewards, ends = [], [], [], [], []
+        n = 0
+        for path in episode_paths(root, split):
+            e = read_episode(path)
+            if e.actions is None or e.rewards is None:
+                raise DatasetError(f"{path} has no actions or rewards; a world model learns from gameplay episodes")
+            t = np.arange(1, len(e.frames))
+            # Row t: indices of the context frames before frame t, the episode's first repeated before its start.
+            rows.append(n + np.maximum(t[:, None] - context + np.arange(context), 0))
+            frames.append(e.frames)
+            actions.append(e.actions)
+            rewards.append(e.rewards)
+            ends.append(e.terminated if e.terminated is not None else np.zeros(len(t), bool))
+            n += len(e.frames)
+            if max_frames and n >= max_frames:
+                break
+        if not frames:
+            raise DatasetError(f"{root} has no {split} episodes")
+        self.meta, self.frames = meta, np.concatenate(frames)
+        self.context_rows = np.concatenate(rows)
+        self.targets = self.context_rows[:, -1] + 1  # the frame after the last context frame
+        self.actions, self.rewards = np.concatenate(actions).astype(np.int64), np.concatenate(rewards).astype(np.float32)
+        self.ends = np.concatenate(ends).astype(np.float32)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def batch(self, idx):
+        unit = lambda a: torch.from_numpy(a).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
+        return (unit(self.frames[self.context_rows[idx]]), unit(self.frames[self.targets[idx]]),
+                torch.from_numpy(self.actions[idx]), torch.from_numpy(self.rewards[idx]),
+                torch.from_numpy(self.ends[idx]))
+
+
+def init_from(nets: PixelNets, path: str):
+    """The weights of a pixel world model (`worldsim export`) or of a pixel run."""
+    tensors, config = load_checkpoint(path)
+    kind = config.get("kind")
+    if kind == "pixel_world_model":
+        dyn, heads = with_prefix(tensors, DYNAMICS), with_prefix(tensors, REWARD_END)
+    elif kind == "pixel":
+        model = with_prefix(tensors, MODEL)
+        dyn, heads = with_prefix(model, "dynamics."), with_prefix(model, "heads.")
+    else:
+        raise CheckpointError(f"{path} is a {kind!r} checkpoint; --init takes a pixel world model or a pixel run")
+    try:
+        nets.dynamics.load_state_dict({k: v.float() for k, v in dyn.items()})
+        nets.heads.load_state_dict({k: v.float() for k, v in heads.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"--init {path}: its networks are not the ones these settings build ({e})") from e
+
+
+@torch.no_grad()
+def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward: float, seed: int = 0) -> dict:
+    """The reward/end network on real held-out transitions: ends as a detector (threshold
+    0.5), and the reward's mean absolute error, beside always predicting `mean_reward`
+    (the train split's)."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False))
+    reward, prob = [], []
+    for i in range(0, len(idx), 256):
+        ctx, nxt, a, _, _ = data.batch(idx[i:i + 256])
+        r, e = heads(ctx, a, nxt)
+        reward.append(r.numpy())
+        prob.append(torch.sigmoid(e).numpy())
+    reward, called = np.concatenate(reward), np.concatenate(prob) > 0.5
+    true_r, ended = data.rewards[idx], data.ends[idx] > 0.5
+    hits = int((called & ended).sum())
+    return {"transitions": len(idx), "ends": int(ended.sum()),
+            "end_precision": hits / max(int(called.sum()), 1), "end_recall": hits / max(int(ended.sum()), 1),
+            "always_alive_accuracy": float(1 - ended.mean()), "accuracy": float((called == ended).mean()),
+            "reward_mae": float(np.abs(reward - true_r).mean()),
+            "mean_reward_mae": float(np.abs(mean_reward - true_r).mean())}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    data = Transitions(cfg.data, "train", cfg.context, cfg.max_frames)
+    h, w, _ = data.meta["frame_shape"]
+    net_cfg = PixelDynamicsConfig(actions=int(data.meta["action_space"]["n"]), frame_size=(h, w), context=cfg.context,
+                                  channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps)
+    torch.manual_seed(cfg.seed)
+    nets = PixelNets(net_cfg)
+    if cfg.init:
+        init_from(nets, cfg.init)
+    elif cfg.heads_only:
+        raise ValueError("--heads-only trains the reward/end network beside a trained dynamics: give --init")
+    if cfg.heads_only:
+        nets.dynamics.requires_grad_(False)
+    if progress:
+        print(f"{len(data.frames):,} frames, {len(data):,} transitions; "
+              f"{sum(p.numel() for p in nets.parameters()):,} parameters", flush=True)
+    config = {"kind": "pixel", "pixel": asdict(net_cfg), "train": asdict(cfg), "dataset": data.meta}
+    result = run(nets, cfg, "pixel", config,
+                 batch_at=lambda step, rank: data.batch(np.random.default_rng([cfg.seed, step, rank]).integers(
+                     len(data), size=cfg.batch_size)),
+                 loss_of=lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only),
+                 items_per_batch=lambda batch: len(batch[0]), device=pick_device(cfg.device), progress=progress)
+    nets.eval().cpu()
+    scores = head_scores(nets.heads, Transitions(cfg.data, "test", cfg.context), cfg.eval_transitions,
+                         float(data.rewards.mean()))
+    (Path(cfg.out) / "scores.json").write_text(json.dumps(scores, indent=2))
+    if progress:
+        print(json.dumps(scores, indent=2))
+    return {**result, "scores": scores}

@@ -1,0 +1,195 @@
+"""Pixel-space dynamics, DIAMOND's design: a U-Net denoises the next frame itself, not a
+latent, from the last `context` frames stacked as channels; the action and the noise
+level modulate every block through adaptive group norm. EDM preconditioning and
+objective (Karras et al. 2022), a few Euler steps to sample.
+
+Where a game's detail is a few pixels (TakeCover's fireballs far away), a latent
+tokenizer blurs it before the dynamics ever sees it; here nothing stands between the
+model and the pixels (RESULTS.md, "TakeCover world model").
+
+`RewardEndNet` is the separate reward and termination model DIAMOND trains beside its
+dynamics: a small CNN on the context frames, the action and the next frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIGMA_DATA, P_MEAN, P_STD = 0.5, -0.4, 1.2  # EDM: the data's scale; training noise levels are log-normal
+SIGMA_MIN, SIGMA_MAX, RHO = 2e-3, 5.0, 7  # Karras' sampling schedule
+
+
+@dataclass
+class PixelDynamicsConfig:
+    actions: int = 3  # a Discrete action space's size
+    frame_size: tuple = (64, 64)  # H, W; each divisible by 2 ** (len(channels) - 1)
+    context: int = 4  # past frames stacked as input channels
+    channels: tuple = (32, 64, 64)  # U-Net widths, one level each
+    cond: int = 128  # width of the noise-and-action embedding
+    sample_steps: int = 3
+    context_noise: float = 0.1  # training: context frames get Gaussian noise of up to this level (DIAMOND), so the dream's own frames read as real ones
+
+    # What the dream env and the tools read of any dynamics.
+    @property
+    def latent_shape(self) -> tuple:
+        """A pixel model's state is the frame itself: (3, H, W) in [-1, 1]."""
+        return (3, *self.frame_size)
+
+    @property
+    def max_frames(self) -> int:
+        return self.context + 1
+
+    text_dim, memory, events = 0, 0, ()  # no text, no memory, no counted events
+
+    def __post_init__(self):
+        self.frame_size, self.channels = tuple(self.frame_size), tuple(self.channels)
+        if any(s % 2 ** (len(self.channels) - 1) for s in self.frame_size):
+            raise ValueError(f"frame_size {self.frame_size} must be divisible by {2 ** (len(self.channels) - 1)} "
+                             f"for a U-Net of {len(self.channels)} levels")
+        if self.actions < 1 or self.context < 1:
+            raise ValueError(f"need at least one action and one context frame, got {self.actions} and {self.context}")
+
+
+class AdaGroupNorm(nn.Module):
+    """Group norm whose scale and shift come from the conditioning vector."""
+
+    def __init__(self, ch, cond):
+        super().__init__()
+        self.norm = nn.GroupNorm(max(ch // 16, 1), ch, affine=False)
+        self.lin = nn.Linear(cond, 2 * ch)
+
+    def forward(self, x, c):
+        s, b = self.lin(c)[:, :, None, None].chunk(2, 1)
+        return self.norm(x) * (1 + s) + b
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin, cout, cond):
+        super().__init__()
+        self.n1, self.c1 = AdaGroupNorm(cin, cond), nn.Conv2d(cin, cout, 3, padding=1)
+        self.n2, self.c2 = AdaGroupNorm(cout, cond), nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.c2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.c2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, c):
+        h = self.c1(F.silu(self.n1(x, c)))
+        h = self.c2(F.silu(self.n2(h, c)))
+        return self.skip(x) + h
+
+
+class PixelDynamics(nn.Module):
+    """The U-Net: (noisy next frame, context frames, noise level, action) -> the network's
+    output, which `denoise` turns into the clean frame's estimate."""
+
+    def __init__(self, cfg: PixelDynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        ch, cond = cfg.channels, cfg.cond
+        self.noise = nn.Sequential(nn.Linear(64, cond), nn.SiLU(), nn.Linear(cond, cond))
+        self.act = nn.Embedding(cfg.actions, cond)
+        self.inp = nn.Conv2d(3 * (cfg.context + 1), ch[0], 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        c = ch[0]
+        for co in ch:
+            self.down.append(nn.ModuleList([ResBlock(c, co, cond), ResBlock(co, co, cond)]))
+            c = co
+        self.mid = nn.ModuleList([ResBlock(c, c, cond), ResBlock(c, c, cond)])
+        for i, co in reversed(list(enumerate(ch))):
+            self.up.append(nn.ModuleList([ResBlock(c + ch[i], co, cond), ResBlock(co, co, cond)]))
+            c = co
+        self.out_norm = nn.GroupNorm(max(c // 16, 1), c)
+        self.out = nn.Conv2d(c, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, ctx, c_noise, action):
+        """x (B, 3, H, W), ctx (B, context * 3, H, W), c_noise (B,), action (B,) long."""
+        f = torch.exp(-math.log(1000) * torch.arange(32, device=x.device) / 32)
+        e = c_noise[:, None] * 1000 * f
+        c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + self.act(action)
+        h = self.inp(torch.cat([x, ctx], 1))
+        skips = []
+        for i, (a, b) in enumerate(self.down):
+            h = b(a(h, c), c)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        for blk in self.mid:
+            h = blk(h, c)
+        for i, (a, b) in enumerate(self.up):
+            if i > 0:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = b(a(torch.cat([h, skips.pop()], 1), c), c)
+        return self.out(F.silu(self.out_norm(h)))
+
+    def denoise(self, x, sigma, ctx, action):
+        """EDM preconditioning: the clean frame's estimate from x at noise level sigma (B,)."""
+        s = sigma[:, None, None, None]
+        c_skip = SIGMA_DATA ** 2 / (s ** 2 + SIGMA_DATA ** 2)
+        c_out = s * SIGMA_DATA / (s ** 2 + SIGMA_DATA ** 2).sqrt()
+        c_in = 1 / (s ** 2 + SIGMA_DATA ** 2).sqrt()
+        return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action)
+
+    def loss(self, ctx, target, action):
+        """EDM's weighted denoising loss. ctx (B, context, 3, H, W) and target (B, 3, H, W)
+        in [-1, 1]; action (B,) the action that led from the last context frame to the target."""
+        b = len(target)
+        ctx = ctx + self.cfg.context_noise * torch.rand(b, 1, 1, 1, 1, device=ctx.device) * torch.randn_like(ctx)
+        sigma = (torch.randn(b, device=target.device) * P_STD + P_MEAN).exp()
+        x = target + sigma[:, None, None, None] * torch.randn_like(target)
+        d = self.denoise(x, sigma, ctx.flatten(1, 2), action)
+        w = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
+        return (w[:, None, None, None] * (d - target) ** 2).mean()
+
+    @torch.no_grad()
+    def sample(self, ctx, action, steps: int | None = None, generator=None):
+        """The next frame (B, 3, H, W) in [-1, 1] from ctx (B, context, 3, H, W): Euler steps
+        on Karras' schedule from pure noise (the first draw is the only randomness)."""
+        steps = steps or self.cfg.sample_steps
+        i = torch.arange(steps, device=ctx.device)
+        lo, hi = SIGMA_MIN ** (1 / RHO), SIGMA_MAX ** (1 / RHO)
+        sigmas = (hi + i / max(steps - 1, 1) * (lo - hi)) ** RHO
+        sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+        b, _, _, h, w = ctx.shape
+        x = torch.randn(b, 3, h, w, generator=generator, device=ctx.device) * sigmas[0]
+        flat = ctx.flatten(1, 2)
+        for k in range(steps):
+            d = self.denoise(x, sigmas[k].expand(b), flat, action)
+            x = d if k == steps - 1 else x + (x - d) / sigmas[k] * (sigmas[k + 1] - sigmas[k])
+        return x.clamp(-1, 1)
+
+
+class RewardEndNet(nn.Module):
+    """Reward and termination from (context frames, action, next frame): a strided CNN on
+    the frames stacked as channels, the action added to its features. Returns the reward
+    (B,) and the termination logit (B,)."""
+
+    def __init__(self, cfg: PixelDynamicsConfig, width: int = 32):
+        super().__init__()
+        self.cfg = cfg
+        layers, c = [], 3 * (cfg.context + 1)
+        for co in (width, 2 * width, 4 * width, 4 * width):  # 64 -> 4 pixels a side
+            layers += [nn.Conv2d(c, co, 4, stride=2, padding=1), nn.SiLU()]
+            c = co
+        self.conv = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.act = nn.Embedding(cfg.actions, 16 * c)
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(16 * c, 128), nn.SiLU(), nn.Linear(128, 2))
+
+    def forward(self, ctx, action, nxt):
+        """ctx (B, context, 3, H, W), action (B,), nxt (B, 3, H, W), frames in [-1, 1]."""
+        h = self.conv(torch.cat([ctx.flatten(1, 2), nxt], 1)) + self.act(action)
+        reward, end = self.head(h).unbind(1)
+        return reward, end
+
+    def loss(self, ctx, action, nxt, reward, ended, end_weight: float = 10.0):
+        """MSE of the reward plus the termination's cross-entropy, ends weighted up: a
+        game ends once in an episode, and a head that never predicts it scores 0.98."""
+        r, e = self(ctx, action, nxt)
+        weight = 1 + (end_weight - 1) * ended
+        return F.mse_loss(r, reward) + F.binary_cross_entropy_with_logits(e, ended, weight=weight)
