@@ -42,6 +42,7 @@ class ImagineConfig:
     eval_episodes: int = 10  # real episodes the agent is scored on
     eval_every: int = 0  # also score it in the real env every this many dream steps, the exploitation gap (0: only at the end)
     seed: int = 0
+    device: str = "cpu"  # where the world model dreams (cuda on a GPU); the agent learns on the CPU
     memory: bool | None = None  # the dream's latent memory on or off (neither: on when the model has one)
     sample_ends: bool = False  # draw dream terminations from the head's probability (see dream_env)
     whole_rewards: bool = False  # round each dream reward to the nearest whole number (games that pay whole rewards, as Rooms' objects): the head's small outputs where it is unsure pay nothing, so they cannot be farmed
@@ -222,7 +223,7 @@ def imagine(cfg: ImagineConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown algo {cfg.algo!r}; expected one of {ALGOS}")
     if cfg.frame_stack < 1:
         raise ValueError(f"frame_stack must be at least 1, got {cfg.frame_stack}")
-    model = load_world_model(cfg.checkpoint)
+    model = load_world_model(cfg.checkpoint, device=cfg.device)
     env_id, env_kwargs = model.info.get("env_id"), model.info.get("env_kwargs") or {}
     if not env_id:
         raise ValueError("the world model names no real env (info['env_id']); it was trained on footage without one")

@@ -105,13 +105,16 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=50_000,
                    help="score the dream agents in the real env every this many dream steps (20 episodes)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--obs", choices=("rgb", "latent"), default=None,
+                   help="dream_ppo's observations (default: the preset's; a pixel world model's latent is its frame)")
+    p.add_argument("--device", default="cpu", help="where the dream agents' world model runs (cuda on a GPU)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     run(args.env, args)
 
 
 def run(env_name, args):
-    from worldsim.world_model import WorldModel
+    from worldsim.dream_env import load_world_model
 
     preset = PRESETS[env_name]
     checkpoint = args.checkpoint or str(ROOT / preset["checkpoint"])
@@ -121,7 +124,7 @@ def run(env_name, args):
     out = Path(args.out or ROOT / "bench" / "results" / f"imagination_{env_name}.json")
     env_id, env_kwargs = preset["env_id"], preset["env_kwargs"]
     if any(a.startswith("dream_") for a in args.agents):  # the real-env agents need no world model
-        info = WorldModel.load(checkpoint).info
+        info = load_world_model(checkpoint).info
         if info["env_id"] != env_id:
             raise ValueError(f"{checkpoint} was trained on {info['env_id']}, not the --env {env_name} game {env_id}")
     seed = EVAL_SEEDS_START + args.seed  # the same real episodes for every agent
@@ -146,7 +149,8 @@ def run(env_name, args):
         if name.startswith("dream_"):
             algo = name.removeprefix("dream_").removesuffix("_penalised")
             cfg = ImagineConfig(checkpoint=checkpoint, out=str(work / name), algo=algo, steps=args.dream_steps,
-                                obs="latent" if algo == "cmaes" else preset["obs"], frame_stack=stack,
+                                obs="latent" if algo == "cmaes" else args.obs or preset["obs"], frame_stack=stack,
+                                device=args.device,
                                 horizon=horizon, eval_episodes=args.eval_episodes, eval_every=args.eval_every,
                                 sample_ends=preset["sample_ends"], seed=args.seed, whole_rewards=args.whole_rewards,
                                 uncertainty_penalty=args.uncertainty_penalty if name.endswith("_penalised") else 0.0)

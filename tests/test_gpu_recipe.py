@@ -133,3 +133,22 @@ def test_gpu_ab_trains_two_runs_on_one_collect_and_scores_both(tmp_path):
         assert gym.make("worldsim/Dream-v0", checkpoint=str(tmp_path / "out" / arm / "rooms.safetensors")).unwrapped.model
     data = json.loads((tmp_path / "work" / "rooms_recipe.json").read_text())
     assert data["collect_steps"] == 2400  # one collect, made by the recipe's --prepare-only
+
+
+def test_gpu_pixel_recipe_collects_trains_for_its_budget_exports_and_scores(tmp_path):
+    from training.gpu_pixel import main as pixel_main
+    from worldsim.pixel_world_model import PixelWorldModel
+
+    out = tmp_path / "out"
+    pixel_main(["--game", "takecover", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "400",
+                "--num-envs", "2", "--collectors", "2", "--minutes", "0.05", "--batch-size", "2", "--width", "8",
+                "--init", "", "--eval-windows", "2", "--horizons", "1,4", "--eval-transitions", "64", "--loader-workers", "0",
+                "--quiet"])
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["steps"] >= 1 and figures["seconds_per_step"] > 0
+    held = figures["held_out"]
+    assert held["windows"] == 2 and set(held["dream_psnr_db"]) == {"1", "4"}
+    assert 0 <= figures["heads"]["end_recall"] <= 1
+    model = PixelWorldModel.load(out / "takecover_pixel.safetensors")
+    assert model.info["env_id"] == "worldsim/Vizdoom-TakeCover-v0" and model.info["trained_steps"] == figures["steps"]
+    assert (out / "metrics.csv").read_text().startswith("step,")

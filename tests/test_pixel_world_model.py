@@ -13,7 +13,7 @@ from training.train_pixel import Transitions, TrainConfig, head_scores, train
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dream_env import load_world_model
 from worldsim.export import export_pixel_world_model
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
 from worldsim.pixel_world_model import PixelWorldModel
 
 TINY = dict(steps=12, batch_size=4, width=8, warmup=2, ckpt_every=6, log_every=3, eval_transitions=64)
@@ -183,3 +183,21 @@ def test_bad_files_and_configs_are_refused(takecover, tmp_path):
         export_pixel_world_model(str(root / "world.safetensors"), str(tmp_path / "x.safetensors"))
     with pytest.raises(CheckpointError, match="expected a pixel_world_model"):
         PixelWorldModel.load(root / "run" / "latest.safetensors")
+
+
+def test_the_end_loss_weighs_ends_up_yet_learns_their_frequency():
+    """Ends weighted 10x, the network's own probability still settles on the share of ends."""
+    class Constant(RewardEndNet):
+        def forward(self, ctx, action, nxt):
+            return torch.zeros(len(nxt)), self.logit.expand(len(nxt))
+
+    net = Constant(PixelDynamicsConfig(frame_size=(8, 8), channels=(8, 8)))
+    net.logit = torch.nn.Parameter(torch.zeros(1))
+    ended = (torch.arange(100) < 10).float()  # 10% of the transitions end
+    opt = torch.optim.Adam([net.logit], lr=0.05)
+    for _ in range(400):
+        loss = net.loss(None, None, torch.zeros(100, 3, 8, 8), torch.zeros(100), ended, end_weight=10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.sigmoid(net.logit).item() == pytest.approx(0.10, abs=0.01)

@@ -7,7 +7,8 @@
 # "Continuing the Rooms training campaign") and carry that folder. The recipe runs under
 # `timeout SECONDS`; if the time runs out, the run's last checkpoint is exported anyway,
 # so the device time is not lost. OUT gets GAME.safetensors (--game, default rooms),
-# metrics.csv, figures.json (when scoring finished) and log.txt.
+# metrics.csv, figures.json (when scoring finished) and log.txt. RECIPE=training.gpu_pixel
+# runs the pixel world model's recipe instead (OUT gets GAME_pixel.safetensors; no salvage).
 set -u
 out=$1
 seconds=$2
@@ -19,10 +20,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=$PWD:/tmp/site
 fi
 work=${WORK:-/tmp/worldsim_recipe}
-timeout "$seconds" python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" > "$out/log.txt" 2>&1
+recipe=${RECIPE:-training.gpu_recipe}
+timeout "$seconds" python3 -m "$recipe" --out "$out" --work "$work" "$@" > "$out/log.txt" 2>&1
 rc=$?
-if [ $rc -ne 0 ]; then  # stopped early: export the run's last checkpoint unless the model was exported already
+if [ $rc -ne 0 ] && [ "$recipe" = training.gpu_recipe ]; then  # stopped early: export the run's last checkpoint unless the model was exported already
     python3 -m training.gpu_recipe --out "$out" --work "$work" "$@" --salvage
 fi
-tr '\r' '\n' < "$out/log.txt" | grep -E "^\[recipe\]|Error|Traceback|^\{" | tail -20
+tr '\r' '\n' < "$out/log.txt" | grep -E "^\[recipe\]|^\[pixel\]|Error|Traceback|^\{" | tail -20
 exit $rc

@@ -128,8 +128,9 @@ def init_from(nets: PixelNets, path: str):
 @torch.no_grad()
 def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward: float, seed: int = 0) -> dict:
     """The reward/end network on real held-out transitions: ends as a detector (threshold
-    0.5), and the reward's mean absolute error, beside always predicting `mean_reward`
-    (the train split's)."""
+    0.5), the sum of its end probabilities beside the count of ends (calibration: a dream
+    that draws its ends ends as often as the game where they match), and the reward's mean
+    absolute error beside always predicting `mean_reward` (the train split's)."""
     idx = np.sort(np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False))
     reward, prob = [], []
     for i in range(0, len(idx), 256):
@@ -137,21 +138,27 @@ def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward:
         r, e = heads(ctx, a, nxt)
         reward.append(r.numpy())
         prob.append(torch.sigmoid(e).numpy())
-    reward, called = np.concatenate(reward), np.concatenate(prob) > 0.5
+    reward, prob = np.concatenate(reward), np.concatenate(prob)
+    called = prob > 0.5
     true_r, ended = data.rewards[idx], data.ends[idx] > 0.5
     hits = int((called & ended).sum())
-    return {"transitions": len(idx), "ends": int(ended.sum()),
+    return {"transitions": len(idx), "ends": int(ended.sum()), "end_probability_sum": float(prob.sum()),
             "end_precision": hits / max(int(called.sum()), 1), "end_recall": hits / max(int(ended.sum()), 1),
             "always_alive_accuracy": float(1 - ended.mean()), "accuracy": float((called == ended).mean()),
             "reward_mae": float(np.abs(reward - true_r).mean()),
             "mean_reward_mae": float(np.abs(mean_reward - true_r).mean())}
 
 
+def network_config(cfg: TrainConfig, meta: dict) -> PixelDynamicsConfig:
+    """The networks a run with `cfg` builds for a dataset with `meta`."""
+    h, w, _ = meta["frame_shape"]
+    return PixelDynamicsConfig(actions=int(meta["action_space"]["n"]), frame_size=(h, w), context=cfg.context,
+                               channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     data = Transitions(cfg.data, "train", cfg.context, cfg.max_frames)
-    h, w, _ = data.meta["frame_shape"]
-    net_cfg = PixelDynamicsConfig(actions=int(data.meta["action_space"]["n"]), frame_size=(h, w), context=cfg.context,
-                                  channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps)
+    net_cfg = network_config(cfg, data.meta)
     torch.manual_seed(cfg.seed)
     nets = PixelNets(net_cfg)
     if cfg.init:

@@ -249,7 +249,9 @@ class DreamEnv(_DreamBase, gym.Env):
     ## Description
     Each step the diffusion transformer generates the next frame's latent from the
     context (the last frames, in its KV cache), the action and, where the model has
-    one, the latent memory of views that left the context; the tokenizer decodes it.
+    one, the latent memory of views that left the context; the tokenizer decodes it. A
+    pixel world model (worldsim/pixel_world_model.py) draws the frame itself from its
+    last frames, with no tokenizer and no memory.
     The vector env (`DreamVectorEnv`) steps many such dreams in one batched pass.
 
     ## Action Space
