@@ -201,3 +201,14 @@ def test_the_end_loss_weighs_ends_up_yet_learns_their_frequency():
         loss.backward()
         opt.step()
     assert torch.sigmoid(net.logit).item() == pytest.approx(0.10, abs=0.01)
+
+
+def test_an_agent_trains_in_a_pixel_dream_and_is_scored_in_the_real_game(takecover, tmp_path):
+    from agents.imagine import ImagineConfig, imagine
+
+    root, _ = takecover
+    report = imagine(ImagineConfig(checkpoint=str(root / "world.safetensors"), out=str(tmp_path / "run"), steps=64,
+                                   num_envs=2, horizon=10, frame_stack=2, eval_episodes=2), progress=False)
+    assert report["env_id"] == "worldsim/Vizdoom-TakeCover-v0" and report["dream_steps"] >= 64
+    # TakeCover pays 4 a step (frame skip 4) for each step alive, at most 10 steps here.
+    assert len(report["real"]["returns"]) == 2 and 0 < report["real"]["mean"] <= 40
