@@ -52,28 +52,14 @@ class PixelRecipeConfig:
 
 
 def seconds_per_step(cfg: TrainConfig, data: Transitions, device: torch.device, trials: int = 3) -> float:
-    """Measured time of one optimizer step of a run with `cfg` on `device` (drawing its
-    batch included, shared among the loader processes)."""
-    nets = PixelNets(network_config(cfg, data.meta)).to(device)
-    opt = torch.optim.AdamW(nets.parameters(), lr=0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    times, draws = [], []
+    """Measured time of one optimizer step of a run with `cfg` on `device` (training/loop.py)."""
+    from training import loop
+
     rng = np.random.default_rng(0)
-    for _ in range(trials + 1):  # the first step warms up kernels and allocators
-        t0 = time.perf_counter()
-        batch = data.batch(rng.integers(len(data), size=cfg.batch_size))
-        draws.append(time.perf_counter() - t0)
-        batch = [b.to(device) for b in batch]
-        t0 = time.perf_counter()
-        with autocast:
-            loss, _ = nets.loss(batch, cfg.end_weight, cfg.heads_only)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.loader_workers))
+    return loop.seconds_per_step(PixelNets(network_config(cfg, data.meta)),
+                                 lambda k: data.batch(rng.integers(len(data), size=cfg.batch_size)),
+                                 lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only), device,
+                                 cfg.loader_workers, trials)
 
 
 def recipe(cfg: PixelRecipeConfig, progress: bool = True) -> dict:

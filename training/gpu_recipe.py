@@ -31,7 +31,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from training.train_dynamics import TrainConfig
@@ -77,32 +76,14 @@ class RecipeConfig:
 
 
 def seconds_per_step(cfg: TrainConfig, data, meta: dict, device: torch.device, trials: int = 3) -> float:
-    """Measured time of one optimizer step of the run `cfg` on `device`: the longer of the
-    step itself and drawing its batch from `data` (the windows the run draws), shared
-    among the loader processes."""
-    from training.loop import to_device
+    """Measured time of one optimizer step of the run `cfg` on `device` (training/loop.py),
+    drawing its batches from `data` (the windows the run draws)."""
+    from training import loop
     from training.train_dynamics import build
     from worldsim.objective import diffusion_forcing_loss
 
-    model = build(cfg, meta).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    times, draws = [], []
-    for k in range(trials + 1):  # the first step warms up kernels and allocators
-        t0 = time.perf_counter()
-        batch = data.batch(cfg.batch_size, k, 0)
-        draws.append(time.perf_counter() - t0)
-        batch = to_device(batch, device)
-        t0 = time.perf_counter()
-        with autocast:
-            loss, _ = diffusion_forcing_loss(model, **batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, cfg.loader_workers))
+    return loop.seconds_per_step(build(cfg, meta), lambda k: data.batch(cfg.batch_size, k, 0),
+                                 lambda m, batch: diffusion_forcing_loss(m, **batch), device, cfg.loader_workers, trials)
 
 
 def collect_side_by_side(cfg: RecipeConfig, out: Path, progress: bool):

@@ -86,6 +86,32 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+def seconds_per_step(model: torch.nn.Module, draw: Callable[[int], object], loss_of: Callable, device: torch.device,
+                     loader_workers: int = 0, trials: int = 3) -> float:
+    """Measured time of one optimizer step of `model` on `device`: the longer of the step
+    itself (loss_of(model, batch) -> (loss, stats), as `run` takes it) and drawing its
+    batch (draw(k), CPU tensors), shared among `loader_workers` processes."""
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times, draws = [], []
+    for k in range(trials + 1):  # the first step warms up kernels and allocators
+        t0 = time.perf_counter()
+        batch = draw(k)
+        draws.append(time.perf_counter() - t0)
+        batch = to_device(batch, device)
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _ = loss_of(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return max(float(np.median(times[1:])), float(np.median(draws[1:])) / max(1, loader_workers))
+
+
 _draw_batch = None  # batch_at, set before the loader processes fork so that they inherit it
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import DYNAMICS, MODEL, REWARD_END, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import DatasetError, episode_paths, load_meta, read_episode
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, to_unit
 
 
 @dataclass(kw_only=True)
@@ -101,8 +101,7 @@ class Transitions:
         return len(self.targets)
 
     def batch(self, idx):
-        unit = lambda a: torch.from_numpy(a).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
-        return (unit(self.frames[self.context_rows[idx]]), unit(self.frames[self.targets[idx]]),
+        return (to_unit(self.frames[self.context_rows[idx]]), to_unit(self.frames[self.targets[idx]]),
                 torch.from_numpy(self.actions[idx]), torch.from_numpy(self.rewards[idx]),
                 torch.from_numpy(self.ends[idx]))
 

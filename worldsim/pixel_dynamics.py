@@ -24,6 +24,11 @@ SIGMA_DATA, P_MEAN, P_STD = 0.5, -0.4, 1.2  # EDM: the data's scale; training no
 SIGMA_MIN, SIGMA_MAX, RHO = 2e-3, 5.0, 7  # Karras' sampling schedule
 
 
+def to_unit(frames, device=None) -> torch.Tensor:
+    """uint8 frames (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1], what the networks read."""
+    return torch.as_tensor(frames, device=device).float().div(127.5).sub(1).movedim(-1, -3)
+
+
 @dataclass
 class PixelDynamicsConfig:
     actions: int = 3  # a Discrete action space's size

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from worldsim.checkpoint import (DYNAMICS, REWARD_END, CheckpointError, config_from, load_checkpoint, prefixed,
                                  save_checkpoint, with_prefix)
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, to_unit
 from worldsim.world_model import WorldModel
 
 KIND = "pixel_world_model"
@@ -64,7 +64,7 @@ class PixelWorldModel(nn.Module):
 
     def encode(self, frames) -> torch.Tensor:
         """uint8 frames (..., H, W, 3) -> (..., 3, H, W) in [-1, 1]."""
-        return torch.as_tensor(np.asarray(frames), device=self.device).float().div(127.5).sub(1).movedim(-1, -3)
+        return to_unit(np.asarray(frames), self.device)
 
     def decode(self, x) -> torch.Tensor:
         """(..., 3, H, W) in [-1, 1] -> uint8 frames (..., H, W, 3)."""
