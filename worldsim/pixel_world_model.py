@@ -10,7 +10,6 @@ and no text; its context is the last `cfg.context` frames, nothing older.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch.nn as nn
 from worldsim.checkpoint import (DYNAMICS, REWARD_END, CheckpointError, config_from, load_checkpoint, prefixed,
                                  save_checkpoint, with_prefix)
 from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, to_unit
-from worldsim.world_model import WorldModel
+from worldsim.world_model import DreamCore, WorldModel
 
 KIND = "pixel_world_model"
 
@@ -146,15 +145,7 @@ class PixelDreamCore:
     def context_frames(self) -> int:
         return self.dyn.cfg.context
 
-    def get_state(self) -> dict:
-        return copy.deepcopy({"rows": self.n, **{k: getattr(self, k) for k in self.STATE}})
-
-    def set_state(self, state: dict):
-        if state.get("rows") != self.n:
-            raise ValueError(f"this dream state holds {state.get('rows')} rows; this dream has {self.n}")
-        for k, v in copy.deepcopy(state).items():
-            if k in self.STATE:
-                setattr(self, k, v)
+    get_state, set_state = DreamCore.get_state, DreamCore.set_state  # copies of STATE, as a latent dream's
 
     def reset_rows(self, rows, contexts, generator):
         """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,), ...); only
