@@ -13,7 +13,7 @@ from training.train_pixel import Transitions, TrainConfig, head_scores, train
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dream_env import load_world_model
 from worldsim.export import export_pixel_world_model
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, as_shown
 from worldsim.pixel_world_model import PixelWorldModel
 
 TINY = dict(steps=12, batch_size=4, width=8, warmup=2, ckpt_every=6, log_every=3, eval_transitions=64)
@@ -72,6 +72,28 @@ def test_heads_only_leaves_the_dynamics_as_init_gave_it(takecover, tmp_path):
                                                       after.heads.state_dict().values()))
     with pytest.raises(ValueError, match="give --init"):
         train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "x"), heads_only=True, **TINY), progress=False)
+
+
+def test_heads_on_dreams_read_the_frame_the_dynamics_draws(takecover, tmp_path):
+    from training.train_pixel import PixelNets, init_from, network_config
+
+    root, _ = takecover
+    data = Transitions(root / "data", "train", context=4)
+    nets = PixelNets(network_config(TrainConfig(data="", out="", **TINY), data.meta))
+    init_from(nets, str(root / "world.safetensors"))
+    ctx, target, action, reward, ended = batch = data.batch(np.arange(6))
+    torch.manual_seed(0)
+    on_dreams, _ = nets.loss(batch, 10.0, heads_only=True, on_dreams=True)
+    torch.manual_seed(0)
+    dreamed = nets.dynamics.sample(ctx, action)
+    assert torch.equal(on_dreams, nets.heads.loss(ctx, action, as_shown(dreamed), reward, ended, 10.0))
+    assert not torch.equal(on_dreams, nets.heads.loss(ctx, action, target, reward, ended, 10.0))
+    summary = train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "dreams"), init=str(root / "world.safetensors"),
+                                heads_only=True, on_dreams=True, **{**TINY, "steps": 3}), progress=False)
+    test = len(Transitions(root / "data", "test", context=4))
+    assert summary["step"] == 3 and summary["scores"]["transitions"] == min(test, TINY["eval_transitions"])
+    with pytest.raises(ValueError, match="add --heads-only"):
+        train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "x"), on_dreams=True, **TINY), progress=False)
 
 
 def test_the_dream_env_steps_a_pixel_world_model_and_forks_exactly(takecover):
@@ -201,6 +223,26 @@ def test_the_end_loss_weighs_ends_up_yet_learns_their_frequency():
         loss.backward()
         opt.step()
     assert torch.sigmoid(net.logit).item() == pytest.approx(0.10, abs=0.01)
+
+
+def test_calibrated_ends_make_replayed_episodes_end_as_often_as_they_did(takecover):
+    """Rows replay the split's episodes two at a time, a row taking the next episode when
+    its own is over; after the shift the same replay ends as often per step as the data."""
+    from worldsim.dataset import episode_paths, read_episode
+    from worldsim.replay import calibrate_ends
+
+    root, _ = takecover
+    model = PixelWorldModel.load(root / "world.safetensors")
+    episodes = [read_episode(p) for p in episode_paths(root / "data", "train")]
+    assert len(episodes) > 2  # more episodes than rows: rows are refilled
+    bias = model.heads.head[-1].bias[1].item()
+    report = calibrate_ends(model, root / "data", split="train", batch=2, seed=3)
+    assert report["dreamed_steps"] == sum(len(e) for e in episodes)
+    assert report["real_ends"] == sum(int(e.terminated.sum()) for e in episodes) > 0
+    assert model.heads.head[-1].bias[1].item() == pytest.approx(bias + report["logit_shift"], abs=1e-5)
+    again = calibrate_ends(model, root / "data", split="train", batch=2, seed=3)
+    assert again["dream_ends_per_step_before"] == pytest.approx(report["real_ends_per_step"], rel=0.01)
+    assert abs(again["logit_shift"]) < 0.01 and abs(report["logit_shift"]) > 0.1
 
 
 def test_an_agent_trains_in_a_pixel_dream_and_is_scored_in_the_real_game(takecover, tmp_path):

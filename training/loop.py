@@ -3,7 +3,9 @@
 A run directory holds `latest.safetensors` (model, optimizer, step, config, RNG;
 rewritten atomically every `ckpt_every` steps and at the end), `metrics.csv` and
 TensorBoard event files. Starting a run whose directory has a checkpoint resumes it.
-Batches depend only on (seed, step, rank), so a resumed run sees what an uninterrupted
+With `ema`, the checkpoint's model weights are a moving average of the trained ones (what
+exports and `--init` read); the weights the optimizer steps are kept beside them for
+resumes. Batches depend only on (seed, step, rank), so a resumed run sees what an uninterrupted
 one would have. Under `torchrun`, each rank trains on its own batches through
 DistributedDataParallel (gloo on CPU, NCCL on GPU) and rank 0 alone writes files.
 """
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from worldsim.checkpoint import (MODEL, as_saved_today, load_checkpoint, optimizer_tensors, prefixed, restore_optimizer,
-                                 save_checkpoint, with_prefix)
+from worldsim.checkpoint import (MODEL, TRAINED, as_saved_today, load_checkpoint, optimizer_tensors, prefixed,
+                                 restore_optimizer, save_checkpoint, with_prefix)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class LoopConfig:
     seed: int = 0
     stop_at: int | None = None  # end this run early at this step (time-boxed jobs); rerun to resume and finish the schedule
     loader_workers: int = 0  # processes drawing batches ahead; 0 = one thread (a GPU outruns one core's numpy)
+    ema: float = 0.0  # decay of the moving average of the weights that the checkpoint's model holds; 0 = the last weights
 
 
 @dataclass(kw_only=True)
@@ -167,6 +170,34 @@ def distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+class WeightAverage:
+    """An exponential moving average of a model's parameters: one step's weights are noisy,
+    an average over the last ~1/(1 - decay) steps is not. Buffers are taken as they are.
+    The decay rises as (1 + step) / (10 + step) to `decay`, so that the average soon
+    forgets the weights a run started from."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, weights: dict | None = None):
+        if not 0 < decay < 1:
+            raise ValueError(f"ema is a decay in (0, 1), e.g. 0.999; got {decay}")
+        self.decay = decay
+        self.params = {k for k, _ in model.named_parameters()}
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.params}
+        if weights:
+            for k, v in weights.items():
+                if k in self.weights:
+                    self.weights[k].copy_(v)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int):
+        keep = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if k in self.weights:
+                self.weights[k].lerp_(v.detach(), 1 - keep)
+
+    def state_dict(self, model: torch.nn.Module) -> dict:
+        return {k: self.weights.get(k, v) for k, v in model.state_dict().items()}
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for v in model.state_dict().values():
@@ -215,12 +246,15 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if json.loads(json.dumps(saved)) != json.loads(json.dumps(config[kind])):
             raise ValueError(f"{ckpt} holds a {kind} built as {meta.get(kind)}, not {config[kind]}; "
                              "use another --out or the same settings")
-        model.load_state_dict(with_prefix(tensors, MODEL))
+        trained = with_prefix(tensors, TRAINED)
+        model.load_state_dict(trained or with_prefix(tensors, MODEL))  # a run without ema keeps one set
         restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
         step = meta["step"]
         seconds_before = meta.get("train_seconds", 0.0)
         if f"rng/torch{rank}" in tensors:
             torch.set_rng_state(tensors[f"rng/torch{rank}"])
+    # The average goes on from the saved one, or starts at the weights the run starts from.
+    average = WeightAverage(model, cfg.ema, with_prefix(tensors, MODEL) if ckpt.exists() else None) if cfg.ema else None
     step_fn = _LossForward(model, loss_of)
     if world > 1:  # DDP syncs gradients of what goes through its forward: the whole loss
         step_fn = torch.nn.parallel.DistributedDataParallel(step_fn)
@@ -231,8 +265,9 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
         if rank != 0:
             return
         opt_tensors, opt_info = optimizer_tensors(opt)
-        tensors = {**prefixed(model.state_dict(), MODEL), **opt_tensors,
-                   "rng/torch0": torch.get_rng_state()}
+        weights = prefixed(average.state_dict(model), MODEL) | prefixed(model.state_dict(), TRAINED) if average \
+            else prefixed(model.state_dict(), MODEL)
+        tensors = {**weights, **opt_tensors, "rng/torch0": torch.get_rng_state()}
         save_checkpoint(ckpt, tensors, {**config, "step": step, "optimizer": opt_info, "device": device.type,
                                         "world_size": world,
                                         "train_seconds": seconds_before + time.perf_counter() - t0})
@@ -268,6 +303,8 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if average:
+                average.update(model, step)
             step += 1
             items += items_per_batch(batch) * world
             bar.update(1)
@@ -289,6 +326,8 @@ def run(model: torch.nn.Module, cfg: LoopConfig, name: str, config: dict,
     finally:
         prefetch.close()
     bar.close()
+    if average:  # what follows a run (scores, exports) sees the weights its checkpoint ships
+        model.load_state_dict(average.state_dict(model))
     summary = {"checkpoint": str(ckpt), "step": step, "last_batch": stats,
                "items_per_s": items / max(time.perf_counter() - t0, 1e-9), "world_size": world}
     if world > 1:  # every rank must hold the same weights after DDP training

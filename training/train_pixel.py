@@ -9,10 +9,13 @@ Each batch holds frames of the train split with the `context` frames before each
 episode (an episode's first frames pad their context with the episode's first frame, as
 the dream pads a reset from one start frame), the action that led to it, its reward and
 whether the episode ended there. Both networks learn from every batch; `--heads-only`
-trains the reward/end network alone, the dynamics as `--init` left it. At the end
+trains the reward/end network alone, the dynamics as `--init` left it, and with
+`--on-dreams` it reads each next frame as the dynamics draws it: the real outcome, as a
+dream shows it (a dreamed hit looks softer than a real one). At the end
 `scores.json` holds the heads as detectors on the test split's transitions: precision and
 recall of episode ends, the reward's mean error, beside always predicting "alive" and the
-mean reward. Checkpoints, logs, resume and GPU: training/loop.py.
+mean reward (on dreamed next frames for an `--on-dreams` run). Checkpoints, logs, resume,
+the moving average of the weights (`--ema`) and GPU: training/loop.py.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn as nn
 from training.loop import RunConfig, pick_device, run
 from worldsim.checkpoint import DYNAMICS, MODEL, REWARD_END, CheckpointError, load_checkpoint, with_prefix
 from worldsim.dataset import DatasetError, episode_paths, load_meta, read_episode
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, to_unit
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, as_shown, to_unit
 
 
 @dataclass(kw_only=True)
@@ -37,6 +40,7 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
+    ema: float = 0.999  # one step's weights draw noisy frames; the average of the last thousand steps does not
     context: int = 4  # past frames the dynamics reads (PixelDynamicsConfig)
     width: int = 32  # U-Net channels at full resolution; its three levels have 1, 2 and 2 times as many
     sample_steps: int = 3  # denoising steps a dream frame takes (the model's default)
@@ -44,6 +48,7 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     end_weight: float = 10.0  # termination cross-entropy weight of an episode's end against a step that goes on
     init: str | None = None  # start from this pixel world model's or pixel run's weights
     heads_only: bool = False  # train only the reward/end network (the dynamics as --init left it)
+    on_dreams: bool = False  # with --heads-only: the reward/end network reads the next frame as the dynamics samples it, the frame a dream shows
     eval_transitions: int = 20_000  # held-out transitions the heads are scored on at the end
 
 
@@ -55,8 +60,10 @@ class PixelNets(nn.Module):
         self.cfg = cfg
         self.dynamics, self.heads = PixelDynamics(cfg), RewardEndNet(cfg)
 
-    def loss(self, batch, end_weight: float, heads_only: bool):
+    def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False):
         ctx, target, action, reward, ended = batch
+        if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
+            target = as_shown(self.dynamics.sample(ctx, action))
         head = self.heads.loss(ctx, action, target, reward, ended, end_weight)
         if heads_only:
             return head, {"heads": head.item()}
@@ -125,15 +132,19 @@ def init_from(nets: PixelNets, path: str):
 
 
 @torch.no_grad()
-def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward: float, seed: int = 0) -> dict:
+def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward: float, seed: int = 0,
+                dynamics: PixelDynamics | None = None) -> dict:
     """The reward/end network on real held-out transitions: ends as a detector (threshold
     0.5), the sum of its end probabilities beside the count of ends (calibration: a dream
     that draws its ends ends as often as the game where they match), and the reward's mean
-    absolute error beside always predicting `mean_reward` (the train split's)."""
+    absolute error beside always predicting `mean_reward` (the train split's). With
+    `dynamics`, the network reads the next frame as it samples it, not the real one."""
     idx = np.sort(np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False))
     reward, prob = [], []
     for i in range(0, len(idx), 256):
         ctx, nxt, a, _, _ = data.batch(idx[i:i + 256])
+        if dynamics is not None:
+            nxt = as_shown(dynamics.sample(ctx, a, generator=torch.Generator().manual_seed(seed + i)))
         r, e = heads(ctx, a, nxt)
         reward.append(r.numpy())
         prob.append(torch.sigmoid(e).numpy())
@@ -164,6 +175,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         init_from(nets, cfg.init)
     elif cfg.heads_only:
         raise ValueError("--heads-only trains the reward/end network beside a trained dynamics: give --init")
+    if cfg.on_dreams and not cfg.heads_only:
+        raise ValueError("--on-dreams trains the reward/end network on a trained dynamics' frames: add --heads-only")
     if cfg.heads_only:
         nets.dynamics.requires_grad_(False)
     if progress:
@@ -173,11 +186,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     result = run(nets, cfg, "pixel", config,
                  batch_at=lambda step, rank: data.batch(np.random.default_rng([cfg.seed, step, rank]).integers(
                      len(data), size=cfg.batch_size)),
-                 loss_of=lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only),
+                 loss_of=lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams),
                  items_per_batch=lambda batch: len(batch[0]), device=pick_device(cfg.device), progress=progress)
     nets.eval().cpu()
     scores = head_scores(nets.heads, Transitions(cfg.data, "test", cfg.context), cfg.eval_transitions,
-                         float(data.rewards.mean()))
+                         float(data.rewards.mean()), dynamics=nets.dynamics if cfg.on_dreams else None)
     (Path(cfg.out) / "scores.json").write_text(json.dumps(scores, indent=2))
     if progress:
         print(json.dumps(scores, indent=2))

@@ -80,6 +80,7 @@ def checkpoint_kind(path: str | os.PathLike) -> str | None:
 # pixel world model's reward/end network (`PixelWorldModel.save`).
 MODEL, OPTIMIZER, TOKENIZER, DYNAMICS, FIRST_FRAME, DEPTH, REWARD_END = (
     "model/", "optim/", "tokenizer/", "dynamics/", "first_frame/", "depth/", "reward_end/")
+TRAINED = "trained/"  # a run with a weight average: the weights its optimizer steps (MODEL holds the average)
 # The prefix of the network a checkpoint of each kind continues from (`--init`).
 NETWORK_OF_KIND = {"dynamics": MODEL, "world_model": DYNAMICS}
 

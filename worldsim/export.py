@@ -131,10 +131,12 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
 
 
 def export_pixel_world_model(run_ckpt: str, out: str, start_frames: int = 16, half: bool = True,
-                             sample_steps: int | None = None) -> dict:
+                             sample_steps: int | None = None, calibrate_ends: str | None = None,
+                             device: str = "cpu") -> dict:
     """A pixel run (`worldsim train pixel`) -> a pixel world model: its two networks, the
     env facts, and the first frames of the train split's episodes to start dreams from.
-    `sample_steps` sets the model's default denoising steps a frame."""
+    `sample_steps` sets the model's default denoising steps a frame; `calibrate_ends` as
+    for `export_world_model`."""
     from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
     from worldsim.pixel_world_model import PixelWorldModel
 
@@ -160,6 +162,12 @@ def export_pixel_world_model(run_ckpt: str, out: str, start_frames: int = 16, ha
             "action_meanings": meta.get("action_meanings"), "frame_shape": meta["frame_shape"],
             "trained_steps": config.get("step"), "compute": training_compute(config), "train": config.get("train")}
     model = PixelWorldModel(dynamics, heads, info, firsts)
+    calibration = {}
+    if calibrate_ends:
+        if half:  # calibrate the weights that ship
+            model.half().float()
+        model.to(device).eval()
+        model.info["end_calibration"] = calibration["end_calibration"] = calibrate(model, calibrate_ends)
     model.save(out, half=half)
-    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts),
+    return {"out": out, "bytes": Path(out).stat().st_size, "start_frames": len(firsts), **calibration,
             "parameters": sum(p.numel() for p in model.parameters())}

@@ -29,6 +29,11 @@ def to_unit(frames, device=None) -> torch.Tensor:
     return torch.as_tensor(frames, device=device).float().div(127.5).sub(1).movedim(-1, -3)
 
 
+def as_shown(x: torch.Tensor) -> torch.Tensor:
+    """A sampled frame in [-1, 1] rounded to the 8-bit frame a dream shows, read back in [-1, 1]."""
+    return x.add(1).mul(127.5).round().clamp(0, 255).div(127.5).sub(1)
+
+
 @dataclass
 class PixelDynamicsConfig:
     actions: int = 3  # a Discrete action space's size

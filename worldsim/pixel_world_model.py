@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from worldsim.checkpoint import (DYNAMICS, REWARD_END, CheckpointError, config_from, load_checkpoint, prefixed,
                                  save_checkpoint, with_prefix)
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, to_unit
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, as_shown, to_unit
 from worldsim.world_model import DreamCore, WorldModel
 
 KIND = "pixel_world_model"
@@ -68,6 +68,11 @@ class PixelWorldModel(nn.Module):
     def decode(self, x) -> torch.Tensor:
         """(..., 3, H, W) in [-1, 1] -> uint8 frames (..., H, W, 3)."""
         return x.movedim(-3, -1).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+    @torch.no_grad()
+    def shift_end_logit(self, shift: float):
+        """Add `shift` to the end network's logit (worldsim/replay.py `calibrate_ends`)."""
+        self.heads.head[-1].bias[1] += shift
 
     def new_core(self, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
                  memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool = False):
@@ -161,17 +166,13 @@ class PixelDreamCore:
         """actions (N,) -> next frames (N, 3, H, W) in [-1, 1], rewards (N,), termination probabilities (N,)."""
         with torch.no_grad():
             a = torch.as_tensor(np.asarray(actions), device=self.device).long()
-            nxt = self._shown(self.dyn.sample(self.context, a, self.sample_steps, generator))
+            nxt = as_shown(self.dyn.sample(self.context, a, self.sample_steps, generator))
             if self.uncertainty:
                 if self.spread_generator is None:
                     self.spread_generator = torch.Generator(device=self.device).manual_seed(generator.initial_seed() + 1)
-                other = self._shown(self.dyn.sample(self.context, a, self.sample_steps, self.spread_generator))
+                other = as_shown(self.dyn.sample(self.context, a, self.sample_steps, self.spread_generator))
                 self.spread = ((nxt - other).pow(2).mean(dim=(1, 2, 3)) / 2).sqrt().cpu().numpy()
             reward, end = self.model.heads(self.context, a, nxt)
             self.context = torch.cat([self.context[:, 1:], nxt[:, None]], 1)
             self.clock += 1
         return nxt, reward.cpu().numpy(), torch.sigmoid(end).cpu().numpy()
-
-    def _shown(self, x):
-        """x rounded to the 8-bit frame the agent is shown."""
-        return self.model.encode(self.model.decode(x))

@@ -235,7 +235,9 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     data's own policy as often as the real env did. Without it, it need not: training
     windows see an episode's last step less often than its others, and the dream renders
     what kills (a fireball up close) less often than the game shows it. A shift scales
-    small probabilities alike, so the head's ranking of steps is kept."""
+    small probabilities alike, so the head's ranking of steps is kept. Either kind of
+    world model (`new_core`, `shift_end_logit`); `batch` rows dream at once, and a row
+    whose episode is over takes the next one."""
     episodes, seen = [], 0
     for path in episode_paths(data, split):
         episodes.append(read_episode(path))
@@ -246,17 +248,26 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     if not real:
         raise ValueError(f"the {split} split of {data} has no episode end to calibrate the termination head on")
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    probs = []
-    for i in range(0, len(episodes), batch):
-        chunk = episodes[i:i + batch]
-        core = DreamCore(model, len(chunk))
-        core.reset_rows(range(len(chunk)), [(e.frames[:1], e.actions[:0]) for e in chunk], generator)
-        for t in range(max(len(e) for e in chunk)):
-            lived = np.array([t < len(e) for e in chunk])
-            actions = np.stack([e.actions[min(t, len(e) - 1)] for e in chunk])
-            _, _, p = core.step(actions, generator)
-            probs.append(p[lived])
-    p = np.clip(np.concatenate(probs).astype(np.float64), 1e-12, 1 - 1e-12)
+    rows = min(batch, len(episodes))
+    core = model.new_core(rows)
+    playing, t = list(range(rows)), np.zeros(rows, dtype=np.int64)  # each row's episode, and its step in it
+    core.reset_rows(range(rows), [(episodes[i].frames[:1], episodes[i].actions[:0]) for i in playing], generator)
+    following, probs = rows, []
+    while any(i is not None for i in playing):
+        actions = np.stack([episodes[i].actions[t[r]] if i is not None else episodes[0].actions[0]
+                            for r, i in enumerate(playing)])
+        _, _, p = core.step(actions, generator)
+        t += 1
+        for r, i in enumerate(playing):
+            if i is None:
+                continue
+            probs.append(p[r])
+            if t[r] == len(episodes[i]):  # over: the row replays the next episode, or idles
+                playing[r] = following if following < len(episodes) else None
+                if playing[r] is not None:
+                    t[r], following = 0, following + 1
+                    core.reset_rows([r], [(episodes[playing[r]].frames[:1], episodes[playing[r]].actions[:0])], generator)
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     logits = np.log(p / (1 - p))
     rate = real / len(p)
     mean_prob = lambda shift: float((1 / (1 + np.exp(-(logits + shift)))).mean())  # noqa: E731
@@ -265,8 +276,7 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
         mid = (low + high) / 2
         low, high = (mid, high) if mean_prob(mid) < rate else (low, mid)
     shift = (low + high) / 2
-    with torch.no_grad():
-        model.dynamics.heads.out[-1].bias[1] += shift
+    model.shift_end_logit(shift)
     return {"data": str(data), "split": split, "episodes": len(episodes), "dreamed_steps": int(len(p)),
             "real_ends": real, "real_ends_per_step": rate, "dream_ends_per_step_before": mean_prob(0.0),
             "logit_shift": shift}

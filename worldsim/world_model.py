@@ -158,6 +158,11 @@ class WorldModel(nn.Module):
     def decode(self, z) -> torch.Tensor:
         return self.tokenizer.decode(z)
 
+    @torch.no_grad()
+    def shift_end_logit(self, shift: float):
+        """Add `shift` to the termination head's logit (worldsim/replay.py `calibrate_ends`)."""
+        self.dynamics.heads.out[-1].bias[1] += shift
+
     def new_core(self, num_rows: int, sample_steps: int | None = None, memory: bool | None = None,
                  memory_guidance: float | None = None, uncertainty: bool = False, rerender: bool = False):
         """A batched dream of `num_rows` rows (DreamCore): what the dream envs and `rollout` step."""
