@@ -225,6 +225,34 @@ def test_the_end_loss_weighs_ends_up_yet_learns_their_frequency():
     assert torch.sigmoid(net.logit).item() == pytest.approx(0.10, abs=0.01)
 
 
+def test_batches_rich_in_ends_still_teach_the_ends_frequency(takecover):
+    """--end-share draws that share of each batch from episodes' ends; the loss undoes the
+    bias, so a network that sees ends in half its batch still learns their rate."""
+    root, _ = takecover
+    data = Transitions(root / "data", "train", context=4)
+    idx = data.draw(np.random.default_rng(0), 8, end_share=0.25)
+    assert len(idx) == 8 and data.ends[idx[:2]].all()
+    p = float(data.ends.mean())
+    assert data.oversampled(8, 0.25) == pytest.approx((0.25 + 0.75 * p) / (0.75 - 0.75 * p) * (1 - p) / p)
+    assert data.oversampled(8, 0.0) == pytest.approx(1.0)
+
+    class Constant(RewardEndNet):
+        def forward(self, ctx, action, nxt):
+            return torch.zeros(len(nxt)), self.logit.expand(len(nxt))
+
+    net = Constant(PixelDynamicsConfig(frame_size=(8, 8), channels=(8, 8)))
+    net.logit = torch.nn.Parameter(torch.zeros(1))
+    ended = (torch.arange(100) < 50).float()  # half of each batch ends, where a tenth of the data does
+    opt = torch.optim.Adam([net.logit], lr=0.05)
+    for _ in range(400):
+        loss = net.loss(None, None, torch.zeros(100, 3, 8, 8), torch.zeros(100), ended, end_weight=1.0,
+                        oversampled=(0.5 / 0.5) / (0.1 / 0.9))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.sigmoid(net.logit).item() == pytest.approx(0.10, abs=0.01)
+
+
 def test_calibrated_ends_make_replayed_episodes_end_as_often_as_they_did(takecover):
     """Rows replay the split's episodes two at a time, a row taking the next episode when
     its own is over; after the shift the same replay ends as often per step as the data."""

@@ -24,11 +24,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from training.gpu_recipe import GAMES, collect_side_by_side
-from training.train_pixel import PixelNets, TrainConfig, Transitions, network_config, train
+from training.train_pixel import PixelNets, TrainConfig, Transitions, network_config, step_functions, train
 from worldsim.options import add_fields, from_args, nested
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints" / "campaign" / "takecover_pixel.safetensors"
@@ -55,10 +54,8 @@ def seconds_per_step(cfg: TrainConfig, data: Transitions, device: torch.device, 
     """Measured time of one optimizer step of a run with `cfg` on `device` (training/loop.py)."""
     from training import loop
 
-    rng = np.random.default_rng(0)
-    return loop.seconds_per_step(PixelNets(network_config(cfg, data.meta)),
-                                 lambda k: data.batch(rng.integers(len(data), size=cfg.batch_size)),
-                                 lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only), device,
+    batch_at, loss_of = step_functions(cfg, data)
+    return loop.seconds_per_step(PixelNets(network_config(cfg, data.meta)), lambda k: batch_at(k, 0), loss_of, device,
                                  cfg.loader_workers, trials)
 
 

@@ -46,6 +46,7 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     sample_steps: int = 3  # denoising steps a dream frame takes (the model's default)
     max_frames: int = 0  # read at most this many train frames (0: the whole split)
     end_weight: float = 10.0  # termination cross-entropy weight of an episode's end against a step that goes on
+    end_share: float = 0.0  # share of each batch drawn from the episodes' ends (0: drawn like the rest); the loss undoes the bias
     init: str | None = None  # start from this pixel world model's or pixel run's weights
     heads_only: bool = False  # train only the reward/end network (the dynamics as --init left it)
     on_dreams: bool = False  # with --heads-only: the reward/end network reads the next frame as the dynamics samples it, the frame a dream shows
@@ -60,11 +61,11 @@ class PixelNets(nn.Module):
         self.cfg = cfg
         self.dynamics, self.heads = PixelDynamics(cfg), RewardEndNet(cfg)
 
-    def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False):
+    def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False, oversampled: float = 1.0):
         ctx, target, action, reward, ended = batch
         if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
             target = as_shown(self.dynamics.sample(ctx, action))
-        head = self.heads.loss(ctx, action, target, reward, ended, end_weight)
+        head = self.heads.loss(ctx, action, target, reward, ended, end_weight, oversampled)
         if heads_only:
             return head, {"heads": head.item()}
         dyn = self.dynamics.loss(ctx, target, action)
@@ -106,6 +107,21 @@ class Transitions:
 
     def __len__(self):
         return len(self.targets)
+
+    def draw(self, rng: np.random.Generator, size: int, end_share: float = 0.0) -> np.ndarray:
+        """Indices of a batch: round(size * end_share) of them episodes' ends, the rest
+        uniform over every transition."""
+        ends = round(size * end_share)
+        if ends and not self.ends.any():
+            raise DatasetError("--end-share draws episodes' ends, and this split has none")
+        return np.concatenate([rng.choice(np.flatnonzero(self.ends), ends), rng.integers(len(self), size=size - ends)])
+
+    def oversampled(self, size: int, end_share: float) -> float:
+        """How many times the odds of an end are higher in batches from `draw` than in the data."""
+        p = float(self.ends.mean())
+        share = round(size * end_share) / size
+        q = share + (1 - share) * p
+        return (q / (1 - q)) / (p / (1 - p)) if 0 < p < 1 else 1.0
 
     def batch(self, idx):
         return (to_unit(self.frames[self.context_rows[idx]]), to_unit(self.frames[self.targets[idx]]),
@@ -166,6 +182,19 @@ def network_config(cfg: TrainConfig, meta: dict) -> PixelDynamicsConfig:
                                channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps)
 
 
+def step_functions(cfg: TrainConfig, data: Transitions):
+    """A run's batch_at(step, rank) and loss_of(nets, batch), as training/loop.py's `run` takes them."""
+    oversampled = data.oversampled(cfg.batch_size, cfg.end_share)
+
+    def batch_at(step, rank):
+        return data.batch(data.draw(np.random.default_rng([cfg.seed, step, rank]), cfg.batch_size, cfg.end_share))
+
+    def loss_of(nets, batch):
+        return nets.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams, oversampled)
+
+    return batch_at, loss_of
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     data = Transitions(cfg.data, "train", cfg.context, cfg.max_frames)
     net_cfg = network_config(cfg, data.meta)
@@ -183,11 +212,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         print(f"{len(data.frames):,} frames, {len(data):,} transitions; "
               f"{sum(p.numel() for p in nets.parameters()):,} parameters", flush=True)
     config = {"kind": "pixel", "pixel": asdict(net_cfg), "train": asdict(cfg), "dataset": data.meta}
-    result = run(nets, cfg, "pixel", config,
-                 batch_at=lambda step, rank: data.batch(np.random.default_rng([cfg.seed, step, rank]).integers(
-                     len(data), size=cfg.batch_size)),
-                 loss_of=lambda m, batch: m.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams),
-                 items_per_batch=lambda batch: len(batch[0]), device=pick_device(cfg.device), progress=progress)
+    batch_at, loss_of = step_functions(cfg, data)
+    result = run(nets, cfg, "pixel", config, batch_at, loss_of, items_per_batch=lambda batch: len(batch[0]), device=pick_device(cfg.device), progress=progress)
     nets.eval().cpu()
     scores = head_scores(nets.heads, Transitions(cfg.data, "test", cfg.context), cfg.eval_transitions,
                          float(data.rewards.mean()), dynamics=nets.dynamics if cfg.on_dreams else None)

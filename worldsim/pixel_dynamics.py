@@ -197,12 +197,14 @@ class RewardEndNet(nn.Module):
         reward, end = self.head(h).unbind(1)
         return reward, end
 
-    def loss(self, ctx, action, nxt, reward, ended, end_weight: float = 10.0):
+    def loss(self, ctx, action, nxt, reward, ended, end_weight: float = 10.0, oversampled: float = 1.0):
         """MSE of the reward plus the termination's cross-entropy, ends weighted up: a
         game ends once in an episode, and a head that never predicts it scores 0.98.
-        The weight moves the best logit up by log(end_weight); the loss adds that to the
-        network's logit, so the network itself learns the unweighted one: its
-        probabilities are the ends' frequencies, which a dream that draws its ends needs."""
+        The weight moves the best logit up by log(end_weight), and batches that hold ends
+        at `oversampled` times their odds in the data move it by log(oversampled); the
+        loss adds both to the network's logit, so the network itself learns the data's:
+        its probabilities are the ends' frequencies, which a dream that draws its ends needs."""
         r, e = self(ctx, action, nxt)
         weight = 1 + (end_weight - 1) * ended
-        return F.mse_loss(r, reward) + F.binary_cross_entropy_with_logits(e + math.log(end_weight), ended, weight=weight)
+        shifted = e + math.log(end_weight * oversampled)
+        return F.mse_loss(r, reward) + F.binary_cross_entropy_with_logits(shifted, ended, weight=weight)
