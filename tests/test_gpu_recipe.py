@@ -149,6 +149,8 @@ def test_gpu_pixel_recipe_collects_trains_for_its_budget_exports_and_scores(tmp_
     held = figures["held_out"]
     assert held["windows"] == 2 and set(held["dream_psnr_db"]) == {"1", "4"}
     assert 0 <= figures["heads"]["end_recall"] <= 1
+    assert figures["end_calibration"]["split"] == "val" and figures["end_calibration"]["real_ends"] > 0
     model = PixelWorldModel.load(out / "takecover_pixel.safetensors")
+    assert model.info["end_calibration"] == figures["end_calibration"]
     assert model.info["env_id"] == "worldsim/Vizdoom-TakeCover-v0" and model.info["trained_steps"] == figures["steps"]
     assert (out / "metrics.csv").read_text().startswith("step,")

@@ -7,7 +7,8 @@ episodes.
 It collects as training/gpu_recipe.py does (the game's policy, collects side by side;
 TakeCover by default), times a step of `worldsim train pixel` on the device, trains as many
 steps as fit 90% of `--minutes` from `--init` (the campaign's model; a new `--seed` per
-chunk draws other batches), and exports `OUT/GAME_pixel.safetensors` (fp16). `OUT` also
+chunk draws other batches), and exports `OUT/GAME_pixel.safetensors` (fp16, its ends
+calibrated in the dream on the val split: `worldsim export --calibrate-ends`). `OUT` also
 gets `metrics.csv`, `scores.json` (the reward/end network as a detector on the test split)
 and `figures.json`: dream PSNR by horizon on held-out windows beside copy-last-frame, and
 the compute spent. Every option is a field of PixelRecipeConfig (the run's own options keep
@@ -85,7 +86,9 @@ def recipe(cfg: PixelRecipeConfig, progress: bool = True) -> dict:
     t_train = time.perf_counter()
     result = train(replace(run_cfg, steps=steps, warmup=min(100, max(1, steps // 10))), progress=progress)
     train_minutes = (time.perf_counter() - t_train) / 60
-    export_pixel_world_model(str(run_dir / "latest.safetensors"), str(model_path))
+    # Ends calibrated in the dream: its end network learnt from real frames, and reads a dreamed hit as less deadly.
+    exported = export_pixel_world_model(str(run_dir / "latest.safetensors"), str(model_path),
+                                        calibrate_ends=str(frames), device=str(device))
     for name in ("metrics.csv", "scores.json"):
         shutil.copy(run_dir / name, out / name)
     model = PixelWorldModel.load(model_path, device=device)
@@ -94,7 +97,7 @@ def recipe(cfg: PixelRecipeConfig, progress: bool = True) -> dict:
                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "train_minutes": round(train_minutes, 2), "frames_seen": steps * run_cfg.batch_size,
                "held_out": replay_scores(model, str(frames), model.dynamics.cfg.context, horizons, cfg.eval_windows, "test"),
-               "heads": result["scores"], "total_minutes": round((time.perf_counter() - t_start) / 60, 2)}
+               "heads": result["scores"], "end_calibration": exported["end_calibration"], "total_minutes": round((time.perf_counter() - t_start) / 60, 2)}
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
     say(json.dumps({k: figures[k] for k in ("steps", "train_minutes", "device")}))
     return figures
