@@ -140,7 +140,7 @@ def test_gpu_pixel_recipe_collects_trains_for_its_budget_exports_and_scores(tmp_
     from worldsim.pixel_world_model import PixelWorldModel
 
     out = tmp_path / "out"
-    pixel_main(["--game", "takecover", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "400",
+    pixel_main(["--game", "takecover", "--out", str(out), "--work", str(tmp_path / "work"), "--collect-steps", "1200",
                 "--num-envs", "2", "--collectors", "2", "--minutes", "0.05", "--batch-size", "2", "--width", "8",
                 "--init", "", "--eval-windows", "2", "--horizons", "1,4", "--eval-transitions", "64", "--loader-workers", "0",
                 "--quiet"])
