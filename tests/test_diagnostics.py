@@ -65,11 +65,13 @@ def test_policy_ranks_scores_each_policy_in_the_game_and_the_dream(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["returns"]) == {"game", "worldsim/checkpoints/takecover.safetensors"}
     for where, row in result["returns"].items():
-        assert set(row) == {"stand still", "random", "dodge"}
+        assert set(row) == {"stand still", "wall", "random", "dodge"}
         for name, score in row.items():
             assert score["episodes"] == 2, (where, name)
             # at most 3 steps of 4 tics: the game pays each tic alive, the dream's reward head about as much
             assert 0 < score["mean"] <= 15, (where, name, score)
+    policy_ranks.main(["--episodes", "1", "--horizon", "3", "--policies", "wall", "--json", str(out)])
+    assert set(json.loads(out.read_text())["returns"]["game"]) == {"wall"}
 
 
 def test_fireball_sides_and_the_steps_that_dodge_them():

@@ -1,10 +1,12 @@
-"""Does the TakeCover dream pay what the game pays? Three fixed policies, scored in the
-real game and in each dream: standing still, random moves, and dodging (step away from
-the biggest fireball in view). In the game, dodging outlives random play and random play
-outlives standing still. A dream that ranks them otherwise cannot teach an agent to
-dodge, however long the agent trains in it: check this before spending hours there.
+"""Does the TakeCover dream pay what the game pays? Fixed policies, scored in the real
+game and in each dream: standing still, walking left into the wall and staying there
+(what dream-trained agents keep learning), random moves, and dodging (step away from the
+biggest fireball in view). In the game, dodging outlives random play, and random play
+outlives the wall and standing still. A dream that ranks them otherwise cannot teach an
+agent to dodge, however long the agent trains in it: check this before spending hours there.
 
     python bench/diag/policy_ranks.py worldsim/checkpoints/takecover.safetensors --episodes 100
+    python bench/diag/policy_ranks.py CKPT --policies wall random   # some of them
 
 The game is scored on the real episodes the agents are (bench_imagination.py's seeds);
 each dream on `--dream-envs` rows of `--episodes-per-row` episodes each (a row's first
@@ -44,6 +46,7 @@ def policies(seed: int = 0) -> dict:
     """name -> act(frames (N, H, W, 3)) -> actions (N,)."""
     rng = np.random.default_rng(seed)
     return {"stand still": lambda frames: np.full(len(frames), NOOP),
+            "wall": lambda frames: np.full(len(frames), LEFT),
             "random": lambda frames: rng.integers(3, size=len(frames)),
             "dodge": lambda frames: np.array([dodge(f) for f in frames])}
 
@@ -94,17 +97,19 @@ def main(argv=None):
     p.add_argument("--episodes-per-row", type=int, default=4)
     p.add_argument("--horizon", type=int, default=525, help="steps an episode may last (bench_imagination's 2,100 tics)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policies", nargs="+", choices=list(policies()), default=list(policies()))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    names = list(policies())
+    names = args.policies
     result = {"episodes": args.episodes, "dream_episodes": args.dream_envs * args.episodes_per_row, "returns": {}}
     t0 = time.perf_counter()
     result["returns"]["game"] = {name: summary(game_returns(policies(args.seed)[name], args.episodes,
                                                             EVAL_SEEDS_START + args.seed, args.horizon)) for name in names}
     print(f"mean return ± standard error; the game on {args.episodes} episodes a policy, each dream on "
           f"{result['dream_episodes']}")
-    print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names) + " | dodge - random", flush=True)
+    print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names)
+          + (" | dodge - random" if {"dodge", "random"} <= set(names) else ""), flush=True)
     _row("game", result["returns"]["game"], names, time.perf_counter() - t0)
     _save(result, args.json)
     for path in args.checkpoints:
@@ -124,10 +129,12 @@ def _save(result: dict, path: str | None):
 
 
 def _row(where: str, row: dict, names: list, seconds: float):
-    premium = row["dodge"]["mean"] - row["random"]["mean"]
-    se = np.hypot(row["dodge"]["stderr"], row["random"]["stderr"])
+    premium = ""
+    if "dodge" in row and "random" in row:
+        premium = f" | {row['dodge']['mean'] - row['random']['mean']:+6.1f} ± " \
+                  f"{np.hypot(row['dodge']['stderr'], row['random']['stderr']):4.1f}"
     print(f"{where[-48:]:>48} | " + " | ".join(f"{row[n]['mean']:6.1f} ± {row[n]['stderr']:5.1f}" for n in names)
-          + f" | {premium:+6.1f} ± {se:4.1f}   ({seconds:.0f} s)", flush=True)
+          + f"{premium}   ({seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
