@@ -70,7 +70,7 @@ def test_policy_ranks_scores_each_policy_in_the_game_and_the_dream(tmp_path):
             assert score["episodes"] == 2, (where, name)
             # at most 3 steps of 4 tics: the game pays each tic alive, the dream's reward head about as much
             assert 0 < score["mean"] <= 15, (where, name, score)
-    policy_ranks.main(["--episodes", "1", "--horizon", "3", "--policies", "wall", "--json", str(out)])
+    policy_ranks.main(["--episodes", "2", "--horizon", "3", "--policies", "wall", "--json", str(out)])
     assert set(json.loads(out.read_text())["returns"]["game"]) == {"wall"}
 
 
