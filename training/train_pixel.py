@@ -104,6 +104,7 @@ class Transitions:
         self.targets = self.context_rows[:, -1] + 1  # the frame after the last context frame
         self.actions, self.rewards = np.concatenate(actions).astype(np.int64), np.concatenate(rewards).astype(np.float32)
         self.ends = np.concatenate(ends).astype(np.float32)
+        self.end_rows = np.flatnonzero(self.ends)  # the transitions that end an episode (--end-share draws them)
 
     def __len__(self):
         return len(self.targets)
@@ -112,9 +113,11 @@ class Transitions:
         """Indices of a batch: round(size * end_share) of them episodes' ends, the rest
         uniform over every transition."""
         ends = round(size * end_share)
-        if ends and not self.ends.any():
+        if not ends:
+            return rng.integers(len(self), size=size)
+        if not len(self.end_rows):
             raise DatasetError("--end-share draws episodes' ends, and this split has none")
-        return np.concatenate([rng.choice(np.flatnonzero(self.ends), ends), rng.integers(len(self), size=size - ends)])
+        return np.concatenate([rng.choice(self.end_rows, ends), rng.integers(len(self), size=size - ends)])
 
     def oversampled(self, size: int, end_share: float) -> float:
         """How many times the odds of an end are higher in batches from `draw` than in the data."""
@@ -213,7 +216,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
               f"{sum(p.numel() for p in nets.parameters()):,} parameters", flush=True)
     config = {"kind": "pixel", "pixel": asdict(net_cfg), "train": asdict(cfg), "dataset": data.meta}
     batch_at, loss_of = step_functions(cfg, data)
-    result = run(nets, cfg, "pixel", config, batch_at, loss_of, items_per_batch=lambda batch: len(batch[0]), device=pick_device(cfg.device), progress=progress)
+    result = run(nets, cfg, "pixel", config, batch_at, loss_of, items_per_batch=lambda batch: len(batch[0]),
+                 device=pick_device(cfg.device), progress=progress)
     nets.eval().cpu()
     scores = head_scores(nets.heads, Transitions(cfg.data, "test", cfg.context), cfg.eval_transitions,
                          float(data.rewards.mean()), dynamics=nets.dynamics if cfg.on_dreams else None)
