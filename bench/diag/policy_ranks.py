@@ -100,6 +100,8 @@ def main(argv=None):
     p.add_argument("--policies", nargs="+", choices=list(policies()), default=list(policies()))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.episodes < 2 or args.dream_envs * args.episodes_per_row < 2:
+        p.error("a standard error needs at least 2 episodes: --episodes and --dream-envs x --episodes-per-row")
     torch.set_num_threads(2)
     names = args.policies
     result = {"episodes": args.episodes, "dream_episodes": args.dream_envs * args.episodes_per_row, "returns": {}}
