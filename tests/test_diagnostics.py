@@ -112,3 +112,17 @@ def test_one_step_predictions_start_each_frame_from_the_real_frames_just_before_
     np.testing.assert_array_equal(out[..., 1], frames[:, 3:8, ..., 1])  # each from the real frame before it
     assert (out[..., 0] == 3).all()  # with the 3 actions between its 4 context frames
     np.testing.assert_array_equal(out[..., 0, 0, 2], actions[:, 3:8])  # and the real action into it
+
+
+def test_close_calls_count_close_fireballs_and_the_ends_that_follow_them():
+    close, far = frame_with_fireball(20, 8), frame_with_fireball(20, 2)  # 64 pixels about to hit; 4, far off
+    calls = policy_ranks.CloseCalls(envs=2)
+    no, yes = np.array([False, False]), np.array([True, False])
+    calls.add(np.stack([close, far]), no, no, no, end_prob=np.array([0.3, 0.9]))
+    calls.add(np.stack([far, far]), yes, no, no)  # row 0 ends a step after its close fireball
+    calls.add(np.stack([far, far]), no, no, np.array([True, False]))  # row 0's autoreset frame is not a step
+    calls.add(np.stack([far, far]), np.array([False, True]), no, no)  # row 1 ends with no fireball near
+    s = calls.summary()
+    assert s["frames"] == 7 and s["close_share"] == 1 / 7
+    assert s["ends_per_close_frame"] == 1.0 and s["ends_after_close"] == 0.5
+    assert s["end_prob_on_close"] == 0.3

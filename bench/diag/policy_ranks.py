@@ -11,7 +11,9 @@ agent to dodge, however long the agent trains in it: check this before spending 
 The game is scored on the real episodes the agents are (bench_imagination.py's seeds);
 each dream on `--dream-envs` rows of `--episodes-per-row` episodes each (a row's first
 episodes, so that short ones are not favoured), ends drawn from the head, returns summed
-from the reward head: what an agent trained there would be paid.
+from the reward head: what an agent trained there would be paid. Below each row, why: how
+often each policy sees a fireball about to hit, and how often such a frame ends the episode
+(a dream can be calm because it draws too few, or because it does not end on them).
 """
 
 from __future__ import annotations
@@ -29,9 +31,42 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agents.imagine import summary  # noqa: E402
-from fireballs import LEFT, NOOP, RIGHT, biggest_fireball  # noqa: E402
+from fireballs import CLOSE, LEFT, NOOP, RIGHT, biggest_fireball, fireball_mask  # noqa: E402
 
 SEEN = 4  # fireball pixels (of 64 x 64) before the dodger reacts: fewer are specks of the imps' sprites
+RECENT = 3  # an end this many frames after a close fireball is that fireball's doing
+
+
+class CloseCalls:
+    """How often a policy's frames show a fireball about to hit (CLOSE pixels), and how many
+    of those end the episode (an end with a close fireball in its last RECENT frames), on
+    each env of a batch. A dream calm where the game is deadly draws the fireballs too
+    rarely (close share) or does not end on them (ends per close frame)."""
+
+    def __init__(self, envs: int):
+        self.recent = [[] for _ in range(envs)]
+        self.frames = self.close = self.ends = self.ends_after_close = 0
+        self.end_probs = []  # the dream's end chance on each close frame
+
+    def add(self, frames: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, skip: np.ndarray, end_prob=None):
+        """One step's frames (N, H, W, 3) and ends (N,); `skip`: rows whose frame is an
+        autoreset's first frame (no step was taken)."""
+        close = fireball_mask(frames).sum(axis=(1, 2)) >= CLOSE
+        for i in np.nonzero(~skip)[0]:
+            self.frames, self.close = self.frames + 1, self.close + int(close[i])
+            self.recent[i] = (self.recent[i] + [bool(close[i])])[-RECENT:]
+            if close[i] and end_prob is not None:
+                self.end_probs.append(float(end_prob[i]))
+            if terminated[i]:
+                self.ends, self.ends_after_close = self.ends + 1, self.ends_after_close + any(self.recent[i])
+            if terminated[i] or truncated[i]:
+                self.recent[i] = []
+
+    def summary(self) -> dict:
+        return {"frames": self.frames, "close_share": self.close / max(self.frames, 1),
+                "ends_per_close_frame": self.ends_after_close / max(self.close, 1),
+                "ends_after_close": self.ends_after_close / max(self.ends, 1),
+                "end_prob_on_close": float(np.mean(self.end_probs)) if self.end_probs else None}
 
 
 def dodge(frame: np.ndarray) -> int:
@@ -51,7 +86,7 @@ def policies(seed: int = 0) -> dict:
             "dodge": lambda frames: np.array([dodge(f) for f in frames])}
 
 
-def game_returns(act, episodes: int, seed: int, horizon: int) -> list[float]:
+def game_returns(act, episodes: int, seed: int, horizon: int, calls: CloseCalls | None = None) -> list[float]:
     from agents.imagine import real_env
 
     env = real_env("worldsim/Vizdoom-TakeCover-v0", {}, horizon)
@@ -62,20 +97,24 @@ def game_returns(act, episodes: int, seed: int, horizon: int) -> list[float]:
         while not done:
             frame, reward, terminated, truncated, _ = env.step(int(act(frame[None])[0]))
             total, done = total + float(reward), terminated or truncated
+            if calls:
+                calls.add(frame[None], np.array([terminated]), np.array([truncated]), np.array([False]))
         returns.append(total)
     env.close()
     return returns
 
 
-def dream_returns(env, act, episodes_per_row: int, seed: int) -> list[float]:
+def dream_returns(env, act, episodes_per_row: int, seed: int, calls: CloseCalls | None = None) -> list[float]:
     """The first `episodes_per_row` episodes of each row of a NEXT_STEP-autoreset vector dream."""
     rows = env.num_envs
     frames, _ = env.reset(seed=seed)
     totals, done, restart = np.zeros(rows), [[] for _ in range(rows)], np.zeros(rows, bool)
     while min(len(d) for d in done) < episodes_per_row:
-        frames, rewards, terminated, truncated, _ = env.step(act(frames))
+        frames, rewards, terminated, truncated, info = env.step(act(frames))
         totals += np.where(restart, 0.0, rewards)  # an autoreset step takes no action and pays nothing
         ended = (terminated | truncated) & ~restart
+        if calls:
+            calls.add(frames, terminated, truncated, restart, info.get("termination_prob"))
         for i in np.nonzero(ended)[0]:
             done[i].append(float(totals[i]))
         totals[restart | ended] = 0.0
@@ -104,24 +143,28 @@ def main(argv=None):
         p.error("a standard error needs at least 2 episodes: --episodes and --dream-envs x --episodes-per-row")
     torch.set_num_threads(2)
     names = args.policies
-    result = {"episodes": args.episodes, "dream_episodes": args.dream_envs * args.episodes_per_row, "returns": {}}
-    t0 = time.perf_counter()
-    result["returns"]["game"] = {name: summary(game_returns(policies(args.seed)[name], args.episodes,
-                                                            EVAL_SEEDS_START + args.seed, args.horizon)) for name in names}
+    result = {"episodes": args.episodes, "dream_episodes": args.dream_envs * args.episodes_per_row,
+              "returns": {}, "close_calls": {}}
     print(f"mean return ± standard error; the game on {args.episodes} episodes a policy, each dream on "
-          f"{result['dream_episodes']}")
+          f"{result['dream_episodes']}; below each row, the share of frames with a fireball about to hit "
+          f"({CLOSE}+ pixels) / ends within {RECENT} frames of one, per such frame")
     print(f"{'':>48} | " + " | ".join(f"{n:>14}" for n in names)
           + (" | dodge - random" if {"dodge", "random"} <= set(names) else ""), flush=True)
-    _row("game", result["returns"]["game"], names, time.perf_counter() - t0)
-    _save(result, args.json)
-    for path in args.checkpoints:
-        t0 = time.perf_counter()
-        env = gym.make_vec("worldsim/Dream-v0", num_envs=args.dream_envs, vectorization_mode="vector_entry_point",
-                           checkpoint=path, obs_type="rgb", sample_ends=True, max_steps=args.horizon)
-        result["returns"][path] = {name: summary(dream_returns(env, policies(args.seed)[name],
-                                                               args.episodes_per_row, args.seed)) for name in names}
-        env.close()
-        _row(path, result["returns"][path], names, time.perf_counter() - t0)
+    for where in ("game", *args.checkpoints):
+        t0, returns, calls = time.perf_counter(), {}, {}
+        if where != "game":
+            env = gym.make_vec("worldsim/Dream-v0", num_envs=args.dream_envs, vectorization_mode="vector_entry_point",
+                               checkpoint=where, obs_type="rgb", sample_ends=True, max_steps=args.horizon)
+        for name in names:
+            act = policies(args.seed)[name]
+            tally = CloseCalls(1 if where == "game" else args.dream_envs)
+            returns[name] = summary(game_returns(act, args.episodes, EVAL_SEEDS_START + args.seed, args.horizon, tally)
+                                    if where == "game" else dream_returns(env, act, args.episodes_per_row, args.seed, tally))
+            calls[name] = tally.summary()
+        if where != "game":
+            env.close()
+        result["returns"][where], result["close_calls"][where] = returns, calls
+        _row(where, returns, calls, names, time.perf_counter() - t0)
         _save(result, args.json)  # each row as it comes: a dream can take many minutes
 
 
@@ -130,13 +173,15 @@ def _save(result: dict, path: str | None):
         Path(path).write_text(json.dumps(result, indent=1))
 
 
-def _row(where: str, row: dict, names: list, seconds: float):
+def _row(where: str, row: dict, calls: dict, names: list, seconds: float):
     premium = ""
     if "dodge" in row and "random" in row:
         premium = f" | {row['dodge']['mean'] - row['random']['mean']:+6.1f} ± " \
                   f"{np.hypot(row['dodge']['stderr'], row['random']['stderr']):4.1f}"
     print(f"{where[-48:]:>48} | " + " | ".join(f"{row[n]['mean']:6.1f} ± {row[n]['stderr']:5.1f}" for n in names)
-          + f"{premium}   ({seconds:.0f} s)", flush=True)
+          + f"{premium}   ({seconds:.0f} s)")
+    print(f"{'close fireballs':>48} | " + " | ".join(
+        f"{calls[n]['close_share']:6.3f} / {calls[n]['ends_per_close_frame']:5.3f}" for n in names), flush=True)
 
 
 if __name__ == "__main__":
