@@ -86,6 +86,16 @@ def new_agent(algo: str, env, obs: str, seed: int, steps: int = 50_000, verbose:
     return A2C(policy, env, n_steps=8, ent_coef=0.01, seed=seed, verbose=verbose, device="cpu")
 
 
+def scaled_rewards(venv):
+    """PPO and A2C learn from rewards divided by a running spread of the discounted return
+    (SB3's VecNormalize, rewards only; observations and the returns reported stay raw).
+    TakeCover pays 4 tics a step: unscaled, value targets in the hundreds swamp the CNN
+    the value and the policy share, and PPO settles on one action."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    return VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=0.99)
+
+
 def return_curve(bar=None, every: int = 0, on_every=None):
     """An SB3 callback keeping (timestep, episode return) of finished episodes (from
     VecMonitor) in `.points`, and showing the recent mean on a tqdm bar; calls
@@ -134,6 +144,7 @@ def train_in_dream(model, cfg: ImagineConfig, agent=None, progress: bool = True,
                                      uncertainty_penalty=cfg.uncertainty_penalty, whole_rewards=cfg.whole_rewards))
     if cfg.frame_stack > 1:
         venv = VecFrameStack(venv, cfg.frame_stack)
+    venv = scaled_rewards(venv)
     venv.seed(cfg.seed)
     if agent is None:
         agent = new_agent(cfg.algo, venv, cfg.obs, cfg.seed, cfg.steps)

@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 from worldsim.dataset import EVAL_SEEDS_START  # noqa: E402
 from agents.imagine import (ImagineConfig, agent_actor, evaluate, imagine, new_agent, random_actor,  # noqa: E402
-                            real_env, return_curve)
+                            real_env, return_curve, scaled_rewards)
 
 ROOT = Path(__file__).parents[1]
 AGENTS = ("dream_ppo", "dream_ppo_penalised", "dream_cmaes", "random", "ppo_real_same_steps", "ppo_real_long")
@@ -79,6 +79,7 @@ def ppo_in_real_env(env_id, env_kwargs, horizon, steps, seed, frame_stack, num_e
     venv = VecMonitor(DummyVecEnv([lambda: real_env(env_id, env_kwargs, horizon)] * num_envs))
     if frame_stack > 1:
         venv = VecFrameStack(venv, frame_stack)
+    venv = scaled_rewards(venv)
     venv.seed(seed)
     agent = new_agent("ppo", venv, "rgb", seed, steps)
     t0 = time.perf_counter()

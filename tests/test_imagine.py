@@ -29,6 +29,21 @@ def test_real_score_comes_from_the_real_env_not_the_dream(pipeline, tmp_path):
     assert (tmp_path / "run" / "dream_curve.png").stat().st_size > 10_000
 
 
+def test_agents_learn_from_scaled_rewards_and_report_raw_ones(pipeline, tmp_path):
+    from agents.imagine import train_in_dream
+    from worldsim.world_model import WorldModel
+
+    model = WorldModel.load(pipeline[0] / "world.safetensors")
+    head = model.dynamics.heads.out[-1]
+    with torch.no_grad():  # a dream that pays 50 per step
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([50.0, -20.0]))
+    agent, points = train_in_dream(model, ImagineConfig(steps=64, num_envs=2, horizon=10), progress=False)
+    assert points and all(r > 400 for _, r in points)  # episodes of 10 steps, reported as the dream pays them
+    learnt = agent.rollout_buffer.rewards
+    assert 0 < learnt.max() < 20 and learnt.std() < 5  # what PPO's value net fits: scaled near 1, not 50 a step
+
+
 def test_loop_runs_end_to_end_and_resumes(tmp_path):
     cfg = DreamLoopConfig(out=str(tmp_path / "loop"), real_steps=400, iterations=2, env_kwargs={"max_steps": 60},
                           tokenizer_training=TokenizerTrainConfig(data="", out="", config="tiny", steps=20),
