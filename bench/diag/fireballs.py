@@ -39,6 +39,11 @@ def fireball_mask(frames: np.ndarray) -> np.ndarray:
     return (r > 180) & (g > 120) & (b < 120)
 
 
+def close_fireball(frames: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (...) bool: the frame shows a fireball about to hit."""
+    return fireball_mask(frames).sum(axis=(-2, -1)) >= CLOSE
+
+
 def near(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
     """Each frame's mask grown by `pixels` in every direction (a square; frames along the first axes)."""
     flat = torch.from_numpy(mask.reshape(-1, 1, *mask.shape[-2:])).float()
@@ -86,7 +91,7 @@ def real_deaths(data: str, last: int = 2) -> dict:
     frames, steps, close = [], [], []
     for path in episode_paths(data, "test"):
         e = read_episode(path)
-        close.append(fireball_mask(e.frames).sum(axis=(1, 2)) >= CLOSE)
+        close.append(close_fireball(e.frames))
         if e.terminated[-1]:
             frames.append(e.frames[-last:])
             steps.append(len(e))
@@ -108,7 +113,7 @@ def dream_deaths(checkpoint: str, envs: int, steps: int, last: int = 2, seed: in
     close = []
     for t in range(steps):
         obs, _, terminated, truncated, _ = env.step(rng.integers(env.single_action_space.n, size=envs))
-        close.append(fireball_mask(obs).sum(axis=(1, 2)) >= CLOSE)
+        close.append(close_fireball(obs))
         for i in range(envs):
             if restart[i]:  # NEXT_STEP autoreset: this obs is a new episode's first frame, no step taken
                 recent[i], started[i] = [obs[i]], t + 1
@@ -187,7 +192,7 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
     each the real frames, then each dream's away, toward and still."""
     frames, actions, on_left, hit = dodge_windows(data, context, count)
     after = frames[:, context:]
-    close = fireball_mask(after).sum(axis=(2, 3)).max(1) >= CLOSE
+    close = close_fireball(after).any(1)
     classes = np.array([step_class(a[context - 1:context + 1], left) for a, left in zip(actions, on_left)])
     game = {c: {"windows": int((classes == c).sum()), "close": float(close[classes == c].mean()),
                 "hit": float(hit[classes == c].mean())} for c in (AWAY, TOWARD, STILL)}
@@ -210,7 +215,7 @@ def dodge_scores(data: str, checkpoints: list, context: int, count: int, seed: i
             for i in shown:
                 rows[i].append(np.concatenate([frames[i, context - 1:context], dreamed[i]]))
             row[c] = {"windows": len(frames),
-                      "close": float((fireball_mask(dreamed).sum(axis=(2, 3)).max(1) >= CLOSE).mean()),
+                      "close": float(close_fireball(dreamed).any(1).mean()),
                       "end": float(np.concatenate(ends).mean())}
         out[path] = row
     if picture:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from agents.imagine import summary  # noqa: E402
-from fireballs import CLOSE, LEFT, NOOP, RIGHT, biggest_fireball, fireball_mask  # noqa: E402
+from fireballs import CLOSE, LEFT, NOOP, RIGHT, biggest_fireball, close_fireball  # noqa: E402
 
 SEEN = 4  # fireball pixels (of 64 x 64) before the dodger reacts: fewer are specks of the imps' sprites
 RECENT = 3  # an end this many frames after a close fireball is that fireball's doing
@@ -51,7 +51,7 @@ class CloseCalls:
     def add(self, frames: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, skip: np.ndarray, end_prob=None):
         """One step's frames (N, H, W, 3) and ends (N,); `skip`: rows whose frame is an
         autoreset's first frame (no step was taken)."""
-        close = fireball_mask(frames).sum(axis=(1, 2)) >= CLOSE
+        close = close_fireball(frames)
         for i in np.nonzero(~skip)[0]:
             self.frames, self.close = self.frames + 1, self.close + int(close[i])
             self.recent[i] = (self.recent[i] + [bool(close[i])])[-RECENT:]
