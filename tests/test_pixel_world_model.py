@@ -13,7 +13,7 @@ from training.train_pixel import Transitions, TrainConfig, head_scores, train
 from worldsim.checkpoint import CheckpointError, load_checkpoint
 from worldsim.dream_env import load_world_model
 from worldsim.export import export_pixel_world_model
-from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, as_shown
+from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet, as_shown, change_weights
 from worldsim.pixel_world_model import PixelWorldModel
 
 TINY = dict(steps=12, batch_size=4, width=8, warmup=2, ckpt_every=6, log_every=3, eval_transitions=64)
@@ -195,6 +195,32 @@ def test_the_denoiser_learns_and_samples_frames_in_range():
     assert loss.item() < 0.5 * first
     frames = net.sample(ctx, action, steps=3, generator=torch.Generator().manual_seed(0))
     assert frames.shape == (4, 3, 16, 16) and frames.abs().max() <= 1
+
+
+def test_change_weights_favour_what_the_context_saw_move_and_never_read_the_target():
+    ctx = torch.zeros(2, 4, 3, 32, 32)
+    ctx[0, -2, :, 4:6, 4:6] = 1.0  # a small thing in row 0 ...
+    ctx[0, -1, :, 4:6, 6:8] = 1.0  # ... moves two pixels right in the context's last step
+    w = change_weights(ctx, 4.0)
+    assert w.shape == (2, 1, 32, 32)
+    assert w[0, 0, 5, 9] > 10 and w[0, 0, 5, 11] == 1  # two pixels past it still counts; five do not
+    assert torch.all(w[1] == 1) and torch.all(w[0, 0, 20:, 20:] == 1)
+    assert change_weights(ctx, 0.0) == 1.0 and change_weights(ctx[:, -1:], 4.0) == 1.0  # off, or no step to read
+    # The loss weighs an error where things moved above the same error on still ground,
+    # and the target never moves the weights: only its error does.
+    torch.manual_seed(0)
+    net = PixelDynamics(PixelDynamicsConfig(frame_size=(32, 32), channels=(8, 16), cond=16, context=4))
+    action = torch.zeros(2, dtype=torch.long)
+    target_moved, target_still = ctx[:, -1].clone(), ctx[:, -1].clone()
+    target_moved[0, :, 4:6, 8:10] += 0.5
+    target_still[0, :, 24:26, 24:26] += 0.5
+
+    def loss(target, weight):
+        torch.manual_seed(1)
+        return net.loss(ctx, target, action, change_weight=weight).item()
+
+    assert loss(target_moved, 4.0) - loss(ctx[:, -1], 4.0) > 2 * (loss(target_still, 4.0) - loss(ctx[:, -1], 4.0))
+    assert loss(target_moved, 0.0) == pytest.approx(loss(target_still, 0.0), rel=0.05)
 
 
 def test_bad_files_and_configs_are_refused(takecover, tmp_path):

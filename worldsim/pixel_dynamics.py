@@ -65,6 +65,17 @@ class PixelDynamicsConfig:
             raise ValueError(f"need at least one action and one context frame, got {self.actions} and {self.context}")
 
 
+def change_weights(ctx: torch.Tensor, change_weight: float) -> torch.Tensor | float:
+    """Each pixel's loss weight (B, 1, H, W) from context frames (B, context, 3, H, W):
+    1 + change_weight * the squared change of the context's last step at or beside it, over
+    the batch's mean change (1 where nothing moved or change_weight is 0)."""
+    if not change_weight or ctx.shape[1] < 2:
+        return 1.0
+    change = (ctx[:, -1] - ctx[:, -2]).pow(2).mean(1, keepdim=True)
+    change = F.max_pool2d(change, 5, stride=1, padding=2)  # a moving thing is a few pixels on in the next frame
+    return 1 + change_weight * change / change.mean().clamp(min=1e-8)
+
+
 class AdaGroupNorm(nn.Module):
     """Group norm whose scale and shift come from the conditioning vector."""
 
@@ -146,16 +157,21 @@ class PixelDynamics(nn.Module):
         c_in = 1 / (s ** 2 + SIGMA_DATA ** 2).sqrt()
         return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action)
 
-    def loss(self, ctx, target, action):
+    def loss(self, ctx, target, action, change_weight: float = 0.0):
         """EDM's weighted denoising loss. ctx (B, context, 3, H, W) and target (B, 3, H, W)
-        in [-1, 1]; action (B,) the action that led from the last context frame to the target."""
+        in [-1, 1]; action (B,) the action that led from the last context frame to the target.
+        `change_weight`: each pixel's error weighs 1 + change_weight * how much the context's
+        last step changed it or a pixel beside it (over the batch's mean), so a small moving
+        thing (a fireball) counts beside the still background that fills a squared error.
+        The weight reads only the context: one that read the target would teach w(x) p(x)."""
         b = len(target)
+        weight = change_weights(ctx, change_weight)
         ctx = ctx + self.cfg.context_noise * torch.rand(b, 1, 1, 1, 1, device=ctx.device) * torch.randn_like(ctx)
         sigma = (torch.randn(b, device=target.device) * P_STD + P_MEAN).exp()
         x = target + sigma[:, None, None, None] * torch.randn_like(target)
         d = self.denoise(x, sigma, ctx.flatten(1, 2), action)
         w = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
-        return (w[:, None, None, None] * (d - target) ** 2).mean()
+        return (w[:, None, None, None] * weight * (d - target) ** 2).mean()
 
     @torch.no_grad()
     def sample(self, ctx, action, steps: int | None = None, generator=None):
