@@ -223,6 +223,40 @@ def test_change_weights_favour_what_the_context_saw_move_and_never_read_the_targ
     assert loss(target_moved, 0.0) == pytest.approx(loss(target_still, 0.0), rel=0.05)
 
 
+def test_action_guidance_steers_away_from_the_prediction_without_the_action():
+    torch.manual_seed(0)
+    cfg = PixelDynamicsConfig(frame_size=(16, 16), channels=(8, 16), cond=16)
+    net = PixelDynamics(cfg)
+    for p in net.parameters():  # off the identity start, so that the action changes the output
+        torch.nn.init.normal_(p, std=0.1)
+    x, ctx = torch.randn(3, 3, 16, 16), torch.randn(3, 12, 16, 16)
+    sigma, action = torch.full((3,), 0.7), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        d = net.denoise(x, sigma, ctx, action)
+        d_null = net.denoise(x, sigma, ctx, action, has_action=torch.zeros(3, dtype=torch.bool))
+        assert torch.equal(net.guided(x, sigma, ctx, action), d)  # no guidance by default
+        assert not torch.allclose(d, d_null)
+        net.cfg.action_guidance = 1.5
+        torch.testing.assert_close(net.guided(x, sigma, ctx, action), d + 1.5 * (d - d_null), rtol=1e-4, atol=1e-5)
+        # Without the action, the action's embedding is left out: any action gives the same output.
+        none = torch.zeros(3, dtype=torch.bool)
+        torch.testing.assert_close(net.denoise(x, sigma, ctx, torch.tensor([2, 0, 1]), none), d_null)
+
+
+def test_action_dropout_trains_and_export_sets_guidance_only_where_it_was_learnt(takecover, tmp_path):
+    root, _ = takecover
+    with pytest.raises(CheckpointError, match="action-dropout"):  # the run learnt no action-free prediction
+        export_pixel_world_model(str(root / "run" / "latest.safetensors"), str(tmp_path / "w.safetensors"), action_guidance=1.0)
+    train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "run"), action_dropout=0.5,
+                      init=str(root / "run" / "latest.safetensors"), **{**TINY, "steps": 3}), progress=False)
+    export_pixel_world_model(str(tmp_path / "run" / "latest.safetensors"), str(tmp_path / "w.safetensors"),
+                             action_guidance=1.0)
+    model = PixelWorldModel.load(tmp_path / "w.safetensors")
+    assert model.dynamics.cfg.action_guidance == 1.0
+    frames = model.dynamics.sample(torch.zeros(2, 4, 3, 64, 64), torch.tensor([0, 2]), steps=2)
+    assert frames.shape == (2, 3, 64, 64) and frames.abs().max() <= 1
+
+
 def test_bad_files_and_configs_are_refused(takecover, tmp_path):
     root, _ = takecover
     with pytest.raises(ValueError, match="divisible by 4"):

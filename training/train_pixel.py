@@ -50,6 +50,7 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     init: str | None = None  # start from this pixel world model's or pixel run's weights
     heads_only: bool = False  # train only the reward/end network (the dynamics as --init left it)
     on_dreams: bool = False  # with --heads-only: the reward/end network reads the next frame as the dynamics samples it, the frame a dream shows
+    action_dropout: float = 0.0  # share of frames learnt without their action: the prediction that action guidance (`worldsim export --action-guidance`) steers away from
     change_weight: float = 0.0  # each pixel's denoising error weighs 1 + this times how much the context's last step changed it (over the batch's mean): small moving things (fireballs) count beside the still background
     eval_transitions: int = 20_000  # held-out transitions the heads are scored on at the end
 
@@ -63,14 +64,14 @@ class PixelNets(nn.Module):
         self.dynamics, self.heads = PixelDynamics(cfg), RewardEndNet(cfg)
 
     def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False, oversampled: float = 1.0,
-             change_weight: float = 0.0):
+             change_weight: float = 0.0, action_dropout: float = 0.0):
         ctx, target, action, reward, ended = batch
         if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
             target = as_shown(self.dynamics.sample(ctx, action))
         head = self.heads.loss(ctx, action, target, reward, ended, end_weight, oversampled)
         if heads_only:
             return head, {"heads": head.item()}
-        dyn = self.dynamics.loss(ctx, target, action, change_weight)
+        dyn = self.dynamics.loss(ctx, target, action, change_weight, action_dropout)
         return dyn + head, {"denoise": dyn.item(), "heads": head.item()}
 
 
@@ -195,7 +196,8 @@ def step_functions(cfg: TrainConfig, data: Transitions):
         return data.batch(data.draw(np.random.default_rng([cfg.seed, step, rank]), cfg.batch_size, cfg.end_share))
 
     def loss_of(nets, batch):
-        return nets.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams, oversampled, cfg.change_weight)
+        return nets.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams, oversampled, cfg.change_weight,
+                         cfg.action_dropout)
 
     return batch_at, loss_of
 

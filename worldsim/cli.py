@@ -87,11 +87,11 @@ def cmd_export(args):
     _, config = load_checkpoint(args.checkpoint)
     if config.get("kind") == "pixel":
         if args.first_frame or args.depth or args.tokenizer or any(
-                w is not None for w in (args.memory_guidance, args.action_guidance, args.text_guidance)):
-            raise SystemExit("a pixel run exports with --sample-steps and --calibrate-ends alone: it has no "
-                             "tokenizer, memory, text or depth")
+                w is not None for w in (args.memory_guidance, args.text_guidance)):
+            raise SystemExit("a pixel run exports with --sample-steps, --action-guidance and --calibrate-ends "
+                             "alone: it has no tokenizer, memory, text or depth")
         return export_pixel_world_model(args.checkpoint, args.out, sample_steps=args.sample_steps,
-                                        calibrate_ends=args.calibrate_ends)
+                                        calibrate_ends=args.calibrate_ends, action_guidance=args.action_guidance)
     if config.get("kind") == "dynamics":
         return export_world_model(args.checkpoint, args.out, tokenizer_ckpt=args.tokenizer,
                                   memory_guidance=args.memory_guidance, action_guidance=args.action_guidance,

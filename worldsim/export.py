@@ -132,10 +132,10 @@ def export_world_model(dynamics_ckpt: str, out: str, tokenizer_ckpt: str | None 
 
 def export_pixel_world_model(run_ckpt: str, out: str, start_frames: int = 16, half: bool = True,
                              sample_steps: int | None = None, calibrate_ends: str | None = None,
-                             device: str = "cpu") -> dict:
+                             device: str = "cpu", action_guidance: float | None = None) -> dict:
     """A pixel run (`worldsim train pixel`) -> a pixel world model: its two networks, the
     env facts, and the first frames of the train split's episodes to start dreams from.
-    `sample_steps` sets the model's default denoising steps a frame; `calibrate_ends` as
+    `sample_steps` and `action_guidance` set the model's defaults; `calibrate_ends` as
     for `export_world_model`."""
     from worldsim.pixel_dynamics import PixelDynamics, PixelDynamicsConfig, RewardEndNet
     from worldsim.pixel_world_model import PixelWorldModel
@@ -148,6 +148,11 @@ def export_pixel_world_model(run_ckpt: str, out: str, start_frames: int = 16, ha
         if sample_steps < 1:
             raise ValueError(f"--sample-steps is the denoising steps a frame, at least 1; got {sample_steps}")
         settings["sample_steps"] = int(sample_steps)
+    if action_guidance is not None:
+        if action_guidance and not (config.get("train") or {}).get("action_dropout"):
+            raise CheckpointError(f"{run_ckpt} was trained without --action-dropout: it never learnt the action-free "
+                                  "prediction that action guidance contrasts")
+        settings["action_guidance"] = float(action_guidance)
     cfg = PixelDynamicsConfig(**settings)
     dynamics, heads = PixelDynamics(cfg), RewardEndNet(cfg)
     nets = with_prefix(tensors, MODEL)

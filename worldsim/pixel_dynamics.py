@@ -42,6 +42,7 @@ class PixelDynamicsConfig:
     channels: tuple = (32, 64, 64)  # U-Net widths, one level each
     cond: int = 128  # width of the noise-and-action embedding
     sample_steps: int = 3
+    action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action) when sampling; for a model trained with action dropout
     context_noise: float = 0.1  # training: context frames get Gaussian noise of up to this level (DIAMOND), so the dream's own frames read as real ones
 
     # What the dream env and the tools read of any dynamics.
@@ -129,11 +130,15 @@ class PixelDynamics(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x, ctx, c_noise, action):
-        """x (B, 3, H, W), ctx (B, context * 3, H, W), c_noise (B,), action (B,) long."""
+    def forward(self, x, ctx, c_noise, action, has_action=None):
+        """x (B, 3, H, W), ctx (B, context * 3, H, W), c_noise (B,), action (B,) long;
+        has_action (B,) bool, False where no action is given (its embedding left out)."""
         f = torch.exp(-math.log(1000) * torch.arange(32, device=x.device) / 32)
         e = c_noise[:, None] * 1000 * f
-        c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + self.act(action)
+        a = self.act(action)
+        if has_action is not None:
+            a = a * has_action[:, None]
+        c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + a
         h = self.inp(torch.cat([x, ctx], 1))
         skips = []
         for i, (a, b) in enumerate(self.down):
@@ -149,27 +154,41 @@ class PixelDynamics(nn.Module):
             h = b(a(torch.cat([h, skips.pop()], 1), c), c)
         return self.out(F.silu(self.out_norm(h)))
 
-    def denoise(self, x, sigma, ctx, action):
+    def denoise(self, x, sigma, ctx, action, has_action=None):
         """EDM preconditioning: the clean frame's estimate from x at noise level sigma (B,)."""
         s = sigma[:, None, None, None]
         c_skip = SIGMA_DATA ** 2 / (s ** 2 + SIGMA_DATA ** 2)
         c_out = s * SIGMA_DATA / (s ** 2 + SIGMA_DATA ** 2).sqrt()
         c_in = 1 / (s ** 2 + SIGMA_DATA ** 2).sqrt()
-        return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action)
+        return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action, has_action)
 
-    def loss(self, ctx, target, action, change_weight: float = 0.0):
+    def guided(self, x, sigma, ctx, action):
+        """`denoise`, pushed away from the prediction without the action by cfg.action_guidance
+        (one batched pass for both): the dream shows the action's consequence more plainly."""
+        w = self.cfg.action_guidance
+        if not w:
+            return self.denoise(x, sigma, ctx, action)
+        has = torch.arange(2 * len(x), device=x.device) < len(x)
+        d, d_null = self.denoise(x.repeat(2, 1, 1, 1), sigma.repeat(2), ctx.repeat(2, 1, 1, 1), action.repeat(2),
+                                 has).chunk(2)
+        return d + w * (d - d_null)
+
+    def loss(self, ctx, target, action, change_weight: float = 0.0, action_dropout: float = 0.0):
         """EDM's weighted denoising loss. ctx (B, context, 3, H, W) and target (B, 3, H, W)
         in [-1, 1]; action (B,) the action that led from the last context frame to the target.
         `change_weight`: each pixel's error weighs 1 + change_weight * how much the context's
         last step changed it or a pixel beside it (over the batch's mean), so a small moving
         thing (a fireball) counts beside the still background that fills a squared error.
-        The weight reads only the context: one that read the target would teach w(x) p(x)."""
+        The weight reads only the context: one that read the target would teach w(x) p(x).
+        `action_dropout`: the share of rows learnt without their action, the prediction
+        that action guidance steers away from."""
         b = len(target)
         weight = change_weights(ctx, change_weight)
         ctx = ctx + self.cfg.context_noise * torch.rand(b, 1, 1, 1, 1, device=ctx.device) * torch.randn_like(ctx)
         sigma = (torch.randn(b, device=target.device) * P_STD + P_MEAN).exp()
         x = target + sigma[:, None, None, None] * torch.randn_like(target)
-        d = self.denoise(x, sigma, ctx.flatten(1, 2), action)
+        has = torch.rand(b, device=target.device) >= action_dropout if action_dropout else None
+        d = self.denoise(x, sigma, ctx.flatten(1, 2), action, has)
         w = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
         return (w[:, None, None, None] * weight * (d - target) ** 2).mean()
 
@@ -186,7 +205,7 @@ class PixelDynamics(nn.Module):
         x = torch.randn(b, 3, h, w, generator=generator, device=ctx.device) * sigmas[0]
         flat = ctx.flatten(1, 2)
         for k in range(steps):
-            d = self.denoise(x, sigmas[k].expand(b), flat, action)
+            d = self.guided(x, sigmas[k].expand(b), flat, action)
             x = d if k == steps - 1 else x + (x - d) / sigmas[k] * (sigmas[k + 1] - sigmas[k])
         return x.clamp(-1, 1)
 
