@@ -126,3 +126,50 @@ def test_close_calls_count_close_fireballs_and_the_ends_that_follow_them():
     assert s["frames"] == 7 and s["close_share"] == 1 / 7
     assert s["ends_per_close_frame"] == 1.0 and s["ends_after_close"] == 0.5
     assert s["end_prob_on_close"] == 0.3
+
+
+class ShiftingDynamics:
+    """A stand-in pixel dynamics: action a draws the last context frame shifted a - 1 columns."""
+
+    class cfg:
+        actions, action_guidance = 3, 0.0
+
+    def __init__(self, follows_action=True):
+        self.follows_action = follows_action
+
+    def sample(self, ctx, action, generator=None):
+        import torch
+
+        shift = int(action[0]) - 1 if self.follows_action else 0
+        return torch.roll(ctx[:, -1], shift, dims=-1)
+
+
+class ShiftedTransitions:
+    """Transitions whose next frame is the last context frame shifted by the taken action - 1."""
+
+    def __init__(self, n=60, seed=0):
+        rng = np.random.default_rng(seed)
+        self.frames = rng.uniform(-1, 1, (n, 1, 3, 8, 8)).astype(np.float32)
+        self.actions = rng.integers(3, size=n)
+        self.context_rows = np.stack([np.arange(n), np.arange(n) + 1], 1)  # never an episode's padded start
+
+    def batch(self, idx):
+        import torch
+
+        ctx = torch.from_numpy(np.concatenate([self.frames[idx], self.frames[idx]], 1))
+        target = torch.stack([torch.roll(c[-1], int(a) - 1, dims=-1) for c, a in zip(ctx, self.actions[idx])])
+        return ctx, target, torch.from_numpy(self.actions[idx])
+
+
+def test_pixel_actions_finds_the_taken_move_only_in_a_dream_that_draws_it():
+    import types
+
+    import pixel_actions
+
+    data = ShiftedTransitions()
+    follows = pixel_actions.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics()), data, count=40, batch=16)
+    assert follows["taken_nearest"] == 1.0 and follows["chance"] == pytest.approx(1 / 3)
+    assert follows["mse_taken"] == 0.0 and follows["mse_between_actions"] > 0.1
+    ignores = pixel_actions.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics(False)), data, count=40,
+                                          batch=16)
+    assert ignores["mse_between_actions"] == 0.0 and ignores["taken_nearest"] < 0.6  # ties go to action 0 alone
