@@ -1,4 +1,4 @@
-"""Batched behaviour policies for data collection: random, explore, or a trained agent.
+"""Batched behaviour policies for data collection: random, sticky, explore, or a trained agent.
 
 A policy acts on a whole vector env at once: ``act(obs, infos) -> actions`` with one
 row per sub-env, and ``reset(i)`` when sub-env i starts a new episode.
@@ -27,6 +27,30 @@ class RandomPolicy:
 
     def act(self, obs, infos):
         return np.array([self.space.sample() for _ in range(self.num_envs)])
+
+
+class StickyPolicy:
+    """Random actions, each held for a random number of steps, log-uniform from 1 to
+    `max_hold`: a world model sees standing still, moving at full speed and pressing
+    against a wall for as long as an agent will, which uniform random play (a new action
+    every step) almost never shows."""
+
+    def __init__(self, action_space: gym.Space, num_envs: int, seed: int = 0, max_hold: int = 32):
+        self.space, self.num_envs, self.max_hold = action_space, num_envs, max_hold
+        self.space.seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.action, self.left = [None] * num_envs, np.zeros(num_envs, int)
+
+    def reset(self, i: int):
+        self.left[i] = 0
+
+    def act(self, obs, infos):
+        for i in range(self.num_envs):
+            if self.left[i] <= 0:
+                self.action[i] = self.space.sample()
+                self.left[i] = int(np.exp(self.rng.uniform(0, np.log(self.max_hold + 1))))
+            self.left[i] -= 1
+        return np.array(self.action)
 
 
 class ExplorePolicy:
@@ -221,6 +245,8 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
     """'random', 'explore', or the path of an agent saved with save_agent."""
     if spec == "random":
         return RandomPolicy(env.single_action_space, env.num_envs, seed)
+    if spec == "sticky":
+        return StickyPolicy(env.single_action_space, env.num_envs, seed)
     if spec == "explore":
         from envs import action_meanings, optional_attr
 
@@ -240,5 +266,5 @@ def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
                              f"{env.single_observation_space.shape}; collect plays only single-frame pixel agents "
                              "(--obs rgb --frame-stack 1, algo ppo or a2c), 'random' or 'explore'")
         return AgentPolicy(load_agent(spec), env.num_envs)
-    raise ValueError(f"unknown policy {spec!r}; expected 'random', 'explore' or the path of an agent saved by worldsim "
+    raise ValueError(f"unknown policy {spec!r}; expected 'random', 'sticky', 'explore' or the path of an agent saved by worldsim "
                      f"(PATH.safetensors with PATH.json)")

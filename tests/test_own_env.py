@@ -213,3 +213,22 @@ def test_lookback_probe_scripts_exact_returns_on_any_turning_env(walker_dir, mon
         assert ret - start > c.context  # it left the context window on the way
     with pytest.raises(ValueError, match="turns in place"):
         P.lookback_scenarios("worldsim/Atari-Pong-v0", {}, 1, 5)
+
+
+def test_sticky_holds_each_action_for_runs_up_to_its_longest_hold_and_restarts_at_resets():
+    import gymnasium as gym
+
+    from agents.policies import StickyPolicy, make_policy
+
+    policy = StickyPolicy(gym.spaces.Discrete(3), num_envs=2, seed=0, max_hold=32)
+    actions = np.stack([policy.act(None, {}) for _ in range(3000)])
+    for row in actions.T:
+        changes = np.flatnonzero(np.diff(row)) + 1
+        runs = np.diff(np.concatenate([[0], changes, [len(row)]]))
+        assert runs.max() > 20 and set(np.unique(row)) == {0, 1, 2}  # long holds of every action
+        assert np.mean(runs == 1) > 0.05  # and many short ones (log-uniform)
+    policy.left[0] = 5
+    policy.reset(0)
+    assert policy.left[0] == 0  # a new episode draws a new action and hold
+    env = gym.make_vec("worldsim/Rooms-v0", 2, vectorization_mode="sync")
+    assert isinstance(make_policy("sticky", env), StickyPolicy)

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="collect episodes from a real env into a dataset")
     p.add_argument("--env", default="worldsim/Rooms-v0", help="gymnasium id (see `worldsim envs`)")
-    p.add_argument("--policy", default="explore", help="random | explore | PATH of an agent saved by worldsim")
+    p.add_argument("--policy", default="explore", help="random | sticky | explore | PATH of an agent saved by worldsim")
     p.add_argument("--steps", type=int, default=10_000, help="transitions to collect, over all sub-envs")
     p.add_argument("--out", required=True, help="dataset directory (created; appended to if it exists)")
     p.add_argument("--num-envs", type=int, default=2, help="sub-envs stepped together (processes when > 1)")
