@@ -161,15 +161,26 @@ class ShiftedTransitions:
         return ctx, target, torch.from_numpy(self.actions[idx])
 
 
-def test_pixel_actions_finds_the_taken_move_only_in_a_dream_that_draws_it():
+def test_moves_finds_the_taken_move_only_in_a_dream_that_draws_it():
     import types
 
-    import pixel_actions
+    import moves
 
     data = ShiftedTransitions()
-    follows = pixel_actions.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics()), data, count=40, batch=16)
+    follows = moves.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics()), data, count=40, batch=16)
     assert follows["taken_nearest"] == 1.0 and follows["chance"] == pytest.approx(1 / 3)
     assert follows["mse_taken"] == 0.0 and follows["mse_between_actions"] > 0.1
-    ignores = pixel_actions.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics(False)), data, count=40,
+    ignores = moves.action_scores(types.SimpleNamespace(dynamics=ShiftingDynamics(False)), data, count=40,
                                           batch=16)
     assert ignores["mse_between_actions"] == 0.0 and ignores["taken_nearest"] < 0.6  # ties go to action 0 alone
+
+
+def test_view_shift_reads_a_sideways_move_from_the_far_wall():
+    import moves
+
+    rng = np.random.default_rng(0)
+    wall = np.repeat(rng.integers(0, 255, (1, 80, 3)), 64, 0).astype(np.uint8)  # columns of random colour
+    frames = np.stack([wall[:, 8 - k:72 - k] for k in range(6)])  # the view moves right a pixel a step
+    assert moves.view_shift(frames[0], frames[1]) == 1.0
+    assert moves.view_shift(frames[3], frames[1]) == -2.0
+    assert moves.total_shift(frames) == 5.0 and moves.total_shift(frames[[2, 2, 2]]) == 0.0
