@@ -242,7 +242,7 @@ def load_agent(path: str | Path):
 
 
 def make_policy(spec: str, env: gym.vector.VectorEnv, seed: int = 0):
-    """'random', 'explore', or the path of an agent saved with save_agent."""
+    """'random', 'sticky', 'explore', or the path of an agent saved with save_agent."""
     if spec == "random":
         return RandomPolicy(env.single_action_space, env.num_envs, seed)
     if spec == "sticky":

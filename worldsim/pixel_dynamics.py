@@ -135,10 +135,10 @@ class PixelDynamics(nn.Module):
         has_action (B,) bool, False where no action is given (its embedding left out)."""
         f = torch.exp(-math.log(1000) * torch.arange(32, device=x.device) / 32)
         e = c_noise[:, None] * 1000 * f
-        a = self.act(action)
+        acted = self.act(action)
         if has_action is not None:
-            a = a * has_action[:, None]
-        c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + a
+            acted = acted * has_action[:, None]
+        c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + acted
         h = self.inp(torch.cat([x, ctx], 1))
         skips = []
         for i, (a, b) in enumerate(self.down):
