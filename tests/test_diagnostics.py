@@ -137,7 +137,7 @@ class ShiftingDynamics:
     def __init__(self, follows_action=True):
         self.follows_action = follows_action
 
-    def sample(self, ctx, action, generator=None):
+    def sample(self, ctx, action, generator=None, past=None):
         import torch
 
         shift = int(action[0]) - 1 if self.follows_action else 0
@@ -158,7 +158,8 @@ class ShiftedTransitions:
 
         ctx = torch.from_numpy(np.concatenate([self.frames[idx], self.frames[idx]], 1))
         target = torch.stack([torch.roll(c[-1], int(a) - 1, dims=-1) for c, a in zip(ctx, self.actions[idx])])
-        return ctx, target, torch.from_numpy(self.actions[idx])
+        none = torch.zeros(len(idx))
+        return ctx, target, torch.from_numpy(self.actions[idx]), none, none, torch.full((len(idx), 1), -1)
 
 
 def test_moves_finds_the_taken_move_only_in_a_dream_that_draws_it():

@@ -35,13 +35,15 @@ def test_transitions_pad_an_episodes_start_and_pair_each_frame_with_the_action_b
     root, _ = takecover
     data = Transitions(root / "data", "train", context=4)
     first = read_episode(episode_paths(root / "data", "train")[0])
-    ctx, target, action, reward, ended = data.batch(np.array([0, 5]))
+    ctx, target, action, reward, ended, past = data.batch(np.array([0, 5]))
     unit = lambda f: torch.from_numpy(f).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
     # Frame 1's context is frame 0 four times; frame 6's is frames 2..5.
     assert torch.equal(ctx[0], unit(first.frames[[0, 0, 0, 0]]))
     assert torch.equal(ctx[1], unit(first.frames[2:6])) and torch.equal(target[1], unit(first.frames[6]))
     assert action.tolist() == [first.actions[0], first.actions[5]]
     assert reward.tolist() == [first.rewards[0], first.rewards[5]]
+    # The actions between the context frames: none between frame 0's repeats; frames 2..5 had actions 2..4 between them.
+    assert past[0].tolist() == [-1, -1, -1] and past[1].tolist() == first.actions[2:5].tolist()
     assert len(data) == sum(len(read_episode(p).frames) - 1 for p in episode_paths(root / "data", "train"))
     assert data.ends.sum() == sum(read_episode(p).terminated.sum() for p in episode_paths(root / "data", "train"))
 
@@ -81,7 +83,7 @@ def test_heads_on_dreams_read_the_frame_the_dynamics_draws(takecover, tmp_path):
     data = Transitions(root / "data", "train", context=4)
     nets = PixelNets(network_config(TrainConfig(data="", out="", **TINY), data.meta))
     init_from(nets, str(root / "world.safetensors"))
-    ctx, target, action, reward, ended = batch = data.batch(np.arange(6))
+    ctx, target, action, reward, ended, past = batch = data.batch(np.arange(6))
     torch.manual_seed(0)
     on_dreams, _ = nets.loss(batch, 10.0, heads_only=True, on_dreams=True)
     torch.manual_seed(0)
@@ -169,7 +171,7 @@ def test_head_scores_count_ends_as_a_detector():
 
         def batch(self, idx):
             unit = lambda a: torch.from_numpy(a).float().div(127.5).sub(1).movedim(-1, -3)  # noqa: E731
-            return unit(self.frames[idx][:, None]), unit(self.frames[idx + 1]), torch.zeros(len(idx), dtype=torch.long), None, None
+            return unit(self.frames[idx][:, None]), unit(self.frames[idx + 1]), torch.zeros(len(idx), dtype=torch.long), None, None, None
 
     # Called at transitions 1 and 2 (into frames 2, 3); true ends at 1 and 3.
     s = head_scores(Called(), Data(), 5, mean_reward=1.5)
@@ -255,6 +257,34 @@ def test_action_dropout_trains_and_export_sets_guidance_only_where_it_was_learnt
     assert model.dynamics.cfg.action_guidance == 1.0
     frames = model.dynamics.sample(torch.zeros(2, 4, 3, 64, 64), torch.tensor([0, 2]), steps=2)
     assert frames.shape == (2, 3, 64, 64) and frames.abs().max() <= 1
+
+
+def test_past_actions_condition_the_frame_and_the_dream_keeps_them(takecover, tmp_path):
+    root, _ = takecover
+    # A run that reads past actions grows from one that did not: their embedding starts at zero, so at first it draws
+    # exactly what the model it grew from draws.
+    run = train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "run"), init=str(root / "world.safetensors"),
+                            past_actions=3, **{**TINY, "steps": 1, "lr": 0.0}), progress=False)
+    assert run["step"] == 1
+    export_pixel_world_model(str(tmp_path / "run" / "latest.safetensors"), str(tmp_path / "grown.safetensors"))
+    grown, before = (PixelWorldModel.load(p) for p in (tmp_path / "grown.safetensors", root / "world.safetensors"))
+    assert grown.dynamics.cfg.past_actions == 3 and torch.all(grown.dynamics.past.weight == 0)
+    ctx, action, past = torch.rand(2, 4, 3, 64, 64) * 2 - 1, torch.tensor([1, 2]), torch.tensor([[0, 1, 2], [-1, 2, 2]])
+    same = lambda m, p: m.dynamics.sample(ctx, action, generator=torch.Generator().manual_seed(0), past=p)  # noqa: E731
+    assert torch.equal(same(grown, past), same(before, None))
+    with torch.no_grad():
+        torch.nn.init.normal_(grown.dynamics.past.weight)
+    assert not torch.equal(same(grown, past), same(grown, torch.full_like(past, -1)))  # they are read
+    assert torch.equal(same(grown, torch.tensor([[-1, -1, -1], [-1, -1, -1]])), same(grown, None))  # unknown: left out
+    # The dream keeps the actions between its context frames: from a reset's context, then each step's.
+    core = grown.new_core(2)
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    core.reset_rows([0, 1], [(frames, np.array([2, 1])), (frames[:1], np.zeros(0, np.int64))], torch.Generator())
+    assert core.past.tolist() == [[-1, 2, 1], [-1, -1, -1]]
+    core.step(np.array([0, 1]), torch.Generator().manual_seed(0))
+    assert core.past.tolist() == [[2, 1, 0], [-1, -1, 1]]
+    with pytest.raises(ValueError, match="past_actions"):
+        PixelDynamicsConfig(context=4, past_actions=4)
 
 
 def test_bad_files_and_configs_are_refused(takecover, tmp_path):

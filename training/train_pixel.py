@@ -44,6 +44,7 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     context: int = 4  # past frames the dynamics reads (PixelDynamicsConfig)
     width: int = 32  # U-Net channels at full resolution; its three levels have 1, 2 and 2 times as many
     sample_steps: int = 3  # denoising steps a dream frame takes (the model's default)
+    past_actions: int = 0  # actions before the current one the dynamics reads (at most context - 1; 0: only the current one)
     max_frames: int = 0  # read at most this many train frames (0: the whole split)
     end_weight: float = 10.0  # termination cross-entropy weight of an episode's end against a step that goes on
     end_share: float = 0.0  # share of each batch drawn from the episodes' ends (0: drawn like the rest); the loss undoes the bias
@@ -65,26 +66,27 @@ class PixelNets(nn.Module):
 
     def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False, oversampled: float = 1.0,
              change_weight: float = 0.0, action_dropout: float = 0.0):
-        ctx, target, action, reward, ended = batch
+        ctx, target, action, reward, ended, past = batch
         if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
-            target = as_shown(self.dynamics.sample(ctx, action))
+            target = as_shown(self.dynamics.sample(ctx, action, past=past))
         head = self.heads.loss(ctx, action, target, reward, ended, end_weight, oversampled)
         if heads_only:
             return head, {"heads": head.item()}
-        dyn = self.dynamics.loss(ctx, target, action, change_weight, action_dropout)
+        dyn = self.dynamics.loss(ctx, target, action, change_weight, action_dropout, past)
         return dyn + head, {"denoise": dyn.item(), "heads": head.item()}
 
 
 class Transitions:
     """A split's frames in memory, and every transition into a frame after an episode's
-    first: the context before it (front-padded in the episode), its action, reward, end."""
+    first: the context before it (front-padded in the episode), its action, reward, end,
+    and the actions between the context frames (-1 between padded ones)."""
 
     def __init__(self, root, split: str, context: int, max_frames: int = 0):
         meta = load_meta(root)
         if meta.get("action_space", {}).get("type") != "Discrete":
             raise DatasetError(f"{root}: a pixel world model acts on a Discrete action space, the dataset's is "
                                f"{meta.get('action_space')!r}")
-        frames, rows, actions, rewards, ends = [], [], [], [], []
+        frames, rows, actions, rewards, ends, taken = [], [], [], [], [], []
         n = 0
         for path in episode_paths(root, split):
             e = read_episode(path)
@@ -95,6 +97,7 @@ class Transitions:
             rows.append(n + np.maximum(t[:, None] - context + np.arange(context), 0))
             frames.append(e.frames)
             actions.append(e.actions)
+            taken.append(np.append(e.actions, -1))  # by frame: the action taken there (none after the last)
             rewards.append(e.rewards)
             ends.append(e.terminated if e.terminated is not None else np.zeros(len(t), bool))
             n += len(e.frames)
@@ -105,6 +108,9 @@ class Transitions:
         self.meta, self.frames = meta, np.concatenate(frames)
         self.context_rows = np.concatenate(rows)
         self.targets = self.context_rows[:, -1] + 1  # the frame after the last context frame
+        rows = self.context_rows
+        # Between context frames j and j+1: the action taken at frame j, unless the front padding repeats it.
+        self.past = np.where(rows[:, 1:] > rows[:, :-1], np.concatenate(taken).astype(np.int64)[rows[:, :-1]], -1)
         self.actions, self.rewards = np.concatenate(actions).astype(np.int64), np.concatenate(rewards).astype(np.float32)
         self.ends = np.concatenate(ends).astype(np.float32)
         self.end_rows = np.flatnonzero(self.ends)  # the transitions that end an episode (--end-share draws them)
@@ -132,7 +138,7 @@ class Transitions:
     def batch(self, idx):
         return (to_unit(self.frames[self.context_rows[idx]]), to_unit(self.frames[self.targets[idx]]),
                 torch.from_numpy(self.actions[idx]), torch.from_numpy(self.rewards[idx]),
-                torch.from_numpy(self.ends[idx]))
+                torch.from_numpy(self.ends[idx]), torch.from_numpy(self.past[idx]))
 
 
 def init_from(nets: PixelNets, path: str):
@@ -147,7 +153,9 @@ def init_from(nets: PixelNets, path: str):
     else:
         raise CheckpointError(f"{path} is a {kind!r} checkpoint; --init takes a pixel world model or a pixel run")
     try:
-        nets.dynamics.load_state_dict({k: v.float() for k, v in dyn.items()})
+        missing, unexpected = nets.dynamics.load_state_dict({k: v.float() for k, v in dyn.items()}, strict=False)
+        if unexpected or set(missing) - {"past.weight"}:  # a model grows past actions from zero: it starts as it was
+            raise RuntimeError(f"missing {missing}, unexpected {unexpected}")
         nets.heads.load_state_dict({k: v.float() for k, v in heads.items()})
     except RuntimeError as e:
         raise CheckpointError(f"--init {path}: its networks are not the ones these settings build ({e})") from e
@@ -164,9 +172,9 @@ def head_scores(heads: RewardEndNet, data: Transitions, count: int, mean_reward:
     idx = np.sort(np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False))
     reward, prob = [], []
     for i in range(0, len(idx), 256):
-        ctx, nxt, a, _, _ = data.batch(idx[i:i + 256])
+        ctx, nxt, a, _, _, past = data.batch(idx[i:i + 256])
         if dynamics is not None:
-            nxt = as_shown(dynamics.sample(ctx, a, generator=torch.Generator().manual_seed(seed + i)))
+            nxt = as_shown(dynamics.sample(ctx, a, generator=torch.Generator().manual_seed(seed + i), past=past))
         r, e = heads(ctx, a, nxt)
         reward.append(r.numpy())
         prob.append(torch.sigmoid(e).numpy())
@@ -185,7 +193,8 @@ def network_config(cfg: TrainConfig, meta: dict) -> PixelDynamicsConfig:
     """The networks a run with `cfg` builds for a dataset with `meta`."""
     h, w, _ = meta["frame_shape"]
     return PixelDynamicsConfig(actions=int(meta["action_space"]["n"]), frame_size=(h, w), context=cfg.context,
-                               channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps)
+                               channels=(cfg.width, 2 * cfg.width, 2 * cfg.width), sample_steps=cfg.sample_steps,
+                               past_actions=cfg.past_actions)
 
 
 def step_functions(cfg: TrainConfig, data: Transitions):

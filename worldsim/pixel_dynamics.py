@@ -42,6 +42,7 @@ class PixelDynamicsConfig:
     channels: tuple = (32, 64, 64)  # U-Net widths, one level each
     cond: int = 128  # width of the noise-and-action embedding
     sample_steps: int = 3
+    past_actions: int = 0  # actions before the current one that condition the frame, the last ones between the context frames (DIAMOND's): the player's momentum, which sub-pixel shifts in the context show poorly
     action_guidance: float = 0.0  # w_a: x0 += w_a (x0 - x0_no_action) when sampling; for a model trained with action dropout
     context_noise: float = 0.1  # training: context frames get Gaussian noise of up to this level (DIAMOND), so the dream's own frames read as real ones
 
@@ -64,6 +65,9 @@ class PixelDynamicsConfig:
                              f"for a U-Net of {len(self.channels)} levels")
         if self.actions < 1 or self.context < 1:
             raise ValueError(f"need at least one action and one context frame, got {self.actions} and {self.context}")
+        if not 0 <= self.past_actions < self.context:
+            raise ValueError(f"past_actions counts actions between the {self.context} context frames: 0 to "
+                             f"{self.context - 1}, got {self.past_actions}")
 
 
 def change_weights(ctx: torch.Tensor, change_weight: float) -> torch.Tensor | float:
@@ -115,6 +119,9 @@ class PixelDynamics(nn.Module):
         ch, cond = cfg.channels, cfg.cond
         self.noise = nn.Sequential(nn.Linear(64, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.act = nn.Embedding(cfg.actions, cond)
+        if cfg.past_actions:  # one row per (place in the history, action); zero: a model it grows from is unchanged
+            self.past = nn.Embedding(cfg.past_actions * cfg.actions, cond)
+            nn.init.zeros_(self.past.weight)
         self.inp = nn.Conv2d(3 * (cfg.context + 1), ch[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         c = ch[0]
@@ -130,15 +137,22 @@ class PixelDynamics(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x, ctx, c_noise, action, has_action=None):
+    def forward(self, x, ctx, c_noise, action, has_action=None, past=None):
         """x (B, 3, H, W), ctx (B, context * 3, H, W), c_noise (B,), action (B,) long;
-        has_action (B,) bool, False where no action is given (its embedding left out)."""
+        has_action (B,) bool, False where no action is given (its embedding left out);
+        past (B, P) long, the actions between the context frames, oldest first, -1 where
+        unknown (before an episode's first frame); the last cfg.past_actions are read."""
         f = torch.exp(-math.log(1000) * torch.arange(32, device=x.device) / 32)
         e = c_noise[:, None] * 1000 * f
         acted = self.act(action)
         if has_action is not None:
             acted = acted * has_action[:, None]
         c = self.noise(torch.cat([e.sin(), e.cos()], 1)) + acted
+        if self.cfg.past_actions and past is not None:
+            past = past[:, past.shape[1] - self.cfg.past_actions:]
+            known = past >= 0
+            rows = torch.arange(past.shape[1], device=x.device) * self.cfg.actions + past.clamp(min=0)
+            c = c + (self.past(rows) * known[..., None]).sum(1)
         h = self.inp(torch.cat([x, ctx], 1))
         skips = []
         for i, (a, b) in enumerate(self.down):
@@ -154,28 +168,29 @@ class PixelDynamics(nn.Module):
             h = b(a(torch.cat([h, skips.pop()], 1), c), c)
         return self.out(F.silu(self.out_norm(h)))
 
-    def denoise(self, x, sigma, ctx, action, has_action=None):
+    def denoise(self, x, sigma, ctx, action, has_action=None, past=None):
         """EDM preconditioning: the clean frame's estimate from x at noise level sigma (B,)."""
         s = sigma[:, None, None, None]
         c_skip = SIGMA_DATA ** 2 / (s ** 2 + SIGMA_DATA ** 2)
         c_out = s * SIGMA_DATA / (s ** 2 + SIGMA_DATA ** 2).sqrt()
         c_in = 1 / (s ** 2 + SIGMA_DATA ** 2).sqrt()
-        return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action, has_action)
+        return c_skip * x + c_out * self(c_in * x, ctx, sigma.log() / 4, action, has_action, past)
 
-    def guided(self, x, sigma, ctx, action):
+    def guided(self, x, sigma, ctx, action, past=None):
         """`denoise`, pushed away from the prediction without the action by cfg.action_guidance
         (one batched pass for both): the dream shows the action's consequence more plainly."""
         w = self.cfg.action_guidance
         if not w:
-            return self.denoise(x, sigma, ctx, action)
+            return self.denoise(x, sigma, ctx, action, past=past)
         has = torch.arange(2 * len(x), device=x.device) < len(x)
         d, d_null = self.denoise(x.repeat(2, 1, 1, 1), sigma.repeat(2), ctx.repeat(2, 1, 1, 1), action.repeat(2),
-                                 has).chunk(2)
+                                 has, None if past is None else past.repeat(2, 1)).chunk(2)
         return d + w * (d - d_null)
 
-    def loss(self, ctx, target, action, change_weight: float = 0.0, action_dropout: float = 0.0):
+    def loss(self, ctx, target, action, change_weight: float = 0.0, action_dropout: float = 0.0, past=None):
         """EDM's weighted denoising loss. ctx (B, context, 3, H, W) and target (B, 3, H, W)
-        in [-1, 1]; action (B,) the action that led from the last context frame to the target.
+        in [-1, 1]; action (B,) the action that led from the last context frame to the target;
+        past (B, context - 1) the actions between the context frames (-1: unknown).
         `change_weight`: each pixel's error weighs 1 + change_weight * how much the context's
         last step changed it or a pixel beside it (over the batch's mean), so a small moving
         thing (a fireball) counts beside the still background that fills a squared error.
@@ -188,14 +203,15 @@ class PixelDynamics(nn.Module):
         sigma = (torch.randn(b, device=target.device) * P_STD + P_MEAN).exp()
         x = target + sigma[:, None, None, None] * torch.randn_like(target)
         has = torch.rand(b, device=target.device) >= action_dropout if action_dropout else None
-        d = self.denoise(x, sigma, ctx.flatten(1, 2), action, has)
+        d = self.denoise(x, sigma, ctx.flatten(1, 2), action, has, past)
         w = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
         return (w[:, None, None, None] * weight * (d - target) ** 2).mean()
 
     @torch.no_grad()
-    def sample(self, ctx, action, steps: int | None = None, generator=None):
-        """The next frame (B, 3, H, W) in [-1, 1] from ctx (B, context, 3, H, W): Euler steps
-        on Karras' schedule from pure noise (the first draw is the only randomness)."""
+    def sample(self, ctx, action, steps: int | None = None, generator=None, past=None):
+        """The next frame (B, 3, H, W) in [-1, 1] from ctx (B, context, 3, H, W) (and the
+        actions between its frames, `past`, as `forward`): Euler steps on Karras' schedule
+        from pure noise (the first draw is the only randomness)."""
         steps = steps or self.cfg.sample_steps
         i = torch.arange(steps, device=ctx.device)
         lo, hi = SIGMA_MIN ** (1 / RHO), SIGMA_MAX ** (1 / RHO)
@@ -205,7 +221,7 @@ class PixelDynamics(nn.Module):
         x = torch.randn(b, 3, h, w, generator=generator, device=ctx.device) * sigmas[0]
         flat = ctx.flatten(1, 2)
         for k in range(steps):
-            d = self.guided(x, sigmas[k].expand(b), flat, action)
+            d = self.guided(x, sigmas[k].expand(b), flat, action, past)
             x = d if k == steps - 1 else x + (x - d) / sigmas[k] * (sigmas[k + 1] - sigmas[k])
         return x.clamp(-1, 1)
 

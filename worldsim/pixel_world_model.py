@@ -132,6 +132,7 @@ class PixelDreamCore:
         self.sample_steps = sample_steps or cfg.sample_steps
         self.device = model.device
         self.context = torch.zeros(num_rows, cfg.context, *cfg.latent_shape, device=self.device)
+        self.past = torch.full((num_rows, cfg.context - 1), -1, dtype=torch.long, device=self.device)  # actions between them
         self.clock = torch.zeros(num_rows, dtype=torch.long, device=self.device)
         self.memory = self.rerender = False
         self.retrieved = np.zeros(num_rows, dtype=np.int64)  # no memory: always 0
@@ -140,7 +141,7 @@ class PixelDreamCore:
         self.spread = np.zeros(num_rows, dtype=np.float32)
         self.spread_generator = None
 
-    STATE = ("context", "clock", "spread", "spread_generator")
+    STATE = ("context", "past", "clock", "spread", "spread_generator")
 
     @property
     def last(self) -> torch.Tensor:
@@ -154,11 +155,16 @@ class PixelDreamCore:
 
     def reset_rows(self, rows, contexts, generator):
         """contexts: for each row, (frames (T, H, W, 3) uint8, actions (T-1,), ...); only
-        the last `cfg.context` frames are read."""
+        the last `cfg.context` frames and the actions between them are read (a padded
+        front has no actions: -1)."""
         k = self.dyn.cfg.context
-        for row, (frames, *_) in zip(rows, contexts):
+        for row, (frames, actions, *_) in zip(rows, contexts):
             x = self.model.encode(np.asarray(frames)[-k:])
             self.context[row] = torch.cat([x[:1].expand(k - len(x), *x.shape[1:]), x])
+            between = np.asarray([] if actions is None else actions, dtype=np.int64).reshape(-1)[len(frames) - len(x):]
+            self.past[row] = -1
+            if len(between):
+                self.past[row, k - 1 - len(between):] = torch.as_tensor(between, device=self.device)
             self.clock[row] = k - 1
             self.spread[row] = 0.0
 
@@ -166,13 +172,14 @@ class PixelDreamCore:
         """actions (N,) -> next frames (N, 3, H, W) in [-1, 1], rewards (N,), termination probabilities (N,)."""
         with torch.no_grad():
             a = torch.as_tensor(np.asarray(actions), device=self.device).long()
-            nxt = as_shown(self.dyn.sample(self.context, a, self.sample_steps, generator))
+            nxt = as_shown(self.dyn.sample(self.context, a, self.sample_steps, generator, self.past))
             if self.uncertainty:
                 if self.spread_generator is None:
                     self.spread_generator = torch.Generator(device=self.device).manual_seed(generator.initial_seed() + 1)
-                other = as_shown(self.dyn.sample(self.context, a, self.sample_steps, self.spread_generator))
+                other = as_shown(self.dyn.sample(self.context, a, self.sample_steps, self.spread_generator, self.past))
                 self.spread = ((nxt - other).pow(2).mean(dim=(1, 2, 3)) / 2).sqrt().cpu().numpy()
             reward, end = self.model.heads(self.context, a, nxt)
             self.context = torch.cat([self.context[:, 1:], nxt[:, None]], 1)
+            self.past = torch.cat([self.past[:, 1:], a[:, None]], 1)
             self.clock += 1
         return nxt, reward.cpu().numpy(), torch.sigmoid(end).cpu().numpy()

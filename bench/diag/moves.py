@@ -83,9 +83,9 @@ def action_scores(model, data, count: int = 512, seed: int = 0, batch: int = 128
     idx = np.sort(rng.choice(started, min(count, len(started)), replace=False))
     errors, spread = [], []
     for i in range(0, len(idx), batch):
-        ctx, target, taken = data.batch(idx[i:i + batch])[:3]
+        ctx, target, taken, _, _, past = data.batch(idx[i:i + batch])
         drawn = torch.stack([model.dynamics.sample(ctx, torch.full_like(taken, a),
-                                                   generator=torch.Generator().manual_seed(seed + i))
+                                                   generator=torch.Generator().manual_seed(seed + i), past=past)
                              for a in range(n)], 1)  # (B, actions, 3, H, W)
         errors.append((drawn - target[:, None]).pow(2).flatten(2).mean(2))
         spread.append((drawn[:, :, None] - drawn[:, None]).pow(2).flatten(3).mean(3).sum((1, 2)) / (n * (n - 1)))
