@@ -108,9 +108,9 @@ class Transitions:
         self.meta, self.frames = meta, np.concatenate(frames)
         self.context_rows = np.concatenate(rows)
         self.targets = self.context_rows[:, -1] + 1  # the frame after the last context frame
-        rows = self.context_rows
         # Between context frames j and j+1: the action taken at frame j, unless the front padding repeats it.
-        self.past = np.where(rows[:, 1:] > rows[:, :-1], np.concatenate(taken).astype(np.int64)[rows[:, :-1]], -1)
+        before, after = self.context_rows[:, :-1], self.context_rows[:, 1:]
+        self.past = np.where(after > before, np.concatenate(taken).astype(np.int64)[before], -1)
         self.actions, self.rewards = np.concatenate(actions).astype(np.int64), np.concatenate(rewards).astype(np.float32)
         self.ends = np.concatenate(ends).astype(np.float32)
         self.end_rows = np.flatnonzero(self.ends)  # the transitions that end an episode (--end-share draws them)

@@ -103,6 +103,7 @@ def main(argv=None):
     from training.train_pixel import Transitions
     from worldsim.dataset import EVAL_SEEDS_START
     from worldsim.dream_env import load_world_model
+    from worldsim.pixel_world_model import PixelWorldModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="TakeCover world models")
@@ -126,7 +127,7 @@ def main(argv=None):
     data = None
     for path in args.checkpoints:
         model = load_world_model(path)
-        pixel = hasattr(model.dynamics.cfg, "context_noise")
+        pixel = isinstance(model, PixelWorldModel)
         for w in args.guidance or [model.dynamics.cfg.action_guidance]:
             model.dynamics.cfg.action_guidance = w
             name = f"{path} guidance {w:g}"
