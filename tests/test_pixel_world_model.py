@@ -98,6 +98,31 @@ def test_heads_on_dreams_read_the_frame_the_dynamics_draws(takecover, tmp_path):
         train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "x"), on_dreams=True, **TINY), progress=False)
 
 
+def test_rollout_rows_learn_from_a_context_the_model_dreamed_from_the_real_frames_before_it(takecover, tmp_path):
+    from training.train_pixel import PixelNets, init_from, network_config
+
+    root, _ = takecover
+    nets = PixelNets(network_config(TrainConfig(data="", out="", **TINY), Transitions(root / "data", "train", 4).meta))
+    init_from(nets, str(root / "world.safetensors"))
+    wide = Transitions(root / "data", "train", context=6)  # 4 context frames and the 2 they are dreamed from
+    window, _, _, _, _, past = wide.batch(np.array([0, 10, 11]))  # an episode's first transition (all padding), two deep ones
+    torch.manual_seed(0)
+    ctx, ctx_past = nets.dynamics.dreamed_context(window, past, torch.tensor([True, True, False]))
+    torch.manual_seed(0)  # the first dreamed frame of row 1: sampled from the 4 real frames before it, with its real action
+    first = as_shown(nets.dynamics.sample(window[1:2, 0:4], past[1:2, 3], past=past[1:2, 0:3]))
+    assert ctx.shape == (3, 4, 3, 64, 64) and torch.equal(ctx_past, past[:, 2:])
+    assert torch.equal(ctx[0], window[0, 2:]) and torch.equal(ctx[2], window[2, 2:])  # padding, and a row not drawn
+    assert torch.equal(ctx[1, :2], window[1, 2:4]) and torch.equal(ctx[1, 2], first[0])
+    assert not torch.equal(ctx[1, 3], window[1, 5])
+    summary = train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "roll"), init=str(root / "world.safetensors"),
+                                rollout_share=0.5, **{**TINY, "steps": 3}), progress=False)
+    assert summary["step"] == 3 and np.isfinite(summary["last_batch"]["denoise"])
+    for bad, match in (({"rollout_share": 1.5}, "share of the rows"), ({"rollout_share": 0.5, "rollout_frames": 5}, "1 to 4"),
+                       ({"rollout_share": 0.5, "heads_only": True, "init": str(root / "world.safetensors")}, "--heads-only")):
+        with pytest.raises(ValueError, match=match):
+            train(TrainConfig(data=str(root / "data"), out=str(tmp_path / "x"), **{**TINY, **bad}), progress=False)
+
+
 def test_the_dream_env_steps_a_pixel_world_model_and_forks_exactly(takecover):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env

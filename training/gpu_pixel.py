@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from training.gpu_recipe import GAMES, collect_side_by_side
-from training.train_pixel import PixelNets, TrainConfig, Transitions, network_config, step_functions, train
+from training.train_pixel import PixelNets, TrainConfig, Transitions, network_config, step_functions, train, window
 from worldsim.options import add_fields, from_args, nested
 
 CAMPAIGN = Path(__file__).resolve().parents[1] / "worldsim" / "checkpoints" / "campaign" / "takecover_pixel.safetensors"
@@ -78,7 +78,7 @@ def recipe(cfg: PixelRecipeConfig, progress: bool = True) -> dict:
         say(f"[pixel] collect {cfg.collect_steps} {GAMES[cfg.game]['env_id']} steps, {cfg.collectors} collects side by side")
         collect_side_by_side(cfg, frames, progress)
     run_cfg = replace(cfg.train, data=str(frames), out=str(run_dir))
-    data = Transitions(frames, "train", run_cfg.context, run_cfg.max_frames)
+    data = Transitions(frames, "train", window(run_cfg), run_cfg.max_frames)
     per_step = seconds_per_step(run_cfg, data, device)
     del data  # the run loads its own
     steps = max(1, int(0.9 * cfg.minutes * 60 / per_step))

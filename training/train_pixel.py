@@ -53,6 +53,8 @@ class TrainConfig(RunConfig):  # data: a frames dataset from `worldsim collect`
     on_dreams: bool = False  # with --heads-only: the reward/end network reads the next frame as the dynamics samples it, the frame a dream shows
     action_dropout: float = 0.0  # share of frames learnt without their action: the prediction that action guidance (`worldsim export --action-guidance`) steers away from
     change_weight: float = 0.0  # each pixel's denoising error weighs 1 + this times how much the context's last step changed it (over the batch's mean): small moving things (fireballs) count beside the still background
+    rollout_share: float = 0.0  # share of rows whose last --rollout-frames context frames are the model's own samples (real actions, as a dream draws them), the next frame still learnt towards the real one: a dream reads its own frames, not real ones
+    rollout_frames: int = 2  # context frames dreamed in those rows (at most --context)
     eval_transitions: int = 20_000  # held-out transitions the heads are scored on at the end
 
 
@@ -65,14 +67,22 @@ class PixelNets(nn.Module):
         self.dynamics, self.heads = PixelDynamics(cfg), RewardEndNet(cfg)
 
     def loss(self, batch, end_weight: float, heads_only: bool, on_dreams: bool = False, oversampled: float = 1.0,
-             change_weight: float = 0.0, action_dropout: float = 0.0):
+             change_weight: float = 0.0, action_dropout: float = 0.0, rollout_share: float = 0.0):
+        """batch: Transitions.batch's; with `rollout_share`, its context holds the frames
+        before the dynamics' context too, the ones a share of rows dream theirs from (the
+        reward/end network reads the real context)."""
         ctx, target, action, reward, ended, past = batch
+        dyn_ctx, dyn_past = ctx, past
+        if ctx.shape[1] > self.cfg.context:
+            dreamed = torch.rand(len(ctx), device=ctx.device) < rollout_share
+            dyn_ctx, dyn_past = self.dynamics.dreamed_context(ctx, past, dreamed)
+            ctx, past = ctx[:, -self.cfg.context:], past[:, -(self.cfg.context - 1):]
         if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
             target = as_shown(self.dynamics.sample(ctx, action, past=past))
         head = self.heads.loss(ctx, action, target, reward, ended, end_weight, oversampled)
         if heads_only:
             return head, {"heads": head.item()}
-        dyn = self.dynamics.loss(ctx, target, action, change_weight, action_dropout, past)
+        dyn = self.dynamics.loss(dyn_ctx, target, action, change_weight, action_dropout, dyn_past)
         return dyn + head, {"denoise": dyn.item(), "heads": head.item()}
 
 
@@ -206,13 +216,26 @@ def step_functions(cfg: TrainConfig, data: Transitions):
 
     def loss_of(nets, batch):
         return nets.loss(batch, cfg.end_weight, cfg.heads_only, cfg.on_dreams, oversampled, cfg.change_weight,
-                         cfg.action_dropout)
+                         cfg.action_dropout, cfg.rollout_share)
 
     return batch_at, loss_of
 
 
+def window(cfg: TrainConfig) -> int:
+    """Context frames a training row holds: the dynamics' context, and the frames its
+    dreamed ones are drawn from (--rollout-share)."""
+    if not 0 <= cfg.rollout_share <= 1:
+        raise ValueError(f"--rollout-share is a share of the rows, in [0, 1]; got {cfg.rollout_share}")
+    if cfg.rollout_share and not 1 <= cfg.rollout_frames <= cfg.context:
+        raise ValueError(f"--rollout-frames dreams some of the {cfg.context} context frames: 1 to {cfg.context}, "
+                         f"got {cfg.rollout_frames}")
+    if cfg.rollout_share and cfg.heads_only:
+        raise ValueError("--rollout-share trains the dynamics on its own frames; --heads-only leaves the dynamics as it is")
+    return cfg.context + (cfg.rollout_frames if cfg.rollout_share else 0)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    data = Transitions(cfg.data, "train", cfg.context, cfg.max_frames)
+    data = Transitions(cfg.data, "train", window(cfg), cfg.max_frames)
     net_cfg = network_config(cfg, data.meta)
     torch.manual_seed(cfg.seed)
     nets = PixelNets(net_cfg)

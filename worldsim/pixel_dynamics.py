@@ -208,6 +208,23 @@ class PixelDynamics(nn.Module):
         return (w[:, None, None, None] * weight * (d - target) ** 2).mean()
 
     @torch.no_grad()
+    def dreamed_context(self, window, past, rows):
+        """The context a dream would hold: window (B, context + K, 3, H, W) real frames and
+        past (B, context + K - 1) the actions between them; in `rows` (B,) bool, the last K
+        frames are replaced by the model's own samples (each from the frames before it, real
+        then dreamed, with the real action, as shown in 8 bits), except frames of the front
+        padding, which no action led to. -> (context (B, context, 3, H, W), past (B, context - 1)),
+        the window's last `context` frames and the actions between them."""
+        c, k = self.cfg.context, window.shape[1] - self.cfg.context
+        frames = window.clone()
+        for j in range(k):
+            into = past[:, c + j - 1]  # the action that led into frame c + j (-1: padding)
+            r = torch.nonzero(rows & (into >= 0)).flatten()
+            if len(r):
+                frames[r, c + j] = as_shown(self.sample(frames[r, j:c + j], into[r], past=past[r, j:c + j - 1]))
+        return frames[:, k:], past[:, k:]
+
+    @torch.no_grad()
     def sample(self, ctx, action, steps: int | None = None, generator=None, past=None):
         """The next frame (B, 3, H, W) in [-1, 1] from ctx (B, context, 3, H, W) (and the
         actions between its frames, `past`, as `forward`): Euler steps on Karras' schedule
