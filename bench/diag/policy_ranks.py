@@ -104,21 +104,30 @@ def game_returns(act, episodes: int, seed: int, horizon: int, calls: CloseCalls 
     return returns
 
 
-def dream_returns(env, act, episodes_per_row: int, seed: int, calls: CloseCalls | None = None) -> list[float]:
+def dream_returns(env, act, episodes_per_row: int, seed: int, calls: CloseCalls | None = None,
+                  name: str = "dream") -> list[float]:
     """The first `episodes_per_row` episodes of each row of a NEXT_STEP-autoreset vector dream."""
+    from tqdm import tqdm
+
     rows = env.num_envs
     frames, _ = env.reset(seed=seed)
     totals, done, restart = np.zeros(rows), [[] for _ in range(rows)], np.zeros(rows, bool)
+    bar = tqdm(total=rows * episodes_per_row, desc=name, unit="episode", leave=False)
+    steps = 0
     while min(len(d) for d in done) < episodes_per_row:
         frames, rewards, terminated, truncated, info = env.step(act(frames))
+        steps += 1
+        bar.set_postfix(batched_steps=steps, refresh=steps % 25 == 0)
         totals += np.where(restart, 0.0, rewards)  # an autoreset step takes no action and pays nothing
         ended = (terminated | truncated) & ~restart
         if calls:
             calls.add(frames, terminated, truncated, restart, info.get("termination_prob"))
         for i in np.nonzero(ended)[0]:
+            bar.update(len(done[i]) < episodes_per_row)
             done[i].append(float(totals[i]))
         totals[restart | ended] = 0.0
         restart = terminated | truncated
+    bar.close()
     return [r for d in done for r in d[:episodes_per_row]]
 
 
@@ -159,7 +168,7 @@ def main(argv=None):
             act = policies(args.seed)[name]
             tally = CloseCalls(1 if where == "game" else args.dream_envs)
             returns[name] = summary(game_returns(act, args.episodes, EVAL_SEEDS_START + args.seed, args.horizon, tally)
-                                    if where == "game" else dream_returns(env, act, args.episodes_per_row, args.seed, tally))
+                                    if where == "game" else dream_returns(env, act, args.episodes_per_row, args.seed, tally, name))
             calls[name] = tally.summary()
         if where != "game":
             env.close()
