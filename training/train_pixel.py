@@ -73,10 +73,11 @@ class PixelNets(nn.Module):
         reward/end network reads the real context)."""
         ctx, target, action, reward, ended, past = batch
         dyn_ctx, dyn_past = ctx, past
-        if ctx.shape[1] > self.cfg.context:
+        extra = ctx.shape[1] - self.cfg.context
+        if extra:
             dreamed = torch.rand(len(ctx), device=ctx.device) < rollout_share
             dyn_ctx, dyn_past = self.dynamics.dreamed_context(ctx, past, dreamed)
-            ctx, past = ctx[:, -self.cfg.context:], past[:, -(self.cfg.context - 1):]
+            ctx, past = ctx[:, extra:], past[:, extra:]
         if on_dreams:  # the real outcome, read from the frame the dream draws for it (8-bit, as shown)
             target = as_shown(self.dynamics.sample(ctx, action, past=past))
         head = self.heads.loss(ctx, action, target, reward, ended, end_weight, oversampled)
