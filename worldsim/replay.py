@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from worldsim.cells import cell_scores
 from worldsim.dataset import episode_paths, read_episode
@@ -226,7 +227,7 @@ def heads_detection(model, data: str, split: str = "test", max_steps: int = 20_0
     return result
 
 
-def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000, batch: int = 64,
+def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000, batch: int = 16,
                    seed: int = 0) -> dict:
     """Shift the termination head's logit so that the dream ends episodes as often as the
     data did: each episode of `split` is replayed in the dream from its first frame with
@@ -237,7 +238,8 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     what kills (a fireball up close) less often than the game shows it. A shift scales
     small probabilities alike, so the head's ranking of steps is kept. Either kind of
     world model (`new_core`, `shift_end_logit`); `batch` rows dream at once, and a row
-    whose episode is over takes the next one."""
+    whose episode is over takes the next one (every row is stepped until the last episode
+    ends, so a batch near the number of episodes wastes most of its steps)."""
     episodes, seen = [], 0
     for path in episode_paths(data, split):
         episodes.append(read_episode(path))
@@ -253,11 +255,13 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     playing, t = list(range(rows)), np.zeros(rows, dtype=np.int64)  # each row's episode, and its step in it
     core.reset_rows(range(rows), [(episodes[i].frames[:1], episodes[i].actions[:0]) for i in playing], generator)
     following, probs = rows, []
+    bar = tqdm(total=sum(len(e) for e in episodes), desc="calibrate ends", unit="step", leave=False)
     while any(i is not None for i in playing):
         actions = np.stack([episodes[i].actions[t[r]] if i is not None else episodes[0].actions[0]
                             for r, i in enumerate(playing)])
         _, _, p = core.step(actions, generator)
         t += 1
+        bar.update(sum(i is not None for i in playing))
         for r, i in enumerate(playing):
             if i is None:
                 continue
@@ -267,6 +271,7 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
                 if playing[r] is not None:
                     t[r], following = 0, following + 1
                     core.reset_rows([r], [(episodes[playing[r]].frames[:1], episodes[playing[r]].actions[:0])], generator)
+    bar.close()
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     logits = np.log(p / (1 - p))
     rate = real / len(p)
