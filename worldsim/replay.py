@@ -255,7 +255,7 @@ def calibrate_ends(model, data: str, split: str = "val", max_steps: int = 20_000
     playing, t = list(range(rows)), np.zeros(rows, dtype=np.int64)  # each row's episode, and its step in it
     core.reset_rows(range(rows), [(episodes[i].frames[:1], episodes[i].actions[:0]) for i in playing], generator)
     following, probs = rows, []
-    bar = tqdm(total=sum(len(e) for e in episodes), desc="calibrate ends", unit="step", leave=False)
+    bar = tqdm(total=seen, desc="calibrate ends", unit="step", leave=False)
     while any(i is not None for i in playing):
         actions = np.stack([episodes[i].actions[t[r]] if i is not None else episodes[0].actions[0]
                             for r, i in enumerate(playing)])
